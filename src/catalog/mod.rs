@@ -1,0 +1,214 @@
+//! Opening the Iceberg catalog and storage, and bootstrapping `raw_events`.
+//!
+//! The embedded default is a SQLite SQL catalog plus a local-filesystem
+//! warehouse inside one data directory; both are readable by PyIceberg's
+//! `SqlCatalog` with the same catalog name. The rest of the crate only sees
+//! `Arc<dyn iceberg::Catalog>`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use iceberg::io::LocalFsStorageFactory;
+use iceberg::table::Table;
+use iceberg::{Catalog, CatalogBuilder, ErrorKind, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_sql::{SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE, SqlCatalogBuilder};
+
+use crate::config::StorageConfig;
+use crate::error::{Error, Result};
+use crate::schema;
+
+/// Top-level namespace under which each project's own tables live:
+/// `tenants.<project_id>.<schema>`; storage follows the same prefix.
+pub const TENANTS_NAMESPACE: &str = "tenants";
+
+/// An open catalog plus the names Raindrop uses in it.
+#[derive(Clone)]
+pub struct Warehouse {
+    /// The Iceberg catalog.
+    pub catalog: Arc<dyn Catalog>,
+    /// Namespace holding `raw_events` (also its SQL schema name).
+    pub namespace: NamespaceIdent,
+    /// Catalog URI (for messages and for other engines to connect).
+    pub catalog_uri: String,
+    /// Warehouse root location.
+    pub warehouse: String,
+    /// Name recorded in the SQL catalog.
+    pub catalog_name: String,
+}
+
+impl std::fmt::Debug for Warehouse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Warehouse")
+            .field("namespace", &self.namespace)
+            .field("warehouse", &self.warehouse)
+            .finish_non_exhaustive()
+    }
+}
+
+fn absolute(path: &Path) -> Result<std::path::PathBuf> {
+    Ok(if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    })
+}
+
+/// Put a SQLite catalog file in WAL mode (a persistent property of the
+/// file; sqlx connections wait up to 5 s on a busy database), so one
+/// writer and many readers (this server, PyIceberg, a second node) coexist.
+async fn prepare_sqlite(db: &Path) -> Result<()> {
+    use sqlx::{ConnectOptions, Connection};
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+    let opts = SqliteConnectOptions::new()
+        .filename(db)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(std::time::Duration::from_secs(10));
+    let conn = opts
+        .connect()
+        .await
+        .map_err(|e| Error::Internal(format!("opening SQLite catalog {}: {e}", db.display())))?;
+    conn.close().await.ok();
+    Ok(())
+}
+
+/// Open the catalog described by `cfg` and make sure `raw_events` exists.
+pub async fn open(cfg: &StorageConfig) -> Result<Warehouse> {
+    let data_dir = absolute(&cfg.data_dir)?;
+    std::fs::create_dir_all(&data_dir)?;
+    let (uri, bind_style) = match &cfg.catalog_uri {
+        Some(uri) if uri.starts_with("postgres") => (uri.clone(), "DollarNumeric"),
+        Some(uri) => (uri.clone(), "QMark"),
+        None => {
+            let db = data_dir.join("catalog.db");
+            prepare_sqlite(&db).await?;
+            (format!("sqlite://{}?mode=rwc", db.display()), "QMark")
+        }
+    };
+    let warehouse = match &cfg.warehouse {
+        Some(w) => w.trim_end_matches('/').to_string(),
+        None => {
+            let dir = data_dir.join("warehouse");
+            std::fs::create_dir_all(&dir)?;
+            format!("file://{}", dir.display())
+        }
+    };
+    if !warehouse.starts_with("file:") && !warehouse.starts_with('/') {
+        return Err(Error::Unsupported(format!(
+            "warehouse {warehouse}: this build supports local filesystem warehouses (file://); object stores are planned"
+        )));
+    }
+    let catalog = SqlCatalogBuilder::default()
+        .with_storage_factory(Arc::new(LocalFsStorageFactory))
+        .load(
+            cfg.catalog_name.clone(),
+            HashMap::from([
+                (SQL_CATALOG_PROP_URI.to_string(), uri.clone()),
+                (SQL_CATALOG_PROP_WAREHOUSE.to_string(), warehouse.clone()),
+                (SQL_CATALOG_PROP_BIND_STYLE.to_string(), bind_style.to_string()),
+            ]),
+        )
+        .await?;
+    let wh = Warehouse {
+        catalog: Arc::new(catalog),
+        namespace: NamespaceIdent::new(cfg.namespace.clone()),
+        catalog_uri: uri,
+        warehouse,
+        catalog_name: cfg.catalog_name.clone(),
+    };
+    wh.ensure_raw_events().await?;
+    Ok(wh)
+}
+
+impl Warehouse {
+    /// Identifier of the telemetry table.
+    pub fn raw_events_ident(&self) -> TableIdent {
+        TableIdent::new(self.namespace.clone(), schema::RAW_EVENTS.to_string())
+    }
+
+    /// Load the telemetry table's current metadata.
+    pub async fn raw_events(&self) -> Result<Table> {
+        Ok(self.catalog.load_table(&self.raw_events_ident()).await?)
+    }
+
+    /// Create namespace and `raw_events` if missing; safe when several
+    /// processes start at once.
+    pub async fn ensure_raw_events(&self) -> Result<Table> {
+        self.ensure_namespace(&self.namespace).await?;
+        let ident = self.raw_events_ident();
+        if self.catalog.table_exists(&ident).await? {
+            return self.raw_events().await;
+        }
+        let creation = TableCreation::builder()
+            .name(schema::RAW_EVENTS.to_string())
+            .schema(schema::raw_events_schema())
+            .partition_spec(schema::raw_events_partition_spec())
+            .properties(schema::raw_events_properties())
+            .build();
+        match self.catalog.create_table(&self.namespace, creation).await {
+            Ok(t) => {
+                tracing::info!(table = %ident, location = t.metadata().location(), "created raw_events");
+                Ok(t)
+            }
+            Err(e) if e.kind() == ErrorKind::TableAlreadyExists => self.raw_events().await,
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Create a namespace unless it exists (tolerating a concurrent creator).
+    pub async fn ensure_namespace(&self, ns: &NamespaceIdent) -> Result<()> {
+        if self.catalog.namespace_exists(ns).await? {
+            return Ok(());
+        }
+        match self.catalog.create_namespace(ns, HashMap::new()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NamespaceAlreadyExists => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Iceberg namespace of a project's schema. Inputs must be validated
+    /// names (see [`crate::tenant::names`]); the project comes from the token.
+    pub fn tenant_namespace(&self, project_id: &str, schema: &str) -> NamespaceIdent {
+        NamespaceIdent::from_strs([TENANTS_NAMESPACE, project_id, schema])
+            .expect("non-empty namespace")
+    }
+
+    /// The schemas (SQL schema names) a project has created tables in.
+    pub async fn tenant_schemas(&self, project_id: &str) -> Result<Vec<String>> {
+        let parent = NamespaceIdent::from_strs([TENANTS_NAMESPACE, project_id])
+            .expect("non-empty namespace");
+        if !self.catalog.namespace_exists(&parent).await? {
+            return Ok(vec![]);
+        }
+        let mut out: Vec<String> = self
+            .catalog
+            .list_namespaces(Some(&parent))
+            .await?
+            .into_iter()
+            // The SQL catalog matches children by string prefix; keep exact
+            // `tenants.<project>.<schema>` entries only.
+            .filter_map(|ns| {
+                let parts = ns.as_ref();
+                (parts.len() == 3 && parts[0] == TENANTS_NAMESPACE && parts[1] == project_id)
+                    .then(|| parts[2].clone())
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Create `tenants.<project>.<schema>` (and its parents) if missing.
+    pub async fn ensure_tenant_namespace(&self, project_id: &str, schema: &str) -> Result<NamespaceIdent> {
+        for ns in [
+            NamespaceIdent::from_strs([TENANTS_NAMESPACE]).expect("non-empty"),
+            NamespaceIdent::from_strs([TENANTS_NAMESPACE, project_id]).expect("non-empty"),
+            self.tenant_namespace(project_id, schema),
+        ] {
+            self.ensure_namespace(&ns).await?;
+        }
+        Ok(self.tenant_namespace(project_id, schema))
+    }
+}

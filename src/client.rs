@@ -1,0 +1,129 @@
+//! A small Flight SQL client for Raindrop, used by the demo, tests and
+//! benchmarks. Any Flight SQL client works the same way; this one only
+//! saves the boilerplate.
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use arrow_flight::error::FlightError;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::sql::{CommandStatementIngest, TableDefinitionOptions, TableExistsOption, TableNotExistOption};
+use futures::TryStreamExt;
+use tonic::transport::{Channel, Endpoint};
+
+/// Errors as gRPC statuses, so callers can check codes.
+pub type ClientResult<T> = std::result::Result<T, tonic::Status>;
+
+fn status(e: FlightError) -> tonic::Status {
+    match e {
+        FlightError::Tonic(s) => *s,
+        FlightError::ExternalError(inner) => match inner.downcast::<FlightError>() {
+            Ok(fe) => status(*fe),
+            Err(other) => tonic::Status::unknown(other.to_string()),
+        },
+        other => tonic::Status::unknown(other.to_string()),
+    }
+}
+
+/// ADBC-style ingest modes.
+#[derive(Debug, Clone, Copy)]
+pub enum IngestMode {
+    /// Fail if the table exists.
+    Create,
+    /// Fail if the table does not exist.
+    Append,
+    /// Drop and recreate.
+    Replace,
+    /// Create if missing, else append.
+    CreateAppend,
+}
+
+impl IngestMode {
+    fn options(self) -> TableDefinitionOptions {
+        let (n, e) = match self {
+            IngestMode::Create => (TableNotExistOption::Create, TableExistsOption::Fail),
+            IngestMode::Append => (TableNotExistOption::Fail, TableExistsOption::Append),
+            IngestMode::Replace => (TableNotExistOption::Create, TableExistsOption::Replace),
+            IngestMode::CreateAppend => (TableNotExistOption::Create, TableExistsOption::Append),
+        };
+        TableDefinitionOptions {
+            if_not_exist: n as i32,
+            if_exists: e as i32,
+        }
+    }
+}
+
+/// A connected client carrying a bearer token.
+#[derive(Debug, Clone)]
+pub struct RaindropClient {
+    inner: FlightSqlServiceClient<Channel>,
+}
+
+impl RaindropClient {
+    /// Connect to `url` (e.g. `http://127.0.0.1:50051`) with `token`.
+    pub async fn connect(url: &str, token: &str) -> ClientResult<Self> {
+        let channel = Endpoint::from_shared(url.to_string())
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut inner = FlightSqlServiceClient::new(channel);
+        inner.set_token(token.to_string());
+        Ok(Self { inner })
+    }
+
+    /// The underlying arrow-flight client.
+    pub fn inner_mut(&mut self) -> &mut FlightSqlServiceClient<Channel> {
+        &mut self.inner
+    }
+
+    /// Run `sql` and collect all result batches, with the announced schema.
+    pub async fn query_with_schema(&mut self, sql: &str) -> ClientResult<(SchemaRef, Vec<RecordBatch>)> {
+        let info = self.inner.execute(sql.to_string(), None).await.map_err(status)?;
+        let schema = std::sync::Arc::new(
+            info.clone()
+                .try_decode_schema()
+                .map_err(|e| tonic::Status::internal(e.to_string()))?,
+        );
+        let mut out = vec![];
+        for endpoint in info.endpoint {
+            let ticket = endpoint
+                .ticket
+                .ok_or_else(|| tonic::Status::internal("endpoint without ticket"))?;
+            let stream = self.inner.do_get(ticket).await.map_err(status)?;
+            out.extend(stream.try_collect::<Vec<_>>().await.map_err(status)?);
+        }
+        Ok((schema, out))
+    }
+
+    /// Run `sql` and collect all result batches.
+    pub async fn query(&mut self, sql: &str) -> ClientResult<Vec<RecordBatch>> {
+        Ok(self.query_with_schema(sql).await?.1)
+    }
+
+    /// Ingest `batches` into `schema.table` (schema `None` = default);
+    /// returns the committed row count.
+    pub async fn ingest(
+        &mut self,
+        schema: Option<&str>,
+        table: &str,
+        mode: IngestMode,
+        batches: Vec<RecordBatch>,
+    ) -> ClientResult<i64> {
+        let cmd = CommandStatementIngest {
+            table_definition_options: Some(mode.options()),
+            table: table.to_string(),
+            schema: schema.map(str::to_string),
+            catalog: None,
+            temporary: false,
+            transaction_id: None,
+            options: Default::default(),
+        };
+        let stream = futures::stream::iter(batches.into_iter().map(Ok));
+        self.inner.execute_ingest(cmd, stream).await.map_err(status)
+    }
+
+    /// Append telemetry rows to `raw_events`.
+    pub async fn ingest_events(&mut self, batches: Vec<RecordBatch>) -> ClientResult<i64> {
+        self.ingest(None, crate::schema::RAW_EVENTS, IngestMode::Append, batches).await
+    }
+}

@@ -1,0 +1,225 @@
+//! Command-line and environment configuration. Every flag has a
+//! `RAINDROP_*` environment variable; defaults run everything from one local
+//! data directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::tenant::Role;
+
+/// Raindrop: ML telemetry in Apache Iceberg, served over Arrow Flight SQL.
+#[derive(Debug, Parser)]
+#[command(name = "raindrop", version, about)]
+pub struct Cli {
+    /// Subcommand to run.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Logging options.
+    #[clap(flatten)]
+    pub log: LogConfig,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the Flight SQL server.
+    Serve(ServeConfig),
+    /// Manage access tokens (works while the server runs).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Generate realistic telemetry, ingest it over Flight and run the seed query.
+    Demo(DemoConfig),
+}
+
+/// Logging.
+#[derive(Debug, Clone, Args)]
+pub struct LogConfig {
+    /// Log filter, e.g. `info` or `raindrop=debug` (RUST_LOG is honoured too).
+    #[clap(long = "log", env = "RAINDROP_LOG", default_value = "info", global = true)]
+    pub filter: String,
+    /// Emit logs as JSON lines.
+    #[clap(long = "log-json", env = "RAINDROP_LOG_JSON", global = true)]
+    pub json: bool,
+}
+
+/// Where tables and the catalog live.
+#[derive(Debug, Clone, Args)]
+pub struct StorageConfig {
+    /// Data directory for the embedded default (SQLite catalog, warehouse, tokens).
+    #[clap(long, env = "RAINDROP_DATA_DIR", default_value = "./raindrop-data")]
+    pub data_dir: PathBuf,
+    /// SQL catalog URI; default `sqlite://<data-dir>/catalog.db`. Postgres: `postgres://…`.
+    #[clap(long, env = "RAINDROP_CATALOG_URI")]
+    pub catalog_uri: Option<String>,
+    /// Warehouse location; default `file://<data-dir>/warehouse`.
+    #[clap(long, env = "RAINDROP_WAREHOUSE")]
+    pub warehouse: Option<String>,
+    /// Catalog name recorded in the SQL catalog (PyIceberg's `SqlCatalog(name)`).
+    #[clap(long, env = "RAINDROP_CATALOG_NAME", default_value = "raindrop")]
+    pub catalog_name: String,
+    /// Iceberg namespace (and SQL schema) of the `raw_events` table.
+    #[clap(long, env = "RAINDROP_NAMESPACE", default_value = crate::schema::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+}
+
+impl StorageConfig {
+    /// Embedded defaults rooted at `data_dir` (used by tests and the demo).
+    pub fn in_dir(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            catalog_uri: None,
+            warehouse: None,
+            catalog_name: "raindrop".into(),
+            namespace: crate::schema::DEFAULT_NAMESPACE.into(),
+        }
+    }
+
+    /// Token file used unless `--tokens-file` says otherwise.
+    pub fn default_tokens_file(&self) -> PathBuf {
+        self.data_dir.join("tokens.json")
+    }
+}
+
+/// `raindrop serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[clap(long, env = "RAINDROP_ADDR", default_value = "127.0.0.1:50051")]
+    pub addr: SocketAddr,
+    /// Storage options.
+    #[clap(flatten)]
+    pub storage: StorageConfig,
+    /// Token file (hashed tokens); default `<data-dir>/tokens.json`.
+    #[clap(long, env = "RAINDROP_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Limits.
+    #[clap(flatten)]
+    pub limits: LimitsConfig,
+}
+
+impl ServeConfig {
+    /// Config for a server rooted at `data_dir` with default limits.
+    pub fn in_dir(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            addr: "127.0.0.1:0".parse().expect("valid address"),
+            storage: StorageConfig::in_dir(data_dir),
+            tokens_file: None,
+            limits: LimitsConfig::default(),
+        }
+    }
+
+    /// Effective token file.
+    pub fn tokens_file(&self) -> PathBuf {
+        self.tokens_file
+            .clone()
+            .unwrap_or_else(|| self.storage.default_tokens_file())
+    }
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Args)]
+pub struct LimitsConfig {
+    /// Largest decoded size of one ingest stream, in MiB; larger streams are
+    /// rejected with `ResourceExhausted` before anything is committed.
+    #[clap(long, env = "RAINDROP_MAX_INGEST_MIB", default_value_t = 512)]
+    pub max_ingest_mib: usize,
+    /// Largest gRPC message accepted, in MiB (one Arrow batch must fit).
+    #[clap(long, env = "RAINDROP_MAX_MESSAGE_MIB", default_value_t = 64)]
+    pub max_message_mib: usize,
+    /// Query parallelism (DataFusion target partitions); 0 = number of cores.
+    #[clap(long, env = "RAINDROP_QUERY_PARTITIONS", default_value_t = 0)]
+    pub query_partitions: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_ingest_mib: 512,
+            max_message_mib: 64,
+            query_partitions: 0,
+        }
+    }
+}
+
+/// `raindrop token …`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it once (only its salted hash is stored).
+    Create {
+        /// Project the token belongs to (omit for `admin`).
+        #[clap(long)]
+        project: Option<String>,
+        /// Role: read, ingest, read_write or admin.
+        #[clap(long, default_value = "read_write")]
+        role: Role,
+        /// Use this secret instead of a generated one (at least 16 characters).
+        #[clap(long, env = "RAINDROP_NEW_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Free-text label shown by `token list`.
+        #[clap(long, default_value = "")]
+        label: String,
+        /// Token file options.
+        #[clap(flatten)]
+        file: TokenFileArgs,
+    },
+    /// List tokens (ids, projects, roles; never secrets).
+    List {
+        /// Token file options.
+        #[clap(flatten)]
+        file: TokenFileArgs,
+    },
+    /// Revoke a token by id; a running server stops accepting it at once.
+    Revoke {
+        /// Token id as shown by `token list`.
+        id: String,
+        /// Token file options.
+        #[clap(flatten)]
+        file: TokenFileArgs,
+    },
+}
+
+/// Which token file a `token` subcommand edits.
+#[derive(Debug, Clone, Args)]
+pub struct TokenFileArgs {
+    /// Data directory (token file defaults to `<data-dir>/tokens.json`).
+    #[clap(long, env = "RAINDROP_DATA_DIR", default_value = "./raindrop-data")]
+    pub data_dir: PathBuf,
+    /// Token file path.
+    #[clap(long, env = "RAINDROP_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+}
+
+impl TokenFileArgs {
+    /// Effective token file.
+    pub fn path(&self) -> PathBuf {
+        self.tokens_file
+            .clone()
+            .unwrap_or_else(|| Path::new(&self.data_dir).join("tokens.json"))
+    }
+}
+
+/// `raindrop demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoConfig {
+    /// Directory for the demo's embedded server; reset on each demo run
+    /// (only if the demo created it).
+    #[clap(long, env = "RAINDROP_DEMO_DIR", default_value = "./raindrop-demo")]
+    pub data_dir: PathBuf,
+    /// Number of tenants (projects); sizes are skewed.
+    #[clap(long, env = "RAINDROP_DEMO_PROJECTS", default_value_t = 5)]
+    pub projects: usize,
+    /// Days of history, ending now.
+    #[clap(long, env = "RAINDROP_DEMO_DAYS", default_value_t = 30)]
+    pub days: u32,
+    /// Total events across all projects.
+    #[clap(long, env = "RAINDROP_DEMO_EVENTS", default_value_t = 1_000_000)]
+    pub events: usize,
+    /// Events per DoPut batch.
+    #[clap(long, env = "RAINDROP_DEMO_BATCH", default_value_t = 50_000)]
+    pub batch_rows: usize,
+    /// Random seed, so runs are reproducible.
+    #[clap(long, env = "RAINDROP_DEMO_SEED", default_value_t = 42)]
+    pub seed: u64,
+}

@@ -1,0 +1,124 @@
+//! Crate error type and the one place errors become gRPC statuses.
+//!
+//! Variants separate *user* mistakes (bad input, missing rights) from
+//! *server* faults, so clients get a status they can act on and operators
+//! get a log line only for what is really a bug or an outage.
+
+use datafusion::error::DataFusionError;
+use tonic::Status;
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong inside Raindrop.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No credential, or one that matches no token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but its role or project does not allow this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The request itself is wrong (schema, types, SQL, names).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A table, schema or handle that does not exist (for this caller).
+    #[error("{0}")]
+    NotFound(String),
+    /// A table that the request wanted to create exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A limit was hit; retrying later or with less may succeed.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// A valid request for something Raindrop deliberately does not do.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Iceberg catalog or storage failure.
+    #[error("iceberg: {0}")]
+    Iceberg(#[from] iceberg::Error),
+    /// Query engine failure.
+    #[error("{0}")]
+    DataFusion(#[from] Box<DataFusionError>),
+    /// Arrow failure on server-produced data.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// Local I/O (token file, data dir).
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// A bug: an invariant did not hold.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<DataFusionError> for Error {
+    fn from(e: DataFusionError) -> Self {
+        // Our own errors travel through DataFusion callbacks as `External`:
+        // unwrap them so they keep their status code.
+        match e {
+            DataFusionError::External(inner) => match inner.downcast::<Error>() {
+                Ok(ours) => *ours,
+                Err(other) => Error::DataFusion(Box::new(DataFusionError::External(other))),
+            },
+            DataFusionError::Context(ctx, inner) => match Error::from(*inner) {
+                Error::DataFusion(df) => {
+                    Error::DataFusion(Box::new(DataFusionError::Context(ctx, df)))
+                }
+                ours => ours,
+            },
+            other => Error::DataFusion(Box::new(other)),
+        }
+    }
+}
+
+impl Error {
+    /// Wrap into a DataFusion error without losing the variant.
+    pub fn into_datafusion(self) -> DataFusionError {
+        DataFusionError::External(Box::new(self))
+    }
+}
+
+fn datafusion_status(e: &DataFusionError) -> Status {
+    use DataFusionError as D;
+    match e {
+        D::SQL(..) | D::Plan(..) | D::SchemaError(..) | D::NotImplemented(..) => {
+            Status::invalid_argument(e.to_string())
+        }
+        D::ResourcesExhausted(..) => Status::resource_exhausted(e.to_string()),
+        D::Execution(..) | D::ArrowError(..) => Status::invalid_argument(e.to_string()),
+        D::Context(_, inner) => datafusion_status(inner),
+        D::Shared(inner) => datafusion_status(inner),
+        _ => {
+            tracing::error!(error = %e, "query failed");
+            Status::internal(e.to_string())
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Unauthenticated(m) => Status::unauthenticated(m),
+            Error::PermissionDenied(m) => Status::permission_denied(m),
+            Error::InvalidArgument(m) => Status::invalid_argument(m),
+            Error::NotFound(m) => Status::not_found(m),
+            Error::AlreadyExists(m) => Status::already_exists(m),
+            Error::ResourceExhausted(m) => Status::resource_exhausted(m),
+            Error::Unsupported(m) => Status::unimplemented(m),
+            Error::DataFusion(e) => datafusion_status(&e),
+            Error::Iceberg(e) => {
+                if e.kind() == iceberg::ErrorKind::CatalogCommitConflicts {
+                    tracing::warn!(error = %e, "commit conflict after retries");
+                    Status::aborted(format!("{e}; the write was not applied, retry it"))
+                } else {
+                    tracing::error!(error = ?e, "iceberg failure");
+                    Status::internal(format!("storage error: {e}"))
+                }
+            }
+            e @ (Error::Arrow(_) | Error::Io(_) | Error::Internal(_)) => {
+                tracing::error!(error = ?e, "internal failure");
+                Status::internal(e.to_string())
+            }
+        }
+    }
+}

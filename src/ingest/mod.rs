@@ -1,0 +1,291 @@
+//! Ingest: validate and normalise client batches, stamp the caller's
+//! project, and append them through the single [`writer::TableWriter`].
+//!
+//! Two targets exist: the shared telemetry table `raw_events` (rows always
+//! carry the caller's `project_id`) and tenant-private tables, which live in
+//! the Iceberg namespace `tenants.<project>.<schema>` derived from the token,
+//! so no name a client sends can reach another tenant's tables.
+
+pub mod validate;
+pub mod writer;
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use futures::{Stream, StreamExt};
+use iceberg::{ErrorKind, TableCreation, TableIdent};
+
+use crate::catalog::Warehouse;
+use crate::error::{Error, Result};
+use crate::schema;
+use crate::tenant::{Principal, names};
+use validate::ProjectRule;
+use writer::{AppendOutcome, TableWriter};
+
+/// Where an ingest stream goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The shared telemetry table.
+    RawEvents,
+    /// A tenant-private table `schema.table` of the caller's project.
+    Tenant {
+        /// SQL schema name (validated, lowercase).
+        schema: String,
+        /// Table name (validated, lowercase).
+        table: String,
+    },
+}
+
+/// ADBC / Flight SQL ingest modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Create the table; fail if it exists.
+    Create,
+    /// Append; fail if the table does not exist.
+    Append,
+    /// Drop and recreate the table, then write.
+    Replace,
+    /// Create if missing, then append.
+    CreateAppend,
+}
+
+/// Default SQL schema for tenant tables ingested without a schema name.
+pub const DEFAULT_TENANT_SCHEMA: &str = "public";
+
+/// Ingest service shared by every write path.
+#[derive(Debug)]
+pub struct Ingestor {
+    warehouse: Warehouse,
+    writer: Arc<TableWriter>,
+    max_stream_bytes: usize,
+}
+
+impl Ingestor {
+    /// New ingestor over `warehouse`, refusing streams above `max_stream_bytes`.
+    pub fn new(warehouse: Warehouse, max_stream_bytes: usize) -> Self {
+        let writer = Arc::new(TableWriter::new(warehouse.catalog.clone()));
+        Self {
+            warehouse,
+            writer,
+            max_stream_bytes,
+        }
+    }
+
+    /// Map client-supplied names (ADBC `catalog_name`, `db_schema_name`,
+    /// `table`) to a target, validating every part.
+    pub fn resolve_target(&self, catalog: Option<&str>, schema: Option<&str>, table: &str) -> Result<Target> {
+        if let Some(c) = catalog.filter(|c| !c.is_empty()) {
+            if c != self.warehouse.catalog_name {
+                return Err(Error::NotFound(format!(
+                    "catalog '{c}' does not exist; use '{}' or leave it empty",
+                    self.warehouse.catalog_name
+                )));
+            }
+        }
+        let table = names::normalize_identifier("table", table)?;
+        let events_schema = self.warehouse.namespace.to_url_string();
+        let schema = schema
+            .filter(|s| !s.is_empty())
+            .map(|s| names::normalize_identifier("schema", s))
+            .transpose()?;
+        match schema.as_deref() {
+            None if table == schema::RAW_EVENTS => Ok(Target::RawEvents),
+            Some(s) if s == events_schema => {
+                if table == schema::RAW_EVENTS {
+                    Ok(Target::RawEvents)
+                } else {
+                    Err(Error::PermissionDenied(format!(
+                        "schema '{s}' holds only raw_events; put your own tables in another schema (e.g. db_schema_name='warehouse')"
+                    )))
+                }
+            }
+            Some(s) if names::RESERVED_SCHEMAS.contains(&s) => Err(Error::PermissionDenied(format!(
+                "schema '{s}' is reserved"
+            ))),
+            s => Ok(Target::Tenant {
+                schema: s.unwrap_or(DEFAULT_TENANT_SCHEMA).to_string(),
+                table,
+            }),
+        }
+    }
+
+    /// Consume `batches` and commit them to `target` in one snapshot.
+    /// Returns only after the commit. The whole stream is validated before
+    /// anything is written, so bad input changes nothing.
+    pub async fn ingest<S>(&self, principal: &Principal, target: &Target, mode: Mode, batches: S) -> Result<AppendOutcome>
+    where
+        S: Stream<Item = Result<RecordBatch>> + Send,
+    {
+        principal.require_write()?;
+        match target {
+            Target::RawEvents => self.ingest_raw_events(principal, mode, batches).await,
+            Target::Tenant { schema, table } => {
+                let project = principal.project()?.to_string();
+                self.ingest_tenant_table(&project, schema, table, mode, batches).await
+            }
+        }
+    }
+
+    async fn collect<S, F>(&self, batches: S, mut normalize: F) -> Result<Vec<RecordBatch>>
+    where
+        S: Stream<Item = Result<RecordBatch>> + Send,
+        F: FnMut(&RecordBatch) -> Result<RecordBatch>,
+    {
+        let mut batches = std::pin::pin!(batches);
+        let mut out = vec![];
+        let mut bytes = 0usize;
+        while let Some(batch) = batches.next().await {
+            let batch = batch?;
+            bytes += batch.get_array_memory_size();
+            if bytes > self.max_stream_bytes {
+                return Err(Error::ResourceExhausted(format!(
+                    "ingest stream exceeds {} MiB; split it into several DoPut calls",
+                    self.max_stream_bytes / (1024 * 1024)
+                )));
+            }
+            if batch.num_rows() > 0 {
+                out.push(normalize(&batch)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ingest_raw_events<S>(&self, principal: &Principal, mode: Mode, batches: S) -> Result<AppendOutcome>
+    where
+        S: Stream<Item = Result<RecordBatch>> + Send,
+    {
+        match mode {
+            Mode::Append | Mode::CreateAppend => {}
+            Mode::Create => {
+                return Err(Error::AlreadyExists(
+                    "raw_events always exists; ingest with mode 'append'".into(),
+                ));
+            }
+            Mode::Replace => {
+                return Err(Error::PermissionDenied(
+                    "raw_events cannot be replaced; ingest with mode 'append'".into(),
+                ));
+            }
+        }
+        let rule = match (&principal.project_id, principal.is_admin()) {
+            (_, true) => ProjectRule::FromBatch,
+            (Some(p), false) => ProjectRule::Stamp(p),
+            (None, false) => return Err(Error::PermissionDenied("token has no project".into())),
+        };
+        let target_schema = schema::raw_events_arrow_schema();
+        let now = chrono::Utc::now().timestamp_micros();
+        let batches = self
+            .collect(batches, |b| validate::normalize_raw_events(b, &target_schema, rule, now))
+            .await?;
+        self.writer.append(&self.warehouse.raw_events_ident(), batches).await
+    }
+
+    async fn ingest_tenant_table<S>(
+        &self,
+        project: &str,
+        schema_name: &str,
+        table: &str,
+        mode: Mode,
+        batches: S,
+    ) -> Result<AppendOutcome>
+    where
+        S: Stream<Item = Result<RecordBatch>> + Send,
+    {
+        let mut batches = Box::pin(batches);
+        // The first batch decides the schema of a table created here.
+        let first = match batches.next().await {
+            Some(b) => lowercase_names(&b?)?,
+            None => return Ok(AppendOutcome::default()),
+        };
+        let ns = self.warehouse.tenant_namespace(project, schema_name);
+        let ident = TableIdent::new(ns.clone(), table.to_string());
+        let exists = self.warehouse.catalog.table_exists(&ident).await?;
+        let display = format!("{schema_name}.{table}");
+        match (mode, exists) {
+            (Mode::Create, true) => {
+                return Err(Error::AlreadyExists(format!(
+                    "table {display} exists; use mode 'append', 'replace' or 'create_append'"
+                )));
+            }
+            (Mode::Append, false) => {
+                return Err(Error::NotFound(format!(
+                    "table {display} does not exist; use mode 'create' or 'create_append'"
+                )));
+            }
+            _ => {}
+        }
+        let new_schema = if !exists || mode == Mode::Replace {
+            let arrow_schema = validate::table_schema_from_client(first.schema_ref())?;
+            Some(
+                iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(&arrow_schema)
+                    .map_err(|e| Error::InvalidArgument(format!("unsupported column type: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let target: SchemaRef = Arc::new(match &new_schema {
+            Some(s) => iceberg::arrow::schema_to_arrow_schema(s)?,
+            None => {
+                let t = self.warehouse.catalog.load_table(&ident).await?;
+                iceberg::arrow::schema_to_arrow_schema(t.metadata().current_schema())?
+            }
+        });
+        // Validate the whole stream before touching the catalog, so a bad
+        // stream leaves tables exactly as they were.
+        let all = futures::stream::once(async { Ok(first) }).chain(batches);
+        let mut normalized = self
+            .collect(all, |b| validate::normalize_to_schema(&lowercase_names(b)?, &target))
+            .await?;
+        if let Some(schema) = new_schema {
+            self.warehouse.ensure_tenant_namespace(project, schema_name).await?;
+            if exists {
+                // Replace: not atomic (iceberg 0.10 has no overwrite commit);
+                // the old table's files stay on disk.
+                self.warehouse.catalog.drop_table(&ident).await?;
+            }
+            self.create_tenant_table(&ns, table, schema).await?;
+            // The catalog may renumber field ids: bind batches to the table.
+            let created = self.warehouse.catalog.load_table(&ident).await?;
+            let schema: SchemaRef = Arc::new(iceberg::arrow::schema_to_arrow_schema(
+                created.metadata().current_schema(),
+            )?);
+            normalized = normalized
+                .into_iter()
+                .map(|b| validate::normalize_to_schema(&b, &schema))
+                .collect::<Result<_>>()?;
+        }
+        self.writer.append(&ident, normalized).await
+    }
+
+    async fn create_tenant_table(&self, ns: &iceberg::NamespaceIdent, table: &str, schema: iceberg::spec::Schema) -> Result<()> {
+        let creation = TableCreation::builder()
+            .name(table.to_string())
+            .schema(schema)
+            .properties([("write.parquet.compression-codec".to_string(), "zstd".to_string())])
+            .build();
+        match self.warehouse.catalog.create_table(ns, creation).await {
+            Ok(_) => Ok(()),
+            // Two concurrent creators: the loser appends to the winner's table.
+            Err(e) if e.kind() == ErrorKind::TableAlreadyExists => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Column names of tenant tables are stored lowercase, like unquoted SQL.
+fn lowercase_names(batch: &RecordBatch) -> Result<RecordBatch> {
+    if batch.schema_ref().fields().iter().all(|f| !f.name().bytes().any(|b| b.is_ascii_uppercase())) {
+        return Ok(batch.clone());
+    }
+    let fields: Vec<_> = batch
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_name(f.name().to_ascii_lowercase()))
+        .collect();
+    Ok(RecordBatch::try_new(
+        Arc::new(arrow::datatypes::Schema::new(fields)),
+        batch.columns().to_vec(),
+    )?)
+}

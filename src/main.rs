@@ -1,0 +1,91 @@
+//! `raindrop` binary: parse the command line, set up logging, dispatch.
+
+use anyhow::Context;
+use clap::Parser;
+use raindrop::config::{Cli, Command, LogConfig, TokenCommand};
+use raindrop::tenant::tokens;
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(log: &LogConfig) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| log.filter.clone());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr);
+    if log.json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(config: raindrop::config::ServeConfig) -> anyhow::Result<()> {
+    let services = raindrop::server::build_services(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("binding {}", config.addr))?;
+    let addr = listener.local_addr()?;
+    println!("Raindrop {} listening on grpc://{addr}", env!("CARGO_PKG_VERSION"));
+    println!("  data dir : {}", config.storage.data_dir.display());
+    println!("  tokens   : {} ({} configured)", config.tokens_file().display(), services.tokens.len());
+    println!("Connect with any Flight SQL client, e.g. Python ADBC:");
+    println!(
+        "  adbc_driver_flightsql.dbapi.connect(\"grpc://{addr}\", db_kwargs={{\"adbc.flight.sql.authorization_header\": \"Bearer <token>\"}})"
+    );
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+    };
+    raindrop::server::run(listener, services, &config, shutdown).await?;
+    Ok(())
+}
+
+fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create { project, role, token, label, file } => {
+            let secret = token.unwrap_or_else(tokens::generate_secret);
+            let rec = tokens::create_token(&file.path(), &secret, project.as_deref(), role, &label)?;
+            eprintln!(
+                "created token {} (project {}, role {}) in {}; the secret is shown only once:",
+                rec.id,
+                rec.project_id.as_deref().unwrap_or("*"),
+                rec.role,
+                file.path().display()
+            );
+            println!("{secret}");
+        }
+        TokenCommand::List { file } => {
+            println!("{:<14} {:<20} {:<11} {:<26} label", "id", "project", "role", "created");
+            for t in tokens::list_tokens(&file.path())? {
+                println!(
+                    "{:<14} {:<20} {:<11} {:<26} {}",
+                    t.id,
+                    t.project_id.as_deref().unwrap_or("*"),
+                    t.role,
+                    t.created_at,
+                    t.label
+                );
+            }
+        }
+        TokenCommand::Revoke { id, file } => {
+            tokens::revoke_token(&file.path(), &id)?;
+            eprintln!("revoked {id}");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    match cli.command {
+        Command::Serve(config) => serve(config).await,
+        Command::Token(cmd) => token(cmd),
+        Command::Demo(config) => Ok(raindrop::demo::run(config).await?),
+    }
+}

@@ -1,0 +1,257 @@
+//! DataFusion views of Iceberg tables: the tenant-scoped `raw_events` and a
+//! tenant's own tables, plus the schema provider that lists the latter.
+//!
+//! Tenant scoping happens here, below SQL: whatever the query says, the
+//! `raw_events` scan carries `project_id = <caller>` in its Iceberg
+//! predicate (so other tenants' files are pruned from the manifests before
+//! any data is read), and every planned file is checked to belong to the
+//! caller's partition before it may be opened.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{SchemaProvider, Session, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use iceberg::expr::{Predicate, Reference};
+use iceberg::scan::FileScanTask;
+use iceberg::spec::{Datum, Literal, PrimitiveLiteral, Transform};
+use iceberg::table::Table;
+use iceberg::{Catalog, NamespaceIdent, TableIdent};
+use iceberg_datafusion::physical_plan::convert_filters_to_predicate;
+
+use super::pruning::{event_day_predicate, references_event_day};
+use super::scan::IcebergScanExec;
+use crate::schema::col;
+
+/// A table provider over one Iceberg table snapshot.
+#[derive(Debug)]
+pub struct RaindropTable {
+    table: Table,
+    label: String,
+    schema: SchemaRef,
+    /// `Some(project)`: only this project's rows and files (tenant view of
+    /// `raw_events`). `None`: the whole table (tenant tables, admin).
+    scope: Option<String>,
+    /// Expose the virtual `event_day` column.
+    virtual_day: bool,
+}
+
+impl RaindropTable {
+    /// `raw_events` as seen by one project (`None` = admin, all projects).
+    pub fn raw_events(table: Table, scope: Option<String>) -> DFResult<Self> {
+        let mut schema = table_arrow_schema(&table)?;
+        let mut fields = schema.fields().to_vec();
+        fields.push(Arc::new(Field::new(col::EVENT_DAY, DataType::Date32, false)));
+        schema = Schema::new(fields);
+        Ok(Self {
+            label: table.identifier().to_string(),
+            table,
+            schema: Arc::new(schema),
+            scope,
+            virtual_day: true,
+        })
+    }
+
+    /// A tenant's own table, shown under `label`.
+    pub fn plain(table: Table, label: String) -> DFResult<Self> {
+        Ok(Self {
+            schema: Arc::new(table_arrow_schema(&table)?),
+            table,
+            label,
+            scope: None,
+            virtual_day: false,
+        })
+    }
+}
+
+/// Arrow schema of the table's current schema, exactly as the Iceberg
+/// reader produces it (field ids included), so batches need no rewriting.
+fn table_arrow_schema(table: &Table) -> DFResult<Schema> {
+    let schema = iceberg::arrow::schema_to_arrow_schema(table.metadata().current_schema())
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    Ok(schema)
+}
+
+/// The partition value of `project_id` of a planned file, if known.
+fn task_project(task: &FileScanTask) -> Option<Option<&str>> {
+    let (partition, spec) = (task.partition.as_ref()?, task.partition_spec.as_ref()?);
+    let project_field = task.schema.field_by_name(col::PROJECT_ID)?.id;
+    let idx = spec
+        .fields()
+        .iter()
+        .position(|f| f.source_id == project_field && f.transform == Transform::Identity)?;
+    Some(match partition.fields().get(idx)? {
+        Some(Literal::Primitive(PrimitiveLiteral::String(s))) => Some(s.as_str()),
+        _ => None,
+    })
+}
+
+/// Refuse to plan a file that is not in `project`'s partition.
+fn check_file_scope(task: &FileScanTask, project: &str) -> DFResult<()> {
+    let in_scope = match task_project(task) {
+        Some(value) => value == Some(project),
+        // No partition info: fall back to the deterministic path prefix.
+        None => task
+            .data_file_path
+            .contains(&format!("/project_id={project}/")),
+    };
+    if in_scope {
+        Ok(())
+    } else {
+        tracing::error!(file = %task.data_file_path, project, "planned a file outside the tenant's partition");
+        Err(DataFusionError::Internal(
+            "scan planned a file outside the caller's project; refusing to read it".into(),
+        ))
+    }
+}
+
+#[async_trait]
+impl TableProvider for RaindropTable {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DFResult<Vec<TableProviderFilterPushDown>> {
+        // Iceberg prunes files, row groups and rows, but DataFusion keeps
+        // evaluating every filter: pruning is an optimisation, never the
+        // source of truth.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let mandatory: Option<Predicate> = self
+            .scope
+            .as_ref()
+            .map(|p| Reference::new(col::PROJECT_ID).equal_to(Datum::string(p)));
+        let mut optional = vec![];
+        let mut plain_filters = vec![];
+        for f in filters {
+            if self.virtual_day && references_event_day(f) {
+                optional.extend(event_day_predicate(f));
+            } else {
+                plain_filters.push(f.clone());
+            }
+        }
+        optional.extend(convert_filters_to_predicate(&plain_filters));
+        let full = mandatory
+            .clone()
+            .into_iter()
+            .chain(optional.iter().cloned())
+            .reduce(Predicate::and);
+        let partitions = state.config().target_partitions();
+        let scope = self.scope.clone();
+        let file_filter = move |t: &FileScanTask| match &scope {
+            Some(p) => check_file_scope(t, p),
+            None => Ok(()),
+        };
+        let exec = match IcebergScanExec::try_new(
+            self.table.clone(),
+            self.label.clone(),
+            &self.schema,
+            projection,
+            full,
+            partitions,
+            &file_filter,
+        )
+        .await
+        {
+            Ok(exec) => exec,
+            Err(e) if !optional.is_empty() => {
+                // A pushed-down filter Iceberg cannot bind (e.g. a type it
+                // does not support) must not fail the query: scan with the
+                // mandatory scope only and let DataFusion filter.
+                tracing::debug!(error = %e, "predicate pushdown failed; scanning without it");
+                IcebergScanExec::try_new(
+                    self.table.clone(),
+                    self.label.clone(),
+                    &self.schema,
+                    projection,
+                    mandatory,
+                    partitions,
+                    &file_filter,
+                )
+                .await?
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Arc::new(exec))
+    }
+}
+
+/// A tenant's SQL schema: `tenants.<project>.<schema>` in the catalog.
+/// Table names are listed when the session is created; tables are loaded
+/// only when a query names them.
+#[derive(Debug)]
+pub struct TenantSchema {
+    catalog: Arc<dyn Catalog>,
+    namespace: NamespaceIdent,
+    sql_schema: String,
+    tables: Vec<String>,
+}
+
+impl TenantSchema {
+    /// List the tables of `namespace`.
+    pub async fn load(catalog: Arc<dyn Catalog>, namespace: NamespaceIdent, sql_schema: String) -> crate::Result<Self> {
+        let mut tables: Vec<String> = catalog
+            .list_tables(&namespace)
+            .await?
+            .into_iter()
+            .map(|t| t.name().to_string())
+            .collect();
+        tables.sort();
+        Ok(Self {
+            catalog,
+            namespace,
+            sql_schema,
+            tables,
+        })
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for TenantSchema {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn table_names(&self) -> Vec<String> {
+        self.tables.clone()
+    }
+
+    async fn table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
+        if !self.table_exist(name) {
+            return Ok(None);
+        }
+        let ident = TableIdent::new(self.namespace.clone(), name.to_string());
+        let table = self
+            .catalog
+            .load_table(&ident)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let label = format!("{}.{}", self.sql_schema, name);
+        Ok(Some(Arc::new(RaindropTable::plain(table, label)?)))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.tables.iter().any(|t| t == name)
+    }
+}

@@ -1,0 +1,115 @@
+//! Wiring: open the catalog, build the services, serve Flight SQL on an
+//! already-bound listener until a shutdown signal (so tests bind port 0).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::catalog;
+use crate::config::ServeConfig;
+use crate::error::{Error, Result};
+use crate::flight::{RaindropFlightService, Services};
+use crate::ingest::Ingestor;
+use crate::query::QueryEngine;
+use crate::tenant::tokens::TokenStore;
+
+const MIB: usize = 1024 * 1024;
+
+/// Open storage and build the request services for `config`.
+pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
+    let warehouse = catalog::open(&config.storage).await?;
+    let tokens = TokenStore::open(config.tokens_file())?;
+    if tokens.is_empty() {
+        tracing::warn!(
+            file = %tokens.path().display(),
+            "no tokens configured: every call will be refused; create one with `raindrop token create`"
+        );
+    }
+    Ok(Arc::new(Services {
+        tokens,
+        query: QueryEngine::new(warehouse.clone(), config.limits.query_partitions),
+        ingest: Ingestor::new(warehouse, config.limits.max_ingest_mib * MIB),
+    }))
+}
+
+/// Serve Flight SQL on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    services: Arc<Services>,
+    config: &ServeConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let max_message = config.limits.max_message_mib * MIB;
+    let service = FlightServiceServer::new(RaindropFlightService::new(services))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| Error::Internal(format!("server failed: {e}")))
+}
+
+/// A server running in the background of this process (tests, the demo).
+#[derive(Debug)]
+pub struct ServerHandle {
+    /// Address it listens on.
+    pub addr: SocketAddr,
+    /// The services behind it.
+    pub services: Arc<Services>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl ServerHandle {
+    /// Bind `config.addr` (use port 0 for any) and serve in a task.
+    pub async fn start(config: ServeConfig) -> Result<Self> {
+        let services = build_services(&config).await?;
+        let listener = TcpListener::bind(config.addr).await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task_services = services.clone();
+        let task = tokio::spawn(async move {
+            run(listener, task_services, &config, async {
+                rx.await.ok();
+            })
+            .await
+        });
+        Ok(Self {
+            addr,
+            services,
+            shutdown: Some(tx),
+            task: Some(task),
+        })
+    }
+
+    /// `http://host:port` for Flight clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stop serving and wait for in-flight calls to finish.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            tx.send(()).ok();
+        }
+        match self.task.take() {
+            Some(task) => task
+                .await
+                .map_err(|e| Error::Internal(format!("server task: {e}")))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            tx.send(()).ok();
+        }
+    }
+}

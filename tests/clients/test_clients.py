@@ -1,0 +1,213 @@
+"""Real clients against the real server: ADBC Flight SQL (DBAPI), PyArrow
+Flight, PyIceberg on the same SQLite catalog, and DuckDB as an independent
+engine recomputing the seed query."""
+
+from pathlib import Path
+
+import adbc_driver_flightsql.dbapi as flightsql
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.flight as flight
+import pytest
+
+import telemetry
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED_QUERY = (ROOT / "sql" / "seed-query.sql").read_text()
+DATA = {p: telemetry.make(p, n, seed) for p, n, seed in [("acme", 400, 1), ("globex", 150, 2)]}
+
+
+def connect(server, who):
+    return flightsql.connect(
+        server.uri,
+        db_kwargs={"adbc.flight.sql.authorization_header": f"Bearer {server.tokens[who]}"},
+        autocommit=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def loaded(server):
+    for project, (events, outcomes) in DATA.items():
+        with connect(server, project) as conn, conn.cursor() as cur:
+            assert cur.adbc_ingest("raw_events", events, mode="append") == events.num_rows
+            n = cur.adbc_ingest("user_outcomes", outcomes, mode="create", db_schema_name="warehouse")
+            assert n == outcomes.num_rows
+    return server
+
+
+def duckdb_seed(events: pa.Table, outcomes: pa.Table) -> pa.Table:
+    """The unchanged seed query, run by DuckDB over the client-side data."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("ev", events)
+    con.register("oc", outcomes)
+    con.execute("CREATE SCHEMA wildedge; CREATE SCHEMA warehouse")
+    con.execute("CREATE VIEW wildedge.raw_events AS SELECT *, CAST(event_timestamp AS DATE) AS event_day FROM ev")
+    con.execute("CREATE VIEW warehouse.user_outcomes AS SELECT * FROM oc")
+    return con.execute(SEED_QUERY).fetch_arrow_table()
+
+
+def rows(table: pa.Table):
+    out = []
+    for r in table.to_pylist():
+        out.append(
+            (
+                r["day"].date().isoformat(),
+                r["model_name"],
+                round(r["avg_confidence"], 9),
+                round(r["p95_latency_ms"], 6),
+                round(r["conversion_rate"], 9),
+                r["inference_count"],
+            )
+        )
+    return out
+
+
+def test_adbc_seed_query_matches_duckdb(loaded):
+    for project, (events, outcomes) in DATA.items():
+        with connect(loaded, project) as conn, conn.cursor() as cur:
+            cur.execute(SEED_QUERY)
+            got = cur.fetch_arrow_table()
+        want = duckdb_seed(events, outcomes)
+        assert got.num_rows > 0
+        assert rows(got) == rows(want), project
+
+
+def test_adbc_tenants_are_isolated(loaded):
+    with connect(loaded, "globex") as conn, conn.cursor() as cur:
+        cur.execute("SELECT DISTINCT project_id FROM wildedge.raw_events")
+        assert cur.fetchall() == [("globex",)]
+        cur.execute("SELECT count(*) FROM wildedge.raw_events WHERE project_id = 'acme' OR true")
+        assert cur.fetchone()[0] == DATA["globex"][0].num_rows
+        cur.execute("SELECT count(*) FROM warehouse.user_outcomes WHERE session_id LIKE 'acme-%'")
+        assert cur.fetchone()[0] == 0
+
+
+def test_adbc_basic_auth_handshake(loaded):
+    conn = flightsql.connect(
+        loaded.uri,
+        db_kwargs={"username": "acme", "password": loaded.tokens["acme"]},
+        autocommit=True,
+    )
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) AS n FROM wildedge.raw_events")
+        assert cur.fetchone()[0] == DATA["acme"][0].num_rows
+
+
+def test_adbc_bad_token_and_bad_sql(loaded):
+    bad = flightsql.connect(
+        loaded.uri,
+        db_kwargs={"adbc.flight.sql.authorization_header": "Bearer definitely-not-a-token"},
+        autocommit=True,
+    )
+    with pytest.raises(Exception, match="(?i)unauthenticated|invalid token"):
+        with bad.cursor() as cur:
+            cur.execute("SELECT 1")
+    with connect(loaded, "acme") as conn, conn.cursor() as cur:
+        with pytest.raises(Exception, match="(?i)not allowed|permission"):
+            cur.execute("DROP TABLE wildedge.raw_events")
+
+
+def statement_query_command(sql: str) -> bytes:
+    """Flight SQL CommandStatementQuery wrapped in protobuf Any, by hand."""
+
+    def field(num: int, payload: bytes) -> bytes:
+        n, length = len(payload), b""
+        while True:
+            b = n & 0x7F
+            n >>= 7
+            length += bytes([b | (0x80 if n else 0)])
+            if not n:
+                break
+        return bytes([(num << 3) | 2]) + length + payload
+
+    inner = field(1, sql.encode())
+    return field(1, b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery") + field(2, inner)
+
+
+def test_pyarrow_flight_raw_doget_and_doput(loaded):
+    client = flight.FlightClient(f"grpc+tcp://{loaded.addr}")
+    header = client.authenticate_basic_token("acme", loaded.tokens["acme"])
+    options = flight.FlightCallOptions(headers=[header])
+    descriptor = flight.FlightDescriptor.for_command(statement_query_command("SELECT count(*) AS n FROM wildedge.raw_events"))
+    info = client.get_flight_info(descriptor, options)
+    table = client.do_get(info.endpoints[0].ticket, options).read_all()
+    assert table.schema == info.schema
+    before = table.column("n")[0].as_py()
+    assert before >= DATA["acme"][0].num_rows
+
+    extra = pa.table(
+        {
+            "event_id": ["raw-1", "raw-2"],
+            "event_type": ["feedback", "feedback"],
+            "event_timestamp": pa.array([1_780_000_000_000_000, 1_780_000_000_000_001], pa.timestamp("us", tz="UTC")),
+        }
+    )
+    writer, reader = client.do_put(flight.FlightDescriptor.for_path("raw_events"), extra.schema, options)
+    writer.write_table(extra)
+    writer.done_writing()
+    reader.read()
+    writer.close()
+    table = client.do_get(client.get_flight_info(descriptor, options).endpoints[0].ticket, options).read_all()
+    assert table.column("n")[0].as_py() == before + 2
+
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        client.authenticate_basic_token("acme", "wrong-token-0123456789")
+
+
+def open_pyiceberg(server):
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    return SqlCatalog(
+        "raindrop",
+        uri=f"sqlite:///{server.data_dir}/catalog.db",
+        warehouse=f"file://{server.data_dir}/warehouse",
+    )
+
+
+def test_pyiceberg_reads_what_raindrop_wrote(loaded):
+    catalog = open_pyiceberg(loaded)
+    table = catalog.load_table("wildedge.raw_events")
+    spec = table.spec()
+    assert [f.name for f in spec.fields] == ["project_id", "event_day"]
+    acme = table.scan(row_filter="project_id == 'acme'").to_arrow()
+    events = DATA["acme"][0]
+    mine = acme.filter(pc.starts_with(acme.column("event_id"), "acme-"))
+    assert mine.num_rows == events.num_rows
+    assert sorted(mine.column("event_id").to_pylist()) == sorted(events.column("event_id").to_pylist())
+    assert pc.sum(mine.column("confidence")).as_py() == pytest.approx(pc.sum(events.column("confidence")).as_py())
+    assert set(acme.column("project_id").to_pylist()) == {"acme"}
+
+
+def test_raindrop_reads_what_pyiceberg_wrote(loaded):
+    catalog = open_pyiceberg(loaded)
+    catalog.create_namespace_if_not_exists(("tenants", "acme", "labels"))
+    data = pa.table({"session_id": ["acme-s1", "acme-s2", "acme-s3"], "label": pa.array([1, 0, 1], pa.int64())})
+    table = catalog.create_table_if_not_exists("tenants.acme.labels.gold", schema=data.schema)
+    table.append(data)
+    with connect(loaded, "acme") as conn, conn.cursor() as cur:
+        cur.execute("SELECT sum(label) AS s, count(*) AS n FROM labels.gold")
+        assert cur.fetchone() == (2, 3)
+    with connect(loaded, "globex") as conn, conn.cursor() as cur:
+        with pytest.raises(Exception, match="(?i)not found"):
+            cur.execute("SELECT * FROM labels.gold")
+
+
+def test_duckdb_over_raindrop_parquet_matches_raindrop(loaded):
+    """DuckDB reads Raindrop's Parquet files directly and recomputes the seed query."""
+    files = str(loaded.data_dir / "warehouse/wildedge/raw_events/data/project_id=acme/**/*.parquet")
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("CREATE SCHEMA wildedge; CREATE SCHEMA warehouse")
+    con.execute(
+        f"CREATE VIEW wildedge.raw_events AS SELECT *, CAST(event_timestamp AS DATE) AS event_day "
+        f"FROM read_parquet('{files}', hive_partitioning = false)"
+    )
+    con.register("oc", DATA["acme"][1])
+    con.execute("CREATE VIEW warehouse.user_outcomes AS SELECT * FROM oc")
+    want = con.execute(SEED_QUERY).fetch_arrow_table()
+    with connect(loaded, "acme") as conn, conn.cursor() as cur:
+        cur.execute(SEED_QUERY)
+        got = cur.fetch_arrow_table()
+    assert rows(got) == rows(want)

@@ -1,0 +1,173 @@
+//! Test fixture: a server over a temp dir with tokens for two tenants.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::Int64Type;
+use chrono::Utc;
+use raindrop::client::{IngestMode, RaindropClient};
+use raindrop::config::ServeConfig;
+use raindrop::demo::generate::{GenConfig, ProjectData, generate_project};
+use raindrop::server::ServerHandle;
+use raindrop::tenant::{Role, tokens};
+use tokio::sync::OnceCell;
+
+pub const ACME: &str = "acme";
+pub const GLOBEX: &str = "globex";
+
+/// A running server plus its data dir and tokens by name.
+pub struct TestServer {
+    pub dir: Arc<tempfile::TempDir>,
+    pub handle: Option<ServerHandle>,
+    pub tokens: HashMap<&'static str, String>,
+}
+
+fn add_token(path: &Path, name: &str, project: Option<&str>, role: Role) -> String {
+    let secret = format!("test-token-{name}-{}", uuid::Uuid::new_v4());
+    tokens::create_token(path, &secret, project, role, name).unwrap();
+    secret
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let cfg = ServeConfig::in_dir(dir.path());
+        let file = cfg.tokens_file();
+        std::fs::create_dir_all(dir.path()).unwrap();
+        let mut tokens = HashMap::new();
+        tokens.insert("acme", add_token(&file, "acme", Some(ACME), Role::ReadWrite));
+        tokens.insert("globex", add_token(&file, "globex", Some(GLOBEX), Role::ReadWrite));
+        tokens.insert("acme_read", add_token(&file, "acme_read", Some(ACME), Role::Read));
+        tokens.insert("acme_ingest", add_token(&file, "acme_ingest", Some(ACME), Role::Ingest));
+        tokens.insert("admin", add_token(&file, "admin", None, Role::Admin));
+        let handle = ServerHandle::start(cfg).await.unwrap();
+        Self {
+            dir,
+            handle: Some(handle),
+            tokens,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.handle.as_ref().unwrap().url()
+    }
+
+    pub async fn client(&self, token: &str) -> RaindropClient {
+        RaindropClient::connect(&self.url(), &self.tokens[token]).await.unwrap()
+    }
+
+    /// Stop and start again over the same directory.
+    pub async fn restart(&mut self) {
+        self.handle.take().unwrap().stop().await.unwrap();
+        let handle = ServerHandle::start(ServeConfig::in_dir(self.dir.path())).await.unwrap();
+        self.handle = Some(handle);
+    }
+
+    /// Root of `raw_events` data files.
+    pub fn raw_events_data(&self) -> PathBuf {
+        self.dir.path().join("warehouse/wildedge/raw_events/data")
+    }
+}
+
+/// Every Parquet file under `dir`, recursively.
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(parquet_files(&p));
+        } else if p.extension().is_some_and(|x| x == "parquet") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Generated data for the two test tenants (cached: generated once).
+pub struct Dataset {
+    pub acme: ProjectData,
+    pub globex: ProjectData,
+}
+
+pub fn dataset_config() -> GenConfig {
+    GenConfig {
+        projects: 2,
+        days: 30,
+        events: 24_000,
+        batch_rows: 4_000,
+        seed: 1234,
+        end: Utc::now(),
+    }
+}
+
+pub async fn dataset() -> &'static Dataset {
+    static DATA: OnceCell<Dataset> = OnceCell::const_new();
+    DATA.get_or_init(|| async {
+        let cfg = dataset_config();
+        Dataset {
+            acme: generate_project(&cfg, 0),
+            globex: generate_project(&cfg, 1),
+        }
+    })
+    .await
+}
+
+/// A server loaded with both tenants' telemetry and outcomes.
+pub async fn loaded_server() -> TestServer {
+    let server = TestServer::start().await;
+    let data = dataset().await;
+    for (token, project) in [("acme", &data.acme), ("globex", &data.globex)] {
+        let mut c = server.client(token).await;
+        for b in &project.events {
+            let n = c.ingest_events(vec![b.clone()]).await.unwrap();
+            assert_eq!(n as usize, b.num_rows());
+        }
+        let n = c
+            .ingest(Some("warehouse"), "user_outcomes", IngestMode::Create, vec![project.outcomes.clone()])
+            .await
+            .unwrap();
+        assert_eq!(n as usize, project.outcomes.num_rows());
+    }
+    server
+}
+
+/// Single i64 value of a one-row, one-column result.
+pub fn scalar_i64(batches: &[RecordBatch]) -> i64 {
+    let b = batches.iter().find(|b| b.num_rows() > 0).expect("one row");
+    let col = b.column(0);
+    assert!(!col.is_null(0));
+    col.as_primitive::<Int64Type>().value(0)
+}
+
+pub async fn count(client: &mut RaindropClient, sql: &str) -> i64 {
+    scalar_i64(&client.query(sql).await.unwrap())
+}
+
+/// All string values of column `name` across batches.
+pub fn strings(batches: &[RecordBatch], name: &str) -> Vec<String> {
+    let mut out = vec![];
+    for b in batches {
+        let col = arrow::compute::cast(b.column_by_name(name).unwrap(), &arrow::datatypes::DataType::Utf8).unwrap();
+        let col = col.as_string::<i32>();
+        out.extend((0..col.len()).map(|i| col.value(i).to_string()));
+    }
+    out
+}
+
+/// `EXPLAIN` a query and return the `files=` count of each Iceberg scan.
+pub async fn planned_files(client: &mut RaindropClient, sql: &str) -> Vec<usize> {
+    let plan = client.query(&format!("EXPLAIN {sql}")).await.unwrap();
+    let text = strings(&plan, "plan").join("\n");
+    let files: Vec<usize> = text
+        .split("IcebergScanExec: ")
+        .skip(1)
+        .map(|s| {
+            s.split("files=").nth(1).unwrap().split(',').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert!(!files.is_empty(), "no IcebergScanExec in plan:\n{text}");
+    files
+}

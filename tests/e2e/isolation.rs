@@ -1,0 +1,125 @@
+//! A tenant never sees, lists or infers another tenant's data, whatever SQL
+//! it sends; and planned files never leave its partition.
+
+use tonic::Code;
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_sql_sees_only_own_rows() {
+    let server = loaded_server().await;
+    let data = dataset().await;
+    let acme_n = data.acme.event_count as i64;
+    let mut acme = server.client("acme").await;
+
+    let projects = strings(
+        &acme.query("SELECT DISTINCT project_id FROM wildedge.raw_events").await.unwrap(),
+        "project_id",
+    );
+    assert_eq!(projects, vec![ACME.to_string()]);
+
+    // Each must count exactly acme's rows (or none of globex's).
+    let cases = [
+        ("SELECT count(*) FROM wildedge.raw_events", acme_n),
+        ("SELECT count(*) FROM wildedge.raw_events WHERE project_id = 'globex'", 0),
+        ("SELECT count(*) FROM wildedge.raw_events WHERE project_id = 'globex' OR true", acme_n),
+        ("SELECT count(*) FROM wildedge.raw_events WHERE project_id <> 'acme'", 0),
+        ("SELECT count(*) FROM wildedge.raw_events WHERE project_id IN ('globex', 'acme')", acme_n),
+        ("SELECT count(*) FROM wildedge.raw_events WHERE lower(project_id) = 'globex'", 0),
+        ("SELECT count(*) FROM wildedge.raw_events WHERE NOT (project_id = 'acme')", 0),
+        ("SELECT count(*) FROM wildedge.raw_events WHERE session_id LIKE 'globex%'", 0),
+        ("WITH x AS (SELECT * FROM wildedge.raw_events WHERE project_id = 'globex') SELECT count(*) FROM x", 0),
+        (
+            "SELECT count(*) FROM (SELECT event_id FROM wildedge.raw_events UNION ALL \
+             SELECT event_id FROM wildedge.raw_events WHERE project_id = 'globex')",
+            acme_n,
+        ),
+        (
+            "SELECT count(*) FROM wildedge.raw_events WHERE session_id IN \
+             (SELECT session_id FROM wildedge.raw_events WHERE project_id = 'globex')",
+            0,
+        ),
+        (
+            "SELECT count(*) FROM wildedge.raw_events a JOIN wildedge.raw_events b \
+             ON a.event_id = b.event_id WHERE b.project_id = 'globex'",
+            0,
+        ),
+        ("SELECT count(*) FROM raindrop.wildedge.raw_events WHERE event_id LIKE 'globex-%'", 0),
+        ("SELECT count(*) FROM wildedge.raw_events WHERE CAST(project_id AS VARCHAR) = 'globex'", 0),
+    ];
+    for (sql, want) in cases {
+        assert_eq!(count(&mut acme, sql).await, want, "{sql}");
+    }
+
+    // Own tables only, in listings and by name.
+    let tables = acme
+        .query("SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema <> 'information_schema'")
+        .await
+        .unwrap();
+    let mut listed: Vec<String> = strings(&tables, "table_schema")
+        .into_iter()
+        .zip(strings(&tables, "table_name"))
+        .map(|(s, t)| format!("{s}.{t}"))
+        .collect();
+    listed.sort();
+    assert_eq!(listed, vec!["warehouse.user_outcomes", "wildedge.raw_events"]);
+    let schemata = strings(&acme.query("SELECT schema_name FROM information_schema.schemata").await.unwrap(), "schema_name");
+    assert!(schemata.iter().all(|s| !s.contains("globex") && !s.contains("tenants")), "{schemata:?}");
+    let shown = strings(&acme.query("SHOW TABLES").await.unwrap(), "table_name");
+    assert!(shown.contains(&"user_outcomes".to_string()));
+
+    let sessions = strings(&acme.query("SELECT session_id FROM warehouse.user_outcomes").await.unwrap(), "session_id");
+    assert_eq!(sessions.len(), data.acme.outcomes.num_rows());
+    assert!(sessions.iter().all(|s| s.starts_with("acme-")));
+
+    // Other tenants' tables cannot be named at all.
+    for sql in [
+        "SELECT * FROM tenants.globex.warehouse.user_outcomes",
+        "SELECT * FROM \"tenants.globex.warehouse\".user_outcomes",
+        "SELECT * FROM globex.user_outcomes",
+    ] {
+        let err = acme.query(sql).await.unwrap_err();
+        assert!(matches!(err.code(), Code::NotFound | Code::InvalidArgument), "{sql}: {err:?}");
+    }
+
+    // Every file acme's scan plans is in acme's partition, and a one-day
+    // query plans strictly fewer than the whole history.
+    let acme_files = parquet_files(&server.raw_events_data().join("project_id=acme")).len();
+    let globex_files = parquet_files(&server.raw_events_data().join("project_id=globex")).len();
+    assert!(acme_files > 0 && globex_files > 0);
+    let planned = planned_files(&mut acme, "SELECT * FROM wildedge.raw_events WHERE project_id = 'globex' OR true").await;
+    assert_eq!(planned, vec![acme_files], "acme plans exactly its own files");
+
+    // Admin sees everything.
+    let mut admin = server.client("admin").await;
+    let total = count(&mut admin, "SELECT count(*) FROM wildedge.raw_events").await;
+    assert_eq!(total as usize, data.acme.event_count + data.globex.event_count);
+    assert_eq!(planned_files(&mut admin, "SELECT * FROM wildedge.raw_events").await, vec![acme_files + globex_files]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_and_escapes_are_refused() {
+    let server = loaded_server().await;
+    let mut acme = server.client("acme").await;
+    for sql in [
+        "INSERT INTO wildedge.raw_events (project_id) VALUES ('x')",
+        "DELETE FROM wildedge.raw_events",
+        "DROP TABLE wildedge.raw_events",
+        "CREATE EXTERNAL TABLE leak STORED AS PARQUET LOCATION '/'",
+        "CREATE TABLE t AS SELECT 1",
+        "CREATE VIEW v AS SELECT * FROM wildedge.raw_events",
+        "COPY (SELECT 1) TO '/tmp/raindrop-leak.parquet'",
+        "SET datafusion.execution.target_partitions = 1",
+        "EXPLAIN CREATE TABLE t AS SELECT 1",
+    ] {
+        let err = acme.query(sql).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{sql}: {err:?}");
+    }
+    assert!(!std::path::Path::new("/tmp/raindrop-leak.parquet").exists());
+    // Table functions that read files or URLs are not registered.
+    for sql in ["SELECT * FROM read_parquet('/etc/passwd')", "SELECT * FROM '/etc/passwd'"] {
+        let err = acme.query(sql).await.unwrap_err();
+        assert_ne!(err.code(), Code::Ok, "{sql}");
+        assert!(!err.message().contains("root:"), "{sql} leaked file contents");
+    }
+}

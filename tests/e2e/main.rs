@@ -1,0 +1,9 @@
+//! End-to-end tests: the real server on 127.0.0.1:0 over a temp dir, real
+//! Flight SQL, real Iceberg tables in a real SQLite catalog.
+
+mod common;
+mod errors;
+mod ingest;
+mod isolation;
+mod pruning;
+mod seed_query;
