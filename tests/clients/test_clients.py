@@ -48,7 +48,9 @@ def duckdb_seed(events: pa.Table, outcomes: pa.Table) -> pa.Table:
     return con.execute(SEED_QUERY).fetch_arrow_table()
 
 
-def rows(table: pa.Table):
+def rows(table: pa.Table, tolerant: bool = False):
+    """Seed-query rows as tuples; `tolerant` wraps p95 in approx (DataFusion
+    quantises percentile_cont's interpolation weight to 1e-6)."""
     out = []
     for r in table.to_pylist():
         out.append(
@@ -56,7 +58,7 @@ def rows(table: pa.Table):
                 r["day"].date().isoformat(),
                 r["model_name"],
                 round(r["avg_confidence"], 9),
-                round(r["p95_latency_ms"], 6),
+                pytest.approx(r["p95_latency_ms"], rel=1e-5) if tolerant else r["p95_latency_ms"],
                 round(r["conversion_rate"], 9),
                 r["inference_count"],
             )
@@ -71,7 +73,7 @@ def test_adbc_seed_query_matches_duckdb(loaded):
             got = cur.fetch_arrow_table()
         want = duckdb_seed(events, outcomes)
         assert got.num_rows > 0
-        assert rows(got) == rows(want), project
+        assert rows(got) == rows(want, tolerant=True), project
 
 
 def test_adbc_tenants_are_isolated(loaded):
@@ -210,4 +212,4 @@ def test_duckdb_over_raindrop_parquet_matches_raindrop(loaded):
     with connect(loaded, "acme") as conn, conn.cursor() as cur:
         cur.execute(SEED_QUERY)
         got = cur.fetch_arrow_table()
-    assert rows(got) == rows(want)
+    assert rows(got) == rows(want, tolerant=True)

@@ -89,9 +89,9 @@ async fn bad_input_is_rejected_and_changes_nothing() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("event_timestamp"), "{}", err.message());
 
-    // A good batch followed by a bad one: the whole stream is refused.
+    // A good batch followed by a bad one (same schema): the whole stream is refused.
     let err = acme
-        .ingest_events(vec![events(&["ok1", "ok2"], None), events(&["bad"], Some("globex"))])
+        .ingest_events(vec![events(&["ok1", "ok2"], Some("acme")), events(&["bad"], Some("globex"))])
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");

@@ -86,6 +86,12 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
 }
 
+/// DataFusion quantises percentile_cont's interpolation weight to 1e-6
+/// steps, so p95 may differ from exact interpolation by that much of the gap.
+fn close_percentile(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-5 * a.abs().max(b.abs()).max(1.0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_query_matches_independent_computation_for_each_tenant() {
     let mut server = loaded_server().await;
@@ -103,7 +109,7 @@ async fn seed_query_matches_independent_computation_for_each_tenant() {
             let (e_avg, e_p95, e_conv, e_n) = want.get(key).unwrap_or_else(|| panic!("{token}: unexpected group {key:?}"));
             assert_eq!(n, e_n, "{token} {key:?} count");
             assert!(close(*avg, *e_avg), "{token} {key:?} avg {avg} vs {e_avg}");
-            assert!(close(*p95, *e_p95), "{token} {key:?} p95 {p95} vs {e_p95}");
+            assert!(close_percentile(*p95, *e_p95), "{token} {key:?} p95 {p95} vs {e_p95}");
             assert!(close(*conv, *e_conv), "{token} {key:?} conversion {conv} vs {e_conv}");
         }
     }
