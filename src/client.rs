@@ -6,7 +6,9 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow_flight::error::FlightError;
 use arrow_flight::sql::client::FlightSqlServiceClient;
-use arrow_flight::sql::{CommandStatementIngest, TableDefinitionOptions, TableExistsOption, TableNotExistOption};
+use arrow_flight::sql::{
+    CommandStatementIngest, TableDefinitionOptions, TableExistsOption, TableNotExistOption,
+};
 use futures::TryStreamExt;
 use tonic::transport::{Channel, Endpoint};
 
@@ -77,8 +79,15 @@ impl RaindropClient {
     }
 
     /// Run `sql` and collect all result batches, with the announced schema.
-    pub async fn query_with_schema(&mut self, sql: &str) -> ClientResult<(SchemaRef, Vec<RecordBatch>)> {
-        let info = self.inner.execute(sql.to_string(), None).await.map_err(status)?;
+    pub async fn query_with_schema(
+        &mut self,
+        sql: &str,
+    ) -> ClientResult<(SchemaRef, Vec<RecordBatch>)> {
+        let info = self
+            .inner
+            .execute(sql.to_string(), None)
+            .await
+            .map_err(status)?;
         let schema = std::sync::Arc::new(
             info.clone()
                 .try_decode_schema()
@@ -124,6 +133,7 @@ impl RaindropClient {
 
     /// Append telemetry rows to `raw_events`.
     pub async fn ingest_events(&mut self, batches: Vec<RecordBatch>) -> ClientResult<i64> {
-        self.ingest(None, crate::schema::RAW_EVENTS, IngestMode::Append, batches).await
+        self.ingest(None, crate::schema::RAW_EVENTS, IngestMode::Append, batches)
+            .await
     }
 }

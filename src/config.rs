@@ -37,7 +37,12 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct LogConfig {
     /// Log filter, e.g. `info` or `raindrop=debug` (RUST_LOG is honoured too).
-    #[clap(long = "log", env = "RAINDROP_LOG", default_value = "info", global = true)]
+    #[clap(
+        long = "log",
+        env = "RAINDROP_LOG",
+        default_value = "info",
+        global = true
+    )]
     pub filter: String,
     /// Emit logs as JSON lines.
     #[clap(long = "log-json", env = "RAINDROP_LOG_JSON", global = true)]

@@ -24,9 +24,16 @@ async fn serve(config: raindrop::config::ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.addr))?;
     let addr = listener.local_addr()?;
-    println!("Raindrop {} listening on grpc://{addr}", env!("CARGO_PKG_VERSION"));
+    println!(
+        "Raindrop {} listening on grpc://{addr}",
+        env!("CARGO_PKG_VERSION")
+    );
     println!("  data dir : {}", config.storage.data_dir.display());
-    println!("  tokens   : {} ({} configured)", config.tokens_file().display(), services.tokens.len());
+    println!(
+        "  tokens   : {} ({} configured)",
+        config.tokens_file().display(),
+        services.tokens.len()
+    );
     println!("Connect with any Flight SQL client, e.g. Python ADBC:");
     println!(
         "  adbc_driver_flightsql.dbapi.connect(\"grpc://{addr}\", db_kwargs={{\"adbc.flight.sql.authorization_header\": \"Bearer <token>\"}})"
@@ -46,9 +53,16 @@ async fn serve(config: raindrop::config::ServeConfig) -> anyhow::Result<()> {
 
 fn token(cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
-        TokenCommand::Create { project, role, token, label, file } => {
+        TokenCommand::Create {
+            project,
+            role,
+            token,
+            label,
+            file,
+        } => {
             let secret = token.unwrap_or_else(tokens::generate_secret);
-            let rec = tokens::create_token(&file.path(), &secret, project.as_deref(), role, &label)?;
+            let rec =
+                tokens::create_token(&file.path(), &secret, project.as_deref(), role, &label)?;
             eprintln!(
                 "created token {} (project {}, role {}) in {}; the secret is shown only once:",
                 rec.id,
@@ -59,7 +73,10 @@ fn token(cmd: TokenCommand) -> anyhow::Result<()> {
             println!("{secret}");
         }
         TokenCommand::List { file } => {
-            println!("{:<14} {:<20} {:<11} {:<26} label", "id", "project", "role", "created");
+            println!(
+                "{:<14} {:<20} {:<11} {:<26} label",
+                "id", "project", "role", "created"
+            );
             for t in tokens::list_tokens(&file.path())? {
                 println!(
                     "{:<14} {:<20} {:<11} {:<26} {}",

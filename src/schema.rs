@@ -113,9 +113,18 @@ pub fn raw_events_properties() -> HashMap<String, String> {
         ("write.format.default".into(), "parquet".into()),
         ("write.parquet.compression-codec".into(), "zstd".into()),
         ("write.parquet.compression-level".into(), "3".into()),
-        ("write.parquet.row-group-limit".into(), ROW_GROUP_ROWS.to_string()),
-        ("write.target-file-size-bytes".into(), TARGET_FILE_SIZE.to_string()),
-        ("write.metadata.metrics.default".into(), "truncate(16)".into()),
+        (
+            "write.parquet.row-group-limit".into(),
+            ROW_GROUP_ROWS.to_string(),
+        ),
+        (
+            "write.target-file-size-bytes".into(),
+            TARGET_FILE_SIZE.to_string(),
+        ),
+        (
+            "write.metadata.metrics.default".into(),
+            "truncate(16)".into(),
+        ),
     ])
 }
 
@@ -130,7 +139,9 @@ pub const TARGET_FILE_SIZE: usize = 128 * 1024 * 1024;
 /// the one place the file format is decided.
 pub fn writer_properties() -> WriterProperties {
     WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid level"),
+        ))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by(format!("raindrop {}", env!("CARGO_PKG_VERSION")))
@@ -162,6 +173,9 @@ mod tests {
             )
         );
         assert!(!ts.is_nullable());
-        assert_eq!(ts.metadata().get("PARQUET:field_id").map(String::as_str), Some("4"));
+        assert_eq!(
+            ts.metadata().get("PARQUET:field_id").map(String::as_str),
+            Some("4")
+        );
     }
 }

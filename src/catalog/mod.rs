@@ -12,7 +12,10 @@ use std::sync::Arc;
 use iceberg::io::LocalFsStorageFactory;
 use iceberg::table::Table;
 use iceberg::{Catalog, CatalogBuilder, ErrorKind, NamespaceIdent, TableCreation, TableIdent};
-use iceberg_catalog_sql::{SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE, SqlCatalogBuilder};
+use iceberg_catalog_sql::{
+    SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE,
+    SqlCatalogBuilder,
+};
 
 use crate::config::StorageConfig;
 use crate::error::{Error, Result};
@@ -58,8 +61,8 @@ fn absolute(path: &Path) -> Result<std::path::PathBuf> {
 /// file; sqlx connections wait up to 5 s on a busy database), so one
 /// writer and many readers (this server, PyIceberg, a second node) coexist.
 async fn prepare_sqlite(db: &Path) -> Result<()> {
-    use sqlx::{ConnectOptions, Connection};
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+    use sqlx::{ConnectOptions, Connection};
     let opts = SqliteConnectOptions::new()
         .filename(db)
         .create_if_missing(true)
@@ -106,7 +109,10 @@ pub async fn open(cfg: &StorageConfig) -> Result<Warehouse> {
             HashMap::from([
                 (SQL_CATALOG_PROP_URI.to_string(), uri.clone()),
                 (SQL_CATALOG_PROP_WAREHOUSE.to_string(), warehouse.clone()),
-                (SQL_CATALOG_PROP_BIND_STYLE.to_string(), bind_style.to_string()),
+                (
+                    SQL_CATALOG_PROP_BIND_STYLE.to_string(),
+                    bind_style.to_string(),
+                ),
             ]),
         )
         .await?;
@@ -201,7 +207,11 @@ impl Warehouse {
     }
 
     /// Create `tenants.<project>.<schema>` (and its parents) if missing.
-    pub async fn ensure_tenant_namespace(&self, project_id: &str, schema: &str) -> Result<NamespaceIdent> {
+    pub async fn ensure_tenant_namespace(
+        &self,
+        project_id: &str,
+        schema: &str,
+    ) -> Result<NamespaceIdent> {
         for ns in [
             NamespaceIdent::from_strs([TENANTS_NAMESPACE]).expect("non-empty"),
             NamespaceIdent::from_strs([TENANTS_NAMESPACE, project_id]).expect("non-empty"),

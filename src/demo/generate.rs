@@ -56,14 +56,61 @@ struct Model {
 }
 
 const MODELS: &[Model] = &[
-    Model { name: "intent-classifier", version: "v2.1", weight: 0.35, confidence: 0.88, latency_mu: 2.8, labels: &["buy", "browse", "support", "cancel"], drifts: false, tokens: false },
-    Model { name: "fraud-detector", version: "v3.0", weight: 0.25, confidence: 0.93, latency_mu: 3.4, labels: &["legit", "fraud"], drifts: true, tokens: false },
-    Model { name: "recommender", version: "v7.4", weight: 0.25, confidence: 0.74, latency_mu: 3.9, labels: &["item_a", "item_b", "item_c", "item_d", "item_e"], drifts: false, tokens: false },
-    Model { name: "llm-assistant", version: "2026-10", weight: 0.15, confidence: 0.81, latency_mu: 6.6, labels: &["answer"], drifts: false, tokens: true },
+    Model {
+        name: "intent-classifier",
+        version: "v2.1",
+        weight: 0.35,
+        confidence: 0.88,
+        latency_mu: 2.8,
+        labels: &["buy", "browse", "support", "cancel"],
+        drifts: false,
+        tokens: false,
+    },
+    Model {
+        name: "fraud-detector",
+        version: "v3.0",
+        weight: 0.25,
+        confidence: 0.93,
+        latency_mu: 3.4,
+        labels: &["legit", "fraud"],
+        drifts: true,
+        tokens: false,
+    },
+    Model {
+        name: "recommender",
+        version: "v7.4",
+        weight: 0.25,
+        confidence: 0.74,
+        latency_mu: 3.9,
+        labels: &["item_a", "item_b", "item_c", "item_d", "item_e"],
+        drifts: false,
+        tokens: false,
+    },
+    Model {
+        name: "llm-assistant",
+        version: "2026-10",
+        weight: 0.15,
+        confidence: 0.81,
+        latency_mu: 6.6,
+        labels: &["answer"],
+        drifts: false,
+        tokens: true,
+    },
 ];
 
 const PLATFORMS: &[&str] = &["ios", "android", "web", "server"];
-const NAMES: &[&str] = &["acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "wonka", "tyrell", "cyberdyne"];
+const NAMES: &[&str] = &[
+    "acme",
+    "globex",
+    "initech",
+    "umbrella",
+    "hooli",
+    "stark",
+    "wayne",
+    "wonka",
+    "tyrell",
+    "cyberdyne",
+];
 
 /// Project ids for `n` projects: friendly names first, then `project-<i>`.
 pub fn project_ids(n: usize) -> Vec<String> {
@@ -77,9 +124,14 @@ pub fn project_ids(n: usize) -> Vec<String> {
 
 /// Events for each project: Zipf-like skew, the first project largest.
 pub fn project_sizes(projects: usize, events: usize) -> Vec<usize> {
-    let weights: Vec<f64> = (0..projects).map(|i| 1.0 / ((i + 1) as f64).powf(1.1)).collect();
+    let weights: Vec<f64> = (0..projects)
+        .map(|i| 1.0 / ((i + 1) as f64).powf(1.1))
+        .collect();
     let total: f64 = weights.iter().sum();
-    weights.iter().map(|w| ((w / total) * events as f64).round() as usize).collect()
+    weights
+        .iter()
+        .map(|w| ((w / total) * events as f64).round() as usize)
+        .collect()
 }
 
 fn normal(rng: &mut StdRng) -> f64 {
@@ -168,7 +220,8 @@ impl Builders {
 pub fn generate_project(cfg: &GenConfig, index: usize) -> ProjectData {
     let project_id = project_ids(cfg.projects)[index].clone();
     let target = project_sizes(cfg.projects, cfg.events)[index];
-    let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(index as u64));
+    let mut rng =
+        StdRng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(index as u64));
     let start = cfg.end - chrono::Duration::days(cfg.days as i64);
     let start_us = start.timestamp_micros();
     let end_us = cfg.end.timestamp_micros();
@@ -203,14 +256,25 @@ pub fn generate_project(cfg: &GenConfig, index: usize) -> ProjectData {
         let device = format!("dev-{:06}", rng.random_range(0..devices));
         let platform = PLATFORMS[rng.random_range(0..PLATFORMS.len())];
         let n = rng.random_range(1..=8usize).min(target - produced);
-        let drift = if model.drifts { 0.22 * day as f64 / cfg.days.max(1) as f64 } else { 0.0 };
+        let drift = if model.drifts {
+            0.22 * day as f64 / cfg.days.max(1) as f64
+        } else {
+            0.0
+        };
         let (mut conf_sum, mut conf_n) = (0.0, 0);
         for _ in 0..n {
             ts = (ts + rng.random_range(1_000_000..120_000_000i64)).min(end_us - 1);
             produced += 1;
             let roll: f64 = rng.random();
-            let event_type = if roll < 0.90 { "inference" } else if roll < 0.94 { "error" } else { "feedback" };
-            b.event_id.append_value(format!("{project_id}-{produced:010}"));
+            let event_type = if roll < 0.90 {
+                "inference"
+            } else if roll < 0.94 {
+                "error"
+            } else {
+                "feedback"
+            };
+            b.event_id
+                .append_value(format!("{project_id}-{produced:010}"));
             b.event_type.append_value(event_type);
             b.ts.append_value(ts);
             b.model_name.append_value(model.name);
@@ -225,19 +289,28 @@ pub fn generate_project(cfg: &GenConfig, index: usize) -> ProjectData {
                     conf_sum += c;
                     conf_n += 1;
                     b.confidence.append_value(c);
-                    b.prediction.append_value(model.labels[rng.random_range(0..model.labels.len())]);
+                    b.prediction
+                        .append_value(model.labels[rng.random_range(0..model.labels.len())]);
                     b.error_message.append_null();
                     b.duration_ms.append_value(latency);
                 }
                 "error" => {
                     b.confidence.append_null();
                     b.prediction.append_null();
-                    b.error_message.append_value(if rng.random::<bool>() { "timeout after 30s" } else { "model returned NaN logits" });
+                    b.error_message.append_value(if rng.random::<bool>() {
+                        "timeout after 30s"
+                    } else {
+                        "model returned NaN logits"
+                    });
                     b.duration_ms.append_value(latency * 3.0);
                 }
                 _ => {
                     b.confidence.append_null();
-                    b.prediction.append_value(if rng.random::<f64>() < 0.8 { "thumbs_up" } else { "thumbs_down" });
+                    b.prediction.append_value(if rng.random::<f64>() < 0.8 {
+                        "thumbs_up"
+                    } else {
+                        "thumbs_down"
+                    });
                     b.error_message.append_null();
                     b.duration_ms.append_null();
                 }
@@ -251,7 +324,11 @@ pub fn generate_project(cfg: &GenConfig, index: usize) -> ProjectData {
             }
             if rng.random::<f64>() < 0.2 {
                 b.attributes.keys().append_value("region");
-                b.attributes.values().append_value(if rng.random::<bool>() { "eu-west-1" } else { "us-east-1" });
+                b.attributes.values().append_value(if rng.random::<bool>() {
+                    "eu-west-1"
+                } else {
+                    "us-east-1"
+                });
                 b.attributes.append(true).expect("map entry");
             } else {
                 b.attributes.append(false).expect("null map");
@@ -261,11 +338,19 @@ pub fn generate_project(cfg: &GenConfig, index: usize) -> ProjectData {
                 batches.push(b.finish());
             }
         }
-        let mean_conf = if conf_n > 0 { conf_sum / conf_n as f64 } else { 0.5 };
+        let mean_conf = if conf_n > 0 {
+            conf_sum / conf_n as f64
+        } else {
+            0.5
+        };
         let did_convert = rng.random::<f64>() < 0.05 + 0.45 * mean_conf;
         sessions.append_value(&session_id);
         converted.append_value(did_convert);
-        revenue.append_value(if did_convert { (rng.random_range(500..20000) as f64) / 100.0 } else { 0.0 });
+        revenue.append_value(if did_convert {
+            (rng.random_range(500..20000) as f64) / 100.0
+        } else {
+            0.0
+        });
     }
     if b.rows > 0 {
         batches.push(b.finish());
@@ -290,14 +375,24 @@ mod tests {
 
     #[test]
     fn deterministic_skewed_and_in_range() {
-        let cfg = GenConfig { projects: 3, days: 7, events: 3000, batch_rows: 500, seed: 7, end: Utc::now() };
+        let cfg = GenConfig {
+            projects: 3,
+            days: 7,
+            events: 3000,
+            batch_rows: 500,
+            seed: 7,
+            end: Utc::now(),
+        };
         let a = generate_project(&cfg, 0);
         let b = generate_project(&cfg, 0);
         assert_eq!(a.events, b.events);
         let sizes = project_sizes(3, 3000);
         assert!(sizes[0] > sizes[1] && sizes[1] > sizes[2]);
         assert_eq!(a.event_count, sizes[0]);
-        assert_eq!(a.events.iter().map(|b| b.num_rows()).sum::<usize>(), sizes[0]);
+        assert_eq!(
+            a.events.iter().map(|b| b.num_rows()).sum::<usize>(),
+            sizes[0]
+        );
         assert!(a.events.iter().all(|b| b.num_rows() <= 500));
     }
 }

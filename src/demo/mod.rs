@@ -42,7 +42,10 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
         }
     }
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join(MARKER), "created by `raindrop demo`; deleted by the next demo run\n")?;
+    std::fs::write(
+        dir.join(MARKER),
+        "created by `raindrop demo`; deleted by the next demo run\n",
+    )?;
 
     let serve = ServeConfig::in_dir(&dir);
     let tokens_file = serve.tokens_file();
@@ -54,7 +57,11 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
         secrets.push(secret);
     }
     let server = ServerHandle::start(serve).await?;
-    println!("Raindrop demo: server on {} (data in {})", server.url(), dir.display());
+    println!(
+        "Raindrop demo: server on {} (data in {})",
+        server.url(),
+        dir.display()
+    );
 
     let gen_cfg = GenConfig {
         projects: cfg.projects,
@@ -69,13 +76,20 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
     let mut total = 0i64;
     for (i, (project, secret)) in projects.iter().zip(&secrets).enumerate() {
         let data = generate_project(&gen_cfg, i);
-        let mut client = RaindropClient::connect(&server.url(), secret).await.map_err(status)?;
+        let mut client = RaindropClient::connect(&server.url(), secret)
+            .await
+            .map_err(status)?;
         let t = Instant::now();
         for batch in data.events {
             total += client.ingest_events(vec![batch]).await.map_err(status)?;
         }
         client
-            .ingest(Some("warehouse"), "user_outcomes", IngestMode::Replace, vec![data.outcomes])
+            .ingest(
+                Some("warehouse"),
+                "user_outcomes",
+                IngestMode::Replace,
+                vec![data.outcomes],
+            )
             .await
             .map_err(status)?;
         ingest_time += t.elapsed();
@@ -94,12 +108,21 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
         total as f64 / ingest_time.as_secs_f64()
     );
 
-    let mut client = RaindropClient::connect(&server.url(), &secrets[0]).await.map_err(status)?;
-    println!("\nSeed query for project '{}' (sql/seed-query.sql, unchanged):", projects[0]);
+    let mut client = RaindropClient::connect(&server.url(), &secrets[0])
+        .await
+        .map_err(status)?;
+    println!(
+        "\nSeed query for project '{}' (sql/seed-query.sql, unchanged):",
+        projects[0]
+    );
     let t = Instant::now();
     let rows = client.query(SEED_QUERY).await.map_err(status)?;
     let elapsed = t.elapsed();
-    let shown: Vec<_> = rows.iter().map(|b| b.slice(0, b.num_rows().min(12))).take(1).collect();
+    let shown: Vec<_> = rows
+        .iter()
+        .map(|b| b.slice(0, b.num_rows().min(12)))
+        .take(1)
+        .collect();
     println!("{}", pretty_format_batches(&shown)?);
     println!(
         "({} rows in {:.0} ms; first 12 shown)",

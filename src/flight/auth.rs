@@ -29,7 +29,13 @@ pub fn parse_authorization(header: &str) -> Result<String> {
         return Ok(rest.to_string());
     }
     if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD
+        // Go's Flight client (ADBC) sends unpadded base64; accept both.
+        let engine = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        let decoded = engine
             .decode(rest)
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
@@ -54,9 +60,20 @@ mod tests {
     fn parses_bearer_and_basic() {
         assert_eq!(parse_authorization("Bearer abc").unwrap(), "abc");
         let basic = base64::engine::general_purpose::STANDARD.encode("acme:secret-token");
-        assert_eq!(parse_authorization(&format!("Basic {basic}")).unwrap(), "secret-token");
+        assert_eq!(
+            parse_authorization(&format!("Basic {basic}")).unwrap(),
+            "secret-token"
+        );
         let user_only = base64::engine::general_purpose::STANDARD.encode("secret-token:");
-        assert_eq!(parse_authorization(&format!("Basic {user_only}")).unwrap(), "secret-token");
+        assert_eq!(
+            parse_authorization(&format!("Basic {user_only}")).unwrap(),
+            "secret-token"
+        );
+        let unpadded = base64::engine::general_purpose::STANDARD_NO_PAD.encode("acme:tok-12345");
+        assert_eq!(
+            parse_authorization(&format!("Basic {unpadded}")).unwrap(),
+            "tok-12345"
+        );
         assert!(parse_authorization("Bearer ").is_err());
         assert!(parse_authorization("Digest x").is_err());
     }

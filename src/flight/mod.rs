@@ -13,12 +13,12 @@ use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
-    Any, CommandGetSqlInfo, CommandStatementIngest, CommandStatementQuery, DoPutUpdateResult, ProstMessageExt,
-    SqlInfo, TableExistsOption, TableNotExistOption, TicketStatementQuery,
+    Any, CommandGetSqlInfo, CommandStatementIngest, CommandStatementQuery, DoPutUpdateResult,
+    ProstMessageExt, SqlInfo, TableExistsOption, TableNotExistOption, TicketStatementQuery,
 };
 use arrow_flight::{
-    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, PutResult, Ticket,
-    flight_descriptor::DescriptorType,
+    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, PutResult,
+    Ticket, flight_descriptor::DescriptorType,
 };
 use futures::{Stream, TryStreamExt};
 use prost::Message;
@@ -51,7 +51,8 @@ pub struct RaindropFlightService {
 
 impl std::fmt::Debug for RaindropFlightService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RaindropFlightService").finish_non_exhaustive()
+        f.debug_struct("RaindropFlightService")
+            .finish_non_exhaustive()
     }
 }
 
@@ -90,8 +91,10 @@ fn ingest_mode(cmd: &CommandStatementIngest) -> Result<Mode> {
     let Some(opts) = cmd.table_definition_options else {
         return Ok(Mode::CreateAppend);
     };
-    let not_exist = TableNotExistOption::try_from(opts.if_not_exist).unwrap_or(TableNotExistOption::Unspecified);
-    let exists = TableExistsOption::try_from(opts.if_exists).unwrap_or(TableExistsOption::Unspecified);
+    let not_exist = TableNotExistOption::try_from(opts.if_not_exist)
+        .unwrap_or(TableNotExistOption::Unspecified);
+    let exists =
+        TableExistsOption::try_from(opts.if_exists).unwrap_or(TableExistsOption::Unspecified);
     use TableExistsOption as E;
     use TableNotExistOption as N;
     match (not_exist, exists) {
@@ -108,10 +111,16 @@ fn ingest_mode(cmd: &CommandStatementIngest) -> Result<Mode> {
 }
 
 /// Decode a DoPut body into record batches; IPC problems are the client's.
-fn batches(stream: PeekableFlightDataStream) -> impl Stream<Item = Result<arrow::array::RecordBatch>> + Send {
-    FlightRecordBatchStream::new_from_flight_data(stream.map_err(FlightError::from)).map_err(|e| match e {
-        FlightError::Tonic(status) => Error::InvalidArgument(format!("ingest stream failed: {}", status.message())),
-        other => Error::InvalidArgument(format!("invalid Arrow IPC stream: {other}")),
+fn batches(
+    stream: PeekableFlightDataStream,
+) -> impl Stream<Item = Result<arrow::array::RecordBatch>> + Send {
+    FlightRecordBatchStream::new_from_flight_data(stream.map_err(FlightError::from)).map_err(|e| {
+        match e {
+            FlightError::Tonic(status) => {
+                Error::InvalidArgument(format!("ingest stream failed: {}", status.message()))
+            }
+            other => Error::InvalidArgument(format!("invalid Arrow IPC stream: {other}")),
+        }
     })
 }
 
@@ -139,7 +148,9 @@ impl FlightSqlService for RaindropFlightService {
                 let mut stream = request.into_inner();
                 match stream.message().await? {
                     Some(m) if !m.payload.is_empty() => String::from_utf8(m.payload.to_vec())
-                        .map_err(|_| Status::unauthenticated("handshake payload is not a UTF-8 token"))?,
+                        .map_err(|_| {
+                            Status::unauthenticated("handshake payload is not a UTF-8 token")
+                        })?,
                     _ => return Err(e.into()),
                 }
             }
@@ -152,8 +163,9 @@ impl FlightSqlService for RaindropFlightService {
         };
         let mut resp: Response<BoxStream<HandshakeResponse>> =
             Response::new(Box::pin(futures::stream::iter([Ok(response)])));
-        let bearer = MetadataValue::try_from(format!("Bearer {token}"))
-            .map_err(|_| Status::unauthenticated("token contains characters not allowed in a header"))?;
+        let bearer = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+            Status::unauthenticated("token contains characters not allowed in a header")
+        })?;
         resp.metadata_mut().insert("authorization", bearer);
         Ok(resp)
     }
@@ -212,13 +224,23 @@ impl FlightSqlService for RaindropFlightService {
     ) -> Result<i64, Status> {
         let principal = self.principal(&request)?;
         if cmd.temporary {
-            return Err(Error::InvalidArgument("temporary tables are not supported; ingest into a regular table".into()).into());
+            return Err(Error::InvalidArgument(
+                "temporary tables are not supported; ingest into a regular table".into(),
+            )
+            .into());
         }
         if cmd.transaction_id.is_some() {
-            return Err(Error::Unsupported("transactions are not supported; each ingest commits atomically on its own".into()).into());
+            return Err(Error::Unsupported(
+                "transactions are not supported; each ingest commits atomically on its own".into(),
+            )
+            .into());
         }
         let mode = ingest_mode(&cmd)?;
-        let target = self.services.ingest.resolve_target(cmd.catalog.as_deref(), cmd.schema.as_deref(), &cmd.table)?;
+        let target = self.services.ingest.resolve_target(
+            cmd.catalog.as_deref(),
+            cmd.schema.as_deref(),
+            &cmd.table,
+        )?;
         let outcome = self
             .services
             .ingest
@@ -243,7 +265,9 @@ impl FlightSqlService for RaindropFlightService {
             Some(Err(status)) => return Err(status),
             None => None,
         }
-        .ok_or_else(|| Status::invalid_argument("DoPut needs a flight descriptor on its first message"))?;
+        .ok_or_else(|| {
+            Status::invalid_argument("DoPut needs a flight descriptor on its first message")
+        })?;
         if descriptor.r#type() != DescriptorType::Path {
             return Err(Status::invalid_argument(
                 "unknown DoPut command: use a Flight SQL command or a PATH descriptor naming the table",
@@ -251,7 +275,10 @@ impl FlightSqlService for RaindropFlightService {
         }
         let target = match descriptor.path.as_slice() {
             [table] => self.services.ingest.resolve_target(None, None, table)?,
-            [schema, table] => self.services.ingest.resolve_target(None, Some(schema), table)?,
+            [schema, table] => self
+                .services
+                .ingest
+                .resolve_target(None, Some(schema), table)?,
             _ => {
                 return Err(Status::invalid_argument(
                     "PATH descriptor must be [table] or [schema, table]",
@@ -280,7 +307,9 @@ impl FlightSqlService for RaindropFlightService {
         let info = FlightInfo::new()
             .try_with_schema(query.clone().into_builder(&self.sql_info).schema().as_ref())
             .map_err(|e| Status::internal(e.to_string()))?
-            .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(query.as_any().encode_to_vec())))
+            .with_endpoint(
+                FlightEndpoint::new().with_ticket(Ticket::new(query.as_any().encode_to_vec())),
+            )
             .with_descriptor(request.into_inner());
         Ok(Response::new(info))
     }
@@ -293,7 +322,9 @@ impl FlightSqlService for RaindropFlightService {
         self.principal(&request)?;
         let builder = query.into_builder(&self.sql_info);
         let schema = builder.schema();
-        let batch = builder.build().map_err(|e| Status::internal(e.to_string()))?;
+        let batch = builder
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
         let stream = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .build(futures::stream::iter([Ok(batch)]))

@@ -74,7 +74,12 @@ impl Ingestor {
 
     /// Map client-supplied names (ADBC `catalog_name`, `db_schema_name`,
     /// `table`) to a target, validating every part.
-    pub fn resolve_target(&self, catalog: Option<&str>, schema: Option<&str>, table: &str) -> Result<Target> {
+    pub fn resolve_target(
+        &self,
+        catalog: Option<&str>,
+        schema: Option<&str>,
+        table: &str,
+    ) -> Result<Target> {
         if let Some(c) = catalog.filter(|c| !c.is_empty()) {
             if c != self.warehouse.catalog_name {
                 return Err(Error::NotFound(format!(
@@ -100,9 +105,9 @@ impl Ingestor {
                     )))
                 }
             }
-            Some(s) if names::RESERVED_SCHEMAS.contains(&s) => Err(Error::PermissionDenied(format!(
-                "schema '{s}' is reserved"
-            ))),
+            Some(s) if names::RESERVED_SCHEMAS.contains(&s) => {
+                Err(Error::PermissionDenied(format!("schema '{s}' is reserved")))
+            }
             s => Ok(Target::Tenant {
                 schema: s.unwrap_or(DEFAULT_TENANT_SCHEMA).to_string(),
                 table,
@@ -113,7 +118,13 @@ impl Ingestor {
     /// Consume `batches` and commit them to `target` in one snapshot.
     /// Returns only after the commit. The whole stream is validated before
     /// anything is written, so bad input changes nothing.
-    pub async fn ingest<S>(&self, principal: &Principal, target: &Target, mode: Mode, batches: S) -> Result<AppendOutcome>
+    pub async fn ingest<S>(
+        &self,
+        principal: &Principal,
+        target: &Target,
+        mode: Mode,
+        batches: S,
+    ) -> Result<AppendOutcome>
     where
         S: Stream<Item = Result<RecordBatch>> + Send,
     {
@@ -122,7 +133,8 @@ impl Ingestor {
             Target::RawEvents => self.ingest_raw_events(principal, mode, batches).await,
             Target::Tenant { schema, table } => {
                 let project = principal.project()?.to_string();
-                self.ingest_tenant_table(&project, schema, table, mode, batches).await
+                self.ingest_tenant_table(&project, schema, table, mode, batches)
+                    .await
             }
         }
     }
@@ -151,7 +163,12 @@ impl Ingestor {
         Ok(out)
     }
 
-    async fn ingest_raw_events<S>(&self, principal: &Principal, mode: Mode, batches: S) -> Result<AppendOutcome>
+    async fn ingest_raw_events<S>(
+        &self,
+        principal: &Principal,
+        mode: Mode,
+        batches: S,
+    ) -> Result<AppendOutcome>
     where
         S: Stream<Item = Result<RecordBatch>> + Send,
     {
@@ -176,9 +193,13 @@ impl Ingestor {
         let target_schema = schema::raw_events_arrow_schema();
         let now = chrono::Utc::now().timestamp_micros();
         let batches = self
-            .collect(batches, |b| validate::normalize_raw_events(b, &target_schema, rule, now))
+            .collect(batches, |b| {
+                validate::normalize_raw_events(b, &target_schema, rule, now)
+            })
             .await?;
-        self.writer.append(&self.warehouse.raw_events_ident(), batches).await
+        self.writer
+            .append(&self.warehouse.raw_events_ident(), batches)
+            .await
     }
 
     async fn ingest_tenant_table<S>(
@@ -235,10 +256,14 @@ impl Ingestor {
         // stream leaves tables exactly as they were.
         let all = futures::stream::once(async { Ok(first) }).chain(batches);
         let mut normalized = self
-            .collect(all, |b| validate::normalize_to_schema(&lowercase_names(b)?, &target))
+            .collect(all, |b| {
+                validate::normalize_to_schema(&lowercase_names(b)?, &target)
+            })
             .await?;
         if let Some(schema) = new_schema {
-            self.warehouse.ensure_tenant_namespace(project, schema_name).await?;
+            self.warehouse
+                .ensure_tenant_namespace(project, schema_name)
+                .await?;
             if exists {
                 // Replace: not atomic (iceberg 0.10 has no overwrite commit);
                 // the old table's files stay on disk.
@@ -258,11 +283,19 @@ impl Ingestor {
         self.writer.append(&ident, normalized).await
     }
 
-    async fn create_tenant_table(&self, ns: &iceberg::NamespaceIdent, table: &str, schema: iceberg::spec::Schema) -> Result<()> {
+    async fn create_tenant_table(
+        &self,
+        ns: &iceberg::NamespaceIdent,
+        table: &str,
+        schema: iceberg::spec::Schema,
+    ) -> Result<()> {
         let creation = TableCreation::builder()
             .name(table.to_string())
             .schema(schema)
-            .properties([("write.parquet.compression-codec".to_string(), "zstd".to_string())])
+            .properties([(
+                "write.parquet.compression-codec".to_string(),
+                "zstd".to_string(),
+            )])
             .build();
         match self.warehouse.catalog.create_table(ns, creation).await {
             Ok(_) => Ok(()),
@@ -275,7 +308,12 @@ impl Ingestor {
 
 /// Column names of tenant tables are stored lowercase, like unquoted SQL.
 fn lowercase_names(batch: &RecordBatch) -> Result<RecordBatch> {
-    if batch.schema_ref().fields().iter().all(|f| !f.name().bytes().any(|b| b.is_ascii_uppercase())) {
+    if batch
+        .schema_ref()
+        .fields()
+        .iter()
+        .all(|f| !f.name().bytes().any(|b| b.is_ascii_uppercase()))
+    {
         return Ok(batch.clone());
     }
     let fields: Vec<_> = batch

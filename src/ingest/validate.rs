@@ -8,7 +8,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, MapArray, RecordBatch, StringArray, StructArray, new_null_array};
+use arrow::array::{
+    Array, ArrayRef, MapArray, RecordBatch, StringArray, StructArray, new_null_array,
+};
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
 use arrow::util::display::FormatOptions;
@@ -19,10 +21,12 @@ use crate::schema::col;
 /// Find a column by exact name, then case-insensitively.
 fn find_column<'a>(batch: &'a RecordBatch, name: &str) -> Option<(&'a FieldRef, &'a ArrayRef)> {
     let schema = batch.schema_ref();
-    let idx = schema
-        .index_of(name)
-        .ok()
-        .or_else(|| schema.fields().iter().position(|f| f.name().eq_ignore_ascii_case(name)))?;
+    let idx = schema.index_of(name).ok().or_else(|| {
+        schema
+            .fields()
+            .iter()
+            .position(|f| f.name().eq_ignore_ascii_case(name))
+    })?;
     Some((&schema.fields()[idx], batch.column(idx)))
 }
 
@@ -50,9 +54,7 @@ fn coerce(name: &str, array: &ArrayRef, target: &Field) -> Result<ArrayRef> {
         return Ok(array.clone());
     }
     let bad = |why: &str| {
-        Error::InvalidArgument(format!(
-            "column '{name}': cannot use {from} as {to}: {why}"
-        ))
+        Error::InvalidArgument(format!("column '{name}': cannot use {from} as {to}: {why}"))
     };
     let allowed = match to {
         DataType::Utf8 => is_stringish(from) || from == &DataType::Null,
@@ -108,7 +110,9 @@ fn coerce_map(name: &str, array: &ArrayRef, target: &Field) -> Result<ArrayRef> 
     let keys = coerce(&format!("{name}.key"), map.keys(), &kv_fields[0])?;
     let values = coerce(&format!("{name}.value"), map.values(), &kv_fields[1])?;
     if keys.null_count() > 0 {
-        return Err(Error::InvalidArgument(format!("column '{name}': map keys must not be null")));
+        return Err(Error::InvalidArgument(format!(
+            "column '{name}': map keys must not be null"
+        )));
     }
     let entries = StructArray::try_new(kv_fields.clone(), vec![keys, values], None)?;
     Ok(Arc::new(MapArray::try_new(
@@ -145,12 +149,20 @@ pub fn normalize_raw_events(
 ) -> Result<RecordBatch> {
     let rows = batch.num_rows();
     for f in batch.schema_ref().fields() {
-        let known = target.fields().iter().any(|t| t.name().eq_ignore_ascii_case(f.name()));
+        let known = target
+            .fields()
+            .iter()
+            .any(|t| t.name().eq_ignore_ascii_case(f.name()));
         if !known {
             return Err(Error::InvalidArgument(format!(
                 "unknown column '{}': raw_events has {}; put extra fields into the 'attributes' map",
                 f.name(),
-                target.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+                target
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
     }
@@ -196,7 +208,10 @@ fn project_column(batch: &RecordBatch, field: &Field, rule: ProjectRule<'_>) -> 
     match rule {
         ProjectRule::Stamp(project) => {
             if let Some(given) = given {
-                let given = given.as_any().downcast_ref::<StringArray>().expect("utf8 after cast");
+                let given = given
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .expect("utf8 after cast");
                 if let Some(other) = given.iter().flatten().find(|v| *v != project) {
                     return Err(Error::PermissionDenied(format!(
                         "batch carries project_id '{other}' but the token belongs to project '{project}'; \
@@ -210,7 +225,10 @@ fn project_column(batch: &RecordBatch, field: &Field, rule: ProjectRule<'_>) -> 
             let given = given.ok_or_else(|| {
                 Error::InvalidArgument("admin ingest needs a 'project_id' column".into())
             })?;
-            let strings = given.as_any().downcast_ref::<StringArray>().expect("utf8 after cast");
+            let strings = given
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("utf8 after cast");
             let mut seen = std::collections::HashSet::new();
             for v in strings.iter() {
                 let v = v.ok_or_else(|| {
@@ -233,7 +251,12 @@ pub fn normalize_to_schema(batch: &RecordBatch, target: &SchemaRef) -> Result<Re
             return Err(Error::InvalidArgument(format!(
                 "unknown column '{}': the table has {}",
                 f.name(),
-                target.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+                target
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
     }
@@ -255,7 +278,9 @@ pub fn normalize_to_schema(batch: &RecordBatch, target: &SchemaRef) -> Result<Re
                 }
                 None if field.is_nullable() => new_null_array(field.data_type(), rows),
                 None => {
-                    return Err(Error::InvalidArgument(format!("missing required column '{name}'")));
+                    return Err(Error::InvalidArgument(format!(
+                        "missing required column '{name}'"
+                    )));
                 }
             };
             Ok(col)
@@ -277,9 +302,13 @@ pub fn table_schema_from_client(schema: &Schema) -> Result<Schema> {
                 // Iceberg `binary` reads back as LargeBinary.
                 DataType::Binary | DataType::BinaryView => DataType::LargeBinary,
                 // Iceberg v2 stores µs; coarser units widen losslessly.
-                DataType::Timestamp(_, Some(_)) => DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+                DataType::Timestamp(_, Some(_)) => {
+                    DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))
+                }
                 DataType::Timestamp(_, None) => DataType::Timestamp(TimeUnit::Microsecond, None),
-                DataType::Int8 | DataType::Int16 | DataType::UInt8 | DataType::UInt16 => DataType::Int32,
+                DataType::Int8 | DataType::Int16 | DataType::UInt8 | DataType::UInt16 => {
+                    DataType::Int32
+                }
                 DataType::UInt32 => DataType::Int64,
                 DataType::Float16 => DataType::Float32,
                 DataType::Null => DataType::Utf8,
@@ -294,8 +323,8 @@ pub fn table_schema_from_client(schema: &Schema) -> Result<Schema> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Float32Array, Int64Array, LargeStringArray, TimestampNanosecondArray};
     use crate::schema::raw_events_arrow_schema;
+    use arrow::array::{Float32Array, Int64Array, LargeStringArray, TimestampNanosecondArray};
 
     fn batch(cols: Vec<(&str, ArrayRef)>) -> RecordBatch {
         RecordBatch::try_from_iter(cols).unwrap()
@@ -303,11 +332,20 @@ mod tests {
 
     fn minimal(extra: Vec<(&str, ArrayRef)>) -> RecordBatch {
         let mut cols: Vec<(&str, ArrayRef)> = vec![
-            ("event_id", Arc::new(LargeStringArray::from(vec!["e1", "e2"]))),
-            ("event_type", Arc::new(StringArray::from(vec!["inference", "error"]))),
+            (
+                "event_id",
+                Arc::new(LargeStringArray::from(vec!["e1", "e2"])),
+            ),
+            (
+                "event_type",
+                Arc::new(StringArray::from(vec!["inference", "error"])),
+            ),
             (
                 "event_timestamp",
-                Arc::new(TimestampNanosecondArray::from(vec![1_700_000_000_000_000_123, 1_700_000_001_000_000_000])),
+                Arc::new(TimestampNanosecondArray::from(vec![
+                    1_700_000_000_000_000_123,
+                    1_700_000_001_000_000_000,
+                ])),
             ),
         ];
         cols.extend(extra);
@@ -318,41 +356,107 @@ mod tests {
     fn coerces_and_stamps() {
         let b = minimal(vec![
             ("confidence", Arc::new(Float32Array::from(vec![0.5, 0.25]))),
-            ("input_tokens", Arc::new(Int64Array::from(vec![Some(3), None]))),
+            (
+                "input_tokens",
+                Arc::new(Int64Array::from(vec![Some(3), None])),
+            ),
         ]);
-        let out = normalize_raw_events(&b, &raw_events_arrow_schema(), ProjectRule::Stamp("acme"), 7).unwrap();
+        let out = normalize_raw_events(
+            &b,
+            &raw_events_arrow_schema(),
+            ProjectRule::Stamp("acme"),
+            7,
+        )
+        .unwrap();
         assert_eq!(out.schema(), raw_events_arrow_schema());
-        let p = out.column_by_name("project_id").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        let p = out
+            .column_by_name("project_id")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         assert_eq!(p.value(1), "acme");
         let ts = out.column_by_name("event_timestamp").unwrap();
-        let ts = ts.as_any().downcast_ref::<arrow::array::TimestampMicrosecondArray>().unwrap();
+        let ts = ts
+            .as_any()
+            .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+            .unwrap();
         assert_eq!(ts.value(0), 1_700_000_000_000_000);
     }
 
     #[test]
     fn rejects_other_project_and_bad_input() {
-        let other = minimal(vec![("project_id", Arc::new(StringArray::from(vec!["acme", "evil"])))]);
-        let err = normalize_raw_events(&other, &raw_events_arrow_schema(), ProjectRule::Stamp("acme"), 0).unwrap_err();
+        let other = minimal(vec![(
+            "project_id",
+            Arc::new(StringArray::from(vec!["acme", "evil"])),
+        )]);
+        let err = normalize_raw_events(
+            &other,
+            &raw_events_arrow_schema(),
+            ProjectRule::Stamp("acme"),
+            0,
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::PermissionDenied(_)), "{err}");
 
         let missing = batch(vec![("event_id", Arc::new(StringArray::from(vec!["e1"])))]);
-        let err = normalize_raw_events(&missing, &raw_events_arrow_schema(), ProjectRule::Stamp("acme"), 0).unwrap_err();
-        assert!(err.to_string().contains("missing required column 'event_type'"), "{err}");
+        let err = normalize_raw_events(
+            &missing,
+            &raw_events_arrow_schema(),
+            ProjectRule::Stamp("acme"),
+            0,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("missing required column 'event_type'"),
+            "{err}"
+        );
 
-        let bad_type = minimal(vec![("confidence", Arc::new(StringArray::from(vec!["high", "low"])))]);
-        let err = normalize_raw_events(&bad_type, &raw_events_arrow_schema(), ProjectRule::Stamp("acme"), 0).unwrap_err();
+        let bad_type = minimal(vec![(
+            "confidence",
+            Arc::new(StringArray::from(vec!["high", "low"])),
+        )]);
+        let err = normalize_raw_events(
+            &bad_type,
+            &raw_events_arrow_schema(),
+            ProjectRule::Stamp("acme"),
+            0,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("column 'confidence'"), "{err}");
 
-        let unknown = minimal(vec![("colour", Arc::new(StringArray::from(vec!["a", "b"])))]);
-        let err = normalize_raw_events(&unknown, &raw_events_arrow_schema(), ProjectRule::Stamp("acme"), 0).unwrap_err();
+        let unknown = minimal(vec![(
+            "colour",
+            Arc::new(StringArray::from(vec!["a", "b"])),
+        )]);
+        let err = normalize_raw_events(
+            &unknown,
+            &raw_events_arrow_schema(),
+            ProjectRule::Stamp("acme"),
+            0,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("unknown column 'colour'"), "{err}");
 
         let nulls = batch(vec![
-            ("event_id", Arc::new(StringArray::from(vec![Some("e1"), None])) as ArrayRef),
+            (
+                "event_id",
+                Arc::new(StringArray::from(vec![Some("e1"), None])) as ArrayRef,
+            ),
             ("event_type", Arc::new(StringArray::from(vec!["a", "b"]))),
-            ("event_timestamp", Arc::new(TimestampNanosecondArray::from(vec![1, 2]))),
+            (
+                "event_timestamp",
+                Arc::new(TimestampNanosecondArray::from(vec![1, 2])),
+            ),
         ]);
-        let err = normalize_raw_events(&nulls, &raw_events_arrow_schema(), ProjectRule::Stamp("acme"), 0).unwrap_err();
+        let err = normalize_raw_events(
+            &nulls,
+            &raw_events_arrow_schema(),
+            ProjectRule::Stamp("acme"),
+            0,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("'event_id' is required"), "{err}");
     }
 }

@@ -17,7 +17,9 @@ use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
-use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::partitioning::PartitioningWriter;
 use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
@@ -71,14 +73,21 @@ impl TableWriter {
 
     /// Append `batches` (already in the table's Arrow schema) to the table
     /// as one snapshot. Either all rows are committed or none are.
-    pub async fn append(&self, ident: &TableIdent, batches: Vec<RecordBatch>) -> Result<AppendOutcome> {
+    pub async fn append(
+        &self,
+        ident: &TableIdent,
+        batches: Vec<RecordBatch>,
+    ) -> Result<AppendOutcome> {
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         if rows == 0 {
             return Ok(AppendOutcome::default());
         }
         let table = self.catalog.load_table(ident).await?;
         let data_files = write_data_files(&table, batches).await?;
-        let paths: Vec<String> = data_files.iter().map(|f| f.file_path().to_string()).collect();
+        let paths: Vec<String> = data_files
+            .iter()
+            .map(|f| f.file_path().to_string())
+            .collect();
         match self.commit(ident, &table, data_files).await {
             Ok(snapshot_id) => {
                 tracing::debug!(table = %ident, rows, files = paths.len(), snapshot_id, "committed");
@@ -100,7 +109,11 @@ impl TableWriter {
         let _guard = lock.lock().await;
         // Reload under the lock so an earlier commit in this process is the
         // base, instead of a guaranteed conflict and retry.
-        let fresh = self.catalog.load_table(ident).await.unwrap_or_else(|_| table.clone());
+        let fresh = self
+            .catalog
+            .load_table(ident)
+            .await
+            .unwrap_or_else(|_| table.clone());
         let tx = Transaction::new(&fresh);
         // Names are unique (UUID v7 prefix), so skip the duplicate check
         // that would re-read every manifest on every commit.
@@ -130,7 +143,11 @@ pub async fn write_data_files(table: &Table, batches: Vec<RecordBatch>) -> Resul
         DefaultLocationGenerator::new(metadata)?,
         // The generator's counter restarts per instance: a UUID v7 prefix
         // keeps names unique across writers, processes and nodes.
-        DefaultFileNameGenerator::new(uuid::Uuid::now_v7().to_string(), None, DataFileFormat::Parquet),
+        DefaultFileNameGenerator::new(
+            uuid::Uuid::now_v7().to_string(),
+            None,
+            DataFileFormat::Parquet,
+        ),
     );
     let builder = DataFileWriterBuilder::new(rolling);
     // Concatenate so each partition gets one write (one file per partition

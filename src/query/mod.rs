@@ -16,7 +16,9 @@ pub mod table;
 use std::sync::Arc;
 
 use arrow::datatypes::{Schema, SchemaRef};
-use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider};
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
+};
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnv;
@@ -85,12 +87,15 @@ impl QueryEngine {
                     continue;
                 }
                 let ns = self.warehouse.tenant_namespace(project, &sql_schema);
-                let provider = TenantSchema::load(self.warehouse.catalog.clone(), ns, sql_schema.clone()).await?;
+                let provider =
+                    TenantSchema::load(self.warehouse.catalog.clone(), ns, sql_schema.clone())
+                        .await?;
                 catalog.register_schema(&sql_schema, Arc::new(provider))?;
             }
         }
         if catalog.schema(DEFAULT_TENANT_SCHEMA).is_none() {
-            catalog.register_schema(DEFAULT_TENANT_SCHEMA, Arc::new(MemorySchemaProvider::new()))?;
+            catalog
+                .register_schema(DEFAULT_TENANT_SCHEMA, Arc::new(MemorySchemaProvider::new()))?;
         }
         ctx.register_catalog(&self.warehouse.catalog_name, Arc::new(catalog));
         Ok(ctx)

@@ -24,9 +24,11 @@ pub fn check_statement(statement: &DFStatement) -> Result<()> {
             | Statement::ShowTables { .. }
             | Statement::ShowColumns { .. }
             | Statement::ExplainTable { .. } => Ok(()),
-            Statement::Explain { statement, analyze: _, .. } => {
-                check_statement(&DFStatement::Statement(statement.clone()))
-            }
+            Statement::Explain {
+                statement,
+                analyze: _,
+                ..
+            } => check_statement(&DFStatement::Statement(statement.clone())),
             Statement::Set(_) => denied("changing settings"),
             Statement::Copy { .. } => denied("COPY"),
             Statement::Insert(_) | Statement::Update { .. } | Statement::Delete(_) => {

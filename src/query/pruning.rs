@@ -49,7 +49,9 @@ fn day_literal(e: &Expr) -> Option<DayLiteral> {
         ScalarValue::TimestampSecond(Some(v), _) => micros(*v, 1).map(DayLiteral::Instant),
         ScalarValue::TimestampMillisecond(Some(v), _) => micros(*v, 1_000).map(DayLiteral::Instant),
         ScalarValue::TimestampMicrosecond(Some(v), _) => Some(DayLiteral::Instant(*v)),
-        ScalarValue::TimestampNanosecond(Some(v), _) => micros(*v, 1_000_000_000).map(DayLiteral::Instant),
+        ScalarValue::TimestampNanosecond(Some(v), _) => {
+            micros(*v, 1_000_000_000).map(DayLiteral::Instant)
+        }
         _ => None,
     }
 }
@@ -121,12 +123,21 @@ pub fn event_day_predicate(e: &Expr) -> Option<Predicate> {
             op if is_event_day(right) => compare(flip(*op), day_literal(left)?),
             _ => None,
         },
-        Expr::Between(Between { expr, negated: false, low, high }) if is_event_day(expr) => {
+        Expr::Between(Between {
+            expr,
+            negated: false,
+            low,
+            high,
+        }) if is_event_day(expr) => {
             let lo = compare(Operator::GtEq, day_literal(low)?)?;
             let hi = compare(Operator::LtEq, day_literal(high)?)?;
             Some(lo.and(hi))
         }
-        Expr::InList(InList { expr, list, negated: false }) if is_event_day(expr) => list
+        Expr::InList(InList {
+            expr,
+            list,
+            negated: false,
+        }) if is_event_day(expr) => list
             .iter()
             .map(|v| compare(Operator::Eq, day_literal(v)?))
             .collect::<Option<Vec<_>>>()?
@@ -163,7 +174,9 @@ mod tests {
         assert!(event_day_predicate(&c("event_day").not_eq(date("2026-11-01"))).is_none());
         assert!(event_day_predicate(&c("model_name").eq(lit("x"))).is_none());
         // OR with an unprunable side cannot prune.
-        let or = c("event_day").eq(date("2026-11-01")).or(c("model_name").eq(lit("x")));
+        let or = c("event_day")
+            .eq(date("2026-11-01"))
+            .or(c("model_name").eq(lit("x")));
         assert!(event_day_predicate(&or).is_none());
     }
 }

@@ -21,7 +21,9 @@ use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
 use futures::{StreamExt, TryStreamExt};
 use iceberg::expr::Predicate;
 use iceberg::scan::FileScanTask;
@@ -105,7 +107,9 @@ impl IcebergScanExec {
         if read_columns.is_empty() {
             // COUNT(*)-style scans still need row counts: read the narrowest
             // thing we know exists.
-            let first = table.metadata().current_schema().as_struct().fields()[0].name.clone();
+            let first = table.metadata().current_schema().as_struct().fields()[0]
+                .name
+                .clone();
             read_columns.push(first);
         }
 
@@ -158,7 +162,11 @@ impl IcebergScanExec {
 }
 
 fn table_field(table: &Table, name: &str) -> Option<iceberg::spec::NestedFieldRef> {
-    table.metadata().current_schema().field_by_name(name).cloned()
+    table
+        .metadata()
+        .current_schema()
+        .field_by_name(name)
+        .cloned()
 }
 
 fn to_df(e: iceberg::Error) -> DataFusionError {
@@ -226,7 +234,11 @@ impl ExecutionPlan for IcebergScanExec {
         Ok(self)
     }
 
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DFResult<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DFResult<SendableRecordBatchStream> {
         let tasks = self.partitions.get(partition).cloned().unwrap_or_default();
         let files = MetricBuilder::new(&self.metrics).counter("files_scanned", partition);
         let bytes = MetricBuilder::new(&self.metrics).counter("bytes_scanned", partition);
@@ -265,7 +277,10 @@ impl ExecutionPlan for IcebergScanExec {
                 Ok(None)
             }))
             .try_filter_map(|b| futures::future::ready(Ok(b)));
-        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            stream,
+        )))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -321,5 +336,9 @@ fn adapt_batch(
         columns.push(array);
     }
     let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-    Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &options,
+    )?)
 }

@@ -46,7 +46,11 @@ impl RaindropTable {
     pub fn raw_events(table: Table, scope: Option<String>) -> DFResult<Self> {
         let mut schema = table_arrow_schema(&table)?;
         let mut fields = schema.fields().to_vec();
-        fields.push(Arc::new(Field::new(col::EVENT_DAY, DataType::Date32, false)));
+        fields.push(Arc::new(Field::new(
+            col::EVENT_DAY,
+            DataType::Date32,
+            false,
+        )));
         schema = Schema::new(fields);
         Ok(Self {
             label: table.identifier().to_string(),
@@ -124,7 +128,10 @@ impl TableProvider for RaindropTable {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DFResult<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DFResult<Vec<TableProviderFilterPushDown>> {
         // Iceberg prunes files, row groups and rows, but DataFusion keeps
         // evaluating every filter: pruning is an optimisation, never the
         // source of truth.
@@ -210,7 +217,11 @@ pub struct TenantSchema {
 
 impl TenantSchema {
     /// List the tables of `namespace`.
-    pub async fn load(catalog: Arc<dyn Catalog>, namespace: NamespaceIdent, sql_schema: String) -> crate::Result<Self> {
+    pub async fn load(
+        catalog: Arc<dyn Catalog>,
+        namespace: NamespaceIdent,
+        sql_schema: String,
+    ) -> crate::Result<Self> {
         let mut tables: Vec<String> = catalog
             .list_tables(&namespace)
             .await?

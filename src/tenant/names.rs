@@ -63,7 +63,16 @@ mod tests {
             validate_project_id(ok).unwrap();
         }
         for bad in [
-            "", "..", "a/b", "a%2Fb", "A", "-x", "a\0b", "ａcme", "a.b", "a b",
+            "",
+            "..",
+            "a/b",
+            "a%2Fb",
+            "A",
+            "-x",
+            "a\0b",
+            "ａcme",
+            "a.b",
+            "a b",
             &"x".repeat(65),
         ] {
             assert!(validate_project_id(bad).is_err(), "{bad:?} accepted");
@@ -72,9 +81,17 @@ mod tests {
 
     #[test]
     fn identifiers() {
-        assert_eq!(normalize_identifier("table", "User_Outcomes").unwrap(), "user_outcomes");
-        for bad in ["", "1abc", "a-b", "../x", "a/b", "tbl\0", "naïve", "a.b", "a%2f"] {
-            assert!(normalize_identifier("table", bad).is_err(), "{bad:?} accepted");
+        assert_eq!(
+            normalize_identifier("table", "User_Outcomes").unwrap(),
+            "user_outcomes"
+        );
+        for bad in [
+            "", "1abc", "a-b", "../x", "a/b", "tbl\0", "naïve", "a.b", "a%2f",
+        ] {
+            assert!(
+                normalize_identifier("table", bad).is_err(),
+                "{bad:?} accepted"
+            );
         }
     }
 }

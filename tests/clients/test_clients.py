@@ -45,25 +45,28 @@ def duckdb_seed(events: pa.Table, outcomes: pa.Table) -> pa.Table:
     con.execute("CREATE SCHEMA wildedge; CREATE SCHEMA warehouse")
     con.execute("CREATE VIEW wildedge.raw_events AS SELECT *, CAST(event_timestamp AS DATE) AS event_day FROM ev")
     con.execute("CREATE VIEW warehouse.user_outcomes AS SELECT * FROM oc")
-    return con.execute(SEED_QUERY).fetch_arrow_table()
+    return con.sql(SEED_QUERY).to_arrow_table()
 
 
 def rows(table: pa.Table, tolerant: bool = False):
-    """Seed-query rows as tuples; `tolerant` wraps p95 in approx (DataFusion
-    quantises percentile_cont's interpolation weight to 1e-6)."""
-    out = []
-    for r in table.to_pylist():
-        out.append(
-            (
-                r["day"].date().isoformat(),
-                r["model_name"],
-                round(r["avg_confidence"], 9),
-                pytest.approx(r["p95_latency_ms"], rel=1e-5) if tolerant else r["p95_latency_ms"],
-                round(r["conversion_rate"], 9),
-                r["inference_count"],
-            )
+    """Seed-query rows as tuples; `tolerant` wraps floats in approx (engines
+    sum in different orders, and DataFusion quantises percentile_cont's
+    interpolation weight to 1e-6)."""
+
+    def num(v, rel):
+        return pytest.approx(v, rel=rel) if tolerant else v
+
+    return [
+        (
+            r["day"].date().isoformat(),
+            r["model_name"],
+            num(r["avg_confidence"], 1e-9),
+            num(r["p95_latency_ms"], 1e-5),
+            num(r["conversion_rate"], 1e-9),
+            r["inference_count"],
         )
-    return out
+        for r in table.to_pylist()
+    ]
 
 
 def test_adbc_seed_query_matches_duckdb(loaded):
@@ -208,7 +211,7 @@ def test_duckdb_over_raindrop_parquet_matches_raindrop(loaded):
     )
     con.register("oc", DATA["acme"][1])
     con.execute("CREATE VIEW warehouse.user_outcomes AS SELECT * FROM oc")
-    want = con.execute(SEED_QUERY).fetch_arrow_table()
+    want = con.sql(SEED_QUERY).to_arrow_table()
     with connect(loaded, "acme") as conn, conn.cursor() as cur:
         cur.execute(SEED_QUERY)
         got = cur.fetch_arrow_table()

@@ -37,10 +37,22 @@ impl TestServer {
         let file = cfg.tokens_file();
         std::fs::create_dir_all(dir.path()).unwrap();
         let mut tokens = HashMap::new();
-        tokens.insert("acme", add_token(&file, "acme", Some(ACME), Role::ReadWrite));
-        tokens.insert("globex", add_token(&file, "globex", Some(GLOBEX), Role::ReadWrite));
-        tokens.insert("acme_read", add_token(&file, "acme_read", Some(ACME), Role::Read));
-        tokens.insert("acme_ingest", add_token(&file, "acme_ingest", Some(ACME), Role::Ingest));
+        tokens.insert(
+            "acme",
+            add_token(&file, "acme", Some(ACME), Role::ReadWrite),
+        );
+        tokens.insert(
+            "globex",
+            add_token(&file, "globex", Some(GLOBEX), Role::ReadWrite),
+        );
+        tokens.insert(
+            "acme_read",
+            add_token(&file, "acme_read", Some(ACME), Role::Read),
+        );
+        tokens.insert(
+            "acme_ingest",
+            add_token(&file, "acme_ingest", Some(ACME), Role::Ingest),
+        );
         tokens.insert("admin", add_token(&file, "admin", None, Role::Admin));
         let handle = ServerHandle::start(cfg).await.unwrap();
         Self {
@@ -55,13 +67,17 @@ impl TestServer {
     }
 
     pub async fn client(&self, token: &str) -> RaindropClient {
-        RaindropClient::connect(&self.url(), &self.tokens[token]).await.unwrap()
+        RaindropClient::connect(&self.url(), &self.tokens[token])
+            .await
+            .unwrap()
     }
 
     /// Stop and start again over the same directory.
     pub async fn restart(&mut self) {
         self.handle.take().unwrap().stop().await.unwrap();
-        let handle = ServerHandle::start(ServeConfig::in_dir(self.dir.path())).await.unwrap();
+        let handle = ServerHandle::start(ServeConfig::in_dir(self.dir.path()))
+            .await
+            .unwrap();
         self.handle = Some(handle);
     }
 
@@ -74,7 +90,9 @@ impl TestServer {
 /// Every Parquet file under `dir`, recursively.
 pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = vec![];
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -126,7 +144,12 @@ pub async fn loaded_server() -> TestServer {
             assert_eq!(n as usize, b.num_rows());
         }
         let n = c
-            .ingest(Some("warehouse"), "user_outcomes", IngestMode::Create, vec![project.outcomes.clone()])
+            .ingest(
+                Some("warehouse"),
+                "user_outcomes",
+                IngestMode::Create,
+                vec![project.outcomes.clone()],
+            )
             .await
             .unwrap();
         assert_eq!(n as usize, project.outcomes.num_rows());
@@ -150,7 +173,11 @@ pub async fn count(client: &mut RaindropClient, sql: &str) -> i64 {
 pub fn strings(batches: &[RecordBatch], name: &str) -> Vec<String> {
     let mut out = vec![];
     for b in batches {
-        let col = arrow::compute::cast(b.column_by_name(name).unwrap(), &arrow::datatypes::DataType::Utf8).unwrap();
+        let col = arrow::compute::cast(
+            b.column_by_name(name).unwrap(),
+            &arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
         let col = col.as_string::<i32>();
         out.extend((0..col.len()).map(|i| col.value(i).to_string()));
     }
@@ -165,7 +192,14 @@ pub async fn planned_files(client: &mut RaindropClient, sql: &str) -> Vec<usize>
         .split("IcebergScanExec: ")
         .skip(1)
         .map(|s| {
-            s.split("files=").nth(1).unwrap().split(',').next().unwrap().parse().unwrap()
+            s.split("files=")
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
         })
         .collect();
     assert!(!files.is_empty(), "no IcebergScanExec in plan:\n{text}");

@@ -13,10 +13,16 @@ fn events(ids: &[&str], project: Option<&str>) -> RecordBatch {
     let n = ids.len();
     let mut cols: Vec<(&str, ArrayRef)> = vec![
         ("event_id", Arc::new(StringArray::from(ids.to_vec()))),
-        ("event_type", Arc::new(StringArray::from(vec!["inference"; n]))),
+        (
+            "event_type",
+            Arc::new(StringArray::from(vec!["inference"; n])),
+        ),
         (
             "event_timestamp",
-            Arc::new(TimestampMicrosecondArray::from(vec![1_780_000_000_000_000i64; n]).with_timezone("UTC")),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![1_780_000_000_000_000i64; n])
+                    .with_timezone("UTC"),
+            ),
         ),
         ("confidence", Arc::new(Float64Array::from(vec![0.5; n]))),
     ];
@@ -34,35 +40,84 @@ async fn credentials_and_roles() {
     anon.inner_mut().clear_token();
     let err = anon.query("SELECT 1").await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
-    let mut wrong = RaindropClient::connect(&server.url(), "not-a-real-token-at-all").await.unwrap();
-    assert_eq!(wrong.query("SELECT 1").await.unwrap_err().code(), Code::Unauthenticated);
-    assert_eq!(wrong.ingest_events(vec![events(&["a"], None)]).await.unwrap_err().code(), Code::Unauthenticated);
+    let mut wrong = RaindropClient::connect(&server.url(), "not-a-real-token-at-all")
+        .await
+        .unwrap();
+    assert_eq!(
+        wrong.query("SELECT 1").await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        wrong
+            .ingest_events(vec![events(&["a"], None)])
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
     // Error messages never echo the secret.
     let err = wrong.query("SELECT 1").await.unwrap_err();
     assert!(!err.message().contains("not-a-real-token"), "{err:?}");
 
     // Roles.
     let mut reader = server.client("acme_read").await;
-    assert_eq!(reader.ingest_events(vec![events(&["a"], None)]).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(
+        reader
+            .ingest_events(vec![events(&["a"], None)])
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
     let mut ingester = server.client("acme_ingest").await;
-    assert_eq!(ingester.ingest_events(vec![events(&["a"], None)]).await.unwrap(), 1);
-    assert_eq!(ingester.query("SELECT 1").await.unwrap_err().code(), Code::PermissionDenied);
-    assert_eq!(count(&mut reader, "SELECT count(*) FROM wildedge.raw_events").await, 1);
+    assert_eq!(
+        ingester
+            .ingest_events(vec![events(&["a"], None)])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        ingester.query("SELECT 1").await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        count(&mut reader, "SELECT count(*) FROM wildedge.raw_events").await,
+        1
+    );
 
     // Basic-auth handshake (what JDBC/ADBC send) yields a working bearer token.
-    let channel = tonic::transport::Endpoint::from_shared(server.url()).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut basic = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
-    basic.handshake("acme", &server.tokens["acme_read"]).await.unwrap();
+    basic
+        .handshake("acme", &server.tokens["acme_read"])
+        .await
+        .unwrap();
     assert_eq!(basic.token(), Some(&server.tokens["acme_read"]));
-    let channel = tonic::transport::Endpoint::from_shared(server.url()).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut bad = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
-    assert!(bad.handshake("acme", "wrong-password-123456").await.is_err());
+    assert!(
+        bad.handshake("acme", "wrong-password-123456")
+            .await
+            .is_err()
+    );
 
     // A revoked token stops working without a restart.
     let file = server.dir.path().join("tokens.json");
     let id = raindrop::tenant::tokens::token_id(&server.tokens["acme_read"]);
     raindrop::tenant::tokens::revoke_token(&file, &id).unwrap();
-    assert_eq!(reader.query("SELECT 1").await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        reader.query("SELECT 1").await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,28 +125,56 @@ async fn bad_input_is_rejected_and_changes_nothing() {
     let server = TestServer::start().await;
     let mut acme = server.client("acme").await;
     let mut globex = server.client("globex").await;
-    assert_eq!(acme.ingest_events(vec![events(&["e1", "e2"], None)]).await.unwrap(), 2);
-    assert_eq!(globex.ingest_events(vec![events(&["g1"], None)]).await.unwrap(), 1);
+    assert_eq!(
+        acme.ingest_events(vec![events(&["e1", "e2"], None)])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        globex
+            .ingest_events(vec![events(&["g1"], None)])
+            .await
+            .unwrap(),
+        1
+    );
     let files_before = parquet_files(&server.raw_events_data()).len();
 
-    let missing = RecordBatch::try_from_iter(vec![("event_id", Arc::new(StringArray::from(vec!["x"])) as ArrayRef)]).unwrap();
+    let missing = RecordBatch::try_from_iter(vec![(
+        "event_id",
+        Arc::new(StringArray::from(vec!["x"])) as ArrayRef,
+    )])
+    .unwrap();
     let err = acme.ingest_events(vec![missing]).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("event_type"), "{}", err.message());
 
     let bad_type = RecordBatch::try_from_iter(vec![
-        ("event_id", Arc::new(StringArray::from(vec!["x"])) as ArrayRef),
+        (
+            "event_id",
+            Arc::new(StringArray::from(vec!["x"])) as ArrayRef,
+        ),
         ("event_type", Arc::new(StringArray::from(vec!["inference"]))),
-        ("event_timestamp", Arc::new(StringArray::from(vec!["yesterday-ish"]))),
+        (
+            "event_timestamp",
+            Arc::new(StringArray::from(vec!["yesterday-ish"])),
+        ),
     ])
     .unwrap();
     let err = acme.ingest_events(vec![bad_type]).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("event_timestamp"), "{}", err.message());
+    assert!(
+        err.message().contains("event_timestamp"),
+        "{}",
+        err.message()
+    );
 
     // A good batch followed by a bad one (same schema): the whole stream is refused.
     let err = acme
-        .ingest_events(vec![events(&["ok1", "ok2"], Some("acme")), events(&["bad"], Some("globex"))])
+        .ingest_events(vec![
+            events(&["ok1", "ok2"], Some("acme")),
+            events(&["bad"], Some("globex")),
+        ])
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
@@ -99,17 +182,32 @@ async fn bad_input_is_rejected_and_changes_nothing() {
 
     // Wrong mode for raw_events, bad names, temp tables.
     let err = acme
-        .ingest(None, "raw_events", raindrop::client::IngestMode::Replace, vec![events(&["r"], None)])
+        .ingest(
+            None,
+            "raw_events",
+            raindrop::client::IngestMode::Replace,
+            vec![events(&["r"], None)],
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     let err = acme
-        .ingest(Some("../../etc"), "passwd", raindrop::client::IngestMode::CreateAppend, vec![events(&["r"], None)])
+        .ingest(
+            Some("../../etc"),
+            "passwd",
+            raindrop::client::IngestMode::CreateAppend,
+            vec![events(&["r"], None)],
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = acme
-        .ingest(Some("wildedge"), "other", raindrop::client::IngestMode::CreateAppend, vec![events(&["r"], None)])
+        .ingest(
+            Some("wildedge"),
+            "other",
+            raindrop::client::IngestMode::CreateAppend,
+            vec![events(&["r"], None)],
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
@@ -122,7 +220,13 @@ async fn bad_input_is_rejected_and_changes_nothing() {
     assert!(err.message().contains("no_such_table"));
 
     // Nothing changed: same rows, same files.
-    assert_eq!(count(&mut acme, "SELECT count(*) FROM wildedge.raw_events").await, 2);
-    assert_eq!(count(&mut globex, "SELECT count(*) FROM wildedge.raw_events").await, 1);
+    assert_eq!(
+        count(&mut acme, "SELECT count(*) FROM wildedge.raw_events").await,
+        2
+    );
+    assert_eq!(
+        count(&mut globex, "SELECT count(*) FROM wildedge.raw_events").await,
+        1
+    );
     assert_eq!(parquet_files(&server.raw_events_data()).len(), files_before);
 }

@@ -13,7 +13,10 @@ async fn adversarial_sql_sees_only_own_rows() {
     let mut acme = server.client("acme").await;
 
     let projects = strings(
-        &acme.query("SELECT DISTINCT project_id FROM wildedge.raw_events").await.unwrap(),
+        &acme
+            .query("SELECT DISTINCT project_id FROM wildedge.raw_events")
+            .await
+            .unwrap(),
         "project_id",
     );
     assert_eq!(projects, vec![ACME.to_string()]);
@@ -21,14 +24,38 @@ async fn adversarial_sql_sees_only_own_rows() {
     // Each must count exactly acme's rows (or none of globex's).
     let cases = [
         ("SELECT count(*) FROM wildedge.raw_events", acme_n),
-        ("SELECT count(*) FROM wildedge.raw_events WHERE project_id = 'globex'", 0),
-        ("SELECT count(*) FROM wildedge.raw_events WHERE project_id = 'globex' OR true", acme_n),
-        ("SELECT count(*) FROM wildedge.raw_events WHERE project_id <> 'acme'", 0),
-        ("SELECT count(*) FROM wildedge.raw_events WHERE project_id IN ('globex', 'acme')", acme_n),
-        ("SELECT count(*) FROM wildedge.raw_events WHERE lower(project_id) = 'globex'", 0),
-        ("SELECT count(*) FROM wildedge.raw_events WHERE NOT (project_id = 'acme')", 0),
-        ("SELECT count(*) FROM wildedge.raw_events WHERE session_id LIKE 'globex%'", 0),
-        ("WITH x AS (SELECT * FROM wildedge.raw_events WHERE project_id = 'globex') SELECT count(*) FROM x", 0),
+        (
+            "SELECT count(*) FROM wildedge.raw_events WHERE project_id = 'globex'",
+            0,
+        ),
+        (
+            "SELECT count(*) FROM wildedge.raw_events WHERE project_id = 'globex' OR true",
+            acme_n,
+        ),
+        (
+            "SELECT count(*) FROM wildedge.raw_events WHERE project_id <> 'acme'",
+            0,
+        ),
+        (
+            "SELECT count(*) FROM wildedge.raw_events WHERE project_id IN ('globex', 'acme')",
+            acme_n,
+        ),
+        (
+            "SELECT count(*) FROM wildedge.raw_events WHERE lower(project_id) = 'globex'",
+            0,
+        ),
+        (
+            "SELECT count(*) FROM wildedge.raw_events WHERE NOT (project_id = 'acme')",
+            0,
+        ),
+        (
+            "SELECT count(*) FROM wildedge.raw_events WHERE session_id LIKE 'globex%'",
+            0,
+        ),
+        (
+            "WITH x AS (SELECT * FROM wildedge.raw_events WHERE project_id = 'globex') SELECT count(*) FROM x",
+            0,
+        ),
         (
             "SELECT count(*) FROM (SELECT event_id FROM wildedge.raw_events UNION ALL \
              SELECT event_id FROM wildedge.raw_events WHERE project_id = 'globex')",
@@ -44,8 +71,14 @@ async fn adversarial_sql_sees_only_own_rows() {
              ON a.event_id = b.event_id WHERE b.project_id = 'globex'",
             0,
         ),
-        ("SELECT count(*) FROM raindrop.wildedge.raw_events WHERE event_id LIKE 'globex-%'", 0),
-        ("SELECT count(*) FROM wildedge.raw_events WHERE CAST(project_id AS VARCHAR) = 'globex'", 0),
+        (
+            "SELECT count(*) FROM raindrop.wildedge.raw_events WHERE event_id LIKE 'globex-%'",
+            0,
+        ),
+        (
+            "SELECT count(*) FROM wildedge.raw_events WHERE CAST(project_id AS VARCHAR) = 'globex'",
+            0,
+        ),
     ];
     for (sql, want) in cases {
         assert_eq!(count(&mut acme, sql).await, want, "{sql}");
@@ -62,13 +95,33 @@ async fn adversarial_sql_sees_only_own_rows() {
         .map(|(s, t)| format!("{s}.{t}"))
         .collect();
     listed.sort();
-    assert_eq!(listed, vec!["warehouse.user_outcomes", "wildedge.raw_events"]);
-    let schemata = strings(&acme.query("SELECT schema_name FROM information_schema.schemata").await.unwrap(), "schema_name");
-    assert!(schemata.iter().all(|s| !s.contains("globex") && !s.contains("tenants")), "{schemata:?}");
+    assert_eq!(
+        listed,
+        vec!["warehouse.user_outcomes", "wildedge.raw_events"]
+    );
+    let schemata = strings(
+        &acme
+            .query("SELECT schema_name FROM information_schema.schemata")
+            .await
+            .unwrap(),
+        "schema_name",
+    );
+    assert!(
+        schemata
+            .iter()
+            .all(|s| !s.contains("globex") && !s.contains("tenants")),
+        "{schemata:?}"
+    );
     let shown = strings(&acme.query("SHOW TABLES").await.unwrap(), "table_name");
     assert!(shown.contains(&"user_outcomes".to_string()));
 
-    let sessions = strings(&acme.query("SELECT session_id FROM warehouse.user_outcomes").await.unwrap(), "session_id");
+    let sessions = strings(
+        &acme
+            .query("SELECT session_id FROM warehouse.user_outcomes")
+            .await
+            .unwrap(),
+        "session_id",
+    );
     assert_eq!(sessions.len(), data.acme.outcomes.num_rows());
     assert!(sessions.iter().all(|s| s.starts_with("acme-")));
 
@@ -79,7 +132,10 @@ async fn adversarial_sql_sees_only_own_rows() {
         "SELECT * FROM globex.user_outcomes",
     ] {
         let err = acme.query(sql).await.unwrap_err();
-        assert!(matches!(err.code(), Code::NotFound | Code::InvalidArgument), "{sql}: {err:?}");
+        assert!(
+            matches!(err.code(), Code::NotFound | Code::InvalidArgument),
+            "{sql}: {err:?}"
+        );
     }
 
     // Every file acme's scan plans is in acme's partition, and a one-day
@@ -87,14 +143,28 @@ async fn adversarial_sql_sees_only_own_rows() {
     let acme_files = parquet_files(&server.raw_events_data().join("project_id=acme")).len();
     let globex_files = parquet_files(&server.raw_events_data().join("project_id=globex")).len();
     assert!(acme_files > 0 && globex_files > 0);
-    let planned = planned_files(&mut acme, "SELECT * FROM wildedge.raw_events WHERE project_id = 'globex' OR true").await;
-    assert_eq!(planned, vec![acme_files], "acme plans exactly its own files");
+    let planned = planned_files(
+        &mut acme,
+        "SELECT * FROM wildedge.raw_events WHERE project_id = 'globex' OR true",
+    )
+    .await;
+    assert_eq!(
+        planned,
+        vec![acme_files],
+        "acme plans exactly its own files"
+    );
 
     // Admin sees everything.
     let mut admin = server.client("admin").await;
     let total = count(&mut admin, "SELECT count(*) FROM wildedge.raw_events").await;
-    assert_eq!(total as usize, data.acme.event_count + data.globex.event_count);
-    assert_eq!(planned_files(&mut admin, "SELECT * FROM wildedge.raw_events").await, vec![acme_files + globex_files]);
+    assert_eq!(
+        total as usize,
+        data.acme.event_count + data.globex.event_count
+    );
+    assert_eq!(
+        planned_files(&mut admin, "SELECT * FROM wildedge.raw_events").await,
+        vec![acme_files + globex_files]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,9 +187,15 @@ async fn writes_and_escapes_are_refused() {
     }
     assert!(!std::path::Path::new("/tmp/raindrop-leak.parquet").exists());
     // Table functions that read files or URLs are not registered.
-    for sql in ["SELECT * FROM read_parquet('/etc/passwd')", "SELECT * FROM '/etc/passwd'"] {
+    for sql in [
+        "SELECT * FROM read_parquet('/etc/passwd')",
+        "SELECT * FROM '/etc/passwd'",
+    ] {
         let err = acme.query(sql).await.unwrap_err();
         assert_ne!(err.code(), Code::Ok, "{sql}");
-        assert!(!err.message().contains("root:"), "{sql} leaked file contents");
+        assert!(
+            !err.message().contains("root:"),
+            "{sql} leaked file contents"
+        );
     }
 }

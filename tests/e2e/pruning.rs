@@ -8,17 +8,32 @@ use chrono::{Duration, NaiveDate, Utc};
 use crate::common::*;
 
 fn files_on_disk(server: &TestServer, project: &str, day: NaiveDate) -> usize {
-    parquet_files(&server.raw_events_data().join(format!("project_id={project}/event_day={day}"))).len()
+    parquet_files(
+        &server
+            .raw_events_data()
+            .join(format!("project_id={project}/event_day={day}")),
+    )
+    .len()
 }
 
 fn events_on(data: &raindrop::demo::generate::ProjectData, day: NaiveDate) -> i64 {
-    let start = day.and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp_micros();
+    let start = day
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_micros();
     let end = start + 86_400_000_000;
     data.events
         .iter()
         .map(|b| {
-            let ts = b.column_by_name("event_timestamp").unwrap().as_primitive::<TimestampMicrosecondType>();
-            ts.values().iter().filter(|t| **t >= start && **t < end).count() as i64
+            let ts = b
+                .column_by_name("event_timestamp")
+                .unwrap()
+                .as_primitive::<TimestampMicrosecondType>();
+            ts.values()
+                .iter()
+                .filter(|t| **t >= start && **t < end)
+                .count() as i64
         })
         .sum()
 }
@@ -32,26 +47,62 @@ async fn day_and_time_predicates_prune_files() {
     let day = today - Duration::days(5);
     let one_day = files_on_disk(&server, ACME, day);
     let all = parquet_files(&server.raw_events_data().join("project_id=acme")).len();
-    assert!(one_day > 0 && one_day * 10 < all, "fixture: {one_day} files that day of {all}");
+    assert!(
+        one_day > 0 && one_day * 10 < all,
+        "fixture: {one_day} files that day of {all}"
+    );
 
     let next = day + Duration::days(1);
     let prev = day - Duration::days(1);
     let cases = [
         (format!("event_day = DATE '{day}'"), one_day),
-        ("event_day = current_date - interval '5 days'".to_string(), one_day),
-        (format!("event_day >= DATE '{day}' AND event_day < DATE '{next}'"), one_day),
-        (format!("event_day BETWEEN DATE '{prev}' AND DATE '{day}'"), one_day + files_on_disk(&server, ACME, prev)),
-        (format!("event_day IN (DATE '{prev}', DATE '{next}')"), files_on_disk(&server, ACME, prev) + files_on_disk(&server, ACME, next)),
-        (format!("event_timestamp >= TIMESTAMP '{day}T00:00:00Z' AND event_timestamp < TIMESTAMP '{next}T00:00:00Z'"), one_day),
-        (format!("event_timestamp >= '{day}T00:00:00Z' AND event_timestamp < '{next}T00:00:00Z'"), one_day),
-        (format!("project_id = 'acme' AND event_day = DATE '{day}'"), one_day),
+        (
+            "event_day = current_date - interval '5 days'".to_string(),
+            one_day,
+        ),
+        (
+            format!("event_day >= DATE '{day}' AND event_day < DATE '{next}'"),
+            one_day,
+        ),
+        (
+            format!("event_day BETWEEN DATE '{prev}' AND DATE '{day}'"),
+            one_day + files_on_disk(&server, ACME, prev),
+        ),
+        (
+            format!("event_day IN (DATE '{prev}', DATE '{next}')"),
+            files_on_disk(&server, ACME, prev) + files_on_disk(&server, ACME, next),
+        ),
+        (
+            format!(
+                "event_timestamp >= TIMESTAMP '{day}T00:00:00Z' AND event_timestamp < TIMESTAMP '{next}T00:00:00Z'"
+            ),
+            one_day,
+        ),
+        (
+            format!(
+                "event_timestamp >= '{day}T00:00:00Z' AND event_timestamp < '{next}T00:00:00Z'"
+            ),
+            one_day,
+        ),
+        (
+            format!("project_id = 'acme' AND event_day = DATE '{day}'"),
+            one_day,
+        ),
     ];
     for (predicate, want) in &cases {
         let sql = format!("SELECT count(*) FROM wildedge.raw_events WHERE {predicate}");
-        assert_eq!(planned_files(&mut acme, &sql).await, vec![*want], "{predicate}");
+        assert_eq!(
+            planned_files(&mut acme, &sql).await,
+            vec![*want],
+            "{predicate}"
+        );
     }
     // Results stay exact while pruning.
-    let n = count(&mut acme, &format!("SELECT count(*) FROM wildedge.raw_events WHERE event_day = DATE '{day}'")).await;
+    let n = count(
+        &mut acme,
+        &format!("SELECT count(*) FROM wildedge.raw_events WHERE event_day = DATE '{day}'"),
+    )
+    .await;
     assert_eq!(n, events_on(&data.acme, day));
     let n = count(
         &mut acme,
@@ -78,18 +129,33 @@ async fn data_files_are_laid_out_by_project_and_day() {
     let mut projects = std::collections::BTreeSet::new();
     for f in &files {
         let rel = f.strip_prefix(&root).unwrap();
-        let parts: Vec<_> = rel.iter().map(|p| p.to_string_lossy().to_string()).collect();
+        let parts: Vec<_> = rel
+            .iter()
+            .map(|p| p.to_string_lossy().to_string())
+            .collect();
         assert_eq!(parts.len(), 3, "{rel:?}");
-        let project = parts[0].strip_prefix("project_id=").unwrap_or_else(|| panic!("{rel:?}"));
-        let day = parts[1].strip_prefix("event_day=").unwrap_or_else(|| panic!("{rel:?}"));
+        let project = parts[0]
+            .strip_prefix("project_id=")
+            .unwrap_or_else(|| panic!("{rel:?}"));
+        let day = parts[1]
+            .strip_prefix("event_day=")
+            .unwrap_or_else(|| panic!("{rel:?}"));
         NaiveDate::parse_from_str(day, "%Y-%m-%d").unwrap_or_else(|_| panic!("{rel:?}"));
         projects.insert(project.to_string());
         // ZSTD-compressed, with statistics.
-        let reader = parquet::file::reader::SerializedFileReader::new(std::fs::File::open(f).unwrap()).unwrap();
+        let reader =
+            parquet::file::reader::SerializedFileReader::new(std::fs::File::open(f).unwrap())
+                .unwrap();
         let meta = parquet::file::reader::FileReader::metadata(&reader);
         let col = meta.row_group(0).column(0);
-        assert!(matches!(col.compression(), parquet::basic::Compression::ZSTD(_)), "{rel:?}");
+        assert!(
+            matches!(col.compression(), parquet::basic::Compression::ZSTD(_)),
+            "{rel:?}"
+        );
         assert!(col.statistics().is_some());
     }
-    assert_eq!(projects.into_iter().collect::<Vec<_>>(), vec![ACME.to_string(), GLOBEX.to_string()]);
+    assert_eq!(
+        projects.into_iter().collect::<Vec<_>>(),
+        vec![ACME.to_string(), GLOBEX.to_string()]
+    );
 }
