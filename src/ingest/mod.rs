@@ -80,13 +80,11 @@ impl Ingestor {
         schema: Option<&str>,
         table: &str,
     ) -> Result<Target> {
-        if let Some(c) = catalog.filter(|c| !c.is_empty()) {
-            if c != self.warehouse.catalog_name {
-                return Err(Error::NotFound(format!(
-                    "catalog '{c}' does not exist; use '{}' or leave it empty",
-                    self.warehouse.catalog_name
-                )));
-            }
+        if let Some(c) = catalog.filter(|c| !c.is_empty() && *c != self.warehouse.catalog_name) {
+            return Err(Error::NotFound(format!(
+                "catalog '{c}' does not exist; use '{}' or leave it empty",
+                self.warehouse.catalog_name
+            )));
         }
         let table = names::normalize_identifier("table", table)?;
         let events_schema = self.warehouse.namespace.to_url_string();

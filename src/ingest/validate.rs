@@ -187,13 +187,12 @@ pub fn normalize_raw_events(
                 }
             }
         };
-        if !field.is_nullable() {
-            if let Some(row) = first_null(&column) {
-                return Err(Error::InvalidArgument(format!(
-                    "column '{name}' is required but has {} null value(s) (first at row {row})",
-                    column.null_count()
-                )));
-            }
+        if !field.is_nullable() && column.null_count() > 0 {
+            return Err(Error::InvalidArgument(format!(
+                "column '{name}' is required but has {} null value(s) (first at row {})",
+                column.null_count(),
+                first_null(&column).unwrap_or_default()
+            )));
         }
         columns.push(column);
     }

@@ -25,11 +25,13 @@ fn percentile_cont(values: &mut [f64], p: f64) -> f64 {
     values[lo] + (values[hi] - values[lo]) * (pos - lo as f64)
 }
 
-/// (day start µs, model) → (avg conf, p95, conversion, count), by hand.
-fn expected(
-    events: &[RecordBatch],
-    outcomes: &RecordBatch,
-) -> BTreeMap<(i64, String), (f64, f64, f64, i64)> {
+/// (day start µs, model).
+type Key = (i64, String);
+/// (avg confidence, p95 latency, conversion rate, count).
+type Values = (f64, f64, f64, i64);
+
+/// The seed query's answer computed by hand.
+fn expected(events: &[RecordBatch], outcomes: &RecordBatch) -> BTreeMap<Key, Values> {
     let sessions = outcomes
         .column_by_name("session_id")
         .unwrap()
@@ -44,7 +46,7 @@ fn expected(
         .unwrap()
         .and_utc()
         .timestamp_micros();
-    let mut groups: BTreeMap<(i64, String), Group> = BTreeMap::new();
+    let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
     for b in events {
         let ty = b.column_by_name("event_type").unwrap().as_string::<i32>();
         let ts = b
@@ -93,7 +95,7 @@ fn expected(
         .collect()
 }
 
-fn actual(batches: &[RecordBatch]) -> Vec<((i64, String), (f64, f64, f64, i64))> {
+fn actual(batches: &[RecordBatch]) -> Vec<(Key, Values)> {
     let mut out = vec![];
     for b in batches {
         let day = b
