@@ -58,6 +58,7 @@ impl IngestMode {
 #[derive(Debug, Clone)]
 pub struct RaindropClient {
     inner: FlightSqlServiceClient<Channel>,
+    token: String,
 }
 
 impl RaindropClient {
@@ -70,7 +71,52 @@ impl RaindropClient {
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let mut inner = FlightSqlServiceClient::new(channel);
         inner.set_token(token.to_string());
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            token: token.to_string(),
+        })
+    }
+
+    /// Wrap `message` in a request carrying this client's bearer token.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        if let Ok(v) = format!("Bearer {}", self.token).parse() {
+            req.metadata_mut().insert("authorization", v);
+        }
+        req
+    }
+
+    /// `GetFlightInfo` for any Flight SQL command.
+    pub async fn flight_info<M: arrow_flight::sql::ProstMessageExt>(
+        &mut self,
+        cmd: M,
+    ) -> ClientResult<arrow_flight::FlightInfo> {
+        use prost::Message;
+        let descriptor = arrow_flight::FlightDescriptor::new_cmd(cmd.as_any().encode_to_vec());
+        let req = self.request(descriptor);
+        Ok(self
+            .inner
+            .inner_mut()
+            .get_flight_info(req)
+            .await?
+            .into_inner())
+    }
+
+    /// Run a Flight action; returns the result bodies.
+    pub async fn action(
+        &mut self,
+        action: arrow_flight::Action,
+    ) -> ClientResult<Vec<bytes::Bytes>> {
+        let req = self.request(action);
+        let results: Vec<arrow_flight::Result> = self
+            .inner
+            .inner_mut()
+            .do_action(req)
+            .await?
+            .into_inner()
+            .try_collect()
+            .await?;
+        Ok(results.into_iter().map(|r| r.body).collect())
     }
 
     /// The underlying arrow-flight client.

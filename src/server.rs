@@ -33,6 +33,7 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
         tokens,
         query: QueryEngine::new(warehouse.clone(), config.limits.query_partitions),
         ingest: Ingestor::new(warehouse, config.limits.max_ingest_mib * MIB),
+        prepared: Default::default(),
     }))
 }
 

@@ -2,23 +2,36 @@
 //! authenticate, call the query or ingest service, encode the answer.
 
 pub mod auth;
+mod metadata;
+pub mod prepared;
 mod sql_info;
 
 use std::pin::Pin;
 use std::sync::Arc;
 
+use arrow::array::{Int64Array, RecordBatch};
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
-    Any, CommandGetSqlInfo, CommandStatementIngest, CommandStatementQuery, DoPutUpdateResult,
-    ProstMessageExt, SqlInfo, TableExistsOption, TableNotExistOption, TicketStatementQuery,
+    ActionBeginTransactionRequest, ActionBeginTransactionResult, ActionCancelQueryRequest,
+    ActionCancelQueryResult, ActionClosePreparedStatementRequest,
+    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any,
+    CommandGetCatalogs, CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys,
+    CommandGetImportedKeys, CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes,
+    CommandGetTables, CommandGetXdbcTypeInfo, CommandPreparedStatementQuery,
+    CommandPreparedStatementUpdate, CommandStatementIngest, CommandStatementQuery,
+    CommandStatementUpdate, DoPutPreparedStatementResult, DoPutUpdateResult, ProstMessageExt,
+    SqlInfo, TableExistsOption, TableNotExistOption, TicketStatementQuery,
 };
 use arrow_flight::{
-    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, PutResult,
-    Ticket, flight_descriptor::DescriptorType,
+    Action, CancelFlightInfoResult, CancelStatus, FlightDescriptor, FlightEndpoint, FlightInfo,
+    HandshakeRequest, HandshakeResponse, IpcMessage, PutResult, SchemaAsIpc, Ticket,
+    flight_descriptor::DescriptorType,
 };
 use futures::{Stream, TryStreamExt};
 use prost::Message;
@@ -27,9 +40,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{Error, Result};
 use crate::ingest::{Ingestor, Mode, Target};
-use crate::query::{QueryEngine, client_schema};
+use crate::query::{QueryEngine, client_schema, is_update, params, update_result_schema};
 use crate::tenant::Principal;
 use crate::tenant::tokens::TokenStore;
+use prepared::{PreparedStatements, Statement};
 
 /// Shared state behind the Flight service.
 #[derive(Debug)]
@@ -40,6 +54,8 @@ pub struct Services {
     pub query: QueryEngine,
     /// Ingest.
     pub ingest: Ingestor,
+    /// Open prepared statements.
+    pub prepared: PreparedStatements,
 }
 
 /// Flight SQL service over [`Services`].
@@ -71,20 +87,212 @@ impl RaindropFlightService {
         let token = auth::token_from_metadata(request.metadata())?;
         self.services.tokens.authenticate(&token)
     }
+
+    /// Answer `GetFlightInfo` for `sql`: a query is planned (schema) and
+    /// left for `DoGet`; an update runs now, so it has happened when the
+    /// call returns (drivers may fetch the result lazily, or never).
+    async fn plan_statement(
+        &self,
+        principal: &Principal,
+        sql: &str,
+        params: Option<RecordBatch>,
+        query_ticket: Ticket,
+    ) -> Result<(SchemaRef, Ticket)> {
+        if is_update(sql) {
+            let n = self.update(principal, sql, params).await?;
+            return Ok((update_result_schema(), StatementTicket::Updated(n).encode()));
+        }
+        let mut df = self.services.query.plan(principal, sql).await?;
+        if let Some(p) = &params {
+            df = df.with_param_values(self::params_row(p, 0)?)?;
+        }
+        Ok((client_schema(&df), query_ticket))
+    }
+
+    /// Execute `sql` for `DoGet`: stream a query's rows, or run an update
+    /// (once per parameter row) and return `rows_affected` — the latter only
+    /// for clients that `DoGet` a prepared update directly.
+    async fn execute(
+        &self,
+        principal: &Principal,
+        sql: &str,
+        params: Option<RecordBatch>,
+    ) -> Result<<Self as FlightService>::DoGetStream> {
+        if is_update(sql) {
+            let n = self.update(principal, sql, params).await?;
+            return Ok(one_batch(update_result_schema(), rows_affected(n)?));
+        }
+        let mut df = self.services.query.plan(principal, sql).await?;
+        if let Some(p) = &params {
+            if p.num_rows() > 1 {
+                return Err(Error::InvalidArgument(
+                    "a query takes one row of parameters; bind a single row".into(),
+                ));
+            }
+            df = df.with_param_values(params_row(p, 0)?)?;
+        }
+        let schema = client_schema(&df);
+        let batches = df
+            .execute_stream()
+            .await?
+            .map_err(|e| FlightError::Tonic(Box::new(Status::from(Error::from(e)))));
+        tracing::debug!(token_id = %principal.token_id, "query started");
+        Ok(Box::pin(
+            FlightDataEncoderBuilder::new()
+                .with_schema(schema)
+                .build(batches)
+                .map_err(|e| match e {
+                    FlightError::Tonic(status) => *status,
+                    other => Status::internal(other.to_string()),
+                }),
+        ))
+    }
+
+    /// Run an update once, or once per parameter row; total rows affected.
+    async fn update(
+        &self,
+        principal: &Principal,
+        sql: &str,
+        params: Option<RecordBatch>,
+    ) -> Result<u64> {
+        let s = &self.services;
+        let Some(p) = params else {
+            return s
+                .query
+                .execute_update(&s.ingest, principal, sql, None)
+                .await;
+        };
+        let mut total = 0;
+        for row in 0..p.num_rows() {
+            total += s
+                .query
+                .execute_update(&s.ingest, principal, sql, Some(params_row(&p, row)?))
+                .await?;
+        }
+        Ok(total)
+    }
 }
 
-/// Statement tickets carry the SQL only: `DoGet` re-authenticates and
-/// re-plans as the caller, so a forged or replayed ticket grants nothing.
-fn encode_ticket(sql: &str) -> Ticket {
-    let ticket = TicketStatementQuery {
-        statement_handle: sql.as_bytes().to_vec().into(),
-    };
-    Ticket::new(ticket.as_any().encode_to_vec())
+fn params_row(batch: &RecordBatch, row: usize) -> Result<datafusion::common::ParamValues> {
+    params::row_params(batch, row)
 }
 
-fn decode_ticket(ticket: &TicketStatementQuery) -> Result<String> {
-    String::from_utf8(ticket.statement_handle.to_vec())
-        .map_err(|_| Error::InvalidArgument("malformed statement ticket".into()))
+/// What a statement ticket asks `DoGet` for. Tickets are untrusted input:
+/// a query ticket carries only SQL, which `DoGet` re-authenticates and
+/// re-plans as the caller; an update ticket only echoes a row count.
+#[derive(Debug, PartialEq)]
+enum StatementTicket {
+    /// Run this query.
+    Query(String),
+    /// An update already executed by `GetFlightInfo`; report its count.
+    Updated(u64),
+}
+
+impl StatementTicket {
+    fn encode(&self) -> Ticket {
+        let handle = match self {
+            StatementTicket::Query(sql) => [b"Q", sql.as_bytes()].concat(),
+            StatementTicket::Updated(n) => [b"U".as_slice(), &n.to_le_bytes()].concat(),
+        };
+        let ticket = TicketStatementQuery {
+            statement_handle: handle.into(),
+        };
+        Ticket::new(ticket.as_any().encode_to_vec())
+    }
+
+    fn decode(ticket: &TicketStatementQuery) -> Result<Self> {
+        let bad = || Error::InvalidArgument("malformed statement ticket".into());
+        match ticket.statement_handle.split_first() {
+            Some((b'Q', sql)) => Ok(Self::Query(
+                String::from_utf8(sql.to_vec()).map_err(|_| bad())?,
+            )),
+            Some((b'U', n)) => Ok(Self::Updated(u64::from_le_bytes(
+                n.try_into().map_err(|_| bad())?,
+            ))),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Largest parameter set accepted for a prepared statement.
+const MAX_PARAM_BYTES: usize = 64 * 1024 * 1024;
+
+fn schema_bytes(schema: &Schema) -> Result<bytes::Bytes> {
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+        .try_into()
+        .map_err(|e: arrow::error::ArrowError| Error::Internal(e.to_string()))?;
+    Ok(bytes)
+}
+
+/// A `FlightInfo` whose one endpoint's ticket is `ticket`.
+fn flight_info(
+    schema: &Schema,
+    ticket: Ticket,
+    descriptor: FlightDescriptor,
+) -> Result<FlightInfo> {
+    Ok(FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| Error::Internal(e.to_string()))?
+        .with_endpoint(FlightEndpoint::new().with_ticket(ticket))
+        .with_descriptor(descriptor)
+        .with_total_records(-1)
+        .with_ordered(true))
+}
+
+/// Ticket that repeats a metadata command, so `DoGet` can answer it.
+fn command_ticket(cmd: &impl ProstMessageExt) -> Ticket {
+    Ticket::new(cmd.as_any().encode_to_vec())
+}
+
+/// Stream a single batch (metadata answers, update counts).
+fn one_batch(schema: SchemaRef, batch: RecordBatch) -> BoxStream<arrow_flight::FlightData> {
+    Box::pin(
+        FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(futures::stream::iter([Ok(batch)]))
+            .map_err(Status::from),
+    )
+}
+
+fn rows_affected(n: u64) -> Result<RecordBatch> {
+    Ok(RecordBatch::try_new(
+        update_result_schema(),
+        vec![std::sync::Arc::new(Int64Array::from(vec![n as i64]))],
+    )?)
+}
+
+/// Read a parameter stream into one batch (`None` if it carried no rows).
+async fn read_params(stream: PeekableFlightDataStream) -> Result<Option<RecordBatch>> {
+    let mut batches = vec![];
+    let mut bytes = 0;
+    let mut s = std::pin::pin!(batches_of(stream));
+    while let Some(b) = futures::StreamExt::next(&mut s).await {
+        let b = b?;
+        bytes += b.get_array_memory_size();
+        if bytes > MAX_PARAM_BYTES {
+            return Err(Error::ResourceExhausted(
+                "parameter set larger than 64 MiB".into(),
+            ));
+        }
+        if b.num_rows() > 0 {
+            batches.push(b);
+        }
+    }
+    match batches.first() {
+        None => Ok(None),
+        Some(first) => Ok(Some(arrow::compute::concat_batches(
+            &first.schema(),
+            &batches,
+        )?)),
+    }
+}
+
+/// CloseSession's result (`arrow.flight.protocol.CloseSessionResult`), not
+/// generated by arrow-flight 58.
+#[derive(Clone, PartialEq, prost::Message)]
+struct CloseSessionResult {
+    #[prost(int32, tag = "1")]
+    status: i32,
 }
 
 fn ingest_mode(cmd: &CommandStatementIngest) -> Result<Mode> {
@@ -111,7 +319,7 @@ fn ingest_mode(cmd: &CommandStatementIngest) -> Result<Mode> {
 }
 
 /// Decode a DoPut body into record batches; IPC problems are the client's.
-fn batches(
+fn batches_of(
     stream: PeekableFlightDataStream,
 ) -> impl Stream<Item = Result<arrow::array::RecordBatch>> + Send {
     FlightRecordBatchStream::new_from_flight_data(stream.map_err(FlightError::from)).map_err(|e| {
@@ -179,15 +387,11 @@ impl FlightSqlService for RaindropFlightService {
         if query.transaction_id.is_some() {
             return Err(Error::Unsupported("transactions are not supported".into()).into());
         }
-        let df = self.services.query.plan(&principal, &query.query).await?;
-        let schema = client_schema(&df);
-        let info = FlightInfo::new()
-            .try_with_schema(&schema)
-            .map_err(|e| Status::internal(e.to_string()))?
-            .with_endpoint(FlightEndpoint::new().with_ticket(encode_ticket(&query.query)))
-            .with_descriptor(request.into_inner())
-            .with_total_records(-1)
-            .with_ordered(true);
+        let ticket = StatementTicket::Query(query.query.clone()).encode();
+        let (schema, ticket) = self
+            .plan_statement(&principal, &query.query, None, ticket)
+            .await?;
+        let info = flight_info(&schema, ticket, request.into_inner())?;
         Ok(Response::new(info))
     }
 
@@ -197,24 +401,466 @@ impl FlightSqlService for RaindropFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let principal = self.principal(&request)?;
-        let sql = decode_ticket(&ticket)?;
-        let df = self.services.query.plan(&principal, &sql).await?;
-        let schema = client_schema(&df);
-        let started = std::time::Instant::now();
-        let batches = df
-            .execute_stream()
-            .await
-            .map_err(|e| Status::from(Error::from(e)))?
-            .map_err(|e| FlightError::Tonic(Box::new(Status::from(Error::from(e)))));
-        tracing::debug!(token_id = %principal.token_id, planning_ms = started.elapsed().as_millis() as u64, "query started");
-        let stream = FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .build(batches)
-            .map_err(|e| match e {
-                FlightError::Tonic(status) => *status,
-                other => Status::internal(other.to_string()),
-            });
-        Ok(Response::new(Box::pin(stream)))
+        match StatementTicket::decode(&ticket)? {
+            StatementTicket::Query(sql) => {
+                Ok(Response::new(self.execute(&principal, &sql, None).await?))
+            }
+            StatementTicket::Updated(n) => Ok(Response::new(one_batch(
+                update_result_schema(),
+                rows_affected(n)?,
+            ))),
+        }
+    }
+
+    async fn do_put_statement_update(
+        &self,
+        cmd: CommandStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let principal = self.principal(&request)?;
+        if cmd.transaction_id.is_some() {
+            return Err(Error::Unsupported("transactions are not supported".into()).into());
+        }
+        Ok(self.update(&principal, &cmd.query, None).await? as i64)
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let principal = self.principal(&request)?;
+        if query.transaction_id.is_some() {
+            return Err(Error::Unsupported("transactions are not supported".into()).into());
+        }
+        let sql = params::number_placeholders(&query.query)?;
+        let update = is_update(&sql);
+        let (dataset, parameters) = if update {
+            (update_result_schema(), Schema::empty())
+        } else {
+            let df = self.services.query.plan(&principal, &sql).await?;
+            let mut ids: Vec<(usize, String, Option<arrow::datatypes::DataType>)> = df
+                .logical_plan()
+                .get_parameter_types()
+                .map_err(Error::from)?
+                .into_iter()
+                .map(|(id, t)| {
+                    (
+                        id.trim_start_matches('$').parse().unwrap_or(usize::MAX),
+                        id,
+                        t,
+                    )
+                })
+                .collect();
+            ids.sort();
+            let fields: Vec<_> = ids
+                .into_iter()
+                .map(|(_, id, t)| {
+                    arrow::datatypes::Field::new(
+                        id,
+                        t.unwrap_or(arrow::datatypes::DataType::Null),
+                        true,
+                    )
+                })
+                .collect();
+            (client_schema(&df), Schema::new(fields))
+        };
+        let handle = self.services.prepared.create(
+            &principal.token_id,
+            Statement {
+                sql,
+                is_update: update,
+                params: None,
+            },
+        )?;
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle,
+            dataset_schema: schema_bytes(&dataset)?,
+            parameter_schema: schema_bytes(&parameters)?,
+        })
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let principal = self.principal(&request)?;
+        let handle = cmd.prepared_statement_handle;
+        self.services.prepared.get(&principal.token_id, &handle)?;
+        let params = read_params(request.into_inner()).await?;
+        self.services
+            .prepared
+            .bind(&principal.token_id, &handle, params)?;
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(handle),
+        })
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let principal = self.principal(&request)?;
+        let stmt = self
+            .services
+            .prepared
+            .get(&principal.token_id, &cmd.prepared_statement_handle)?;
+        let (schema, ticket) = self
+            .plan_statement(&principal, &stmt.sql, stmt.params, command_ticket(&cmd))
+            .await?;
+        let info = flight_info(&schema, ticket, request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let principal = self.principal(&request)?;
+        let stmt = self
+            .services
+            .prepared
+            .get(&principal.token_id, &cmd.prepared_statement_handle)?;
+        Ok(Response::new(
+            self.execute(&principal, &stmt.sql, stmt.params).await?,
+        ))
+    }
+
+    async fn do_put_prepared_statement_update(
+        &self,
+        cmd: CommandPreparedStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let principal = self.principal(&request)?;
+        let stmt = self
+            .services
+            .prepared
+            .get(&principal.token_id, &cmd.prepared_statement_handle)?;
+        if !stmt.is_update {
+            return Err(Error::InvalidArgument(
+                "this prepared statement is a query; execute it with GetFlightInfo/DoGet".into(),
+            )
+            .into());
+        }
+        let params = read_params(request.into_inner()).await?.or(stmt.params);
+        Ok(self.update(&principal, &stmt.sql, params).await? as i64)
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        query: ActionClosePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<(), Status> {
+        let principal = self.principal(&request)?;
+        Ok(self
+            .services
+            .prepared
+            .close(&principal.token_id, &query.prepared_statement_handle)?)
+    }
+
+    async fn do_action_begin_transaction(
+        &self,
+        _query: ActionBeginTransactionRequest,
+        request: Request<Action>,
+    ) -> Result<ActionBeginTransactionResult, Status> {
+        self.principal(&request)?;
+        Err(Error::Unsupported(
+            "transactions are not supported: every ingest and update commits atomically on its own"
+                .into(),
+        )
+        .into())
+    }
+
+    async fn do_action_cancel_query(
+        &self,
+        _query: ActionCancelQueryRequest,
+        request: Request<Action>,
+    ) -> Result<ActionCancelQueryResult, Status> {
+        self.principal(&request)?;
+        // Results are streamed: a client cancels by dropping the DoGet stream.
+        Ok(ActionCancelQueryResult {
+            // CancelResult::NotCancellable (its enum module is not exported).
+            result: 3,
+        })
+    }
+
+    async fn do_action_fallback(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        self.principal(&request)?;
+        let body = match request.get_ref().r#type.as_str() {
+            // Nothing runs between calls (results stream from DoGet, which
+            // the client cancels by dropping it), so there is nothing to cancel.
+            "CancelFlightInfo" => {
+                CancelFlightInfoResult::new(CancelStatus::NotCancellable).encode_to_vec()
+            }
+            // Sessions hold no server state beyond prepared statements,
+            // which expire on their own.
+            "CloseSession" => CloseSessionResult { status: 1 }.encode_to_vec(),
+            other => {
+                return Err(Status::unimplemented(format!(
+                    "unknown action '{other}'; see ListActions for the supported ones"
+                )));
+            }
+        };
+        let result = arrow_flight::Result { body: body.into() };
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(result)]))))
+    }
+
+    async fn list_custom_actions(&self) -> Option<Vec<Result<arrow_flight::ActionType, Status>>> {
+        Some(vec![
+            Ok(arrow_flight::ActionType {
+                r#type: "CancelFlightInfo".into(),
+                description: "Answers NOT_CANCELLABLE: cancel by dropping the DoGet stream".into(),
+            }),
+            Ok(arrow_flight::ActionType {
+                r#type: "CloseSession".into(),
+                description: "Ends the client session (no server state to release)".into(),
+            }),
+        ])
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request)?;
+        let schema = query.into_builder().schema();
+        Ok(Response::new(flight_info(
+            &schema,
+            command_ticket(&query),
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let principal = self.principal(&request)?;
+        let schema = query.into_builder().schema();
+        let batch = metadata::catalogs(&self.services.query, &principal, query).await?;
+        Ok(Response::new(one_batch(schema, batch)))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request)?;
+        let schema = query.clone().into_builder().schema();
+        Ok(Response::new(flight_info(
+            &schema,
+            command_ticket(&query),
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let principal = self.principal(&request)?;
+        let schema = query.clone().into_builder().schema();
+        let batch = metadata::db_schemas(&self.services.query, &principal, query).await?;
+        Ok(Response::new(one_batch(schema, batch)))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request)?;
+        let schema = query.clone().into_builder().schema();
+        Ok(Response::new(flight_info(
+            &schema,
+            command_ticket(&query),
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let principal = self.principal(&request)?;
+        let schema = query.clone().into_builder().schema();
+        let batch = metadata::tables(&self.services.query, &principal, query).await?;
+        Ok(Response::new(one_batch(schema, batch)))
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request)?;
+        let schema = query.into_builder().schema();
+        Ok(Response::new(flight_info(
+            &schema,
+            command_ticket(&query),
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request)?;
+        let schema = query.into_builder().schema();
+        Ok(Response::new(one_batch(
+            schema,
+            metadata::table_types(query)?,
+        )))
+    }
+
+    async fn get_flight_info_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request)?;
+        let schema = query.into_builder(metadata::xdbc_type_info()).schema();
+        Ok(Response::new(flight_info(
+            &schema,
+            command_ticket(&query),
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request)?;
+        let builder = query.into_builder(metadata::xdbc_type_info());
+        let schema = builder.schema();
+        let batch = builder
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(one_batch(schema, batch)))
+    }
+
+    async fn get_flight_info_primary_keys(
+        &self,
+        query: CommandGetPrimaryKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request)?;
+        let schema = metadata::primary_keys_schema();
+        Ok(Response::new(flight_info(
+            &schema,
+            command_ticket(&query),
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_primary_keys(
+        &self,
+        _query: CommandGetPrimaryKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request)?;
+        // Iceberg tables have no primary keys.
+        let schema = metadata::primary_keys_schema();
+        Ok(Response::new(one_batch(
+            schema.clone(),
+            RecordBatch::new_empty(schema),
+        )))
+    }
+
+    async fn get_flight_info_exported_keys(
+        &self,
+        query: CommandGetExportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request)?;
+        let schema = metadata::foreign_keys_schema();
+        Ok(Response::new(flight_info(
+            &schema,
+            command_ticket(&query),
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_exported_keys(
+        &self,
+        _query: CommandGetExportedKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request)?;
+        let schema = metadata::foreign_keys_schema();
+        Ok(Response::new(one_batch(
+            schema.clone(),
+            RecordBatch::new_empty(schema),
+        )))
+    }
+
+    async fn get_flight_info_imported_keys(
+        &self,
+        query: CommandGetImportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request)?;
+        let schema = metadata::foreign_keys_schema();
+        Ok(Response::new(flight_info(
+            &schema,
+            command_ticket(&query),
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_imported_keys(
+        &self,
+        _query: CommandGetImportedKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request)?;
+        let schema = metadata::foreign_keys_schema();
+        Ok(Response::new(one_batch(
+            schema.clone(),
+            RecordBatch::new_empty(schema),
+        )))
+    }
+
+    async fn get_flight_info_cross_reference(
+        &self,
+        query: CommandGetCrossReference,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request)?;
+        let schema = metadata::foreign_keys_schema();
+        Ok(Response::new(flight_info(
+            &schema,
+            command_ticket(&query),
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_cross_reference(
+        &self,
+        _query: CommandGetCrossReference,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request)?;
+        let schema = metadata::foreign_keys_schema();
+        Ok(Response::new(one_batch(
+            schema.clone(),
+            RecordBatch::new_empty(schema),
+        )))
     }
 
     async fn do_put_statement_ingest(
@@ -244,7 +890,7 @@ impl FlightSqlService for RaindropFlightService {
         let outcome = self
             .services
             .ingest
-            .ingest(&principal, &target, mode, batches(request.into_inner()))
+            .ingest(&principal, &target, mode, batches_of(request.into_inner()))
             .await?;
         tracing::info!(token_id = %principal.token_id, ?target, rows = outcome.rows, files = outcome.files.len(), "ingested");
         Ok(outcome.rows as i64)
@@ -292,7 +938,7 @@ impl FlightSqlService for RaindropFlightService {
         let outcome = self
             .services
             .ingest
-            .ingest(&principal, &target, mode, batches(request.into_inner()))
+            .ingest(&principal, &target, mode, batches_of(request.into_inner()))
             .await?;
         tracing::info!(token_id = %principal.token_id, ?target, rows = outcome.rows, "ingested (path)");
         Ok(Response::new(put_result(outcome.rows)))
@@ -304,14 +950,12 @@ impl FlightSqlService for RaindropFlightService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.principal(&request)?;
-        let info = FlightInfo::new()
-            .try_with_schema(query.clone().into_builder(&self.sql_info).schema().as_ref())
-            .map_err(|e| Status::internal(e.to_string()))?
-            .with_endpoint(
-                FlightEndpoint::new().with_ticket(Ticket::new(query.as_any().encode_to_vec())),
-            )
-            .with_descriptor(request.into_inner());
-        Ok(Response::new(info))
+        let schema = query.clone().into_builder(&self.sql_info).schema();
+        Ok(Response::new(flight_info(
+            &schema,
+            command_ticket(&query),
+            request.into_inner(),
+        )?))
     }
 
     async fn do_get_sql_info(
@@ -325,12 +969,32 @@ impl FlightSqlService for RaindropFlightService {
         let batch = builder
             .build()
             .map_err(|e| Status::internal(e.to_string()))?;
-        let stream = FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .build(futures::stream::iter([Ok(batch)]))
-            .map_err(Status::from);
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(one_batch(schema, batch)))
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_tickets_round_trip_and_reject_garbage() {
+        for t in [
+            StatementTicket::Query("SELECT 1".into()),
+            StatementTicket::Updated(42),
+        ] {
+            let ticket = t.encode();
+            let any = Any::decode(&*ticket.ticket).unwrap();
+            let cmd: TicketStatementQuery = any.unpack().unwrap().unwrap();
+            assert_eq!(StatementTicket::decode(&cmd).unwrap(), t);
+        }
+        for garbage in [&b""[..], b"X", b"U123", b"Q\xff\xfe"] {
+            let cmd = TicketStatementQuery {
+                statement_handle: garbage.to_vec().into(),
+            };
+            assert!(StatementTicket::decode(&cmd).is_err(), "{garbage:?}");
+        }
+    }
 }

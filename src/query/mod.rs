@@ -8,14 +8,17 @@
 //! `information_schema` and `SHOW TABLES` list exactly what the caller can
 //! read, and names of other tenants resolve to nothing.
 
+pub mod params;
 pub mod policy;
 pub mod pruning;
 pub mod scan;
 pub mod table;
+pub mod update;
 
 use std::sync::Arc;
 
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::information_schema::{INFORMATION_SCHEMA, InformationSchemaProvider};
 use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
 };
@@ -23,6 +26,8 @@ use datafusion::dataframe::DataFrame;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
+use datafusion::sql::sqlparser::ast::Statement;
 
 use crate::catalog::Warehouse;
 use crate::error::{Error, Result};
@@ -30,6 +35,58 @@ use crate::ingest::DEFAULT_TENANT_SCHEMA;
 use crate::schema;
 use crate::tenant::Principal;
 use table::{RaindropTable, TenantSchema};
+
+/// A table as listed by the metadata RPCs.
+#[derive(Debug, Clone)]
+pub struct TableEntry {
+    /// SQL schema name.
+    pub db_schema: String,
+    /// Table name.
+    pub name: String,
+    /// `TABLE` or `VIEW`.
+    pub table_type: &'static str,
+    /// Arrow schema, when requested.
+    pub schema: Option<SchemaRef>,
+}
+
+/// Everything a principal can see, for the metadata RPCs.
+#[derive(Debug, Clone)]
+pub struct CatalogObjects {
+    /// The one catalog's name.
+    pub catalog: String,
+    /// Its schemas.
+    pub schemas: Vec<String>,
+    /// Its tables.
+    pub tables: Vec<TableEntry>,
+}
+
+/// Whether `sql` writes (CREATE TABLE, INSERT, DROP, CREATE VIEW) rather
+/// than reads. Unparsable SQL counts as a query, whose planner then reports
+/// the syntax error.
+pub fn is_update(sql: &str) -> bool {
+    let Ok(statements) = DFParserBuilder::new(sql)
+        .build()
+        .and_then(|mut p| p.parse_statements())
+    else {
+        return false;
+    };
+    matches!(
+        statements.front(),
+        Some(DFStatement::Statement(s)) if matches!(
+            s.as_ref(),
+            Statement::CreateTable(_) | Statement::Insert(_) | Statement::Drop { .. } | Statement::CreateView { .. }
+        )
+    )
+}
+
+/// Result schema of an update run through the query path (`rows_affected`).
+pub fn update_result_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(
+        "rows_affected",
+        DataType::Int64,
+        false,
+    )]))
+}
 
 /// Builds per-request sessions over the warehouse.
 #[derive(Debug, Clone)]
@@ -101,13 +158,70 @@ impl QueryEngine {
         Ok(ctx)
     }
 
+    /// Catalog, schemas and tables visible to `principal` (with Arrow
+    /// schemas if `with_schemas`), in a stable order.
+    pub async fn catalog_objects(
+        &self,
+        principal: &Principal,
+        with_schemas: bool,
+    ) -> Result<CatalogObjects> {
+        let ctx = self.session(principal).await?;
+        let name = self.warehouse.catalog_name.clone();
+        let catalog = ctx
+            .catalog(&name)
+            .ok_or_else(|| Error::Internal("session catalog missing".into()))?;
+        // information_schema is served by DataFusion outside the catalog.
+        let info_schema: Arc<dyn SchemaProvider> = Arc::new(InformationSchemaProvider::new(
+            ctx.state().catalog_list().clone(),
+        ));
+        let mut schemas = catalog.schema_names();
+        schemas.push(INFORMATION_SCHEMA.to_string());
+        schemas.sort();
+        let mut tables = vec![];
+        for s in &schemas {
+            let provider = match s.as_str() {
+                INFORMATION_SCHEMA => Some(info_schema.clone()),
+                _ => catalog.schema(s),
+            };
+            let Some(provider) = provider else { continue };
+            let mut names = provider.table_names();
+            names.sort();
+            for t in names {
+                let table_type = if s == INFORMATION_SCHEMA {
+                    "VIEW"
+                } else {
+                    "TABLE"
+                };
+                let schema = match with_schemas {
+                    true => provider
+                        .table(&t)
+                        .await?
+                        .map(|p| strip_metadata(&p.schema())),
+                    false => None,
+                };
+                tables.push(TableEntry {
+                    db_schema: s.clone(),
+                    name: t,
+                    table_type,
+                    schema,
+                });
+            }
+        }
+        Ok(CatalogObjects {
+            catalog: name,
+            schemas,
+            tables,
+        })
+    }
+
     /// Parse, check and plan `sql` for `principal`. The returned frame has
     /// not run yet; its schema is what `GetFlightInfo` reports.
     pub async fn plan(&self, principal: &Principal, sql: &str) -> Result<DataFrame> {
+        let sql = params::number_placeholders(sql)?;
         let ctx = self.session(principal).await?;
         let state = ctx.state();
         let dialect = state.config().options().sql_parser.dialect;
-        let statement = state.sql_to_statement(sql, &dialect)?;
+        let statement = state.sql_to_statement(&sql, &dialect)?;
         policy::check_statement(&statement)?;
         // Name unknown tables precisely (DataFusion's planner only says "plan error").
         for reference in state.resolve_table_references(&statement)? {
@@ -126,7 +240,10 @@ impl QueryEngine {
 /// The schema clients are told about: the plan's schema with Iceberg
 /// field-id metadata removed from top-level fields.
 pub fn client_schema(df: &DataFrame) -> SchemaRef {
-    let arrow: &Schema = df.schema().as_arrow();
+    strip_metadata(df.schema().as_arrow())
+}
+
+fn strip_metadata(arrow: &Schema) -> SchemaRef {
     let fields: Vec<_> = arrow
         .fields()
         .iter()

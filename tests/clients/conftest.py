@@ -6,7 +6,14 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import adbc_driver_flightsql.dbapi as flightsql
 import pytest
+
+import telemetry
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED_QUERY = (ROOT / "sql" / "seed-query.sql").read_text()
+DATA = {p: telemetry.make(p, n, seed) for p, n, seed in [("acme", 400, 1), ("globex", 150, 2)]}
 
 BIN = os.environ.get("RAINDROP_BIN", "target/debug/raindrop")
 
@@ -53,3 +60,22 @@ def server(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("raindrop"))
     yield srv
     srv.stop()
+
+
+def connect(server, who):
+    return flightsql.connect(
+        server.uri,
+        db_kwargs={"adbc.flight.sql.authorization_header": f"Bearer {server.tokens[who]}"},
+        autocommit=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def loaded(server):
+    """Both tenants' telemetry and outcomes, loaded with adbc_ingest."""
+    for project, (events, outcomes) in DATA.items():
+        with connect(server, project) as conn, conn.cursor() as cur:
+            assert cur.adbc_ingest("raw_events", events, mode="append") == events.num_rows
+            n = cur.adbc_ingest("user_outcomes", outcomes, mode="create", db_schema_name="warehouse")
+            assert n == outcomes.num_rows
+    return server

@@ -2,8 +2,6 @@
 Flight, PyIceberg on the same SQLite catalog, and DuckDB as an independent
 engine recomputing the seed query."""
 
-from pathlib import Path
-
 import adbc_driver_flightsql.dbapi as flightsql
 import duckdb
 import pyarrow as pa
@@ -11,29 +9,8 @@ import pyarrow.compute as pc
 import pyarrow.flight as flight
 import pytest
 
-import telemetry
 
-ROOT = Path(__file__).resolve().parents[2]
-SEED_QUERY = (ROOT / "sql" / "seed-query.sql").read_text()
-DATA = {p: telemetry.make(p, n, seed) for p, n, seed in [("acme", 400, 1), ("globex", 150, 2)]}
-
-
-def connect(server, who):
-    return flightsql.connect(
-        server.uri,
-        db_kwargs={"adbc.flight.sql.authorization_header": f"Bearer {server.tokens[who]}"},
-        autocommit=True,
-    )
-
-
-@pytest.fixture(scope="module")
-def loaded(server):
-    for project, (events, outcomes) in DATA.items():
-        with connect(server, project) as conn, conn.cursor() as cur:
-            assert cur.adbc_ingest("raw_events", events, mode="append") == events.num_rows
-            n = cur.adbc_ingest("user_outcomes", outcomes, mode="create", db_schema_name="warehouse")
-            assert n == outcomes.num_rows
-    return server
+from conftest import DATA, SEED_QUERY, connect
 
 
 def duckdb_seed(events: pa.Table, outcomes: pa.Table) -> pa.Table:

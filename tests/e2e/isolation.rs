@@ -171,19 +171,41 @@ async fn adversarial_sql_sees_only_own_rows() {
 async fn writes_and_escapes_are_refused() {
     let server = loaded_server().await;
     let mut acme = server.client("acme").await;
-    for sql in [
-        "INSERT INTO wildedge.raw_events (project_id) VALUES ('x')",
-        "DELETE FROM wildedge.raw_events",
-        "DROP TABLE wildedge.raw_events",
-        "CREATE EXTERNAL TABLE leak STORED AS PARQUET LOCATION '/'",
-        "CREATE TABLE t AS SELECT 1",
-        "CREATE VIEW v AS SELECT * FROM wildedge.raw_events",
-        "COPY (SELECT 1) TO '/tmp/raindrop-leak.parquet'",
-        "SET datafusion.execution.target_partitions = 1",
-        "EXPLAIN CREATE TABLE t AS SELECT 1",
+    for (sql, code) in [
+        (
+            "INSERT INTO wildedge.raw_events (project_id) VALUES ('x')",
+            Code::PermissionDenied,
+        ),
+        ("DELETE FROM wildedge.raw_events", Code::PermissionDenied),
+        (
+            "UPDATE wildedge.raw_events SET model_name = 'x'",
+            Code::PermissionDenied,
+        ),
+        ("DROP TABLE wildedge.raw_events", Code::PermissionDenied),
+        (
+            "CREATE EXTERNAL TABLE leak STORED AS PARQUET LOCATION '/'",
+            Code::PermissionDenied,
+        ),
+        (
+            "CREATE TABLE wildedge.t AS SELECT 1 AS a",
+            Code::PermissionDenied,
+        ),
+        (
+            "CREATE VIEW v AS SELECT * FROM wildedge.raw_events",
+            Code::Unimplemented,
+        ),
+        (
+            "COPY (SELECT 1) TO '/tmp/raindrop-leak.parquet'",
+            Code::PermissionDenied,
+        ),
+        (
+            "SET datafusion.execution.target_partitions = 1",
+            Code::PermissionDenied,
+        ),
+        ("EXPLAIN CREATE TABLE t AS SELECT 1", Code::PermissionDenied),
     ] {
         let err = acme.query(sql).await.unwrap_err();
-        assert_eq!(err.code(), Code::PermissionDenied, "{sql}: {err:?}");
+        assert_eq!(err.code(), code, "{sql}: {err:?}");
     }
     assert!(!std::path::Path::new("/tmp/raindrop-leak.parquet").exists());
     // Table functions that read files or URLs are not registered.

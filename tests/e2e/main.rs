@@ -3,6 +3,7 @@
 
 mod common;
 mod errors;
+mod flight_sql;
 mod ingest;
 mod isolation;
 mod pruning;

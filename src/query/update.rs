@@ -1,0 +1,174 @@
+//! SQL that writes: `CREATE TABLE … AS SELECT`, `CREATE TABLE (…)`,
+//! `INSERT INTO`, `DROP TABLE` — only in the caller's own schemas, and
+//! always through the same ingest path as `DoPut` (one writer, one set of
+//! validation rules). `raw_events` is written by ingest only.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use datafusion::common::{ParamValues, TableReference};
+use datafusion::dataframe::DataFrame;
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{ObjectType, Statement};
+use futures::{StreamExt, TryStreamExt};
+use iceberg::TableIdent;
+
+use super::{QueryEngine, params};
+use crate::error::{Error, Result};
+use crate::ingest::{Ingestor, Mode, Target};
+use crate::tenant::Principal;
+
+/// Allow-list for update statements.
+fn check_update_statement(statement: &DFStatement) -> Result<()> {
+    let DFStatement::Statement(s) = statement else {
+        return Err(Error::PermissionDenied(
+            "only CREATE TABLE [AS SELECT], INSERT INTO and DROP TABLE are allowed as updates"
+                .into(),
+        ));
+    };
+    match s.as_ref() {
+        Statement::CreateTable(_) | Statement::Insert(_) => Ok(()),
+        Statement::Drop {
+            object_type: ObjectType::Table,
+            ..
+        } => Ok(()),
+        Statement::CreateView { .. } => Err(Error::Unsupported(
+            "CREATE VIEW is not supported yet; use CREATE TABLE … AS SELECT or a query".into(),
+        )),
+        Statement::Query(_) => Err(Error::InvalidArgument(
+            "this is a query: run it with CommandStatementQuery (cursor.execute), not as an update"
+                .into(),
+        )),
+        _ => Err(Error::PermissionDenied(
+            "only CREATE TABLE [AS SELECT], INSERT INTO and DROP TABLE are allowed as updates"
+                .into(),
+        )),
+    }
+}
+
+fn target_of(ingest: &Ingestor, name: &TableReference) -> Result<Target> {
+    let target = ingest.resolve_target(name.catalog(), name.schema(), name.table())?;
+    match target {
+        Target::RawEvents => Err(Error::PermissionDenied(
+            "raw_events cannot be modified with SQL; append telemetry with DoPut / adbc_ingest"
+                .into(),
+        )),
+        t => Ok(t),
+    }
+}
+
+/// Run `df` and feed its rows (led by an empty batch carrying the schema,
+/// so a zero-row result still creates its table) into `target`.
+async fn write_query(
+    ingest: &Ingestor,
+    principal: &Principal,
+    target: &Target,
+    mode: Mode,
+    df: DataFrame,
+) -> Result<u64> {
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let stream = df.execute_stream().await?;
+    let batches = futures::stream::once(async move { Ok(RecordBatch::new_empty(schema)) })
+        .chain(stream.map_err(Error::from));
+    Ok(ingest.ingest(principal, target, mode, batches).await?.rows)
+}
+
+impl QueryEngine {
+    /// Execute an update statement for `principal`; returns affected rows.
+    pub async fn execute_update(
+        &self,
+        ingest: &Ingestor,
+        principal: &Principal,
+        sql: &str,
+        params: Option<ParamValues>,
+    ) -> Result<u64> {
+        if !(principal.role.can_read() && principal.role.can_write()) {
+            return Err(Error::PermissionDenied(format!(
+                "SQL updates need a read_write token; this token's role is '{}'",
+                principal.role
+            )));
+        }
+        let sql = params::number_placeholders(sql)?;
+        let ctx = self.session(principal).await?;
+        let state = ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state.sql_to_statement(&sql, &dialect)?;
+        check_update_statement(&statement)?;
+        let mut plan = state.statement_to_plan(statement).await?;
+        if let Some(p) = params {
+            plan = plan.with_param_values(p)?;
+        }
+        match plan {
+            LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(c)) => {
+                let target = target_of(ingest, &c.name)?;
+                if c.temporary {
+                    return Err(Error::InvalidArgument(
+                        "temporary tables are not supported".into(),
+                    ));
+                }
+                let mode = if c.or_replace {
+                    Mode::Replace
+                } else if c.if_not_exists {
+                    if self.tenant_table_exists(principal, &target).await? {
+                        return Ok(0);
+                    }
+                    Mode::Create
+                } else {
+                    Mode::Create
+                };
+                let df = DataFrame::new(state.clone(), c.input.as_ref().clone());
+                write_query(ingest, principal, &target, mode, df).await
+            }
+            LogicalPlan::Dml(DmlStatement {
+                table_name,
+                op,
+                input,
+                ..
+            }) => match op {
+                WriteOp::Insert(InsertOp::Append) => {
+                    let target = target_of(ingest, &table_name)?;
+                    let df = DataFrame::new(state.clone(), input.as_ref().clone());
+                    write_query(ingest, principal, &target, Mode::Append, df).await
+                }
+                other => Err(Error::Unsupported(format!(
+                    "{other} is not supported; Raindrop tables are append-only (use CREATE OR REPLACE TABLE … AS SELECT)"
+                ))),
+            },
+            LogicalPlan::Ddl(DdlStatement::DropTable(d)) => {
+                let target = target_of(ingest, &d.name)?;
+                let ident = self.tenant_ident(principal, &target)?;
+                if self.warehouse.catalog.table_exists(&ident).await? {
+                    self.warehouse.catalog.drop_table(&ident).await?;
+                    Ok(0)
+                } else if d.if_exists {
+                    Ok(0)
+                } else {
+                    Err(Error::NotFound(format!("table '{}' not found", d.name)))
+                }
+            }
+            _ => Err(Error::PermissionDenied(
+                "this statement is not allowed as an update".into(),
+            )),
+        }
+    }
+
+    fn tenant_ident(&self, principal: &Principal, target: &Target) -> Result<TableIdent> {
+        match target {
+            Target::Tenant { schema, table } => Ok(TableIdent::new(
+                self.warehouse
+                    .tenant_namespace(principal.project()?, schema),
+                table.clone(),
+            )),
+            Target::RawEvents => Err(Error::PermissionDenied(
+                "raw_events cannot be modified with SQL".into(),
+            )),
+        }
+    }
+
+    async fn tenant_table_exists(&self, principal: &Principal, target: &Target) -> Result<bool> {
+        let ident = self.tenant_ident(principal, target)?;
+        Ok(self.warehouse.catalog.table_exists(&ident).await?)
+    }
+}
