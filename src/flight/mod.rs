@@ -892,7 +892,7 @@ impl FlightSqlService for RaindropFlightService {
             .ingest
             .ingest(&principal, &target, mode, batches_of(request.into_inner()))
             .await?;
-        tracing::info!(token_id = %principal.token_id, ?target, rows = outcome.rows, files = outcome.files.len(), "ingested");
+        tracing::debug!(token_id = %principal.token_id, ?target, rows = outcome.rows, files = outcome.files.len(), "ingested");
         Ok(outcome.rows as i64)
     }
 
@@ -940,7 +940,7 @@ impl FlightSqlService for RaindropFlightService {
             .ingest
             .ingest(&principal, &target, mode, batches_of(request.into_inner()))
             .await?;
-        tracing::info!(token_id = %principal.token_id, ?target, rows = outcome.rows, "ingested (path)");
+        tracing::debug!(token_id = %principal.token_id, ?target, rows = outcome.rows, "ingested (path)");
         Ok(Response::new(put_result(outcome.rows)))
     }
 
