@@ -59,15 +59,18 @@ def test_get_info_objects_schema_and_types(loaded):
         listed = [t["table_name"] for s in tables[0]["catalog_db_schemas"] for t in s["db_schema_tables"]]
         assert listed == ["raw_events"]
 
-        cols = conn.adbc_get_objects(depth="all", table_name_filter="raw_events").read_all().to_pylist()
-        columns = [
-            c["column_name"]
-            for s in cols[0]["catalog_db_schemas"]
-            for t in s["db_schema_tables"]
-            for c in t["table_columns"]
-        ]
-        assert columns[:4] == ["project_id", "event_id", "event_type", "event_timestamp"]
-        assert "event_day" in columns
+        for depth in ["columns", "all"]:
+            cols = conn.adbc_get_objects(depth=depth, table_name_filter="raw_events").read_all().to_pylist()
+            columns = [
+                c["column_name"]
+                for s in cols[0]["catalog_db_schemas"]
+                for t in s["db_schema_tables"]
+                for c in t["table_columns"]
+            ]
+            assert columns[:4] == ["project_id", "event_id", "event_type", "event_timestamp"], depth
+            assert "event_day" in columns
+        other = conn.adbc_get_objects(depth="all", catalog_filter="nope").read_all()
+        assert other.num_rows == 0
 
         schema = conn.adbc_get_table_schema("raw_events", db_schema_filter="wildedge")
         assert schema.field("event_timestamp").type == pa.timestamp("us", tz="+00:00")
