@@ -5,6 +5,8 @@
 //! `SqlCatalog` with the same catalog name. The rest of the crate only sees
 //! `Arc<dyn iceberg::Catalog>`.
 
+pub mod cache;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use iceberg_catalog_sql::{
 use crate::config::StorageConfig;
 use crate::error::{Error, Result};
 use crate::schema;
+use cache::{MetadataPointer, TableCache};
 
 /// Top-level namespace under which each project's own tables live:
 /// `tenants.<project_id>.<schema>`; storage follows the same prefix.
@@ -38,6 +41,8 @@ pub struct Warehouse {
     pub warehouse: String,
     /// Name recorded in the SQL catalog.
     pub catalog_name: String,
+    /// Loaded tables, reused while the catalog points at the same metadata.
+    pub tables: Arc<TableCache>,
 }
 
 impl std::fmt::Debug for Warehouse {
@@ -116,7 +121,9 @@ pub async fn open(cfg: &StorageConfig) -> Result<Warehouse> {
             ]),
         )
         .await?;
+    let pointer = MetadataPointer::connect(&uri, &cfg.catalog_name).await?;
     let wh = Warehouse {
+        tables: Arc::new(TableCache::new(Some(pointer), 256)),
         catalog: Arc::new(catalog),
         namespace: NamespaceIdent::new(cfg.namespace.clone()),
         catalog_uri: uri,
@@ -133,9 +140,14 @@ impl Warehouse {
         TableIdent::new(self.namespace.clone(), schema::RAW_EVENTS.to_string())
     }
 
-    /// Load the telemetry table's current metadata.
+    /// Load the telemetry table's current version (cached, see [`cache`]).
     pub async fn raw_events(&self) -> Result<Table> {
-        Ok(self.catalog.load_table(&self.raw_events_ident()).await?)
+        self.load_table(&self.raw_events_ident()).await
+    }
+
+    /// Load any table's current version through the metadata cache.
+    pub async fn load_table(&self, ident: &TableIdent) -> Result<Table> {
+        self.tables.load(self.catalog.as_ref(), ident).await
     }
 
     /// Create namespace and `raw_events` if missing; safe when several

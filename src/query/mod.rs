@@ -111,6 +111,11 @@ impl QueryEngine {
         }
     }
 
+    /// The warehouse this engine reads.
+    pub fn warehouse(&self) -> &Warehouse {
+        &self.warehouse
+    }
+
     /// A session exposing what `principal` may read.
     pub async fn session(&self, principal: &Principal) -> Result<SessionContext> {
         principal.require_read()?;
@@ -145,8 +150,7 @@ impl QueryEngine {
                 }
                 let ns = self.warehouse.tenant_namespace(project, &sql_schema);
                 let provider =
-                    TenantSchema::load(self.warehouse.catalog.clone(), ns, sql_schema.clone())
-                        .await?;
+                    TenantSchema::load(self.warehouse.clone(), ns, sql_schema.clone()).await?;
                 catalog.register_schema(&sql_schema, Arc::new(provider))?;
             }
         }

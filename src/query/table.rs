@@ -21,11 +21,12 @@ use iceberg::expr::{Predicate, Reference};
 use iceberg::scan::FileScanTask;
 use iceberg::spec::{Datum, Literal, PrimitiveLiteral, Transform};
 use iceberg::table::Table;
-use iceberg::{Catalog, NamespaceIdent, TableIdent};
+use iceberg::{NamespaceIdent, TableIdent};
 use iceberg_datafusion::physical_plan::convert_filters_to_predicate;
 
 use super::pruning::{event_day_predicate, references_event_day};
 use super::scan::IcebergScanExec;
+use crate::catalog::Warehouse;
 use crate::schema::col;
 
 /// A table provider over one Iceberg table snapshot.
@@ -209,7 +210,7 @@ impl TableProvider for RaindropTable {
 /// only when a query names them.
 #[derive(Debug)]
 pub struct TenantSchema {
-    catalog: Arc<dyn Catalog>,
+    warehouse: Warehouse,
     namespace: NamespaceIdent,
     sql_schema: String,
     tables: Vec<String>,
@@ -218,11 +219,12 @@ pub struct TenantSchema {
 impl TenantSchema {
     /// List the tables of `namespace`.
     pub async fn load(
-        catalog: Arc<dyn Catalog>,
+        warehouse: Warehouse,
         namespace: NamespaceIdent,
         sql_schema: String,
     ) -> crate::Result<Self> {
-        let mut tables: Vec<String> = catalog
+        let mut tables: Vec<String> = warehouse
+            .catalog
             .list_tables(&namespace)
             .await?
             .into_iter()
@@ -230,7 +232,7 @@ impl TenantSchema {
             .collect();
         tables.sort();
         Ok(Self {
-            catalog,
+            warehouse,
             namespace,
             sql_schema,
             tables,
@@ -254,10 +256,10 @@ impl SchemaProvider for TenantSchema {
         }
         let ident = TableIdent::new(self.namespace.clone(), name.to_string());
         let table = self
-            .catalog
+            .warehouse
             .load_table(&ident)
             .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            .map_err(|e| e.into_datafusion())?;
         let label = format!("{}.{}", self.sql_schema, name);
         Ok(Some(Arc::new(RaindropTable::plain(table, label)?)))
     }

@@ -1,0 +1,143 @@
+//! Table metadata cache.
+//!
+//! Loading an Iceberg table reads its metadata JSON, and every scan then
+//! reads the manifest list and manifests. All of those files are immutable
+//! and named uniquely, so a `Table` can be reused for as long as the
+//! catalog still points at the same metadata file. Each query asks the
+//! catalog database for the current pointer (one indexed row read, no file
+//! I/O); if it is unchanged the cached `Table` — and with it iceberg's
+//! manifest cache — is reused, so a repeated query against an unchanged
+//! table reads no metadata files. A new commit changes the pointer, so the
+//! next query sees it: freshness is never traded for speed.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use iceberg::table::Table;
+use iceberg::{Catalog, TableIdent};
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+
+use crate::error::{Error, Result};
+
+/// Reads the current metadata location straight from a SQL catalog's
+/// `iceberg_tables` row (the layout shared with PyIceberg and Java's
+/// JdbcCatalog).
+#[derive(Debug)]
+pub struct MetadataPointer {
+    pool: AnyPool,
+    catalog_name: String,
+    postgres: bool,
+}
+
+impl MetadataPointer {
+    /// Connect to the catalog database at `uri`.
+    pub async fn connect(uri: &str, catalog_name: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .connect(uri)
+            .await
+            .map_err(|e| Error::Internal(format!("connecting to catalog database: {e}")))?;
+        Ok(Self {
+            pool,
+            catalog_name: catalog_name.to_string(),
+            postgres: uri.starts_with("postgres"),
+        })
+    }
+
+    /// Current metadata location of `ident`, if the table exists.
+    pub async fn current(&self, ident: &TableIdent) -> Result<Option<String>> {
+        let sql = if self.postgres {
+            "SELECT metadata_location FROM iceberg_tables WHERE catalog_name = $1 AND table_namespace = $2 AND table_name = $3"
+        } else {
+            "SELECT metadata_location FROM iceberg_tables WHERE catalog_name = ? AND table_namespace = ? AND table_name = ?"
+        };
+        let row: Option<(Option<String>,)> = sqlx::query_as(sql)
+            .bind(&self.catalog_name)
+            .bind(ident.namespace().join("."))
+            .bind(ident.name())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| Error::Internal(format!("reading catalog pointer: {e}")))?;
+        Ok(row.and_then(|(loc,)| loc))
+    }
+}
+
+/// Bounded cache of loaded tables keyed by metadata location.
+#[derive(Debug)]
+pub struct TableCache {
+    pointer: Option<MetadataPointer>,
+    capacity: usize,
+    entries: Mutex<(HashMap<String, Table>, VecDeque<String>)>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl TableCache {
+    /// A cache holding at most `capacity` table versions. Without a
+    /// `pointer` (non-SQL catalogs) every load goes to the catalog.
+    pub fn new(pointer: Option<MetadataPointer>, capacity: usize) -> Self {
+        Self {
+            pointer,
+            capacity: capacity.max(1),
+            entries: Mutex::new((HashMap::new(), VecDeque::new())),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// The current version of `ident`: cached if the catalog still points
+    /// at it, else loaded (and remembered).
+    pub async fn load(&self, catalog: &dyn Catalog, ident: &TableIdent) -> Result<Table> {
+        let Some(pointer) = &self.pointer else {
+            return Ok(catalog.load_table(ident).await?);
+        };
+        if let Some(location) = pointer.current(ident).await? {
+            if let Some(t) = self.entries.lock().expect("cache lock").0.get(&location) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(t.clone());
+            }
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let table = catalog.load_table(ident).await?;
+        self.insert(&table);
+        Ok(table)
+    }
+
+    /// Remember a table version (e.g. the result of our own commit).
+    pub fn insert(&self, table: &Table) {
+        let Some(location) = table.metadata_location() else {
+            return;
+        };
+        let mut guard = self.entries.lock().expect("cache lock");
+        let (map, order) = &mut *guard;
+        if map.insert(location.to_string(), table.clone()).is_none() {
+            order.push_back(location.to_string());
+        }
+        while order.len() > self.capacity {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+
+    /// (hits, misses) since start: hits read no metadata files.
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Number of cached table versions.
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("cache lock").0.len()
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
