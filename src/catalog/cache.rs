@@ -94,11 +94,17 @@ impl TableCache {
         let Some(pointer) = &self.pointer else {
             return Ok(catalog.load_table(ident).await?);
         };
-        if let Some(location) = pointer.current(ident).await? {
-            if let Some(t) = self.entries.lock().expect("cache lock").0.get(&location) {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(t.clone());
-            }
+        let cached = pointer.current(ident).await?.and_then(|location| {
+            self.entries
+                .lock()
+                .expect("cache lock")
+                .0
+                .get(&location)
+                .cloned()
+        });
+        if let Some(table) = cached {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(table);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let table = catalog.load_table(ident).await?;
