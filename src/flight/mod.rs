@@ -268,7 +268,7 @@ async fn read_params(stream: PeekableFlightDataStream) -> Result<Option<RecordBa
     let mut s = std::pin::pin!(batches_of(stream));
     while let Some(b) = futures::StreamExt::next(&mut s).await {
         let b = b?;
-        bytes += b.get_array_memory_size();
+        bytes += crate::ingest::batch_bytes(&b);
         if bytes > MAX_PARAM_BYTES {
             return Err(Error::ResourceExhausted(
                 "parameter set larger than 64 MiB".into(),

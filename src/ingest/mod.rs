@@ -147,7 +147,7 @@ impl Ingestor {
         let mut bytes = 0usize;
         while let Some(batch) = batches.next().await {
             let batch = batch?;
-            bytes += batch.get_array_memory_size();
+            bytes += batch_bytes(&batch);
             if bytes > self.max_stream_bytes {
                 return Err(Error::ResourceExhausted(format!(
                     "ingest stream exceeds {} MiB; split it into several DoPut calls",
@@ -302,6 +302,21 @@ impl Ingestor {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Bytes a batch's data occupies. Batches decoded from one IPC message
+/// share its buffer, so `get_array_memory_size` would count that buffer
+/// once per column; count the sliced data instead.
+pub fn batch_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            c.to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size())
+        })
+        .sum()
 }
 
 /// Column names of tenant tables are stored lowercase, like unquoted SQL.

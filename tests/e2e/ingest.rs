@@ -249,3 +249,78 @@ async fn raw_events_coercion_and_plain_doput() {
         1
     );
 }
+
+fn wide_batch(n: usize, tag: &str) -> RecordBatch {
+    let ids: Vec<String> = (0..n).map(|i| format!("{tag}-{i:024}")).collect();
+    RecordBatch::try_from_iter(vec![
+        ("event_id", Arc::new(StringArray::from(ids)) as ArrayRef),
+        (
+            "event_type",
+            Arc::new(StringArray::from(vec!["inference"; n])),
+        ),
+        (
+            "event_timestamp",
+            Arc::new(TimestampNanosecondArray::from(
+                vec![1_780_000_000_000_000_000; n],
+            )),
+        ),
+        (
+            "session_id",
+            Arc::new(StringArray::from(vec![
+                "a-fairly-long-session-identifier-0000000000";
+                n
+            ])),
+        ),
+        (
+            "model_name",
+            Arc::new(StringArray::from(vec!["a-fairly-long-model-name"; n])),
+        ),
+    ])
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_batches_are_accepted_and_oversize_streams_refused() {
+    // A server with a 40 MiB stream limit.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = raindrop::config::ServeConfig::in_dir(dir.path());
+    cfg.limits.max_ingest_mib = 40;
+    let token = "small-limit-token-0123456789";
+    raindrop::tenant::tokens::create_token(
+        &cfg.tokens_file(),
+        token,
+        Some("acme"),
+        raindrop::tenant::Role::ReadWrite,
+        "",
+    )
+    .unwrap();
+    let server = raindrop::server::ServerHandle::start(cfg).await.unwrap();
+    let mut c = raindrop::client::RaindropClient::connect(&server.url(), token)
+        .await
+        .unwrap();
+
+    // ~25 MB in one IPC message: its columns share one buffer, which must
+    // not be counted once per column (5x) against the limit.
+    let n = 200_000;
+    assert_eq!(
+        c.ingest_events(vec![wide_batch(n, "one")]).await.unwrap(),
+        n as i64
+    );
+
+    // Three such batches in one stream exceed 40 MiB: refused, nothing committed.
+    let err = c
+        .ingest_events(vec![
+            wide_batch(n, "a"),
+            wide_batch(n, "b"),
+            wide_batch(n, "c"),
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("MiB"));
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM wildedge.raw_events").await,
+        n as i64
+    );
+    server.stop().await.unwrap();
+}
