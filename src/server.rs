@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::catalog;
@@ -48,9 +49,17 @@ pub async fn run(
     let service = FlightServiceServer::new(RaindropFlightService::new(services))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
+    // Small gRPC responses (FlightInfo, the last DoGet frame) otherwise wait
+    // on Nagle + delayed ACK: ~40 ms each, per call.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(c) = &conn {
+            c.set_nodelay(true).ok();
+        }
+        conn
+    });
     tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| Error::Internal(format!("server failed: {e}")))
 }
