@@ -84,6 +84,17 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Median wall time of `runs` calls, in milliseconds.
+async fn hot_median(runs: usize, mut f: impl AsyncFnMut()) -> f64 {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        f().await;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    median(times)
+}
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -171,13 +182,11 @@ async fn raindrop_run(url: &str, token: &str, sql: &str, runs: usize) -> (f64, u
         .iter()
         .map(|b| b.num_rows())
         .sum();
-    let mut times = vec![];
-    for _ in 0..runs {
-        let t = Instant::now();
+    let ms = hot_median(runs, async || {
         c.query(sql).await.unwrap();
-        times.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
-    (median(times), rows, files)
+    })
+    .await;
+    (ms, rows, files)
 }
 
 async fn datafusion_ctx(data: &Path, project: Option<&str>, outcomes: &Path) -> SessionContext {
@@ -239,13 +248,11 @@ async fn datafusion_run(ctx: &SessionContext, sql: &str, runs: usize) -> (f64, u
         .iter()
         .map(|b| b.num_rows())
         .sum();
-    let mut times = vec![];
-    for _ in 0..runs {
-        let t = Instant::now();
+    let ms = hot_median(runs, async || {
         ctx.sql(sql).await.unwrap().collect().await.unwrap();
-        times.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
-    (median(times), rows)
+    })
+    .await;
+    (ms, rows)
 }
 
 fn duckdb_run(

@@ -109,6 +109,35 @@ impl RaindropFlightService {
         Ok((client_schema(&df), query_ticket))
     }
 
+    /// `FlightInfo` for a metadata command: its schema, and a ticket that
+    /// repeats the command so `DoGet` can answer it.
+    fn command_info<C: ProstMessageExt>(
+        &self,
+        request: Request<FlightDescriptor>,
+        schema: SchemaRef,
+        cmd: &C,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request)?;
+        Ok(Response::new(flight_info(
+            &schema,
+            command_ticket(cmd),
+            request.into_inner(),
+        )?))
+    }
+
+    /// An authenticated, empty answer (key lookups: Iceberg has no keys).
+    fn empty_answer<T>(
+        &self,
+        request: Request<T>,
+        schema: SchemaRef,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.principal(&request)?;
+        Ok(Response::new(one_batch(
+            schema.clone(),
+            RecordBatch::new_empty(schema),
+        )))
+    }
+
     /// Execute `sql` for `DoGet`: stream a query's rows, or run an update
     /// (once per parameter row) and return `rows_affected` — the latter only
     /// for clients that `DoGet` a prepared update directly.
@@ -629,13 +658,7 @@ impl FlightSqlService for RaindropFlightService {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request)?;
-        let schema = query.into_builder().schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            command_ticket(&query),
-            request.into_inner(),
-        )?))
+        self.command_info(request, query.into_builder().schema(), &query)
     }
 
     async fn do_get_catalogs(
@@ -654,13 +677,7 @@ impl FlightSqlService for RaindropFlightService {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request)?;
-        let schema = query.clone().into_builder().schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            command_ticket(&query),
-            request.into_inner(),
-        )?))
+        self.command_info(request, query.clone().into_builder().schema(), &query)
     }
 
     async fn do_get_schemas(
@@ -679,13 +696,7 @@ impl FlightSqlService for RaindropFlightService {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request)?;
-        let schema = query.clone().into_builder().schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            command_ticket(&query),
-            request.into_inner(),
-        )?))
+        self.command_info(request, query.clone().into_builder().schema(), &query)
     }
 
     async fn do_get_tables(
@@ -704,13 +715,7 @@ impl FlightSqlService for RaindropFlightService {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request)?;
-        let schema = query.into_builder().schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            command_ticket(&query),
-            request.into_inner(),
-        )?))
+        self.command_info(request, query.into_builder().schema(), &query)
     }
 
     async fn do_get_table_types(
@@ -731,13 +736,11 @@ impl FlightSqlService for RaindropFlightService {
         query: CommandGetXdbcTypeInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request)?;
-        let schema = query.into_builder(metadata::xdbc_type_info()).schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            command_ticket(&query),
-            request.into_inner(),
-        )?))
+        self.command_info(
+            request,
+            query.into_builder(metadata::xdbc_type_info()).schema(),
+            &query,
+        )
     }
 
     async fn do_get_xdbc_type_info(
@@ -759,13 +762,7 @@ impl FlightSqlService for RaindropFlightService {
         query: CommandGetPrimaryKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request)?;
-        let schema = metadata::primary_keys_schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            command_ticket(&query),
-            request.into_inner(),
-        )?))
+        self.command_info(request, metadata::primary_keys_schema(), &query)
     }
 
     async fn do_get_primary_keys(
@@ -773,13 +770,8 @@ impl FlightSqlService for RaindropFlightService {
         _query: CommandGetPrimaryKeys,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.principal(&request)?;
         // Iceberg tables have no primary keys.
-        let schema = metadata::primary_keys_schema();
-        Ok(Response::new(one_batch(
-            schema.clone(),
-            RecordBatch::new_empty(schema),
-        )))
+        self.empty_answer(request, metadata::primary_keys_schema())
     }
 
     async fn get_flight_info_exported_keys(
@@ -787,13 +779,7 @@ impl FlightSqlService for RaindropFlightService {
         query: CommandGetExportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request)?;
-        let schema = metadata::foreign_keys_schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            command_ticket(&query),
-            request.into_inner(),
-        )?))
+        self.command_info(request, metadata::foreign_keys_schema(), &query)
     }
 
     async fn do_get_exported_keys(
@@ -801,12 +787,7 @@ impl FlightSqlService for RaindropFlightService {
         _query: CommandGetExportedKeys,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.principal(&request)?;
-        let schema = metadata::foreign_keys_schema();
-        Ok(Response::new(one_batch(
-            schema.clone(),
-            RecordBatch::new_empty(schema),
-        )))
+        self.empty_answer(request, metadata::foreign_keys_schema())
     }
 
     async fn get_flight_info_imported_keys(
@@ -814,13 +795,7 @@ impl FlightSqlService for RaindropFlightService {
         query: CommandGetImportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request)?;
-        let schema = metadata::foreign_keys_schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            command_ticket(&query),
-            request.into_inner(),
-        )?))
+        self.command_info(request, metadata::foreign_keys_schema(), &query)
     }
 
     async fn do_get_imported_keys(
@@ -828,12 +803,7 @@ impl FlightSqlService for RaindropFlightService {
         _query: CommandGetImportedKeys,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.principal(&request)?;
-        let schema = metadata::foreign_keys_schema();
-        Ok(Response::new(one_batch(
-            schema.clone(),
-            RecordBatch::new_empty(schema),
-        )))
+        self.empty_answer(request, metadata::foreign_keys_schema())
     }
 
     async fn get_flight_info_cross_reference(
@@ -841,13 +811,7 @@ impl FlightSqlService for RaindropFlightService {
         query: CommandGetCrossReference,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request)?;
-        let schema = metadata::foreign_keys_schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            command_ticket(&query),
-            request.into_inner(),
-        )?))
+        self.command_info(request, metadata::foreign_keys_schema(), &query)
     }
 
     async fn do_get_cross_reference(
@@ -855,12 +819,7 @@ impl FlightSqlService for RaindropFlightService {
         _query: CommandGetCrossReference,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.principal(&request)?;
-        let schema = metadata::foreign_keys_schema();
-        Ok(Response::new(one_batch(
-            schema.clone(),
-            RecordBatch::new_empty(schema),
-        )))
+        self.empty_answer(request, metadata::foreign_keys_schema())
     }
 
     async fn do_put_statement_ingest(
@@ -949,13 +908,11 @@ impl FlightSqlService for RaindropFlightService {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request)?;
-        let schema = query.clone().into_builder(&self.sql_info).schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            command_ticket(&query),
-            request.into_inner(),
-        )?))
+        self.command_info(
+            request,
+            query.clone().into_builder(&self.sql_info).schema(),
+            &query,
+        )
     }
 
     async fn do_get_sql_info(
