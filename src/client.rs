@@ -177,6 +177,30 @@ impl RaindropClient {
         self.inner.execute_ingest(cmd, stream).await.map_err(status)
     }
 
+    /// Append telemetry rows to `raw_events` idempotently: retrying with the
+    /// same `request_id` after a timeout cannot duplicate rows.
+    pub async fn ingest_events_once(
+        &mut self,
+        request_id: &str,
+        batches: Vec<RecordBatch>,
+    ) -> ClientResult<i64> {
+        let cmd = CommandStatementIngest {
+            table_definition_options: Some(IngestMode::Append.options()),
+            table: crate::schema::RAW_EVENTS.to_string(),
+            schema: None,
+            catalog: None,
+            temporary: false,
+            transaction_id: None,
+            options: [(
+                crate::flight::REQUEST_ID_OPTION.to_string(),
+                request_id.to_string(),
+            )]
+            .into(),
+        };
+        let stream = futures::stream::iter(batches.into_iter().map(Ok));
+        self.inner.execute_ingest(cmd, stream).await.map_err(status)
+    }
+
     /// Append telemetry rows to `raw_events`.
     pub async fn ingest_events(&mut self, batches: Vec<RecordBatch>) -> ClientResult<i64> {
         self.ingest(None, crate::schema::RAW_EVENTS, IngestMode::Append, batches)

@@ -133,6 +133,12 @@ pub struct LimitsConfig {
     /// Largest gRPC message accepted, in MiB (one Arrow batch must fit).
     #[clap(long, env = "RAINDROP_MAX_MESSAGE_MIB", default_value_t = 64)]
     pub max_message_mib: usize,
+    /// Longest time a commit waits for concurrent ingest streams to join it,
+    /// in ms. 0 commits as soon as the previous commit is done (requests
+    /// arriving meanwhile share the next one). Larger values make fewer,
+    /// larger files at the cost of ingest latency.
+    #[clap(long, env = "RAINDROP_COMMIT_MAX_DELAY_MS", default_value_t = 0)]
+    pub commit_max_delay_ms: u64,
     /// Query parallelism (DataFusion target partitions); 0 = number of cores.
     #[clap(long, env = "RAINDROP_QUERY_PARTITIONS", default_value_t = 0)]
     pub query_partitions: usize,
@@ -143,6 +149,7 @@ impl Default for LimitsConfig {
         Self {
             max_ingest_mib: 512,
             max_message_mib: 64,
+            commit_max_delay_ms: 0,
             query_partitions: 0,
         }
     }

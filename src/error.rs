@@ -31,6 +31,9 @@ pub enum Error {
     /// A limit was hit; retrying later or with less may succeed.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A write lost a race (commit conflict after retries); retry it.
+    #[error("{0}")]
+    Aborted(String),
     /// A valid request for something Raindrop deliberately does not do.
     #[error("{0}")]
     Unsupported(String),
@@ -72,6 +75,26 @@ impl From<DataFusionError> for Error {
 }
 
 impl Error {
+    /// A copy of this error for each request that shared a failed group
+    /// commit: same status code, same message.
+    pub fn for_waiter(&self) -> Error {
+        let m = self.to_string();
+        match self {
+            Error::Unauthenticated(_) => Error::Unauthenticated(m),
+            Error::PermissionDenied(_) => Error::PermissionDenied(m),
+            Error::InvalidArgument(_) => Error::InvalidArgument(m),
+            Error::NotFound(_) => Error::NotFound(m),
+            Error::AlreadyExists(_) => Error::AlreadyExists(m),
+            Error::ResourceExhausted(_) => Error::ResourceExhausted(m),
+            Error::Aborted(_) => Error::Aborted(m),
+            Error::Unsupported(_) => Error::Unsupported(m),
+            Error::Iceberg(e) if e.kind() == iceberg::ErrorKind::CatalogCommitConflicts => {
+                Error::Aborted(format!("{m}; the write was not applied, retry it"))
+            }
+            _ => Error::Internal(m),
+        }
+    }
+
     /// Wrap into a DataFusion error without losing the variant.
     pub fn into_datafusion(self) -> DataFusionError {
         DataFusionError::External(Box::new(self))
@@ -105,6 +128,7 @@ impl From<Error> for Status {
             Error::AlreadyExists(m) => Status::already_exists(m),
             Error::ResourceExhausted(m) => Status::resource_exhausted(m),
             Error::Unsupported(m) => Status::unimplemented(m),
+            Error::Aborted(m) => Status::aborted(m),
             Error::DataFusion(e) => datafusion_status(&e),
             Error::Iceberg(e) => {
                 if e.kind() == iceberg::ErrorKind::CatalogCommitConflicts {

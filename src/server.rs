@@ -15,6 +15,7 @@ use crate::config::ServeConfig;
 use crate::error::{Error, Result};
 use crate::flight::{RaindropFlightService, Services};
 use crate::ingest::Ingestor;
+use crate::ingest::writer::CommitConfig;
 use crate::query::QueryEngine;
 use crate::tenant::tokens::TokenStore;
 
@@ -33,7 +34,14 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
     Ok(Arc::new(Services {
         tokens,
         query: QueryEngine::new(warehouse.clone(), config.limits.query_partitions),
-        ingest: Ingestor::new(warehouse, config.limits.max_ingest_mib * MIB),
+        ingest: Ingestor::new(
+            warehouse,
+            config.limits.max_ingest_mib * MIB,
+            CommitConfig {
+                max_delay: std::time::Duration::from_millis(config.limits.commit_max_delay_ms),
+                ..CommitConfig::default()
+            },
+        ),
         prepared: Default::default(),
     }))
 }

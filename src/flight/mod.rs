@@ -243,6 +243,23 @@ impl StatementTicket {
     }
 }
 
+/// Ingest option carrying a client request id (idempotent retries).
+pub const REQUEST_ID_OPTION: &str = "raindrop.request_id";
+/// Header alternative, for clients that can only set call headers.
+pub const REQUEST_ID_HEADER: &str = "x-raindrop-request-id";
+
+/// The request id of an ingest call: explicit option/app_metadata first,
+/// then the call header.
+fn request_id<T>(request: &Request<T>, explicit: Option<&str>) -> Option<String> {
+    explicit.map(str::to_string).or_else(|| {
+        request
+            .metadata()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    })
+}
+
 /// Largest parameter set accepted for a prepared statement.
 const MAX_PARAM_BYTES: usize = 64 * 1024 * 1024;
 
@@ -849,7 +866,17 @@ impl FlightSqlService for RaindropFlightService {
         let outcome = self
             .services
             .ingest
-            .ingest(&principal, &target, mode, batches_of(request.into_inner()))
+            .ingest(
+                &principal,
+                &target,
+                mode,
+                request_id(
+                    &request,
+                    cmd.options.get(REQUEST_ID_OPTION).map(String::as_str),
+                )
+                .as_deref(),
+                batches_of(request.into_inner()),
+            )
             .await?;
         tracing::debug!(token_id = %principal.token_id, ?target, rows = outcome.rows, files = outcome.files.len(), "ingested");
         Ok(outcome.rows as i64)
@@ -865,6 +892,12 @@ impl FlightSqlService for RaindropFlightService {
         let principal = self.principal(&request)?;
         let mut request = request;
         let first = request.get_mut().peek().await.cloned();
+        let app_metadata_id = match &first {
+            Some(Ok(data)) if !data.app_metadata.is_empty() => {
+                Some(String::from_utf8_lossy(&data.app_metadata).into_owned())
+            }
+            _ => None,
+        };
         let descriptor = match first {
             Some(Ok(data)) => data.flight_descriptor,
             Some(Err(status)) => return Err(status),
@@ -897,7 +930,13 @@ impl FlightSqlService for RaindropFlightService {
         let outcome = self
             .services
             .ingest
-            .ingest(&principal, &target, mode, batches_of(request.into_inner()))
+            .ingest(
+                &principal,
+                &target,
+                mode,
+                request_id(&request, app_metadata_id.as_deref()).as_deref(),
+                batches_of(request.into_inner()),
+            )
             .await?;
         tracing::debug!(token_id = %principal.token_id, ?target, rows = outcome.rows, "ingested (path)");
         Ok(Response::new(put_result(outcome.rows)))

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::schema;
 use crate::tenant::{Principal, names};
 use validate::ProjectRule;
-use writer::{AppendOutcome, TableWriter};
+use writer::{AppendOutcome, CommitConfig, TableWriter};
 
 /// Where an ingest stream goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,8 +63,8 @@ pub struct Ingestor {
 
 impl Ingestor {
     /// New ingestor over `warehouse`, refusing streams above `max_stream_bytes`.
-    pub fn new(warehouse: Warehouse, max_stream_bytes: usize) -> Self {
-        let writer = Arc::new(TableWriter::new(warehouse.catalog.clone()));
+    pub fn new(warehouse: Warehouse, max_stream_bytes: usize, commit: CommitConfig) -> Self {
+        let writer = Arc::new(TableWriter::new(warehouse.catalog.clone(), commit));
         Self {
             warehouse,
             writer,
@@ -121,17 +121,28 @@ impl Ingestor {
         principal: &Principal,
         target: &Target,
         mode: Mode,
+        request_id: Option<&str>,
         batches: S,
     ) -> Result<AppendOutcome>
     where
         S: Stream<Item = Result<RecordBatch>> + Send,
     {
         principal.require_write()?;
+        // Ids are scoped to the caller, so tenants cannot collide or probe.
+        let request_id = request_id
+            .map(|id| {
+                validate_request_id(id)
+                    .map(|id| format!("{}:{id}", principal.project_id.as_deref().unwrap_or("*")))
+            })
+            .transpose()?;
         match target {
-            Target::RawEvents => self.ingest_raw_events(principal, mode, batches).await,
+            Target::RawEvents => {
+                self.ingest_raw_events(principal, mode, request_id, batches)
+                    .await
+            }
             Target::Tenant { schema, table } => {
                 let project = principal.project()?.to_string();
-                self.ingest_tenant_table(&project, schema, table, mode, batches)
+                self.ingest_tenant_table(&project, schema, table, mode, request_id, batches)
                     .await
             }
         }
@@ -165,6 +176,7 @@ impl Ingestor {
         &self,
         principal: &Principal,
         mode: Mode,
+        request_id: Option<String>,
         batches: S,
     ) -> Result<AppendOutcome>
     where
@@ -196,7 +208,7 @@ impl Ingestor {
             })
             .await?;
         self.writer
-            .append(&self.warehouse.raw_events_ident(), batches)
+            .append(&self.warehouse.raw_events_ident(), batches, request_id)
             .await
     }
 
@@ -206,6 +218,7 @@ impl Ingestor {
         schema_name: &str,
         table: &str,
         mode: Mode,
+        request_id: Option<String>,
         batches: S,
     ) -> Result<AppendOutcome>
     where
@@ -263,6 +276,7 @@ impl Ingestor {
                 .ensure_tenant_namespace(project, schema_name)
                 .await?;
             if exists {
+                self.writer.forget(&ident).await;
                 // Replace: not atomic (iceberg 0.10 has no overwrite commit);
                 // the old table's files stay on disk.
                 self.warehouse.catalog.drop_table(&ident).await?;
@@ -278,7 +292,7 @@ impl Ingestor {
                 .map(|b| validate::normalize_to_schema(&b, &schema))
                 .collect::<Result<_>>()?;
         }
-        self.writer.append(&ident, normalized).await
+        self.writer.append(&ident, normalized, request_id).await
     }
 
     async fn create_tenant_table(
@@ -301,6 +315,22 @@ impl Ingestor {
             Err(e) if e.kind() == ErrorKind::TableAlreadyExists => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// Request ids: what a client may use to make retries idempotent.
+fn validate_request_id(id: &str) -> Result<&str> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    if ok {
+        Ok(id)
+    } else {
+        Err(Error::InvalidArgument(
+            "request id must be 1-128 characters of A-Z a-z 0-9 - _ . :".into(),
+        ))
     }
 }
 

@@ -4,11 +4,13 @@
 //! Batches are split by partition (`RecordBatchPartitionSplitter` computes
 //! `identity(project_id)` / `day(event_timestamp)`), written as ZSTD Parquet
 //! through iceberg's rolling data-file writer, then committed as a single
-//! fast-append snapshot. The caller learns the row count only after the
-//! catalog accepted the commit; files of a failed write are deleted.
+//! fast-append snapshot. Concurrent streams into one table share files and
+//! a snapshot (group commit). A caller learns its row count only after the
+//! catalog accepted the commit; files of a failed commit are deleted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use iceberg::arrow::RecordBatchPartitionSplitter;
@@ -26,107 +28,344 @@ use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use iceberg::{Catalog, TableIdent};
 
-use crate::error::Result;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
 use crate::schema;
 
 /// What a committed append produced.
 #[derive(Debug, Clone, Default)]
 pub struct AppendOutcome {
-    /// Rows committed.
+    /// Rows committed for this request.
     pub rows: u64,
-    /// Data files added.
+    /// Data files added by the commit that carried this request (shared
+    /// with the other requests of its group).
     pub files: Vec<String>,
-    /// Snapshot created by the commit (`None` when there was nothing to write).
+    /// Snapshot created by that commit (`None` when nothing was written).
     pub snapshot_id: Option<i64>,
+    /// True when this request id had been committed before: nothing new
+    /// was written.
+    pub deduplicated: bool,
 }
 
-/// Writes and commits data files; serialises commits per table within this
-/// process (the catalog's compare-and-swap handles other processes).
+/// Group-commit settings.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitConfig {
+    /// How long a commit may wait for more requests to share it. `0` (the
+    /// default) commits as soon as the previous commit finishes: requests
+    /// that arrive meanwhile form the next group, so grouping grows with
+    /// load and an idle server adds no latency.
+    pub max_delay: Duration,
+    /// A group stops gathering once it holds this many bytes.
+    pub target_bytes: usize,
+}
+
+impl Default for CommitConfig {
+    fn default() -> Self {
+        Self {
+            max_delay: Duration::ZERO,
+            target_bytes: schema::TARGET_FILE_SIZE,
+        }
+    }
+}
+
+/// Snapshot summary property listing the request ids a commit carried,
+/// as `id=rows` pairs separated by `,`: committed atomically with the data,
+/// so deduplication survives restarts.
+pub const REQUEST_IDS_PROPERTY: &str = "raindrop.request-ids";
+/// Committed request ids remembered per table for deduplication.
+pub const DEDUP_WINDOW: usize = 100_000;
+/// Snapshots scanned for request ids when a table's committer starts.
+const DEDUP_HISTORY_SNAPSHOTS: usize = 1_000;
+
+struct Pending {
+    batches: Vec<RecordBatch>,
+    rows: u64,
+    bytes: usize,
+    request_id: Option<String>,
+    reply: oneshot::Sender<Result<AppendOutcome>>,
+}
+
+/// Remembered request ids: (rows, snapshot) per id, oldest evicted first.
+#[derive(Default)]
+struct Dedup {
+    seen: HashMap<String, (u64, i64)>,
+    order: VecDeque<String>,
+}
+
+impl Dedup {
+    fn insert(&mut self, id: String, rows: u64, snapshot: i64) {
+        if self.seen.insert(id.clone(), (rows, snapshot)).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > DEDUP_WINDOW {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+    }
+
+    /// Learn the ids recorded in a table's recent snapshots.
+    fn load(&mut self, table: &Table) {
+        let mut snapshots: Vec<_> = table.metadata().snapshots().collect();
+        snapshots.sort_by_key(|s| s.timestamp_ms());
+        let skip = snapshots.len().saturating_sub(DEDUP_HISTORY_SNAPSHOTS);
+        for snap in snapshots.into_iter().skip(skip) {
+            if let Some(ids) = snap
+                .summary()
+                .additional_properties
+                .get(REQUEST_IDS_PROPERTY)
+            {
+                for pair in ids.split(',') {
+                    if let Some((id, rows)) = pair.rsplit_once('=') {
+                        self.insert(
+                            id.to_string(),
+                            rows.parse().unwrap_or(0),
+                            snap.snapshot_id(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One committer task per table, fed through a channel.
+struct Committer {
+    queue: mpsc::UnboundedSender<Pending>,
+    dedup: Arc<Mutex<Dedup>>,
+}
+
+/// Writes and commits data files with group commit: one committer per
+/// table gathers the batches of all concurrent streams into one set of
+/// files and one snapshot, and answers each stream only after that commit.
 pub struct TableWriter {
     catalog: Arc<dyn Catalog>,
-    commit_locks: Mutex<HashMap<TableIdent, Arc<tokio::sync::Mutex<()>>>>,
+    config: CommitConfig,
+    committers: tokio::sync::Mutex<HashMap<TableIdent, Committer>>,
 }
 
 impl std::fmt::Debug for TableWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TableWriter").finish_non_exhaustive()
+        f.debug_struct("TableWriter")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
 impl TableWriter {
     /// A writer over `catalog`.
-    pub fn new(catalog: Arc<dyn Catalog>) -> Self {
+    pub fn new(catalog: Arc<dyn Catalog>, config: CommitConfig) -> Self {
         Self {
             catalog,
-            commit_locks: Mutex::new(HashMap::new()),
+            config,
+            committers: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
-    fn commit_lock(&self, ident: &TableIdent) -> Arc<tokio::sync::Mutex<()>> {
-        self.commit_locks
-            .lock()
-            .expect("commit lock map")
-            .entry(ident.clone())
-            .or_default()
-            .clone()
+    async fn committer(
+        &self,
+        ident: &TableIdent,
+    ) -> Result<(mpsc::UnboundedSender<Pending>, Arc<Mutex<Dedup>>)> {
+        let mut committers = self.committers.lock().await;
+        if let Some(c) = committers.get(ident).filter(|c| !c.queue.is_closed()) {
+            return Ok((c.queue.clone(), c.dedup.clone()));
+        }
+        let table = self.catalog.load_table(ident).await?;
+        let mut dedup = Dedup::default();
+        dedup.load(&table);
+        let dedup = Arc::new(Mutex::new(dedup));
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_committer(
+            self.catalog.clone(),
+            ident.clone(),
+            self.config,
+            rx,
+            dedup.clone(),
+        ));
+        committers.insert(
+            ident.clone(),
+            Committer {
+                queue: tx.clone(),
+                dedup: dedup.clone(),
+            },
+        );
+        Ok((tx, dedup))
     }
 
-    /// Append `batches` (already in the table's Arrow schema) to the table
-    /// as one snapshot. Either all rows are committed or none are.
+    /// Forget a table's committer (after the table was dropped).
+    pub async fn forget(&self, ident: &TableIdent) {
+        self.committers.lock().await.remove(ident);
+    }
+
+    /// Append `batches` (already in the table's Arrow schema) to the table.
+    /// Returns once the commit that carries them succeeded; on error none
+    /// of them is committed. A `request_id` seen before (in this table's
+    /// recent history) returns the earlier outcome without writing.
     pub async fn append(
         &self,
         ident: &TableIdent,
         batches: Vec<RecordBatch>,
+        request_id: Option<String>,
     ) -> Result<AppendOutcome> {
+        let (queue, dedup) = self.committer(ident).await?;
+        let seen = request_id
+            .as_ref()
+            .and_then(|id| dedup.lock().expect("dedup lock").seen.get(id).copied());
+        if let Some((rows, snapshot)) = seen {
+            return Ok(AppendOutcome {
+                rows,
+                files: vec![],
+                snapshot_id: Some(snapshot),
+                deduplicated: true,
+            });
+        }
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         if rows == 0 {
             return Ok(AppendOutcome::default());
         }
-        let table = self.catalog.load_table(ident).await?;
-        let data_files = write_data_files(&table, batches).await?;
-        let paths: Vec<String> = data_files
-            .iter()
-            .map(|f| f.file_path().to_string())
-            .collect();
-        match self.commit(ident, &table, data_files).await {
-            Ok(snapshot_id) => {
-                tracing::debug!(table = %ident, rows, files = paths.len(), snapshot_id, "committed");
-                Ok(AppendOutcome {
-                    rows,
-                    files: paths,
-                    snapshot_id: Some(snapshot_id),
-                })
+        let bytes = batches.iter().map(super::batch_bytes).sum();
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(Pending {
+                batches,
+                rows,
+                bytes,
+                request_id,
+                reply,
+            })
+            .map_err(|_| Error::Internal("committer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::Internal("committer dropped the request".into()))?
+    }
+}
+
+async fn run_committer(
+    catalog: Arc<dyn Catalog>,
+    ident: TableIdent,
+    config: CommitConfig,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    dedup: Arc<Mutex<Dedup>>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.bytes;
+        let mut group = vec![first];
+        while let Ok(p) = rx.try_recv() {
+            bytes += p.bytes;
+            group.push(p);
+        }
+        if !config.max_delay.is_zero() {
+            let deadline = tokio::time::Instant::now() + config.max_delay;
+            while bytes < config.target_bytes {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(p)) => {
+                        bytes += p.bytes;
+                        group.push(p);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        // A retry may sit in the same group as its original: keep the first.
+        let mut ids = std::collections::HashSet::new();
+        let (group, duplicates): (Vec<_>, Vec<_>) = group.into_iter().partition(|p| {
+            p.request_id
+                .as_ref()
+                .is_none_or(|id| ids.insert(id.clone()))
+        });
+        let result = commit_group(catalog.as_ref(), &ident, &group).await;
+        match result {
+            Ok((snapshot_id, files)) => {
+                let mut d = dedup.lock().expect("dedup lock");
+                for p in &group {
+                    if let Some(id) = &p.request_id {
+                        d.insert(id.clone(), p.rows, snapshot_id);
+                    }
+                }
+                drop(d);
+                tracing::debug!(table = %ident, requests = group.len(), files = files.len(), snapshot_id, "group committed");
+                for p in group {
+                    let outcome = AppendOutcome {
+                        rows: p.rows,
+                        files: files.clone(),
+                        snapshot_id: Some(snapshot_id),
+                        deduplicated: false,
+                    };
+                    p.reply.send(Ok(outcome)).ok();
+                }
+                for p in duplicates {
+                    let rows = p
+                        .request_id
+                        .as_ref()
+                        .and_then(|id| dedup.lock().expect("dedup lock").seen.get(id).map(|r| r.0));
+                    p.reply
+                        .send(Ok(AppendOutcome {
+                            rows: rows.unwrap_or(p.rows),
+                            files: vec![],
+                            snapshot_id: Some(snapshot_id),
+                            deduplicated: true,
+                        }))
+                        .ok();
+                }
             }
             Err(e) => {
-                delete_files(&table, &paths).await;
-                Err(e)
+                tracing::warn!(table = %ident, error = %e, requests = group.len(), "group commit failed");
+                for p in group.into_iter().chain(duplicates) {
+                    p.reply.send(Err(e.for_waiter())).ok();
+                }
             }
         }
     }
+}
 
-    async fn commit(&self, ident: &TableIdent, table: &Table, files: Vec<DataFile>) -> Result<i64> {
-        let lock = self.commit_lock(ident);
-        let _guard = lock.lock().await;
-        // Reload under the lock so an earlier commit in this process is the
-        // base, instead of a guaranteed conflict and retry.
-        let fresh = self
-            .catalog
-            .load_table(ident)
-            .await
-            .unwrap_or_else(|_| table.clone());
-        let tx = Transaction::new(&fresh);
-        // Names are unique (UUID v7 prefix), so skip the duplicate check
-        // that would re-read every manifest on every commit.
-        let action = tx
-            .fast_append()
-            .with_check_duplicate(false)
-            .add_data_files(files);
+/// Write the group's rows as one set of files and commit one snapshot.
+async fn commit_group(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    group: &[Pending],
+) -> Result<(i64, Vec<String>)> {
+    let table = catalog.load_table(ident).await?;
+    let batches: Vec<RecordBatch> = group
+        .iter()
+        .flat_map(|p| p.batches.iter().cloned())
+        .collect();
+    let data_files = write_data_files(&table, batches).await?;
+    let paths: Vec<String> = data_files
+        .iter()
+        .map(|f| f.file_path().to_string())
+        .collect();
+    let ids: Vec<String> = group
+        .iter()
+        .filter_map(|p| p.request_id.as_ref().map(|id| format!("{id}={}", p.rows)))
+        .collect();
+    let tx = Transaction::new(&table);
+    // Names are unique (UUID v7 prefix), so skip the duplicate check
+    // that would re-read every manifest on every commit.
+    let mut action = tx
+        .fast_append()
+        .with_check_duplicate(false)
+        .add_data_files(data_files);
+    if !ids.is_empty() {
+        action = action.set_snapshot_properties(HashMap::from([(
+            REQUEST_IDS_PROPERTY.to_string(),
+            ids.join(","),
+        )]));
+    }
+    let committed = async {
         let tx = action.apply(tx)?;
-        let committed = tx.commit(self.catalog.as_ref()).await?;
-        Ok(committed
-            .metadata()
-            .current_snapshot_id()
-            .unwrap_or_default())
+        tx.commit(catalog).await
+    }
+    .await;
+    match committed {
+        Ok(t) => Ok((
+            t.metadata().current_snapshot_id().unwrap_or_default(),
+            paths,
+        )),
+        Err(e) => {
+            delete_files(&table, &paths).await;
+            Err(e.into())
+        }
     }
 }
 
@@ -154,6 +393,7 @@ pub async fn write_data_files(table: &Table, batches: Vec<RecordBatch>) -> Resul
     // per stream; the rolling writer only splits above the target size).
     let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches)?;
     drop(batches);
+    let batch = sort_for_layout(batch)?;
 
     let result = if spec.is_unpartitioned() {
         let mut writer = builder.build(None).await?;
@@ -176,6 +416,31 @@ pub async fn write_data_files(table: &Table, batches: Vec<RecordBatch>) -> Resul
         }
     };
     Ok(result?)
+}
+
+/// Columns rows are sorted by inside each file, when the table has them:
+/// rows of one model sit together (better dictionary/RLE compression) and
+/// time-ordered within it, so row-group min/max statistics prune time
+/// ranges inside a day's file.
+pub const SORT_COLUMNS: &[&str] = &["model_name", "event_timestamp"];
+
+fn sort_for_layout(batch: RecordBatch) -> Result<RecordBatch> {
+    let columns: Option<Vec<_>> = SORT_COLUMNS
+        .iter()
+        .map(|c| batch.column_by_name(c))
+        .collect();
+    let Some(columns) = columns else {
+        return Ok(batch);
+    };
+    let keys: Vec<arrow::compute::SortColumn> = columns
+        .into_iter()
+        .map(|c| arrow::compute::SortColumn {
+            values: c.clone(),
+            options: None,
+        })
+        .collect();
+    let indices = arrow::compute::lexsort_to_indices(&keys, None)?;
+    Ok(arrow::compute::take_record_batch(&batch, &indices)?)
 }
 
 /// Best-effort removal of files that were written but never committed.

@@ -72,7 +72,10 @@ async fn write_query(
     let stream = df.execute_stream().await?;
     let batches = futures::stream::once(async move { Ok(RecordBatch::new_empty(schema)) })
         .chain(stream.map_err(Error::from));
-    Ok(ingest.ingest(principal, target, mode, batches).await?.rows)
+    Ok(ingest
+        .ingest(principal, target, mode, None, batches)
+        .await?
+        .rows)
 }
 
 impl QueryEngine {

@@ -2,6 +2,7 @@
 //! Flight SQL, real Iceberg tables in a real SQLite catalog.
 
 mod cache;
+mod commit;
 mod common;
 mod errors;
 mod flight_sql;

@@ -1,0 +1,134 @@
+//! Group commit and idempotent retries.
+
+use raindrop::config::ServeConfig;
+use raindrop::server::ServerHandle;
+use raindrop::tenant::{Role, tokens};
+
+use crate::common::*;
+
+fn snapshots(server: &ServerHandle) -> impl std::future::Future<Output = usize> + '_ {
+    async move {
+        let t = server
+            .services
+            .query
+            .warehouse()
+            .raw_events()
+            .await
+            .unwrap();
+        t.metadata().snapshots().count()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_streams_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = ServeConfig::in_dir(dir.path());
+    cfg.limits.commit_max_delay_ms = 500;
+    let token = "group-commit-token-0123456789";
+    tokens::create_token(&cfg.tokens_file(), token, Some(ACME), Role::ReadWrite, "").unwrap();
+    let server = ServerHandle::start(cfg).await.unwrap();
+    let data = dataset().await;
+    let before = snapshots(&server).await;
+
+    let mut tasks = vec![];
+    for b in data.acme.events.iter().take(6).cloned() {
+        let url = server.url();
+        tasks.push(tokio::spawn(async move {
+            let mut c = raindrop::client::RaindropClient::connect(&url, token)
+                .await
+                .unwrap();
+            c.ingest_events(vec![b]).await.unwrap()
+        }));
+    }
+    let mut rows = 0;
+    for t in tasks {
+        rows += t.await.unwrap();
+    }
+    let want: usize = data.acme.events.iter().take(6).map(|b| b.num_rows()).sum();
+    assert_eq!(rows as usize, want);
+    let commits = snapshots(&server).await - before;
+    assert!(
+        commits < 6,
+        "6 concurrent streams made {commits} commits; expected grouping"
+    );
+    let mut c = raindrop::client::RaindropClient::connect(&server.url(), token)
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM wildedge.raw_events").await as usize,
+        want
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(DISTINCT event_id) FROM wildedge.raw_events"
+        )
+        .await as usize,
+        want
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_with_a_request_id_are_idempotent_across_restarts() {
+    let mut server = TestServer::start().await;
+    let data = dataset().await;
+    let batch = data.acme.events[0].slice(0, 100);
+    let mut acme = server.client("acme").await;
+    assert_eq!(
+        acme.ingest_events_once("batch-0001", vec![batch.clone()])
+            .await
+            .unwrap(),
+        100
+    );
+    // The retry reports the original count and writes nothing.
+    assert_eq!(
+        acme.ingest_events_once("batch-0001", vec![batch.clone()])
+            .await
+            .unwrap(),
+        100
+    );
+    assert_eq!(
+        count(&mut acme, "SELECT count(*) FROM wildedge.raw_events").await,
+        100
+    );
+    // Ids are per tenant: globex may use the same id.
+    let mut globex = server.client("globex").await;
+    assert_eq!(
+        globex
+            .ingest_events_once("batch-0001", vec![batch.clone()])
+            .await
+            .unwrap(),
+        100
+    );
+    assert_eq!(
+        count(&mut globex, "SELECT count(*) FROM wildedge.raw_events").await,
+        100
+    );
+    // Bad ids are refused.
+    let err = acme
+        .ingest_events_once("bad id!", vec![batch.clone()])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    // The ids are committed with the data: a restarted server still knows them.
+    server.restart().await;
+    let mut acme = server.client("acme").await;
+    assert_eq!(
+        acme.ingest_events_once("batch-0001", vec![batch.clone()])
+            .await
+            .unwrap(),
+        100
+    );
+    assert_eq!(
+        acme.ingest_events_once("batch-0002", vec![batch])
+            .await
+            .unwrap(),
+        100
+    );
+    assert_eq!(
+        count(&mut acme, "SELECT count(*) FROM wildedge.raw_events").await,
+        200
+    );
+}
