@@ -6,17 +6,15 @@ use raindrop::tenant::{Role, tokens};
 
 use crate::common::*;
 
-fn snapshots(server: &ServerHandle) -> impl std::future::Future<Output = usize> + '_ {
-    async move {
-        let t = server
-            .services
-            .query
-            .warehouse()
-            .raw_events()
-            .await
-            .unwrap();
-        t.metadata().snapshots().count()
-    }
+async fn snapshots(server: &ServerHandle) -> usize {
+    let t = server
+        .services
+        .query
+        .warehouse()
+        .raw_events()
+        .await
+        .unwrap();
+    t.metadata().snapshots().count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
