@@ -357,16 +357,24 @@ async fn commit_group(
         tx.commit(catalog).await
     }
     .await;
-    match committed {
-        Ok(t) => Ok((
-            t.metadata().current_snapshot_id().unwrap_or_default(),
-            paths,
-        )),
+    let snapshot_id = match committed {
+        Ok(t) => t.metadata().current_snapshot_id().unwrap_or_default(),
         Err(e) => {
             delete_files(&table, &paths).await;
-            Err(e.into())
+            return Err(e.into());
         }
+    };
+    // Confirm before acknowledging: the SQL catalog can report success for
+    // a compare-and-swap whose database COMMIT failed (e.g. SQLITE_BUSY).
+    // Snapshots are never removed here, so absence means not committed.
+    let current = catalog.load_table(ident).await?;
+    if current.metadata().snapshot_by_id(snapshot_id).is_none() {
+        delete_files(&table, &paths).await;
+        return Err(Error::Aborted(format!(
+            "commit of snapshot {snapshot_id} to {ident} was not confirmed by the catalog; nothing was written, retry"
+        )));
     }
+    Ok((snapshot_id, paths))
 }
 
 /// Write batches as Parquet data files of `table`, split by its partition spec.

@@ -8,5 +8,6 @@ mod errors;
 mod flight_sql;
 mod ingest;
 mod isolation;
+mod processes;
 mod pruning;
 mod seed_query;
