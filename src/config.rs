@@ -130,6 +130,10 @@ pub struct LimitsConfig {
     /// rejected with `ResourceExhausted` before anything is committed.
     #[clap(long, env = "RAINDROP_MAX_INGEST_MIB", default_value_t = 512)]
     pub max_ingest_mib: usize,
+    /// Ingest data held in memory across all streams at once, in MiB; when
+    /// full, new data waits up to 2 s, then gets `ResourceExhausted`.
+    #[clap(long, env = "RAINDROP_MAX_BUFFERED_MIB", default_value_t = 2048)]
+    pub max_buffered_mib: usize,
     /// Largest gRPC message accepted, in MiB (one Arrow batch must fit).
     #[clap(long, env = "RAINDROP_MAX_MESSAGE_MIB", default_value_t = 64)]
     pub max_message_mib: usize,
@@ -148,6 +152,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_ingest_mib: 512,
+            max_buffered_mib: 2048,
             max_message_mib: 64,
             commit_max_delay_ms: 0,
             query_partitions: 0,

@@ -37,6 +37,8 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
         ingest: Ingestor::new(
             warehouse,
             config.limits.max_ingest_mib * MIB,
+            config.limits.max_buffered_mib * MIB,
+            std::time::Duration::from_secs(2),
             CommitConfig {
                 max_delay: std::time::Duration::from_millis(config.limits.commit_max_delay_ms),
                 ..CommitConfig::default()

@@ -10,11 +10,13 @@ pub mod validate;
 pub mod writer;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use futures::{Stream, StreamExt};
 use iceberg::{ErrorKind, TableCreation, TableIdent};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::catalog::Warehouse;
 use crate::error::{Error, Result};
@@ -59,16 +61,68 @@ pub struct Ingestor {
     warehouse: Warehouse,
     writer: Arc<TableWriter>,
     max_stream_bytes: usize,
+    budget: Budget,
+}
+
+/// Server-wide bound on ingest data held in memory (decoded, awaiting
+/// commit), so bursts queue briefly and then get `ResourceExhausted`
+/// instead of exhausting memory.
+#[derive(Debug)]
+struct Budget {
+    kib: Arc<Semaphore>,
+    total_kib: usize,
+    wait: Duration,
+}
+
+/// Ingest buffer held by one stream.
+#[derive(Debug, Default)]
+struct Reservation(Option<OwnedSemaphorePermit>);
+
+impl Reservation {
+    fn add(&mut self, permit: OwnedSemaphorePermit) {
+        match &mut self.0 {
+            Some(p) => p.merge(permit),
+            None => self.0 = Some(permit),
+        }
+    }
+}
+
+impl Budget {
+    async fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit> {
+        let kib = bytes.div_ceil(1024).clamp(1, self.total_kib) as u32;
+        let acquire = self.kib.clone().acquire_many_owned(kib);
+        match tokio::time::timeout(self.wait, acquire).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Error::ResourceExhausted(format!(
+                "ingest buffers are full ({} MiB held by concurrent streams); retry in a few seconds",
+                self.total_kib / 1024
+            ))),
+        }
+    }
 }
 
 impl Ingestor {
-    /// New ingestor over `warehouse`, refusing streams above `max_stream_bytes`.
-    pub fn new(warehouse: Warehouse, max_stream_bytes: usize, commit: CommitConfig) -> Self {
+    /// New ingestor over `warehouse`, refusing streams above
+    /// `max_stream_bytes` and holding at most `max_buffered_bytes` of
+    /// ingest data at once (waiting up to `wait` for room).
+    pub fn new(
+        warehouse: Warehouse,
+        max_stream_bytes: usize,
+        max_buffered_bytes: usize,
+        wait: Duration,
+        commit: CommitConfig,
+    ) -> Self {
         let writer = Arc::new(TableWriter::new(warehouse.catalog.clone(), commit));
+        let total_kib = (max_buffered_bytes / 1024).clamp(1, u32::MAX as usize);
         Self {
             warehouse,
             writer,
             max_stream_bytes,
+            budget: Budget {
+                kib: Arc::new(Semaphore::new(total_kib)),
+                total_kib,
+                wait,
+            },
         }
     }
 
@@ -148,7 +202,14 @@ impl Ingestor {
         }
     }
 
-    async fn collect<S, F>(&self, batches: S, mut normalize: F) -> Result<Vec<RecordBatch>>
+    /// Read, bound and normalise a stream. The returned reservation holds
+    /// the stream's share of the server-wide ingest buffer until dropped
+    /// (after the commit).
+    async fn collect<S, F>(
+        &self,
+        batches: S,
+        mut normalize: F,
+    ) -> Result<(Vec<RecordBatch>, Reservation)>
     where
         S: Stream<Item = Result<RecordBatch>> + Send,
         F: FnMut(&RecordBatch) -> Result<RecordBatch>,
@@ -156,20 +217,23 @@ impl Ingestor {
         let mut batches = std::pin::pin!(batches);
         let mut out = vec![];
         let mut bytes = 0usize;
+        let mut reservation = Reservation::default();
         while let Some(batch) = batches.next().await {
             let batch = batch?;
-            bytes += batch_bytes(&batch);
+            let size = batch_bytes(&batch);
+            bytes += size;
             if bytes > self.max_stream_bytes {
                 return Err(Error::ResourceExhausted(format!(
                     "ingest stream exceeds {} MiB; split it into several DoPut calls",
                     self.max_stream_bytes / (1024 * 1024)
                 )));
             }
+            reservation.add(self.budget.reserve(size).await?);
             if batch.num_rows() > 0 {
                 out.push(normalize(&batch)?);
             }
         }
-        Ok(out)
+        Ok((out, reservation))
     }
 
     async fn ingest_raw_events<S>(
@@ -202,7 +266,7 @@ impl Ingestor {
         };
         let target_schema = schema::raw_events_arrow_schema();
         let now = chrono::Utc::now().timestamp_micros();
-        let batches = self
+        let (batches, _reservation) = self
             .collect(batches, |b| {
                 validate::normalize_raw_events(b, &target_schema, rule, now)
             })
@@ -266,7 +330,7 @@ impl Ingestor {
         // Validate the whole stream before touching the catalog, so a bad
         // stream leaves tables exactly as they were.
         let all = futures::stream::once(async { Ok(first) }).chain(batches);
-        let mut normalized = self
+        let (mut normalized, _reservation) = self
             .collect(all, |b| {
                 validate::normalize_to_schema(&lowercase_names(b)?, &target)
             })

@@ -324,3 +324,42 @@ async fn large_batches_are_accepted_and_oversize_streams_refused() {
     );
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_ingest_buffers_push_back_then_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = raindrop::config::ServeConfig::in_dir(dir.path());
+    cfg.limits.max_buffered_mib = 30;
+    let token = "budget-token-0123456789";
+    raindrop::tenant::tokens::create_token(
+        &cfg.tokens_file(),
+        token,
+        Some("acme"),
+        raindrop::tenant::Role::ReadWrite,
+        "",
+    )
+    .unwrap();
+    let server = raindrop::server::ServerHandle::start(cfg).await.unwrap();
+    let mut c = raindrop::client::RaindropClient::connect(&server.url(), token)
+        .await
+        .unwrap();
+    // ~25 MB per batch: the second cannot fit in a 30 MiB budget.
+    let err = c
+        .ingest_events(vec![wide_batch(200_000, "x"), wide_batch(200_000, "y")])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("retry"), "{}", err.message());
+    // Nothing committed, and the buffer was released.
+    assert_eq!(
+        c.ingest_events(vec![wide_batch(200_000, "z")])
+            .await
+            .unwrap(),
+        200_000
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM wildedge.raw_events").await,
+        200_000
+    );
+    server.stop().await.unwrap();
+}
