@@ -267,13 +267,24 @@ async fn run_committer(
                 }
             }
         }
-        // A retry may sit in the same group as its original: keep the first.
+        // A retry may sit in the same group as its original, or arrive while
+        // the original was being committed by the previous group: commit
+        // each id once.
         let mut ids = std::collections::HashSet::new();
-        let (group, duplicates): (Vec<_>, Vec<_>) = group.into_iter().partition(|p| {
-            p.request_id
-                .as_ref()
-                .is_none_or(|id| ids.insert(id.clone()))
-        });
+        let (group, duplicates): (Vec<_>, Vec<_>) = {
+            let done = dedup.lock().expect("dedup lock");
+            group.into_iter().partition(|p| {
+                p.request_id
+                    .as_ref()
+                    .is_none_or(|id| !done.seen.contains_key(id) && ids.insert(id.clone()))
+            })
+        };
+        if group.is_empty() {
+            for p in duplicates {
+                answer_duplicate(p, &dedup, None);
+            }
+            continue;
+        }
         let result = commit_group(catalog.as_ref(), &ident, &group).await;
         match result {
             Ok((snapshot_id, files)) => {
@@ -295,28 +306,42 @@ async fn run_committer(
                     p.reply.send(Ok(outcome)).ok();
                 }
                 for p in duplicates {
-                    let rows = p
-                        .request_id
-                        .as_ref()
-                        .and_then(|id| dedup.lock().expect("dedup lock").seen.get(id).map(|r| r.0));
-                    p.reply
-                        .send(Ok(AppendOutcome {
-                            rows: rows.unwrap_or(p.rows),
-                            files: vec![],
-                            snapshot_id: Some(snapshot_id),
-                            deduplicated: true,
-                        }))
-                        .ok();
+                    answer_duplicate(p, &dedup, None);
                 }
             }
             Err(e) => {
                 tracing::warn!(table = %ident, error = %e, requests = group.len(), "group commit failed");
-                for p in group.into_iter().chain(duplicates) {
+                for p in group {
                     p.reply.send(Err(e.for_waiter())).ok();
+                }
+                for p in duplicates {
+                    answer_duplicate(p, &dedup, Some(&e));
                 }
             }
         }
     }
+}
+
+/// Answer a request whose id another request carried: with the committed
+/// outcome if there is one, else with the failure of the one that carried it.
+fn answer_duplicate(p: Pending, dedup: &Mutex<Dedup>, failure: Option<&Error>) {
+    let seen = p
+        .request_id
+        .as_ref()
+        .and_then(|id| dedup.lock().expect("dedup lock").seen.get(id).copied());
+    let answer = match (seen, failure) {
+        (Some((rows, snapshot)), _) => Ok(AppendOutcome {
+            rows,
+            files: vec![],
+            snapshot_id: Some(snapshot),
+            deduplicated: true,
+        }),
+        (None, Some(e)) => Err(e.for_waiter()),
+        (None, None) => Err(Error::Internal(
+            "duplicate of a request that was not committed".into(),
+        )),
+    };
+    p.reply.send(answer).ok();
 }
 
 /// Write the group's rows as one set of files and commit one snapshot.

@@ -130,3 +130,35 @@ async fn retries_with_a_request_id_are_idempotent_across_restarts() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_retries_of_one_request_commit_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = ServeConfig::in_dir(dir.path());
+    cfg.limits.commit_max_delay_ms = 300;
+    let token = "race-token-0123456789abc";
+    tokens::create_token(&cfg.tokens_file(), token, Some(ACME), Role::ReadWrite, "").unwrap();
+    let server = ServerHandle::start(cfg).await.unwrap();
+    let batch = dataset().await.acme.events[0].slice(0, 100);
+    let mut tasks = vec![];
+    for _ in 0..4 {
+        let (url, b) = (server.url(), batch.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = raindrop::client::RaindropClient::connect(&url, token)
+                .await
+                .unwrap();
+            c.ingest_events_once("same-id", vec![b]).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 100);
+    }
+    let mut c = raindrop::client::RaindropClient::connect(&server.url(), token)
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM wildedge.raw_events").await,
+        100
+    );
+    server.stop().await.unwrap();
+}
