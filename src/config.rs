@@ -143,9 +143,33 @@ pub struct LimitsConfig {
     /// larger files at the cost of ingest latency.
     #[clap(long, env = "RAINDROP_COMMIT_MAX_DELAY_MS", default_value_t = 0)]
     pub commit_max_delay_ms: u64,
+    /// Memory one query may use (joins, aggregations, sorts), in MiB.
+    #[clap(long, env = "RAINDROP_QUERY_MEMORY_MIB", default_value_t = 1024)]
+    pub query_memory_mib: usize,
+    /// Query time limit, in seconds.
+    #[clap(long, env = "RAINDROP_QUERY_TIMEOUT_SECS", default_value_t = 300)]
+    pub query_timeout_secs: u64,
+    /// Largest result one query may return, in MiB.
+    #[clap(long, env = "RAINDROP_MAX_RESULT_MIB", default_value_t = 1024)]
+    pub max_result_mib: usize,
+    /// Queries one project may run at once.
+    #[clap(long, env = "RAINDROP_MAX_QUERIES_PER_TENANT", default_value_t = 8)]
+    pub max_queries_per_tenant: usize,
     /// Query parallelism (DataFusion target partitions); 0 = number of cores.
     #[clap(long, env = "RAINDROP_QUERY_PARTITIONS", default_value_t = 0)]
     pub query_partitions: usize,
+}
+
+impl LimitsConfig {
+    /// The query limits these settings describe.
+    pub fn query_limits(&self) -> crate::query::limits::QueryLimits {
+        crate::query::limits::QueryLimits {
+            memory_bytes: self.query_memory_mib * 1024 * 1024,
+            timeout: std::time::Duration::from_secs(self.query_timeout_secs),
+            max_result_bytes: self.max_result_mib * 1024 * 1024,
+            max_concurrent_per_tenant: self.max_queries_per_tenant,
+        }
+    }
 }
 
 impl Default for LimitsConfig {
@@ -155,6 +179,10 @@ impl Default for LimitsConfig {
             max_buffered_mib: 2048,
             max_message_mib: 64,
             commit_max_delay_ms: 0,
+            query_memory_mib: 1024,
+            query_timeout_secs: 300,
+            max_result_mib: 1024,
+            max_queries_per_tenant: 8,
             query_partitions: 0,
         }
     }

@@ -31,6 +31,9 @@ pub enum Error {
     /// A limit was hit; retrying later or with less may succeed.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A query ran past its time limit.
+    #[error("{0}")]
+    Timeout(String),
     /// A write lost a race (commit conflict after retries); retry it.
     #[error("{0}")]
     Aborted(String),
@@ -87,6 +90,7 @@ impl Error {
             Error::AlreadyExists(_) => Error::AlreadyExists(m),
             Error::ResourceExhausted(_) => Error::ResourceExhausted(m),
             Error::Aborted(_) => Error::Aborted(m),
+            Error::Timeout(_) => Error::Timeout(m),
             Error::Unsupported(_) => Error::Unsupported(m),
             Error::Iceberg(e) if e.kind() == iceberg::ErrorKind::CatalogCommitConflicts => {
                 Error::Aborted(format!("{m}; the write was not applied, retry it"))
@@ -129,6 +133,7 @@ impl From<Error> for Status {
             Error::ResourceExhausted(m) => Status::resource_exhausted(m),
             Error::Unsupported(m) => Status::unimplemented(m),
             Error::Aborted(m) => Status::aborted(m),
+            Error::Timeout(m) => Status::deadline_exceeded(m),
             Error::DataFusion(e) => datafusion_status(&e),
             Error::Iceberg(e) => {
                 if e.kind() == iceberg::ErrorKind::CatalogCommitConflicts {

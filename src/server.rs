@@ -33,7 +33,11 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
     }
     Ok(Arc::new(Services {
         tokens,
-        query: QueryEngine::new(warehouse.clone(), config.limits.query_partitions),
+        query: QueryEngine::new(
+            warehouse.clone(),
+            config.limits.query_partitions,
+            config.limits.query_limits(),
+        ),
         ingest: Ingestor::new(
             warehouse,
             config.limits.max_ingest_mib * MIB,

@@ -161,10 +161,12 @@ impl RaindropFlightService {
             df = df.with_param_values(params_row(p, 0)?)?;
         }
         let schema = client_schema(&df);
-        let batches = df
-            .execute_stream()
+        let batches = self
+            .services
+            .query
+            .execute(principal, df)
             .await?
-            .map_err(|e| FlightError::Tonic(Box::new(Status::from(Error::from(e)))));
+            .map_err(|e| FlightError::Tonic(Box::new(Status::from(e))));
         tracing::debug!(token_id = %principal.token_id, "query started");
         Ok(Box::pin(
             FlightDataEncoderBuilder::new()

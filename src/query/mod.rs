@@ -8,6 +8,7 @@
 //! `information_schema` and `SHOW TABLES` list exactly what the caller can
 //! read, and names of other tenants resolve to nothing.
 
+pub mod limits;
 pub mod params;
 pub mod policy;
 pub mod pruning;
@@ -24,7 +25,7 @@ use datafusion::catalog::{
 };
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SessionStateBuilder;
-use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::Statement;
@@ -34,6 +35,7 @@ use crate::error::{Error, Result};
 use crate::ingest::DEFAULT_TENANT_SCHEMA;
 use crate::schema;
 use crate::tenant::Principal;
+use limits::{Admission, LimitedStream, QueryLimits};
 use table::{RaindropTable, TenantSchema};
 
 /// A table as listed by the metadata RPCs.
@@ -93,12 +95,13 @@ pub fn update_result_schema() -> SchemaRef {
 pub struct QueryEngine {
     warehouse: Warehouse,
     target_partitions: usize,
-    runtime: Arc<RuntimeEnv>,
+    limits: QueryLimits,
+    admission: Arc<Admission>,
 }
 
 impl QueryEngine {
     /// New engine; `target_partitions == 0` means one per core.
-    pub fn new(warehouse: Warehouse, target_partitions: usize) -> Self {
+    pub fn new(warehouse: Warehouse, target_partitions: usize, limits: QueryLimits) -> Self {
         let target_partitions = if target_partitions == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
@@ -107,8 +110,20 @@ impl QueryEngine {
         Self {
             warehouse,
             target_partitions,
-            runtime: Arc::new(RuntimeEnv::default()),
+            limits,
+            admission: Arc::new(Admission::default()),
         }
+    }
+
+    /// Run a planned query as `principal`, within the query limits: takes
+    /// one of the project's query slots (or fails at once) and enforces the
+    /// timeout and result size on the stream.
+    pub async fn execute(&self, principal: &Principal, df: DataFrame) -> Result<LimitedStream> {
+        let slot = self
+            .admission
+            .admit(principal, self.limits.max_concurrent_per_tenant)?;
+        let stream = df.execute_stream().await?;
+        Ok(LimitedStream::new(stream, &self.limits, slot))
     }
 
     /// The warehouse this engine reads.
@@ -124,9 +139,14 @@ impl QueryEngine {
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(&self.warehouse.catalog_name, DEFAULT_TENANT_SCHEMA)
             .with_target_partitions(self.target_partitions);
+        // A memory pool per request: one query's joins and aggregations
+        // spill or fail on their own budget, not everyone's.
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(self.limits.memory_bytes, 1.0)
+            .build_arc()?;
         let state = SessionStateBuilder::new()
             .with_config(config)
-            .with_runtime_env(self.runtime.clone())
+            .with_runtime_env(runtime)
             .with_default_features()
             .build();
         let ctx = SessionContext::new_with_state(state);
@@ -229,7 +249,9 @@ impl QueryEngine {
         policy::check_statement(&statement)?;
         // Name unknown tables precisely (DataFusion's planner only says "plan error").
         for reference in state.resolve_table_references(&statement)? {
-            if !ctx.table_exist(reference.clone()).unwrap_or(false) {
+            let table_function = reference.schema().is_none()
+                && state.table_functions().contains_key(reference.table());
+            if !table_function && !ctx.table_exist(reference.clone()).unwrap_or(false) {
                 return Err(Error::NotFound(format!(
                     "table '{reference}' not found; list your tables with SHOW TABLES"
                 )));

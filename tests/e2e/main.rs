@@ -8,6 +8,7 @@ mod errors;
 mod flight_sql;
 mod ingest;
 mod isolation;
+mod limits;
 mod processes;
 mod pruning;
 mod seed_query;

@@ -1,0 +1,137 @@
+//! Per-query and per-tenant limits, so one tenant's heavy query cannot
+//! exhaust the server for everyone: a memory pool per query (DataFusion
+//! spills or fails with `ResourcesExhausted`), a wall-clock timeout, a cap
+//! on result size, and a cap on concurrent queries per tenant.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use datafusion::execution::SendableRecordBatchStream;
+use futures::Stream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::{Error, Result};
+use crate::tenant::Principal;
+
+/// Query limits (see `LimitsConfig` for the flags).
+#[derive(Debug, Clone, Copy)]
+pub struct QueryLimits {
+    /// Memory one query may use for joins, aggregations and sorts.
+    pub memory_bytes: usize,
+    /// Wall-clock time from execution start to the last batch.
+    pub timeout: Duration,
+    /// Bytes of results one query may return.
+    pub max_result_bytes: usize,
+    /// Queries one project may run at once.
+    pub max_concurrent_per_tenant: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 1024 * 1024 * 1024,
+            timeout: Duration::from_secs(300),
+            max_result_bytes: 1024 * 1024 * 1024,
+            max_concurrent_per_tenant: 8,
+        }
+    }
+}
+
+/// Concurrent-query slots per project.
+#[derive(Debug, Default)]
+pub struct Admission {
+    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Admission {
+    /// Take a slot for `principal`'s project, or fail at once.
+    pub fn admit(&self, principal: &Principal, limit: usize) -> Result<OwnedSemaphorePermit> {
+        let key = principal.project_id.clone().unwrap_or_else(|| "*".into());
+        let sem = self
+            .slots
+            .lock()
+            .expect("admission lock")
+            .entry(key)
+            .or_insert_with(|| Arc::new(Semaphore::new(limit.max(1))))
+            .clone();
+        sem.try_acquire_owned().map_err(|_| {
+            Error::ResourceExhausted(format!(
+                "this project already runs {limit} queries; wait for one to finish, then retry"
+            ))
+        })
+    }
+}
+
+/// A result stream that enforces the timeout and result size, and holds
+/// the tenant's slot until it ends or is dropped.
+pub struct LimitedStream {
+    inner: SendableRecordBatchStream,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+    bytes: usize,
+    max_bytes: usize,
+    done: bool,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl LimitedStream {
+    /// Wrap `inner` with `limits`, holding `slot`.
+    pub fn new(
+        inner: SendableRecordBatchStream,
+        limits: &QueryLimits,
+        slot: OwnedSemaphorePermit,
+    ) -> Self {
+        Self {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(limits.timeout)),
+            timeout: limits.timeout,
+            bytes: 0,
+            max_bytes: limits.max_result_bytes,
+            done: false,
+            _slot: slot,
+        }
+    }
+}
+
+impl Stream for LimitedStream {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            return Poll::Ready(Some(Err(Error::Timeout(format!(
+                "query exceeded the {} s time limit; narrow the time range or aggregate more",
+                self.timeout.as_secs()
+            )))));
+        }
+        match self.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(batch))) => {
+                self.bytes += crate::ingest::batch_bytes(&batch);
+                if self.bytes > self.max_bytes {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(Error::ResourceExhausted(format!(
+                        "result exceeds {} MiB; add a LIMIT or aggregate",
+                        self.max_bytes / (1024 * 1024)
+                    )))));
+                }
+                Poll::Ready(Some(Ok(batch)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.done = true;
+                Poll::Ready(Some(Err(Error::from(e))))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Query limits: timeout, per-query memory, result size, concurrent
+//! queries per tenant — each a clean status, the server staying up.
+
+use raindrop::client::RaindropClient;
+use raindrop::config::ServeConfig;
+use raindrop::server::ServerHandle;
+use raindrop::tenant::{Role, tokens};
+use tonic::Code;
+
+use crate::common::*;
+
+async fn server_with(f: impl FnOnce(&mut ServeConfig)) -> (ServerHandle, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = ServeConfig::in_dir(dir.path());
+    f(&mut cfg);
+    for (t, p) in [
+        ("limits-acme-token-012345", ACME),
+        ("limits-globex-token-012345", GLOBEX),
+    ] {
+        tokens::create_token(&cfg.tokens_file(), t, Some(p), Role::ReadWrite, "").unwrap();
+    }
+    (ServerHandle::start(cfg).await.unwrap(), dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_memory_and_result_limits() {
+    let (server, _dir) = server_with(|c| {
+        c.limits.query_timeout_secs = 1;
+        c.limits.query_memory_mib = 32;
+        c.limits.max_result_mib = 1;
+    })
+    .await;
+    let mut c = RaindropClient::connect(&server.url(), "limits-acme-token-012345")
+        .await
+        .unwrap();
+
+    let err = c
+        .query("SELECT count(*) FROM generate_series(1, 100000000000)")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+
+    let err = c
+        .query("SELECT count(*) FROM generate_series(1, 5000000) a(x) JOIN generate_series(1, 5000000) b(y) ON x = y")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+
+    let err = c
+        .query("SELECT * FROM generate_series(1, 1000000)")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("LIMIT"), "{}", err.message());
+
+    // The server is fine afterwards.
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM generate_series(1, 1000)").await,
+        1000
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_queries_are_capped_per_tenant() {
+    let (server, _dir) = server_with(|c| c.limits.max_queries_per_tenant = 1).await;
+    let mut acme = RaindropClient::connect(&server.url(), "limits-acme-token-012345")
+        .await
+        .unwrap();
+    // Start a long query and hold its stream open without reading it.
+    let info = acme
+        .inner_mut()
+        .execute(
+            "SELECT count(*) FROM generate_series(1, 100000000000)".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let held = acme
+        .inner_mut()
+        .do_get(info.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap();
+
+    let mut acme2 = RaindropClient::connect(&server.url(), "limits-acme-token-012345")
+        .await
+        .unwrap();
+    let err = acme2.query("SELECT 1").await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+
+    // Another tenant is not affected.
+    let mut globex = RaindropClient::connect(&server.url(), "limits-globex-token-012345")
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&mut globex, "SELECT count(*) FROM generate_series(1, 10)").await,
+        10
+    );
+
+    // Dropping the stream frees the slot.
+    drop(held);
+    let mut freed = false;
+    for _ in 0..50 {
+        if acme2.query("SELECT 1").await.is_ok() {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        freed,
+        "slot not released after the client dropped its stream"
+    );
+    server.stop().await.unwrap();
+}
