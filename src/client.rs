@@ -64,11 +64,17 @@ pub struct RaindropClient {
 impl RaindropClient {
     /// Connect to `url` (e.g. `http://127.0.0.1:50051`) with `token`.
     pub async fn connect(url: &str, token: &str) -> ClientResult<Self> {
-        let channel = Endpoint::from_shared(url.to_string())
-            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        Self::connect_endpoint(endpoint, token).await
+    }
+
+    /// Connect through a configured endpoint (e.g. with TLS settings).
+    pub async fn connect_endpoint(endpoint: Endpoint, token: &str) -> ClientResult<Self> {
+        let channel = endpoint
             .connect()
             .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            .map_err(|e| tonic::Status::unavailable(format!("{e}: {e:?}")))?;
         let mut inner = FlightSqlServiceClient::new(channel);
         inner.set_token(token.to_string());
         Ok(Self {

@@ -102,6 +102,24 @@ pub struct ServeConfig {
     /// Limits.
     #[clap(flatten)]
     pub limits: LimitsConfig,
+    /// TLS.
+    #[clap(flatten)]
+    pub tls: TlsConfig,
+}
+
+/// TLS for the Flight endpoint. Without a certificate the server speaks
+/// plaintext gRPC (fine on loopback, not across a network).
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsConfig {
+    /// PEM certificate chain; enables TLS (with --tls-key).
+    #[clap(long, env = "RAINDROP_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    #[clap(long, env = "RAINDROP_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: require clients to present a certificate it signed (mutual TLS).
+    #[clap(long, env = "RAINDROP_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -112,6 +130,7 @@ impl ServeConfig {
             storage: StorageConfig::in_dir(data_dir),
             tokens_file: None,
             limits: LimitsConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 

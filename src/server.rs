@@ -9,9 +9,10 @@ use arrow_flight::flight_service_server::FlightServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::catalog;
-use crate::config::ServeConfig;
+use crate::config::{ServeConfig, TlsConfig};
 use crate::error::{Error, Result};
 use crate::flight::{RaindropFlightService, Services};
 use crate::ingest::Ingestor;
@@ -52,6 +53,24 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
     }))
 }
 
+fn read_pem(what: &str, path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| Error::InvalidArgument(format!("reading TLS {what} {}: {e}", path.display())))
+}
+
+/// Server TLS settings, if a certificate is configured.
+fn tls_config(tls: &TlsConfig) -> Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&tls.tls_cert, &tls.tls_key) else {
+        return Ok(None);
+    };
+    let identity = Identity::from_pem(read_pem("certificate", cert)?, read_pem("key", key)?);
+    let mut config = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.tls_client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read_pem("client CA", ca)?));
+    }
+    Ok(Some(config))
+}
+
 /// Serve Flight SQL on `listener` until `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
@@ -71,7 +90,13 @@ pub async fn run(
         }
         conn
     });
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls_config(&config.tls)? {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| Error::InvalidArgument(format!("TLS configuration: {e}")))?;
+    }
+    builder
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -12,3 +12,4 @@ mod limits;
 mod processes;
 mod pruning;
 mod seed_query;
+mod tls;
