@@ -28,7 +28,7 @@ def make_token(data_dir: Path, project, role: str) -> str:
 
 
 class Server:
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, extra_args=()):
         self.data_dir = data_dir
         self.tokens = {
             "acme": make_token(data_dir, "acme", "read_write"),
@@ -36,13 +36,13 @@ class Server:
             "admin": make_token(data_dir, None, "admin"),
         }
         self.proc = subprocess.Popen(
-            [BIN, "serve", "--addr", "127.0.0.1:0", "--data-dir", str(data_dir), "--log", "warn"],
+            [BIN, "serve", "--addr", "127.0.0.1:0", "--data-dir", str(data_dir), "--log", "warn", *extra_args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
         for line in self.proc.stdout:
-            m = re.search(r"listening on grpc://([\d.]+:\d+)", line)
+            m = re.search(r"listening on grpc(?:\+tls)?://([\d.]+:\d+)", line)
             if m:
                 self.addr = m.group(1)
                 break
