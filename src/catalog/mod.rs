@@ -5,13 +5,13 @@
 //! `SqlCatalog` with the same catalog name. The rest of the crate only sees
 //! `Arc<dyn iceberg::Catalog>`.
 
+pub mod audit;
 pub mod cache;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use iceberg::io::LocalFsStorageFactory;
 use iceberg::table::Table;
 use iceberg::{Catalog, CatalogBuilder, ErrorKind, NamespaceIdent, TableCreation, TableIdent};
 use iceberg_catalog_sql::{
@@ -22,6 +22,7 @@ use iceberg_catalog_sql::{
 use crate::config::StorageConfig;
 use crate::error::{Error, Result};
 use crate::schema;
+use audit::{AccessLog, AuditedStorageFactory};
 use cache::{MetadataPointer, TableCache};
 
 /// Top-level namespace under which each project's own tables live:
@@ -43,6 +44,8 @@ pub struct Warehouse {
     pub catalog_name: String,
     /// Loaded tables, reused while the catalog points at the same metadata.
     pub tables: Arc<TableCache>,
+    /// Every object read through the catalog's storage (when recording).
+    pub access_log: Arc<AccessLog>,
 }
 
 impl std::fmt::Debug for Warehouse {
@@ -107,8 +110,9 @@ pub async fn open(cfg: &StorageConfig) -> Result<Warehouse> {
             "warehouse {warehouse}: this build supports local filesystem warehouses (file://); object stores are planned"
         )));
     }
+    let access_log = Arc::new(AccessLog::default());
     let catalog = SqlCatalogBuilder::default()
-        .with_storage_factory(Arc::new(LocalFsStorageFactory))
+        .with_storage_factory(Arc::new(AuditedStorageFactory::new(access_log.clone())))
         .load(
             cfg.catalog_name.clone(),
             HashMap::from([
@@ -124,6 +128,7 @@ pub async fn open(cfg: &StorageConfig) -> Result<Warehouse> {
     let pointer = MetadataPointer::connect(&uri, &cfg.catalog_name).await?;
     let wh = Warehouse {
         tables: Arc::new(TableCache::new(Some(pointer), 256)),
+        access_log,
         catalog: Arc::new(catalog),
         namespace: NamespaceIdent::new(cfg.namespace.clone()),
         catalog_uri: uri,

@@ -80,9 +80,36 @@ async fn adversarial_sql_sees_only_own_rows() {
             0,
         ),
     ];
+    // Record every object the storage layer reads while acme attacks.
+    let log = server
+        .handle
+        .as_ref()
+        .unwrap()
+        .services
+        .query
+        .warehouse()
+        .access_log
+        .clone();
+    log.start();
     for (sql, want) in cases {
         assert_eq!(count(&mut acme, sql).await, want, "{sql}");
     }
+    let reads = log.stop();
+    let data_reads: Vec<_> = reads.iter().filter(|p| p.ends_with(".parquet")).collect();
+    assert!(
+        !data_reads.is_empty(),
+        "the recorder saw no data files: {reads:?}"
+    );
+    for p in &data_reads {
+        assert!(
+            p.contains("/data/project_id=acme/"),
+            "acme's queries opened {p}"
+        );
+    }
+    assert!(
+        reads.iter().all(|p| !p.contains("globex")),
+        "acme's queries touched globex objects: {reads:?}"
+    );
 
     // Own tables only, in listings and by name.
     let tables = acme

@@ -111,6 +111,31 @@ async fn day_and_time_predicates_prune_files() {
     .await;
     assert!(n > 0 && n < events_on(&data.acme, day));
 
+    // At the storage layer: the one-day query opened exactly that day's files.
+    let log = server
+        .handle
+        .as_ref()
+        .unwrap()
+        .services
+        .query
+        .warehouse()
+        .access_log
+        .clone();
+    log.start();
+    count(
+        &mut acme,
+        &format!("SELECT count(*) FROM wildedge.raw_events WHERE event_day = DATE '{day}'"),
+    )
+    .await;
+    let opened: std::collections::BTreeSet<_> = log
+        .stop()
+        .into_iter()
+        .filter(|p| p.ends_with(".parquet"))
+        .collect();
+    let day_dir = format!("/project_id=acme/event_day={day}/");
+    assert!(opened.iter().all(|p| p.contains(&day_dir)), "{opened:?}");
+    assert_eq!(opened.len(), one_day);
+
     // Files actually opened (EXPLAIN ANALYZE metrics) match the plan.
     let analyzed = acme
         .query(&format!("EXPLAIN ANALYZE SELECT count(*) FROM wildedge.raw_events WHERE event_day = DATE '{day}'"))
