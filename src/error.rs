@@ -113,8 +113,16 @@ fn datafusion_status(e: &DataFusionError) -> Status {
         }
         D::ResourcesExhausted(..) => Status::resource_exhausted(e.to_string()),
         D::Execution(..) | D::ArrowError(..) => Status::invalid_argument(e.to_string()),
-        D::Context(_, inner) => datafusion_status(inner),
+        D::Context(_, inner) | D::Diagnostic(_, inner) => {
+            let inner = datafusion_status(inner);
+            Status::new(inner.code(), e.to_string())
+        }
         D::Shared(inner) => datafusion_status(inner),
+        D::Collection(errors) => match errors.first() {
+            Some(first) => Status::new(datafusion_status(first).code(), e.to_string()),
+            None => Status::internal(e.to_string()),
+        },
+        D::Configuration(..) => Status::invalid_argument(e.to_string()),
         _ => {
             tracing::error!(error = %e, "query failed");
             Status::internal(e.to_string())

@@ -370,14 +370,25 @@ fn ingest_mode(cmd: &CommandStatementIngest) -> Result<Mode> {
 fn batches_of(
     stream: PeekableFlightDataStream,
 ) -> impl Stream<Item = Result<arrow::array::RecordBatch>> + Send {
-    FlightRecordBatchStream::new_from_flight_data(stream.map_err(FlightError::from)).map_err(|e| {
-        match e {
-            FlightError::Tonic(status) => {
-                Error::InvalidArgument(format!("ingest stream failed: {}", status.message()))
-            }
-            other => Error::InvalidArgument(format!("invalid Arrow IPC stream: {other}")),
+    let decoded = FlightRecordBatchStream::new_from_flight_data(stream.map_err(FlightError::from));
+    // arrow-ipc can panic on inconsistent buffers (e.g. a truncated body)
+    // instead of returning an error: contain it to this request.
+    futures::StreamExt::map(
+        futures::StreamExt::catch_unwind(std::panic::AssertUnwindSafe(decoded)),
+        |item| {
+            match item {
+            Ok(Ok(batch)) => Ok(batch),
+            Ok(Err(FlightError::Tonic(status))) => Err(Error::InvalidArgument(format!(
+                "ingest stream failed: {}",
+                status.message()
+            ))),
+            Ok(Err(other)) => Err(Error::InvalidArgument(format!("invalid Arrow IPC stream: {other}"))),
+            Err(_) => Err(Error::InvalidArgument(
+                "malformed Arrow IPC data: a message body is truncated or inconsistent with its header".into(),
+            )),
         }
-    })
+        },
+    )
 }
 
 fn put_result(rows: u64) -> BoxStream<PutResult> {

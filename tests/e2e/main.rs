@@ -1,6 +1,7 @@
 //! End-to-end tests: the real server on 127.0.0.1:0 over a temp dir, real
 //! Flight SQL, real Iceberg tables in a real SQLite catalog.
 
+mod attacks;
 mod cache;
 mod commit;
 mod common;
