@@ -214,7 +214,7 @@ async fn acme_cannot_reach_globex() {
         .as_any()
         .encode_to_vec(),
     );
-    let err = acme.inner_mut().do_get(ticket).await.err().expect("denied");
+    let err = acme.inner_mut().do_get(ticket).await.expect_err("denied");
     assert!(err.to_string().contains("unknown or expired"), "{err}");
 
     // A ticket carrying SQL is re-planned as the caller: a forged ticket
@@ -255,8 +255,7 @@ async fn acme_cannot_reach_globex() {
             .inner_mut()
             .do_get(Ticket::new(garbage))
             .await
-            .err()
-            .expect("garbage ticket refused");
+            .expect_err("garbage ticket refused");
         assert!(!err.to_string().is_empty());
     }
 
