@@ -160,7 +160,30 @@ pub fn revoke_token(path: &Path, id: &str) -> Result<()> {
 #[derive(Debug)]
 pub struct TokenStore {
     path: PathBuf,
-    state: RwLock<(Option<SystemTime>, Vec<TokenRecord>)>,
+    state: RwLock<(Option<FileStamp>, Vec<TokenRecord>)>,
+}
+
+/// Identity of one version of the token file. Edits replace the file
+/// (write + rename), so the inode changes even when two edits land within
+/// one mtime tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    let m = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some(FileStamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        inode,
+    })
 }
 
 impl TokenStore {
@@ -190,14 +213,12 @@ impl TokenStore {
     }
 
     fn reload_if_changed(&self) -> Result<()> {
-        let mtime = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
-        if self.state.read().expect("token lock").0 == mtime && mtime.is_some() {
+        let current = stamp(&self.path);
+        if current.is_some() && self.state.read().expect("token lock").0 == current {
             return Ok(());
         }
         let tokens = read_file(&self.path)?.tokens;
-        *self.state.write().expect("token lock") = (mtime, tokens);
+        *self.state.write().expect("token lock") = (current, tokens);
         Ok(())
     }
 
@@ -249,9 +270,8 @@ mod tests {
         assert!(create_token(&path, "short", Some("acme"), Role::Read, "").is_err());
         assert!(create_token(&path, &generate_secret(), Some("../x"), Role::Read, "").is_err());
 
+        // The same store notices the revocation at once (new inode).
         revoke_token(&path, &rec.id).unwrap();
-        // mtime granularity can hide a same-instant rewrite; force a reload.
-        let store = TokenStore::open(&path).unwrap();
         assert!(store.authenticate(&secret).is_err());
     }
 }
