@@ -31,6 +31,23 @@ pub enum Command {
     Token(TokenCommand),
     /// Generate realistic telemetry, ingest it over Flight and run the seed query.
     Demo(DemoConfig),
+    /// Maintenance: find (and delete) data files no snapshot references.
+    Orphans(OrphansConfig),
+}
+
+/// `raindrop orphans`.
+#[derive(Debug, Clone, Args)]
+pub struct OrphansConfig {
+    /// Storage options.
+    #[clap(flatten)]
+    pub storage: StorageConfig,
+    /// Only files last modified at least this many minutes ago (protects
+    /// commits in flight on any node).
+    #[clap(long, default_value_t = 60)]
+    pub min_age_mins: u64,
+    /// Delete them (default: only list).
+    #[clap(long)]
+    pub delete: bool,
 }
 
 /// Logging.

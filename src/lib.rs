@@ -14,6 +14,7 @@
 //!   tenant-scoped table provider, `event_day` pruning, the parallel scan.
 //! - [`ingest`]: batch validation/normalisation and the Iceberg writer.
 //! - [`flight`]: the Flight SQL service (thin protocol layer) and auth.
+//! - [`maintenance`]: orphan-file scans (and, later, compaction/expiry).
 //! - [`server`]: wiring and the serve loop.
 //! - [`client`]: a small Flight SQL client (demo, tests, benches).
 //! - [`demo`]: realistic telemetry generator and the end-to-end demo.
@@ -27,6 +28,7 @@ pub mod demo;
 pub mod error;
 pub mod flight;
 pub mod ingest;
+pub mod maintenance;
 pub mod query;
 pub mod schema;
 pub mod server;

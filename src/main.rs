@@ -51,6 +51,28 @@ async fn serve(config: raindrop::config::ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn orphans(config: raindrop::config::OrphansConfig) -> anyhow::Result<()> {
+    let warehouse = raindrop::catalog::open(&config.storage).await?;
+    let table = warehouse.raw_events().await?;
+    let min_age = std::time::Duration::from_secs(config.min_age_mins * 60);
+    let report = raindrop::maintenance::find_orphan_files(&table, min_age).await?;
+    for p in &report.orphans {
+        println!("{}", p.display());
+    }
+    eprintln!(
+        "raw_events: {} data files on disk, {} referenced, {} orphaned (older than {} min)",
+        report.on_disk,
+        report.referenced,
+        report.orphans.len(),
+        config.min_age_mins
+    );
+    if config.delete {
+        let n = raindrop::maintenance::delete_orphans(&report)?;
+        eprintln!("deleted {n} orphan files");
+    }
+    Ok(())
+}
+
 fn token(cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
         TokenCommand::Create {
@@ -104,5 +126,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(config) => serve(config).await,
         Command::Token(cmd) => token(cmd),
         Command::Demo(config) => Ok(raindrop::demo::run(config).await?),
+        Command::Orphans(config) => orphans(config).await,
     }
 }

@@ -32,6 +32,24 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
             "no tokens configured: every call will be refused; create one with `raindrop token create`"
         );
     }
+    // Report files left by commits that never happened (e.g. after a
+    // crash) without slowing start-up; deleting them is explicit.
+    let scan = warehouse.clone();
+    tokio::spawn(async move {
+        let Ok(table) = scan.raw_events().await else {
+            return;
+        };
+        match crate::maintenance::find_orphan_files(&table, std::time::Duration::from_secs(3600))
+            .await
+        {
+            Ok(r) if !r.orphans.is_empty() => tracing::warn!(
+                orphans = r.orphans.len(),
+                "raw_events has data files no snapshot references; remove them with `raindrop orphans --delete`"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "orphan scan skipped"),
+        }
+    });
     Ok(Arc::new(Services {
         tokens,
         query: QueryEngine::new(

@@ -231,4 +231,23 @@ async fn kill_dash_nine_loses_no_acknowledged_row() {
     for (id, n) in &present {
         assert_eq!(*n, ROWS as i64, "batch {id} is partially visible");
     }
+
+    // Files written by commits that never happened are found, are not
+    // referenced by any snapshot, and can be deleted without changing a row.
+    let warehouse = raindrop::catalog::open(&raindrop::config::StorageConfig::in_dir(dir.path()))
+        .await
+        .unwrap();
+    let table = warehouse.raw_events().await.unwrap();
+    let report = raindrop::maintenance::find_orphan_files(&table, Duration::ZERO)
+        .await
+        .unwrap();
+    eprintln!(
+        "kill -9 test: {} data files, {} referenced, {} orphans",
+        report.on_disk,
+        report.referenced,
+        report.orphans.len()
+    );
+    assert_eq!(report.on_disk, report.referenced + report.orphans.len());
+    raindrop::maintenance::delete_orphans(&report).unwrap();
+    assert_eq!(batches_present(&server.url).await, present);
 }
