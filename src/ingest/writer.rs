@@ -408,47 +408,88 @@ pub async fn write_data_files(table: &Table, batches: Vec<RecordBatch>) -> Resul
     let iceberg_schema = metadata.current_schema().clone();
     let spec = metadata.default_partition_spec().clone();
     let parquet = ParquetWriterBuilder::new(schema::writer_properties(), iceberg_schema.clone());
-    let rolling = RollingFileWriterBuilder::new(
-        parquet,
-        schema::TARGET_FILE_SIZE,
-        table.file_io().clone(),
-        DefaultLocationGenerator::new(metadata)?,
-        // The generator's counter restarts per instance: a UUID v7 prefix
-        // keeps names unique across writers, processes and nodes.
-        DefaultFileNameGenerator::new(
-            uuid::Uuid::now_v7().to_string(),
-            None,
-            DataFileFormat::Parquet,
-        ),
+    let locations = DefaultLocationGenerator::new(metadata)?;
+    // The generator's counter restarts per instance: a UUID v7 prefix keeps
+    // names unique across writers, processes and nodes (clones share the
+    // counter, so parallel workers never collide).
+    let names = DefaultFileNameGenerator::new(
+        uuid::Uuid::now_v7().to_string(),
+        None,
+        DataFileFormat::Parquet,
     );
-    let builder = DataFileWriterBuilder::new(rolling);
+    let file_io = table.file_io().clone();
+    let new_builder = move || {
+        DataFileWriterBuilder::new(RollingFileWriterBuilder::new(
+            parquet.clone(),
+            schema::TARGET_FILE_SIZE,
+            file_io.clone(),
+            locations.clone(),
+            names.clone(),
+        ))
+    };
     // Concatenate so each partition gets one write (one file per partition
     // per stream; the rolling writer only splits above the target size).
     let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches)?;
     drop(batches);
     let batch = sort_for_layout(batch)?;
 
-    let result = if spec.is_unpartitioned() {
-        let mut writer = builder.build(None).await?;
+    let result: Result<Vec<DataFile>> = if spec.is_unpartitioned() {
+        let mut writer = new_builder().build(None).await?;
         writer.write(batch).await?;
-        writer.close().await
+        Ok(writer.close().await?)
     } else {
         let splitter =
             RecordBatchPartitionSplitter::try_new_with_computed_values(iceberg_schema, spec)?;
-        let mut writer = FanoutWriter::new(builder);
-        let mut result = Ok(());
-        for (key, part) in splitter.split(&batch)? {
-            if let Err(e) = writer.write(key, part).await {
-                result = Err(e);
-                break;
+        // Encoding Parquet is CPU-bound: write the partitions on all cores,
+        // largest first onto the least-loaded worker.
+        let mut parts = splitter.split(&batch)?;
+        drop(batch);
+        parts.sort_by_key(|(_, b)| std::cmp::Reverse(b.num_rows()));
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(parts.len())
+            .max(1);
+        let mut shares: Vec<(usize, Vec<_>)> = (0..workers).map(|_| (0, vec![])).collect();
+        for part in parts {
+            let lightest = shares
+                .iter_mut()
+                .min_by_key(|(rows, _)| *rows)
+                .expect("workers >= 1");
+            lightest.0 += part.1.num_rows();
+            lightest.1.push(part);
+        }
+        let tasks: Vec<_> = shares
+            .into_iter()
+            .map(|(_, share)| {
+                let builder = new_builder();
+                tokio::spawn(async move {
+                    let mut writer = FanoutWriter::new(builder);
+                    for (key, part) in share {
+                        writer.write(key, part).await?;
+                    }
+                    writer.close().await
+                })
+            })
+            .collect();
+        let mut files = vec![];
+        let mut first_error = None;
+        for task in tasks {
+            match task.await {
+                Ok(Ok(f)) => files.extend(f),
+                Ok(Err(e)) => first_error = first_error.or(Some(Error::from(e))),
+                Err(e) => {
+                    first_error = first_error.or(Some(Error::Internal(format!("writer task: {e}"))))
+                }
             }
         }
-        match result {
-            Ok(()) => writer.close().await,
-            Err(e) => Err(e),
+        if let Some(e) = first_error {
+            let paths: Vec<String> = files.iter().map(|f| f.file_path().to_string()).collect();
+            delete_files(table, &paths).await;
+            return Err(e);
         }
+        Ok(files)
     };
-    Ok(result?)
+    result
 }
 
 /// Columns rows are sorted by inside each file, when the table has them:
