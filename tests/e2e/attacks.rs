@@ -125,15 +125,7 @@ fn events(project: Option<&str>) -> RecordBatch {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acme_cannot_reach_globex() {
     let server = loaded_server().await;
-    let log = server
-        .handle
-        .as_ref()
-        .unwrap()
-        .services
-        .query
-        .warehouse()
-        .access_log
-        .clone();
+    let log = server.access_log();
     let mut acme = server.client("acme").await;
     let mut globex = server.client("globex").await;
     let globex_rows = count(&mut globex, "SELECT count(*) FROM wildedge.raw_events").await;

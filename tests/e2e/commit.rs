@@ -1,8 +1,6 @@
 //! Group commit and idempotent retries.
 
-use raindrop::config::ServeConfig;
 use raindrop::server::ServerHandle;
-use raindrop::tenant::{Role, tokens};
 
 use crate::common::*;
 
@@ -19,12 +17,8 @@ async fn snapshots(server: &ServerHandle) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_streams_share_commits() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = ServeConfig::in_dir(dir.path());
-    cfg.limits.commit_max_delay_ms = 500;
-    let token = "group-commit-token-0123456789";
-    tokens::create_token(&cfg.tokens_file(), token, Some(ACME), Role::ReadWrite, "").unwrap();
-    let server = ServerHandle::start(cfg).await.unwrap();
+    let (server, _dir) = custom_server(|c| c.limits.commit_max_delay_ms = 500).await;
+    let token = ACME_TOKEN;
     let data = dataset().await;
     let before = snapshots(&server).await;
 
@@ -133,12 +127,8 @@ async fn retries_with_a_request_id_are_idempotent_across_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_retries_of_one_request_commit_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = ServeConfig::in_dir(dir.path());
-    cfg.limits.commit_max_delay_ms = 300;
-    let token = "race-token-0123456789abc";
-    tokens::create_token(&cfg.tokens_file(), token, Some(ACME), Role::ReadWrite, "").unwrap();
-    let server = ServerHandle::start(cfg).await.unwrap();
+    let (server, _dir) = custom_server(|c| c.limits.commit_max_delay_ms = 300).await;
+    let token = ACME_TOKEN;
     let batch = dataset().await.acme.events[0].slice(0, 100);
     let mut tasks = vec![];
     for _ in 0..4 {

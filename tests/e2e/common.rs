@@ -81,10 +81,47 @@ impl TestServer {
         self.handle = Some(handle);
     }
 
+    /// The storage access log of the running server.
+    pub fn access_log(&self) -> Arc<raindrop::catalog::audit::AccessLog> {
+        self.handle
+            .as_ref()
+            .unwrap()
+            .services
+            .query
+            .warehouse()
+            .access_log
+            .clone()
+    }
+
     /// Root of `raw_events` data files.
     pub fn raw_events_data(&self) -> PathBuf {
         self.dir.path().join("warehouse/wildedge/raw_events/data")
     }
+}
+
+/// Tokens (read_write) of servers started by [`custom_server`].
+pub const ACME_TOKEN: &str = "custom-acme-token-0123456789";
+pub const GLOBEX_TOKEN: &str = "custom-globex-token-0123456789";
+
+/// A server over a fresh dir with `adjust`ed config and read_write tokens
+/// [`ACME_TOKEN`] and [`GLOBEX_TOKEN`]. Keep the dir alive with the server.
+pub async fn custom_server(
+    adjust: impl FnOnce(&mut ServeConfig),
+) -> (ServerHandle, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = ServeConfig::in_dir(dir.path());
+    adjust(&mut cfg);
+    for (token, project) in [(ACME_TOKEN, ACME), (GLOBEX_TOKEN, GLOBEX)] {
+        tokens::create_token(
+            &cfg.tokens_file(),
+            token,
+            Some(project),
+            Role::ReadWrite,
+            "",
+        )
+        .unwrap();
+    }
+    (ServerHandle::start(cfg).await.unwrap(), dir)
 }
 
 /// Every Parquet file under `dir`, recursively.

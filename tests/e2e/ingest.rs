@@ -282,20 +282,8 @@ fn wide_batch(n: usize, tag: &str) -> RecordBatch {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_batches_are_accepted_and_oversize_streams_refused() {
     // A server with a 40 MiB stream limit.
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = raindrop::config::ServeConfig::in_dir(dir.path());
-    cfg.limits.max_ingest_mib = 40;
-    let token = "small-limit-token-0123456789";
-    raindrop::tenant::tokens::create_token(
-        &cfg.tokens_file(),
-        token,
-        Some("acme"),
-        raindrop::tenant::Role::ReadWrite,
-        "",
-    )
-    .unwrap();
-    let server = raindrop::server::ServerHandle::start(cfg).await.unwrap();
-    let mut c = raindrop::client::RaindropClient::connect(&server.url(), token)
+    let (server, _dir) = custom_server(|c| c.limits.max_ingest_mib = 40).await;
+    let mut c = raindrop::client::RaindropClient::connect(&server.url(), ACME_TOKEN)
         .await
         .unwrap();
 
@@ -327,20 +315,8 @@ async fn large_batches_are_accepted_and_oversize_streams_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_ingest_buffers_push_back_then_recover() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = raindrop::config::ServeConfig::in_dir(dir.path());
-    cfg.limits.max_buffered_mib = 30;
-    let token = "budget-token-0123456789";
-    raindrop::tenant::tokens::create_token(
-        &cfg.tokens_file(),
-        token,
-        Some("acme"),
-        raindrop::tenant::Role::ReadWrite,
-        "",
-    )
-    .unwrap();
-    let server = raindrop::server::ServerHandle::start(cfg).await.unwrap();
-    let mut c = raindrop::client::RaindropClient::connect(&server.url(), token)
+    let (server, _dir) = custom_server(|c| c.limits.max_buffered_mib = 30).await;
+    let mut c = raindrop::client::RaindropClient::connect(&server.url(), ACME_TOKEN)
         .await
         .unwrap();
     // ~25 MB per batch: the second cannot fit in a 30 MiB budget.

@@ -81,15 +81,7 @@ async fn adversarial_sql_sees_only_own_rows() {
         ),
     ];
     // Record every object the storage layer reads while acme attacks.
-    let log = server
-        .handle
-        .as_ref()
-        .unwrap()
-        .services
-        .query
-        .warehouse()
-        .access_log
-        .clone();
+    let log = server.access_log();
     log.start();
     for (sql, want) in cases {
         assert_eq!(count(&mut acme, sql).await, want, "{sql}");

@@ -2,35 +2,19 @@
 //! queries per tenant — each a clean status, the server staying up.
 
 use raindrop::client::RaindropClient;
-use raindrop::config::ServeConfig;
-use raindrop::server::ServerHandle;
-use raindrop::tenant::{Role, tokens};
 use tonic::Code;
 
 use crate::common::*;
 
-async fn server_with(f: impl FnOnce(&mut ServeConfig)) -> (ServerHandle, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = ServeConfig::in_dir(dir.path());
-    f(&mut cfg);
-    for (t, p) in [
-        ("limits-acme-token-012345", ACME),
-        ("limits-globex-token-012345", GLOBEX),
-    ] {
-        tokens::create_token(&cfg.tokens_file(), t, Some(p), Role::ReadWrite, "").unwrap();
-    }
-    (ServerHandle::start(cfg).await.unwrap(), dir)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn time_memory_and_result_limits() {
-    let (server, _dir) = server_with(|c| {
+    let (server, _dir) = custom_server(|c| {
         c.limits.query_timeout_secs = 1;
         c.limits.query_memory_mib = 32;
         c.limits.max_result_mib = 1;
     })
     .await;
-    let mut c = RaindropClient::connect(&server.url(), "limits-acme-token-012345")
+    let mut c = RaindropClient::connect(&server.url(), ACME_TOKEN)
         .await
         .unwrap();
 
@@ -63,8 +47,8 @@ async fn time_memory_and_result_limits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_queries_are_capped_per_tenant() {
-    let (server, _dir) = server_with(|c| c.limits.max_queries_per_tenant = 1).await;
-    let mut acme = RaindropClient::connect(&server.url(), "limits-acme-token-012345")
+    let (server, _dir) = custom_server(|c| c.limits.max_queries_per_tenant = 1).await;
+    let mut acme = RaindropClient::connect(&server.url(), ACME_TOKEN)
         .await
         .unwrap();
     // Start a long query and hold its stream open without reading it.
@@ -82,14 +66,14 @@ async fn concurrent_queries_are_capped_per_tenant() {
         .await
         .unwrap();
 
-    let mut acme2 = RaindropClient::connect(&server.url(), "limits-acme-token-012345")
+    let mut acme2 = RaindropClient::connect(&server.url(), ACME_TOKEN)
         .await
         .unwrap();
     let err = acme2.query("SELECT 1").await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
 
     // Another tenant is not affected.
-    let mut globex = RaindropClient::connect(&server.url(), "limits-globex-token-012345")
+    let mut globex = RaindropClient::connect(&server.url(), GLOBEX_TOKEN)
         .await
         .unwrap();
     assert_eq!(

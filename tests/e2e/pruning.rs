@@ -112,15 +112,7 @@ async fn day_and_time_predicates_prune_files() {
     assert!(n > 0 && n < events_on(&data.acme, day));
 
     // At the storage layer: the one-day query opened exactly that day's files.
-    let log = server
-        .handle
-        .as_ref()
-        .unwrap()
-        .services
-        .query
-        .warehouse()
-        .access_log
-        .clone();
+    let log = server.access_log();
     log.start();
     count(
         &mut acme,
