@@ -244,6 +244,8 @@ impl ExecutionPlan for IcebergScanExec {
         let bytes = MetricBuilder::new(&self.metrics).counter("bytes_scanned", partition);
         let rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         files.add(tasks.len());
+        let (label, planned_files, file_count) =
+            (self.label.clone(), self.plan.files.len(), tasks.len());
         let batch_size = context.session_config().batch_size();
         let reader = self
             .table
@@ -274,6 +276,14 @@ impl ExecutionPlan for IcebergScanExec {
             // After the last file, report what the reader fetched.
             .chain(futures::stream::once(async move {
                 bytes.add(scan_metrics.bytes_read() as usize);
+                tracing::debug!(
+                    table = %label,
+                    partition,
+                    files_planned = planned_files,
+                    files_scanned = file_count,
+                    bytes_read = scan_metrics.bytes_read(),
+                    "scan partition done"
+                );
                 Ok(None)
             }))
             .try_filter_map(|b| futures::future::ready(Ok(b)));
