@@ -189,6 +189,22 @@ async fn raindrop_run(url: &str, token: &str, sql: &str, runs: usize) -> (f64, u
     (ms, rows, files)
 }
 
+/// A ListingTable over the Parquet files under `root`.
+async fn listing_table(
+    state: &datafusion::execution::SessionState,
+    root: &str,
+    opts: ListingOptions,
+) -> ListingTable {
+    let url = ListingTableUrl::parse(root).unwrap();
+    let schema = opts.infer_schema(state, &url).await.unwrap();
+    ListingTable::try_new(
+        ListingTableConfig::new(url)
+            .with_listing_options(opts)
+            .with_schema(schema),
+    )
+    .unwrap()
+}
+
 async fn datafusion_ctx(data: &Path, project: Option<&str>, outcomes: &Path) -> SessionContext {
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
     ctx.sql("CREATE SCHEMA wildedge").await.unwrap();
@@ -204,14 +220,7 @@ async fn datafusion_ctx(data: &Path, project: Option<&str>, outcomes: &Path) -> 
         ),
         None => (format!("{}/", data.display()), parquet()),
     };
-    let url = ListingTableUrl::parse(&root).unwrap();
-    let schema = opts.infer_schema(&state, &url).await.unwrap();
-    let table = ListingTable::try_new(
-        ListingTableConfig::new(url)
-            .with_listing_options(opts)
-            .with_schema(schema),
-    )
-    .unwrap();
+    let table = listing_table(&state, &root, opts).await;
     let name = if project.is_some() {
         "wildedge.raw_events"
     } else {
@@ -223,15 +232,7 @@ async fn datafusion_ctx(data: &Path, project: Option<&str>, outcomes: &Path) -> 
             .await
             .unwrap();
     }
-    let url = ListingTableUrl::parse(format!("{}/", outcomes.display())).unwrap();
-    let opts = parquet();
-    let schema = opts.infer_schema(&state, &url).await.unwrap();
-    let table = ListingTable::try_new(
-        ListingTableConfig::new(url)
-            .with_listing_options(opts)
-            .with_schema(schema),
-    )
-    .unwrap();
+    let table = listing_table(&state, &format!("{}/", outcomes.display()), parquet()).await;
     ctx.register_table("warehouse.user_outcomes", Arc::new(table))
         .unwrap();
     ctx

@@ -170,6 +170,24 @@ impl RaindropClient {
         mode: IngestMode,
         batches: Vec<RecordBatch>,
     ) -> ClientResult<i64> {
+        self.ingest_with_id(schema, table, mode, None, batches)
+            .await
+    }
+
+    /// Like [`Self::ingest`], with an optional request id that makes a
+    /// retry after a timeout unable to duplicate rows.
+    pub async fn ingest_with_id(
+        &mut self,
+        schema: Option<&str>,
+        table: &str,
+        mode: IngestMode,
+        request_id: Option<&str>,
+        batches: Vec<RecordBatch>,
+    ) -> ClientResult<i64> {
+        let options = request_id
+            .map(|id| (crate::flight::REQUEST_ID_OPTION.to_string(), id.to_string()))
+            .into_iter()
+            .collect();
         let cmd = CommandStatementIngest {
             table_definition_options: Some(mode.options()),
             table: table.to_string(),
@@ -177,7 +195,7 @@ impl RaindropClient {
             catalog: None,
             temporary: false,
             transaction_id: None,
-            options: Default::default(),
+            options,
         };
         let stream = futures::stream::iter(batches.into_iter().map(Ok));
         self.inner.execute_ingest(cmd, stream).await.map_err(status)
@@ -190,21 +208,9 @@ impl RaindropClient {
         request_id: &str,
         batches: Vec<RecordBatch>,
     ) -> ClientResult<i64> {
-        let cmd = CommandStatementIngest {
-            table_definition_options: Some(IngestMode::Append.options()),
-            table: crate::schema::RAW_EVENTS.to_string(),
-            schema: None,
-            catalog: None,
-            temporary: false,
-            transaction_id: None,
-            options: [(
-                crate::flight::REQUEST_ID_OPTION.to_string(),
-                request_id.to_string(),
-            )]
-            .into(),
-        };
-        let stream = futures::stream::iter(batches.into_iter().map(Ok));
-        self.inner.execute_ingest(cmd, stream).await.map_err(status)
+        let table = crate::schema::RAW_EVENTS;
+        self.ingest_with_id(None, table, IngestMode::Append, Some(request_id), batches)
+            .await
     }
 
     /// Append telemetry rows to `raw_events`.
