@@ -112,6 +112,15 @@ impl TableCache {
         Ok(table)
     }
 
+    /// Whether the catalog currently points at `location`; `None` when that
+    /// cannot be answered without loading the table (non-SQL catalogs).
+    pub async fn points_at(&self, ident: &TableIdent, location: &str) -> Result<Option<bool>> {
+        match &self.pointer {
+            Some(p) => Ok(Some(p.current(ident).await?.as_deref() == Some(location))),
+            None => Ok(None),
+        }
+    }
+
     /// Remember a table version (e.g. the result of our own commit).
     pub fn insert(&self, table: &Table) {
         let Some(location) = table.metadata_location() else {

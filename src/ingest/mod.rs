@@ -112,7 +112,11 @@ impl Ingestor {
         wait: Duration,
         commit: CommitConfig,
     ) -> Self {
-        let writer = Arc::new(TableWriter::new(warehouse.catalog.clone(), commit));
+        let writer = Arc::new(TableWriter::new(
+            warehouse.catalog.clone(),
+            warehouse.tables.clone(),
+            commit,
+        ));
         let total_kib = (max_buffered_bytes / 1024).clamp(1, u32::MAX as usize);
         Self {
             warehouse,
@@ -323,7 +327,7 @@ impl Ingestor {
         let target: SchemaRef = Arc::new(match &new_schema {
             Some(s) => iceberg::arrow::schema_to_arrow_schema(s)?,
             None => {
-                let t = self.warehouse.catalog.load_table(&ident).await?;
+                let t = self.warehouse.load_table(&ident).await?;
                 iceberg::arrow::schema_to_arrow_schema(t.metadata().current_schema())?
             }
         });

@@ -30,6 +30,7 @@ use iceberg::{Catalog, TableIdent};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::catalog::cache::TableCache;
 use crate::error::{Error, Result};
 use crate::schema;
 
@@ -141,6 +142,7 @@ struct Committer {
 /// files and one snapshot, and answers each stream only after that commit.
 pub struct TableWriter {
     catalog: Arc<dyn Catalog>,
+    tables: Arc<TableCache>,
     config: CommitConfig,
     committers: tokio::sync::Mutex<HashMap<TableIdent, Committer>>,
 }
@@ -154,10 +156,12 @@ impl std::fmt::Debug for TableWriter {
 }
 
 impl TableWriter {
-    /// A writer over `catalog`.
-    pub fn new(catalog: Arc<dyn Catalog>, config: CommitConfig) -> Self {
+    /// A writer over `catalog`, loading tables through `tables` (so a
+    /// commit's base is usually the cached result of the previous commit).
+    pub fn new(catalog: Arc<dyn Catalog>, tables: Arc<TableCache>, config: CommitConfig) -> Self {
         Self {
             catalog,
+            tables,
             config,
             committers: tokio::sync::Mutex::new(HashMap::new()),
         }
@@ -171,13 +175,14 @@ impl TableWriter {
         if let Some(c) = committers.get(ident).filter(|c| !c.queue.is_closed()) {
             return Ok((c.queue.clone(), c.dedup.clone()));
         }
-        let table = self.catalog.load_table(ident).await?;
+        let table = self.tables.load(self.catalog.as_ref(), ident).await?;
         let mut dedup = Dedup::default();
         dedup.load(&table);
         let dedup = Arc::new(Mutex::new(dedup));
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run_committer(
             self.catalog.clone(),
+            self.tables.clone(),
             ident.clone(),
             self.config,
             rx,
@@ -243,6 +248,7 @@ impl TableWriter {
 
 async fn run_committer(
     catalog: Arc<dyn Catalog>,
+    tables: Arc<TableCache>,
     ident: TableIdent,
     config: CommitConfig,
     mut rx: mpsc::UnboundedReceiver<Pending>,
@@ -285,7 +291,7 @@ async fn run_committer(
             }
             continue;
         }
-        let result = commit_group(catalog.as_ref(), &ident, &group).await;
+        let result = commit_group(catalog.as_ref(), &tables, &ident, &group).await;
         match result {
             Ok((snapshot_id, files)) => {
                 let mut d = dedup.lock().expect("dedup lock");
@@ -347,10 +353,11 @@ fn answer_duplicate(p: Pending, dedup: &Mutex<Dedup>, failure: Option<&Error>) {
 /// Write the group's rows as one set of files and commit one snapshot.
 async fn commit_group(
     catalog: &dyn Catalog,
+    tables: &TableCache,
     ident: &TableIdent,
     group: &[Pending],
 ) -> Result<(i64, Vec<String>)> {
-    let table = catalog.load_table(ident).await?;
+    let table = tables.load(catalog, ident).await?;
     let batches: Vec<RecordBatch> = group
         .iter()
         .flat_map(|p| p.batches.iter().cloned())
@@ -382,18 +389,35 @@ async fn commit_group(
         tx.commit(catalog).await
     }
     .await;
-    let snapshot_id = match committed {
-        Ok(t) => t.metadata().current_snapshot_id().unwrap_or_default(),
+    let committed = match committed {
+        Ok(t) => t,
         Err(e) => {
             delete_files(&table, &paths).await;
             return Err(e.into());
         }
     };
+    let snapshot_id = committed
+        .metadata()
+        .current_snapshot_id()
+        .unwrap_or_default();
     // Confirm before acknowledging: the SQL catalog can report success for
     // a compare-and-swap whose database COMMIT failed (e.g. SQLITE_BUSY).
+    // Usually the pointer still names our metadata (one row read); if
+    // another writer moved on since, look for our snapshot in its history.
     // Snapshots are never removed here, so absence means not committed.
-    let current = catalog.load_table(ident).await?;
-    if current.metadata().snapshot_by_id(snapshot_id).is_none() {
+    let location = committed.metadata_location().unwrap_or_default();
+    let confirmed = match tables.points_at(ident, location).await? {
+        Some(true) => true,
+        _ => catalog
+            .load_table(ident)
+            .await?
+            .metadata()
+            .snapshot_by_id(snapshot_id)
+            .is_some(),
+    };
+    if confirmed {
+        tables.insert(&committed);
+    } else {
         delete_files(&table, &paths).await;
         return Err(Error::Aborted(format!(
             "commit of snapshot {snapshot_id} to {ident} was not confirmed by the catalog; nothing was written, retry"
