@@ -4,6 +4,14 @@
 //! PyIceberg `append` into an equivalent table, and DuckDB's ZSTD Parquet
 //! size.
 //!
+//! The same events are sent in two arrival orders:
+//! - **live**: as SDKs send telemetry, in time order: each project's events
+//!   sorted by time, cut into batches, batches sent in the order they would
+//!   fill up (a batch covers a short time range, usually one day);
+//! - **backfill**: the generator's order, where every batch spans all 30
+//!   days (an import of history; the small-files worst case, since each
+//!   batch touches 30 `event_day` partitions).
+//!
 //! ```text
 //! cargo bench --bench ingest
 //! RAINDROP_BENCH_EVENTS=500000 RAINDROP_BENCH_CLIENTS=2 cargo bench --bench ingest
@@ -13,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Field;
 use chrono::Utc;
 use parquet::arrow::ArrowWriter;
@@ -68,6 +76,45 @@ fn data_bytes(dir: &Path) -> u64 {
     total
 }
 
+/// A project's events in time order, cut into batches of `batch_rows`.
+fn live_order(
+    project: &str,
+    batches: &[RecordBatch],
+    batch_rows: usize,
+) -> Vec<(i64, String, RecordBatch)> {
+    let all = arrow::compute::concat_batches(&batches[0].schema(), batches).unwrap();
+    let ts = all.column_by_name("event_timestamp").unwrap().clone();
+    let order = arrow::compute::sort_to_indices(&ts, None, None).unwrap();
+    let sorted = arrow::compute::take_record_batch(&all, &order).unwrap();
+    (0..sorted.num_rows())
+        .step_by(batch_rows)
+        .map(|start| {
+            let b = sorted.slice(start, batch_rows.min(sorted.num_rows() - start));
+            let last = b
+                .column_by_name("event_timestamp")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                .value(b.num_rows() - 1);
+            (last, project.to_string(), b)
+        })
+        .collect()
+}
+
+/// What one arrival order measured.
+struct Run {
+    rows: usize,
+    batches: usize,
+    arrow_rps: f64,
+    arrow_bytes: u64,
+    raindrop_rps: f64,
+    latencies: Vec<f64>,
+    commits: Vec<f64>,
+    snapshots: usize,
+    files: usize,
+    raindrop_bytes: u64,
+    peer: Option<serde_json::Value>,
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("ingest benchmark: run with `cargo bench --bench ingest`");
@@ -86,20 +133,40 @@ fn main() {
         end: Utc::now(),
     };
     let ids = project_ids(projects);
-    let batches: Vec<(String, RecordBatch)> = (0..projects)
-        .flat_map(|i| {
+    let generated: Vec<(String, Vec<RecordBatch>)> = (0..projects)
+        .map(|i| {
             let p = ids[i].clone();
-            generate_project(&cfg, i)
+            let events = generate_project(&cfg, i)
                 .events
-                .into_iter()
-                .map(move |b| (p.clone(), with_project(&p, &b)))
+                .iter()
+                .map(|b| with_project(&p, b))
+                .collect();
+            (p, events)
         })
         .collect();
-    let rows: usize = batches.iter().map(|(_, b)| b.num_rows()).sum();
+    let backfill: Vec<(String, RecordBatch)> = generated
+        .iter()
+        .flat_map(|(p, bs)| bs.iter().map(move |b| (p.clone(), b.clone())))
+        .collect();
+    let mut live: Vec<(i64, String, RecordBatch)> = generated
+        .iter()
+        .flat_map(|(p, bs)| live_order(p, bs, batch_rows))
+        .collect();
+    live.sort_by_key(|(t, _, _)| *t);
+    let live: Vec<(String, RecordBatch)> = live.into_iter().map(|(_, p, b)| (p, b)).collect();
+    drop(generated);
     println!(
-        "{rows} events, {} batches of <= {batch_rows} rows, {clients} concurrent clients, 10 projects, 30 days\n",
-        batches.len()
+        "{events} events, 10 projects (skewed), 30 days, {clients} concurrent clients, DoPuts of <= {batch_rows} rows\n"
     );
+    let runs: Vec<(&str, Run)> = vec![
+        ("live", run(&live, clients, &ids)),
+        ("backfill", run(&backfill, clients, &ids)),
+    ];
+    print_table(&runs);
+}
+
+fn run(batches: &[(String, RecordBatch)], clients: usize, ids: &[String]) -> Run {
+    let rows: usize = batches.iter().map(|(_, b)| b.num_rows()).sum();
     let work = tempfile::tempdir().unwrap();
 
     // Reference: one in-process ArrowWriter, ZSTD, same writer properties.
@@ -111,7 +178,7 @@ fn main() {
         Some(raindrop::schema::writer_properties()),
     )
     .unwrap();
-    for (_, b) in &batches {
+    for (_, b) in batches {
         w.write(b).unwrap();
     }
     w.close().unwrap();
@@ -126,15 +193,15 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let serve = ServeConfig::in_dir(&dir);
     let mut secrets = std::collections::HashMap::new();
-    for p in &ids {
+    for p in ids {
         let s = tokens::generate_secret();
         tokens::create_token(&serve.tokens_file(), &s, Some(p), Role::Ingest, "bench").unwrap();
         secrets.insert(p.clone(), s);
     }
-    let (raindrop_secs, mut latencies, snapshots) = rt.block_on(async {
+    let (raindrop_secs, mut latencies, mut commits, snapshots) = rt.block_on(async {
         let server = ServerHandle::start(serve).await.unwrap();
         let url = server.url();
-        let shared = Arc::new(std::sync::Mutex::new(batches.clone().into_iter()));
+        let shared = Arc::new(std::sync::Mutex::new(batches.to_vec().into_iter()));
         let t = Instant::now();
         let mut tasks = vec![];
         for _ in 0..clients {
@@ -166,6 +233,14 @@ fn main() {
             all.extend(t.await.unwrap());
         }
         let secs = t.elapsed().as_secs_f64();
+        let commits: Vec<f64> = server
+            .services
+            .ingest
+            .commit_times()
+            .snapshot()
+            .iter()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect();
         let snaps = server
             .services
             .query
@@ -177,10 +252,13 @@ fn main() {
             .snapshots()
             .count();
         server.stop().await.unwrap();
-        (secs, all, snaps)
+        (secs, all, commits, snaps)
     });
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let raindrop_bytes = data_bytes(&dir.join("warehouse/wildedge/raw_events/data"));
+    commits.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let data_dir = dir.join("warehouse/wildedge/raw_events/data");
+    let raindrop_bytes = data_bytes(&data_dir);
+    let files = count_files(&data_dir);
 
     // PyIceberg and DuckDB on the same batches.
     let ipc_path = work.path().join("batches.arrow");
@@ -189,7 +267,7 @@ fn main() {
         &batches[0].1.schema(),
     )
     .unwrap();
-    for (_, b) in &batches {
+    for (_, b) in batches {
         ipc.write(b).unwrap();
     }
     ipc.finish().unwrap();
@@ -215,43 +293,99 @@ fn main() {
             None
         }
     };
+    Run {
+        rows,
+        batches: batches.len(),
+        arrow_rps: rows as f64 / arrow_secs,
+        arrow_bytes,
+        raindrop_rps: rows as f64 / raindrop_secs,
+        latencies,
+        commits,
+        snapshots,
+        files,
+        raindrop_bytes,
+        peer,
+    }
+}
 
-    let raindrop_rps = rows as f64 / raindrop_secs;
-    let arrow_rps = rows as f64 / arrow_secs;
-    println!("| measure | value |");
-    println!("|---|---:|");
-    println!("| Raindrop DoPut -> committed Iceberg, rows/s | {raindrop_rps:.0} |");
-    println!("| in-process ArrowWriter ZSTD, rows/s | {arrow_rps:.0} |");
-    println!(
-        "| Raindrop / ArrowWriter | {:.2} |",
-        raindrop_rps / arrow_rps
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() { count_files(&p) } else { 1 }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn print_table(runs: &[(&str, Run)]) {
+    let row = |label: &str, f: &dyn Fn(&Run) -> String| {
+        let cells: Vec<String> = runs.iter().map(|(_, r)| f(r)).collect();
+        println!("| {label} | {} |", cells.join(" | "));
+    };
+    let names: Vec<&str> = runs.iter().map(|(n, _)| *n).collect();
+    println!("| measure | {} |", names.join(" | "));
+    println!("|---|{}", "---:|".repeat(runs.len()));
+    row("events / DoPuts", &|r| {
+        format!("{} / {}", r.rows, r.batches)
+    });
+    row("Raindrop DoPut -> committed Iceberg, rows/s", &|r| {
+        format!("{:.0}", r.raindrop_rps)
+    });
+    row("in-process ArrowWriter ZSTD, rows/s", &|r| {
+        format!("{:.0}", r.arrow_rps)
+    });
+    row("**Raindrop / ArrowWriter** (target >= 0.5)", &|r| {
+        format!("**{:.2}**", r.raindrop_rps / r.arrow_rps)
+    });
+    let py = |r: &Run| {
+        r.peer
+            .as_ref()
+            .and_then(|p| p["pyiceberg_rows_per_s"].as_f64())
+    };
+    row("PyIceberg append (one commit per batch), rows/s", &|r| {
+        py(r).map_or("-".into(), |v| format!("{v:.0}"))
+    });
+    row("**Raindrop / PyIceberg** (target >= 3)", &|r| {
+        py(r).map_or("-".into(), |v| format!("**{:.2}**", r.raindrop_rps / v))
+    });
+    row(
+        "**catalog commit p50 / p99, ms** (target p50 <= 50)",
+        &|r| {
+            format!(
+                "**{:.1}** / {:.1}",
+                percentile(&r.commits, 0.5),
+                percentile(&r.commits, 0.99)
+            )
+        },
     );
-    if let Some(p) = &peer {
-        let py = p["pyiceberg_rows_per_s"].as_f64().unwrap();
-        println!("| PyIceberg append (one commit per batch), rows/s | {py:.0} |");
-        println!("| Raindrop / PyIceberg | {:.2} |", raindrop_rps / py);
-    }
-    println!(
-        "| DoPut latency p50 / p99, ms (includes commit) | {:.1} / {:.1} |",
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99)
+    row(
+        "DoPut latency p50 / p99, ms (validate + write + commit + queueing)",
+        &|r| {
+            format!(
+                "{:.1} / {:.1}",
+                percentile(&r.latencies, 0.5),
+                percentile(&r.latencies, 0.99)
+            )
+        },
     );
-    println!(
-        "| DoPuts / snapshots committed | {} / {snapshots} |",
-        latencies.len()
-    );
-    println!(
-        "| Raindrop bytes per event (data files) | {:.1} |",
-        raindrop_bytes as f64 / rows as f64
-    );
-    println!(
-        "| ArrowWriter ZSTD bytes per event (one file) | {:.1} |",
-        arrow_bytes as f64 / rows as f64
-    );
-    if let Some(p) = &peer {
-        println!(
-            "| DuckDB ZSTD Parquet bytes per event | {:.1} |",
-            p["duckdb_zstd_bytes_per_event"].as_f64().unwrap()
-        );
-    }
+    row("snapshots committed / data files", &|r| {
+        format!("{} / {}", r.snapshots, r.files)
+    });
+    row("**Raindrop bytes per event** (data files)", &|r| {
+        format!("**{:.1}**", r.raindrop_bytes as f64 / r.rows as f64)
+    });
+    row("ArrowWriter ZSTD bytes per event (one file)", &|r| {
+        format!("{:.1}", r.arrow_bytes as f64 / r.rows as f64)
+    });
+    row("DuckDB ZSTD Parquet bytes per event (one file)", &|r| {
+        r.peer
+            .as_ref()
+            .and_then(|p| p["duckdb_zstd_bytes_per_event"].as_f64())
+            .map_or("-".into(), |v| format!("{v:.1}"))
+    });
 }

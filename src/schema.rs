@@ -12,8 +12,9 @@ use iceberg::spec::{
     MapType, NestedField, PartitionSpec, PrimitiveType, Schema, Transform, Type,
     UnboundPartitionSpec,
 };
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
 /// Default Iceberg namespace that holds `raw_events`.
 pub const DEFAULT_NAMESPACE: &str = "wildedge";
@@ -134,18 +135,44 @@ pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Target size of one data file before the rolling writer starts a new one.
 pub const TARGET_FILE_SIZE: usize = 128 * 1024 * 1024;
 
+/// Per-column encodings of `raw_events` columns whose values are nearly
+/// unique per row, where a dictionary only adds a page and indices: ids
+/// and doubles stay plain (left to ZSTD); sorted timestamps delta-encode to
+/// a few bits per row. Measured on the demo data (1M events, 155 partition
+/// files, pyarrow with the same settings): 34.2 -> 26.7 bytes per event.
+/// `BYTE_STREAM_SPLIT` for the doubles would save another ~0.5 bytes, but
+/// Spark's vectorized Parquet reader before 4.0 cannot read it, and every
+/// engine must be able to read the table.
+const COLUMN_ENCODINGS: &[(&str, Option<Encoding>)] = &[
+    (col::EVENT_TIMESTAMP, Some(Encoding::DELTA_BINARY_PACKED)),
+    (col::INGESTED_AT, Some(Encoding::DELTA_BINARY_PACKED)),
+    ("confidence", None),
+    ("duration_ms", None),
+    ("event_id", None),
+    ("session_id", None),
+    ("device_id", None),
+];
+
 /// Parquet properties for every file Raindrop writes. parquet-rs defaults to
 /// no compression and iceberg does not translate table properties, so this is
-/// the one place the file format is decided.
+/// the one place the file format is decided. Column settings name
+/// `raw_events` columns; other tables (without them) get the defaults.
 pub fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
+    let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(3).expect("valid level"),
         ))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_created_by(format!("raindrop {}", env!("CARGO_PKG_VERSION")))
-        .build()
+        .set_created_by(format!("raindrop {}", env!("CARGO_PKG_VERSION")));
+    for (column, encoding) in COLUMN_ENCODINGS {
+        let path = ColumnPath::from(*column);
+        builder = builder.set_column_dictionary_enabled(path.clone(), false);
+        if let Some(e) = encoding {
+            builder = builder.set_column_encoding(path, *e);
+        }
+    }
+    builder.build()
 }
 
 #[cfg(test)]

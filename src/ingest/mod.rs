@@ -130,6 +130,11 @@ impl Ingestor {
         }
     }
 
+    /// Latencies of recent catalog commits (see [`writer::CommitTimes`]).
+    pub fn commit_times(&self) -> &writer::CommitTimes {
+        self.writer.commit_times()
+    }
+
     /// Map client-supplied names (ADBC `catalog_name`, `db_schema_name`,
     /// `table`) to a target, validating every part.
     pub fn resolve_target(

@@ -13,8 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use iceberg::arrow::RecordBatchPartitionSplitter;
-use iceberg::spec::{DataFile, DataFileFormat};
+use arrow::array::{ArrayRef, AsArray, UInt32Array};
+use arrow::row::{RowConverter, SortField};
+use iceberg::arrow::{PartitionValueCalculator, arrow_struct_to_literal};
+use iceberg::spec::{DataFile, DataFileFormat, Literal, PartitionKey};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
@@ -131,6 +133,34 @@ impl Dedup {
     }
 }
 
+/// Recent catalog-commit latencies (applying the append, the catalog's
+/// compare-and-swap and its confirmation; not writing the files), for
+/// benchmarks and diagnostics. Bounded: the newest `CAPACITY` are kept.
+#[derive(Debug, Default)]
+pub struct CommitTimes(Mutex<VecDeque<Duration>>);
+
+impl CommitTimes {
+    const CAPACITY: usize = 10_000;
+
+    fn record(&self, d: Duration) {
+        let mut q = self.0.lock().expect("commit times lock");
+        if q.len() == Self::CAPACITY {
+            q.pop_front();
+        }
+        q.push_back(d);
+    }
+
+    /// The recorded latencies, oldest first.
+    pub fn snapshot(&self) -> Vec<Duration> {
+        self.0
+            .lock()
+            .expect("commit times lock")
+            .iter()
+            .copied()
+            .collect()
+    }
+}
+
 /// One committer task per table, fed through a channel.
 struct Committer {
     queue: mpsc::UnboundedSender<Pending>,
@@ -145,6 +175,7 @@ pub struct TableWriter {
     tables: Arc<TableCache>,
     config: CommitConfig,
     committers: tokio::sync::Mutex<HashMap<TableIdent, Committer>>,
+    commit_times: Arc<CommitTimes>,
 }
 
 impl std::fmt::Debug for TableWriter {
@@ -164,7 +195,13 @@ impl TableWriter {
             tables,
             config,
             committers: tokio::sync::Mutex::new(HashMap::new()),
+            commit_times: Arc::default(),
         }
+    }
+
+    /// Latencies of recent catalog commits, across tables.
+    pub fn commit_times(&self) -> &CommitTimes {
+        &self.commit_times
     }
 
     async fn committer(
@@ -187,6 +224,7 @@ impl TableWriter {
             self.config,
             rx,
             dedup.clone(),
+            self.commit_times.clone(),
         ));
         committers.insert(
             ident.clone(),
@@ -253,6 +291,7 @@ async fn run_committer(
     config: CommitConfig,
     mut rx: mpsc::UnboundedReceiver<Pending>,
     dedup: Arc<Mutex<Dedup>>,
+    commit_times: Arc<CommitTimes>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut bytes = first.bytes;
@@ -291,7 +330,7 @@ async fn run_committer(
             }
             continue;
         }
-        let result = commit_group(catalog.as_ref(), &tables, &ident, &group).await;
+        let result = commit_group(catalog.as_ref(), &tables, &ident, &group, &commit_times).await;
         match result {
             Ok((snapshot_id, files)) => {
                 let mut d = dedup.lock().expect("dedup lock");
@@ -356,6 +395,7 @@ async fn commit_group(
     tables: &TableCache,
     ident: &TableIdent,
     group: &[Pending],
+    commit_times: &CommitTimes,
 ) -> Result<(i64, Vec<String>)> {
     let table = tables.load(catalog, ident).await?;
     let batches: Vec<RecordBatch> = group
@@ -384,6 +424,7 @@ async fn commit_group(
             ids.join(","),
         )]));
     }
+    let started = std::time::Instant::now();
     let committed = async {
         let tx = action.apply(tx)?;
         tx.commit(catalog).await
@@ -416,6 +457,7 @@ async fn commit_group(
             .is_some(),
     };
     if confirmed {
+        commit_times.record(started.elapsed());
         tables.insert(&committed);
     } else {
         delete_files(&table, &paths).await;
@@ -451,94 +493,131 @@ pub async fn write_data_files(table: &Table, batches: Vec<RecordBatch>) -> Resul
             names.clone(),
         ))
     };
-    // Concatenate so each partition gets one write (one file per partition
-    // per stream; the rolling writer only splits above the target size).
     let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches)?;
     drop(batches);
-    let batch = sort_for_layout(batch)?;
-
-    let result: Result<Vec<DataFile>> = if spec.is_unpartitioned() {
+    if spec.is_unpartitioned() {
         let mut writer = new_builder().build(None).await?;
-        writer.write(batch).await?;
-        Ok(writer.close().await?)
-    } else {
-        let splitter =
-            RecordBatchPartitionSplitter::try_new_with_computed_values(iceberg_schema, spec)?;
-        // Encoding Parquet is CPU-bound: write the partitions on all cores,
-        // largest first onto the least-loaded worker.
-        let mut parts = splitter.split(&batch)?;
-        drop(batch);
-        parts.sort_by_key(|(_, b)| std::cmp::Reverse(b.num_rows()));
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(parts.len())
-            .max(1);
-        let mut shares: Vec<(usize, Vec<_>)> = (0..workers).map(|_| (0, vec![])).collect();
-        for part in parts {
-            let lightest = shares
-                .iter_mut()
-                .min_by_key(|(rows, _)| *rows)
-                .expect("workers >= 1");
-            lightest.0 += part.1.num_rows();
-            lightest.1.push(part);
-        }
-        let tasks: Vec<_> = shares
-            .into_iter()
-            .map(|(_, share)| {
-                let builder = new_builder();
-                tokio::spawn(async move {
-                    let mut writer = FanoutWriter::new(builder);
-                    for (key, part) in share {
-                        writer.write(key, part).await?;
-                    }
-                    writer.close().await
-                })
-            })
-            .collect();
-        let mut files = vec![];
-        let mut first_error = None;
-        for task in tasks {
-            match task.await {
-                Ok(Ok(f)) => files.extend(f),
-                Ok(Err(e)) => first_error = first_error.or(Some(Error::from(e))),
-                Err(e) => {
-                    first_error = first_error.or(Some(Error::Internal(format!("writer task: {e}"))))
+        writer.write(sort_for_layout(batch)?).await?;
+        return Ok(writer.close().await?);
+    }
+    // One sort orders the group by partition, then by the layout keys:
+    // each partition becomes one contiguous (zero-copy) slice, written as
+    // one file, and rows inside it are in layout order.
+    let calculator = PartitionValueCalculator::try_new(&spec, &iceberg_schema)?;
+    let partition_values = calculator.calculate(&batch)?;
+    let (batch, partition_values) = sort_by_partition_then_layout(batch, partition_values)?;
+    let partition_columns = partition_values.as_struct().columns().to_vec();
+    let ranges = arrow::compute::partition(&partition_columns)?.ranges();
+    let mut slices = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let value = partition_values.slice(r.start, 1);
+        let Some(Some(Literal::Struct(data))) =
+            arrow_struct_to_literal(&value, calculator.partition_type())?.pop()
+        else {
+            return Err(Error::Internal("partition value is not a struct".into()));
+        };
+        let key = PartitionKey::new(spec.as_ref().clone(), iceberg_schema.clone(), data);
+        slices.push((key, batch.slice(r.start, r.end - r.start)));
+    }
+    // Encoding Parquet is CPU-bound: write the partitions on all cores,
+    // largest first onto the least-loaded worker.
+    slices.sort_by_key(|(_, b)| std::cmp::Reverse(b.num_rows()));
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(slices.len())
+        .max(1);
+    let mut shares: Vec<(usize, Vec<_>)> = (0..workers).map(|_| (0, vec![])).collect();
+    for part in slices {
+        let lightest = shares
+            .iter_mut()
+            .min_by_key(|(rows, _)| *rows)
+            .expect("workers >= 1");
+        lightest.0 += part.1.num_rows();
+        lightest.1.push(part);
+    }
+    let tasks: Vec<_> = shares
+        .into_iter()
+        .map(|(_, share)| {
+            let builder = new_builder();
+            tokio::spawn(async move {
+                let mut writer = FanoutWriter::new(builder);
+                for (key, part) in share {
+                    writer.write(key, part).await?;
                 }
+                writer.close().await
+            })
+        })
+        .collect();
+    let mut files = vec![];
+    let mut first_error = None;
+    for task in tasks {
+        match task.await {
+            Ok(Ok(f)) => files.extend(f),
+            Ok(Err(e)) => first_error = first_error.or(Some(Error::from(e))),
+            Err(e) => {
+                first_error = first_error.or(Some(Error::Internal(format!("writer task: {e}"))))
             }
         }
-        if let Some(e) = first_error {
-            let paths: Vec<String> = files.iter().map(|f| f.file_path().to_string()).collect();
-            delete_files(table, &paths).await;
-            return Err(e);
-        }
-        Ok(files)
-    };
-    result
+    }
+    if let Some(e) = first_error {
+        let paths: Vec<String> = files.iter().map(|f| f.file_path().to_string()).collect();
+        delete_files(table, &paths).await;
+        return Err(e);
+    }
+    Ok(files)
 }
 
 /// Columns rows are sorted by inside each file, when the table has them:
 /// rows of one model sit together (better dictionary/RLE compression) and
-/// time-ordered within it, so row-group min/max statistics prune time
-/// ranges inside a day's file.
+/// time-ordered within it, so timestamps delta-encode to a few bits and
+/// row-group/page min/max statistics prune time ranges inside a day's file.
+/// (Measured alternative: model, session, time packs ~4% smaller on the
+/// demo data but scatters time, losing in-file time pruning.)
 pub const SORT_COLUMNS: &[&str] = &["model_name", "event_timestamp"];
 
-fn sort_for_layout(batch: RecordBatch) -> Result<RecordBatch> {
-    let columns: Option<Vec<_>> = SORT_COLUMNS
+fn layout_keys(batch: &RecordBatch) -> Vec<ArrayRef> {
+    SORT_COLUMNS
         .iter()
-        .map(|c| batch.column_by_name(c))
-        .collect();
-    let Some(columns) = columns else {
-        return Ok(batch);
-    };
-    let keys: Vec<arrow::compute::SortColumn> = columns
-        .into_iter()
-        .map(|c| arrow::compute::SortColumn {
-            values: c.clone(),
-            options: None,
-        })
-        .collect();
-    let indices = arrow::compute::lexsort_to_indices(&keys, None)?;
-    Ok(arrow::compute::take_record_batch(&batch, &indices)?)
+        .filter_map(|c| batch.column_by_name(c).cloned())
+        .collect()
+}
+
+/// The order of rows sorted by `keys`, compared in arrow's row format (one
+/// memcmp per pair, whatever the number and types of keys); `None` without
+/// keys.
+fn sort_rows(keys: &[ArrayRef]) -> Result<Option<UInt32Array>> {
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    let converter = RowConverter::new(
+        keys.iter()
+            .map(|k| SortField::new(k.data_type().clone()))
+            .collect(),
+    )?;
+    let rows = converter.convert_columns(keys)?;
+    let mut order: Vec<u32> = (0..rows.num_rows() as u32).collect();
+    order.sort_unstable_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
+    Ok(Some(UInt32Array::from(order)))
+}
+
+fn sort_for_layout(batch: RecordBatch) -> Result<RecordBatch> {
+    match sort_rows(&layout_keys(&batch))? {
+        Some(order) => Ok(arrow::compute::take_record_batch(&batch, &order)?),
+        None => Ok(batch),
+    }
+}
+
+fn sort_by_partition_then_layout(
+    batch: RecordBatch,
+    partition_values: ArrayRef,
+) -> Result<(RecordBatch, ArrayRef)> {
+    let mut keys = partition_values.as_struct().columns().to_vec();
+    keys.extend(layout_keys(&batch));
+    let order = sort_rows(&keys)?.expect("partition keys are present");
+    Ok((
+        arrow::compute::take_record_batch(&batch, &order)?,
+        arrow::compute::take(&partition_values, &order, None)?,
+    ))
 }
 
 /// Best-effort removal of files that were written but never committed.
