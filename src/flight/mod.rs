@@ -5,6 +5,7 @@ pub mod auth;
 mod metadata;
 pub mod prepared;
 mod sql_info;
+pub mod ticket;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -44,6 +45,7 @@ use crate::query::{QueryEngine, client_schema, is_update, params, update_result_
 use crate::tenant::Principal;
 use crate::tenant::tokens::TokenStore;
 use prepared::{PreparedStatements, Statement};
+use ticket::StatementTicket;
 
 /// Shared state behind the Flight service.
 #[derive(Debug)]
@@ -206,43 +208,6 @@ impl RaindropFlightService {
 
 fn params_row(batch: &RecordBatch, row: usize) -> Result<datafusion::common::ParamValues> {
     params::row_params(batch, row)
-}
-
-/// What a statement ticket asks `DoGet` for. Tickets are untrusted input:
-/// a query ticket carries only SQL, which `DoGet` re-authenticates and
-/// re-plans as the caller; an update ticket only echoes a row count.
-#[derive(Debug, PartialEq)]
-enum StatementTicket {
-    /// Run this query.
-    Query(String),
-    /// An update already executed by `GetFlightInfo`; report its count.
-    Updated(u64),
-}
-
-impl StatementTicket {
-    fn encode(&self) -> Ticket {
-        let handle = match self {
-            StatementTicket::Query(sql) => [b"Q", sql.as_bytes()].concat(),
-            StatementTicket::Updated(n) => [b"U".as_slice(), &n.to_le_bytes()].concat(),
-        };
-        let ticket = TicketStatementQuery {
-            statement_handle: handle.into(),
-        };
-        Ticket::new(ticket.as_any().encode_to_vec())
-    }
-
-    fn decode(ticket: &TicketStatementQuery) -> Result<Self> {
-        let bad = || Error::InvalidArgument("malformed statement ticket".into());
-        match ticket.statement_handle.split_first() {
-            Some((b'Q', sql)) => Ok(Self::Query(
-                String::from_utf8(sql.to_vec()).map_err(|_| bad())?,
-            )),
-            Some((b'U', n)) => Ok(Self::Updated(u64::from_le_bytes(
-                n.try_into().map_err(|_| bad())?,
-            ))),
-            _ => Err(bad()),
-        }
-    }
 }
 
 /// Ingest option carrying a client request id (idempotent retries).
@@ -982,28 +947,4 @@ impl FlightSqlService for RaindropFlightService {
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statement_tickets_round_trip_and_reject_garbage() {
-        for t in [
-            StatementTicket::Query("SELECT 1".into()),
-            StatementTicket::Updated(42),
-        ] {
-            let ticket = t.encode();
-            let any = Any::decode(&*ticket.ticket).unwrap();
-            let cmd: TicketStatementQuery = any.unpack().unwrap().unwrap();
-            assert_eq!(StatementTicket::decode(&cmd).unwrap(), t);
-        }
-        for garbage in [&b""[..], b"X", b"U123", b"Q\xff\xfe"] {
-            let cmd = TicketStatementQuery {
-                statement_handle: garbage.to_vec().into(),
-            };
-            assert!(StatementTicket::decode(&cmd).is_err(), "{garbage:?}");
-        }
-    }
 }
