@@ -13,4 +13,5 @@ mod limits;
 mod processes;
 mod pruning;
 mod seed_query;
+mod slt;
 mod tls;
