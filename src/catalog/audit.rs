@@ -1,12 +1,21 @@
-//! Storage wrapper that can record every object read.
+//! Local-filesystem storage wrapper: records every object read, and makes
+//! every object written durable before the write returns.
 //!
 //! All table I/O goes through iceberg's `FileIO`; wrapping its storage is
-//! the one place that sees every metadata file, manifest and data file a
-//! query opens. Recording is off by default (it costs a lock per read);
-//! the isolation tests switch it on to prove that a tenant's queries open
-//! no data file outside `project_id=<own>/`. Every read is also traced at
-//! `trace` level (`RAINDROP_LOG=raindrop::catalog::audit=trace`).
+//! the one place that sees every metadata file, manifest and data file.
+//!
+//! - **Reads** can be recorded. Recording is off by default (it costs a
+//!   lock per read); the isolation tests switch it on to prove that a
+//!   tenant's queries open no data file outside `project_id=<own>/`. Every
+//!   read is also traced (`RAINDROP_LOG=raindrop::catalog::audit=trace`).
+//! - **Writes** are fsynced with their directory entries. iceberg's local
+//!   storage fsyncs streamed files (data files) but not whole-object writes
+//!   (manifests, manifest lists, table metadata) nor any directory. Without
+//!   this, a power loss after a commit could leave the catalog pointing at
+//!   metadata that never reached the disk. A `DoPut` is acknowledged after
+//!   the catalog commit, so everything it references is durable by then.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -81,11 +90,23 @@ impl Storage for AuditedStorage {
     }
 
     async fn write(&self, path: &str, bs: Bytes) -> Result<()> {
-        self.inner.write(path, bs).await
+        let local = local_path(path);
+        let new_dirs = missing_dirs(&local);
+        self.inner.write(path, bs).await?;
+        std::fs::File::open(&local)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io_error("sync", &local, e))?;
+        sync_entries(&local, &new_dirs)
     }
 
     async fn writer(&self, path: &str) -> Result<Box<dyn FileWrite>> {
-        self.inner.writer(path).await
+        let local = local_path(path);
+        let new_dirs = missing_dirs(&local);
+        Ok(Box::new(DurableWrite {
+            inner: self.inner.writer(path).await?,
+            path: local,
+            new_dirs,
+        }))
     }
 
     async fn delete(&self, path: &str) -> Result<()> {
@@ -106,6 +127,69 @@ impl Storage for AuditedStorage {
 
     fn new_output(&self, path: &str) -> Result<OutputFile> {
         Ok(OutputFile::new(Arc::new(self.clone()), path.to_string()))
+    }
+}
+
+/// A file path from a `file://` location (as iceberg's local storage reads it).
+fn local_path(location: &str) -> PathBuf {
+    let rest = location
+        .strip_prefix("file://")
+        .or_else(|| location.strip_prefix("file:"))
+        .unwrap_or(location);
+    if rest.starts_with('/') {
+        PathBuf::from(rest)
+    } else {
+        PathBuf::from(format!("/{rest}"))
+    }
+}
+
+/// Ancestors of `path` that do not exist yet (the write will create them).
+fn missing_dirs(path: &Path) -> Vec<PathBuf> {
+    path.ancestors()
+        .skip(1)
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .map(Path::to_path_buf)
+        .collect()
+}
+
+/// Make `path`'s directory entry durable, and those of the directories the
+/// write created: fsync each directory that gained an entry.
+fn sync_entries(path: &Path, new_dirs: &[PathBuf]) -> Result<()> {
+    let mut dirs: Vec<&Path> = path.parent().into_iter().collect();
+    dirs.extend(new_dirs.iter().filter_map(|d| d.parent()));
+    dirs.dedup();
+    for dir in dirs {
+        std::fs::File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io_error("sync directory", dir, e))?;
+    }
+    Ok(())
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> iceberg::Error {
+    iceberg::Error::new(
+        iceberg::ErrorKind::Unexpected,
+        format!("failed to {what} {}: {e}", path.display()),
+    )
+}
+
+/// A streamed write (data files) whose close also makes its directory
+/// entries durable (the inner writer fsyncs the file itself).
+struct DurableWrite {
+    inner: Box<dyn FileWrite>,
+    path: PathBuf,
+    new_dirs: Vec<PathBuf>,
+}
+
+#[async_trait]
+impl FileWrite for DurableWrite {
+    async fn write(&mut self, bs: Bytes) -> Result<()> {
+        self.inner.write(bs).await
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.inner.close().await?;
+        sync_entries(&self.path, &self.new_dirs)
     }
 }
 
