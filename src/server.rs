@@ -68,6 +68,7 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
             },
         ),
         prepared: Default::default(),
+        planned: Default::default(),
     }))
 }
 

@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod metadata;
+pub mod planned;
 pub mod prepared;
 mod sql_info;
 pub mod ticket;
@@ -58,6 +59,8 @@ pub struct Services {
     pub ingest: Ingestor,
     /// Open prepared statements.
     pub prepared: PreparedStatements,
+    /// Queries planned by `GetFlightInfo`, awaiting their `DoGet`.
+    pub planned: planned::PlannedQueries,
 }
 
 /// Flight SQL service over [`Services`].
@@ -108,7 +111,11 @@ impl RaindropFlightService {
         if let Some(p) = &params {
             df = df.with_param_values(self::params_row(p, 0)?)?;
         }
-        Ok((client_schema(&df), query_ticket))
+        let schema = client_schema(&df);
+        if params.is_none() {
+            self.services.planned.put(&principal.token_id, sql, df);
+        }
+        Ok((schema, query_ticket))
     }
 
     /// `FlightInfo` for a metadata command: its schema, and a ticket that
@@ -153,7 +160,14 @@ impl RaindropFlightService {
             let n = self.update(principal, sql, params).await?;
             return Ok(one_batch(update_result_schema(), rows_affected(n)?));
         }
-        let mut df = self.services.query.plan(principal, sql).await?;
+        let planned = match &params {
+            None => self.services.planned.take(&principal.token_id, sql),
+            Some(_) => None,
+        };
+        let mut df = match planned {
+            Some(df) => df,
+            None => self.services.query.plan(principal, sql).await?,
+        };
         if let Some(p) = &params {
             if p.num_rows() > 1 {
                 return Err(Error::InvalidArgument(
