@@ -201,7 +201,9 @@ fn run(batches: &[(String, RecordBatch)], clients: usize, ids: &[String]) -> Run
     let (raindrop_secs, mut latencies, mut commits, snapshots) = rt.block_on(async {
         let server = ServerHandle::start(serve).await.unwrap();
         let url = server.url();
-        let shared = Arc::new(std::sync::Mutex::new(batches.to_vec().into_iter()));
+        // Owned, so the spawned client tasks can share it.
+        let owned: Vec<(String, RecordBatch)> = batches.to_vec();
+        let shared = Arc::new(std::sync::Mutex::new(owned.into_iter()));
         let t = Instant::now();
         let mut tasks = vec![];
         for _ in 0..clients {
