@@ -124,6 +124,29 @@ fn coerce_map(name: &str, array: &ArrayRef, target: &Field) -> Result<ArrayRef> 
     )?))
 }
 
+/// Most rows one ingest batch may carry. A batch's row count is a number in
+/// its IPC header: a batch of only null-typed columns (or none) costs a few
+/// bytes on the wire whatever it claims, and normalising it allocates per
+/// row (the stamped `project_id`, `ingested_at`, null columns), so the
+/// count is bounded before anything is allocated. 4 Mi rows of real
+/// telemetry is far beyond the 512 MiB stream limit anyway.
+pub const MAX_BATCH_ROWS: usize = 4 * 1024 * 1024;
+
+fn check_rows(batch: &RecordBatch) -> Result<usize> {
+    let rows = batch.num_rows();
+    if batch.num_columns() == 0 && rows > 0 {
+        return Err(Error::InvalidArgument(
+            "batch has rows but no columns".into(),
+        ));
+    }
+    if rows > MAX_BATCH_ROWS {
+        return Err(Error::InvalidArgument(format!(
+            "batch has {rows} rows; send at most {MAX_BATCH_ROWS} rows per batch"
+        )));
+    }
+    Ok(rows)
+}
+
 fn first_null(array: &ArrayRef) -> Option<usize> {
     (0..array.len()).find(|&i| array.is_null(i))
 }
@@ -147,7 +170,7 @@ pub fn normalize_raw_events(
     project: ProjectRule<'_>,
     now_micros: i64,
 ) -> Result<RecordBatch> {
-    let rows = batch.num_rows();
+    let rows = check_rows(batch)?;
     for f in batch.schema_ref().fields() {
         let known = target
             .fields()
@@ -259,7 +282,7 @@ pub fn normalize_to_schema(batch: &RecordBatch, target: &SchemaRef) -> Result<Re
             )));
         }
     }
-    let rows = batch.num_rows();
+    let rows = check_rows(batch)?;
     let columns = target
         .fields()
         .iter()

@@ -230,3 +230,32 @@ async fn bad_input_is_rejected_and_changes_nothing() {
     );
     assert_eq!(parquet_files(&server.raw_events_data()).len(), files_before);
 }
+
+/// A batch's row count is only a number in its IPC header: null-typed
+/// columns need no buffers, so a few bytes can claim 2^40 rows. Found by
+/// the `ingest_batch` fuzz target: normalising such a batch allocated per
+/// claimed row and aborted the process. It must be refused up front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_claimed_row_count_is_refused() {
+    let server = TestServer::start().await;
+    let mut acme = server.client("acme").await;
+    let claimed = 1usize << 40;
+    let batch = RecordBatch::try_from_iter(vec![(
+        "model_name",
+        Arc::new(arrow::array::NullArray::new(claimed)) as ArrayRef,
+    )])
+    .unwrap();
+    let err = acme.ingest_events(vec![batch]).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("rows per batch"),
+        "{}",
+        err.message()
+    );
+    // The server is up and the table unchanged.
+    let mut again = server.client("acme").await;
+    assert_eq!(
+        count(&mut again, "SELECT count(*) FROM wildedge.raw_events").await,
+        0
+    );
+}
