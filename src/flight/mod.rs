@@ -2,6 +2,7 @@
 //! authenticate, call the query or ingest service, encode the answer.
 
 pub mod auth;
+pub mod ipc;
 mod metadata;
 pub mod planned;
 pub mod prepared;
@@ -243,6 +244,8 @@ fn request_id<T>(request: &Request<T>, explicit: Option<&str>) -> Option<String>
 
 /// Largest parameter set accepted for a prepared statement.
 const MAX_PARAM_BYTES: usize = 64 * 1024 * 1024;
+/// Most parameter rows (executions) one bind may carry.
+const MAX_PARAM_ROWS: usize = 65_536;
 
 fn schema_bytes(schema: &Schema) -> Result<bytes::Bytes> {
     let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
@@ -291,8 +294,8 @@ fn rows_affected(n: u64) -> Result<RecordBatch> {
 /// Read a parameter stream into one batch (`None` if it carried no rows).
 async fn read_params(stream: PeekableFlightDataStream) -> Result<Option<RecordBatch>> {
     let mut batches = vec![];
-    let mut bytes = 0;
-    let mut s = std::pin::pin!(batches_of(stream));
+    let (mut bytes, mut rows) = (0, 0);
+    let mut s = std::pin::pin!(batches_of(stream, MAX_PARAM_BYTES));
     while let Some(b) = futures::StreamExt::next(&mut s).await {
         let b = b?;
         bytes += crate::ingest::batch_bytes(&b);
@@ -300,6 +303,14 @@ async fn read_params(stream: PeekableFlightDataStream) -> Result<Option<RecordBa
             return Err(Error::ResourceExhausted(
                 "parameter set larger than 64 MiB".into(),
             ));
+        }
+        rows += b.num_rows();
+        // Null-typed columns cost no bytes whatever row count they claim,
+        // and an update runs once per row: bound the rows too.
+        if rows > MAX_PARAM_ROWS {
+            return Err(Error::InvalidArgument(format!(
+                "bind at most {MAX_PARAM_ROWS} parameter rows per execution"
+            )));
         }
         if b.num_rows() > 0 {
             batches.push(b);
@@ -348,8 +359,15 @@ fn ingest_mode(cmd: &CommandStatementIngest) -> Result<Mode> {
 /// Decode a DoPut body into record batches; IPC problems are the client's.
 fn batches_of(
     stream: PeekableFlightDataStream,
+    max_decoded: usize,
 ) -> impl Stream<Item = Result<arrow::array::RecordBatch>> + Send {
-    let decoded = FlightRecordBatchStream::new_from_flight_data(stream.map_err(FlightError::from));
+    let checked = stream.map_err(FlightError::from).and_then(move |data| {
+        let checked = ipc::check_declared_sizes(&data, max_decoded)
+            .map(|()| data)
+            .map_err(|e| FlightError::Tonic(Box::new(Status::from(e))));
+        futures::future::ready(checked)
+    });
+    let decoded = FlightRecordBatchStream::new_from_flight_data(checked);
     // arrow-ipc can panic on inconsistent buffers (e.g. a truncated body)
     // instead of returning an error: contain it to this request.
     futures::StreamExt::map(
@@ -357,6 +375,9 @@ fn batches_of(
         |item| {
             match item {
             Ok(Ok(batch)) => Ok(batch),
+            Ok(Err(FlightError::Tonic(status))) if status.code() == tonic::Code::ResourceExhausted => {
+                Err(Error::ResourceExhausted(status.message().to_string()))
+            }
             Ok(Err(FlightError::Tonic(status))) => Err(Error::InvalidArgument(format!(
                 "ingest stream failed: {}",
                 status.message()
@@ -867,7 +888,10 @@ impl FlightSqlService for RaindropFlightService {
                     cmd.options.get(REQUEST_ID_OPTION).map(String::as_str),
                 )
                 .as_deref(),
-                batches_of(request.into_inner()),
+                batches_of(
+                    request.into_inner(),
+                    self.services.ingest.max_stream_bytes(),
+                ),
             )
             .await?;
         tracing::debug!(token_id = %principal.token_id, ?target, rows = outcome.rows, files = outcome.files.len(), "ingested");
@@ -927,7 +951,10 @@ impl FlightSqlService for RaindropFlightService {
                 &target,
                 mode,
                 request_id(&request, app_metadata_id.as_deref()).as_deref(),
-                batches_of(request.into_inner()),
+                batches_of(
+                    request.into_inner(),
+                    self.services.ingest.max_stream_bytes(),
+                ),
             )
             .await?;
         tracing::debug!(token_id = %principal.token_id, ?target, rows = outcome.rows, "ingested (path)");

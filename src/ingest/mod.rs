@@ -130,6 +130,11 @@ impl Ingestor {
         }
     }
 
+    /// Largest ingest stream accepted, in bytes of decoded Arrow data.
+    pub fn max_stream_bytes(&self) -> usize {
+        self.max_stream_bytes
+    }
+
     /// Latencies of recent catalog commits (see [`writer::CommitTimes`]).
     pub fn commit_times(&self) -> &writer::CommitTimes {
         self.writer.commit_times()

@@ -179,6 +179,31 @@ async fn acme_cannot_reach_globex() {
     let rows: Vec<RecordBatch> = (&mut s).try_collect().await.unwrap();
     assert_eq!(scalar_i64(&rows), 0);
 
+    // A parameter set of null-typed columns costs no bytes whatever row
+    // count it claims, and a statement runs once per parameter row.
+    attempts += 1;
+    let mut stmt = acme
+        .inner_mut()
+        .prepare(
+            "SELECT count(*) AS n FROM wildedge.raw_events WHERE session_id = $1".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    stmt.set_parameters(
+        RecordBatch::try_from_iter(vec![(
+            "0",
+            Arc::new(arrow::array::NullArray::new(1 << 40)) as ArrayRef,
+        )])
+        .unwrap(),
+    )
+    .unwrap();
+    let err = stmt.execute().await.unwrap_err();
+    assert!(
+        err.to_string().contains("parameter rows"),
+        "claimed 2^40 parameter rows: {err:?}"
+    );
+
     // A handle created by globex is unknown to acme.
     attempts += 1;
     let mut their = globex

@@ -259,3 +259,60 @@ async fn huge_claimed_row_count_is_refused() {
         0
     );
 }
+
+/// A compressed Arrow IPC buffer starts with its uncompressed length, and
+/// arrow-ipc allocates that much before decompressing: a few bytes could
+/// declare a terabyte and abort the server (found by the `ingest_batch`
+/// fuzz target). The declared sizes are checked before decoding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_body_declaring_a_terabyte_is_refused() {
+    use arrow::ipc::CompressionType;
+    use arrow::ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions};
+    use arrow_flight::sql::{CommandStatementIngest, ProstMessageExt};
+    use arrow_flight::{FlightData, FlightDescriptor, SchemaAsIpc};
+    use prost::Message;
+
+    let server = TestServer::start().await;
+    let mut acme = server.client("acme").await;
+    let batch = events(&["a", "b"], None);
+    let options = IpcWriteOptions::default()
+        .try_with_compression(Some(CompressionType::LZ4_FRAME))
+        .unwrap();
+    let cmd = CommandStatementIngest {
+        table: "raw_events".into(),
+        ..Default::default()
+    };
+    let mut schema: FlightData = SchemaAsIpc::new(&batch.schema(), &options).into();
+    schema.flight_descriptor = Some(FlightDescriptor::new_cmd(cmd.as_any().encode_to_vec()));
+    let (_, encoded) = IpcDataGenerator::default()
+        .encoded_batch(&batch, &mut DictionaryTracker::new(false), &options)
+        .unwrap();
+    let mut data: FlightData = encoded.into();
+    let mut body = data.data_body.to_vec();
+    body[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    data.data_body = body.into();
+
+    let sent = acme
+        .inner_mut()
+        .do_put(futures::stream::iter(vec![schema, data]))
+        .await;
+    let err = match sent {
+        Err(e) => e.to_string(),
+        Ok(mut results) => {
+            let mut err = String::new();
+            while let Some(r) = futures::StreamExt::next(&mut results).await {
+                if let Err(s) = r {
+                    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+                    err = s.message().to_string();
+                }
+            }
+            err
+        }
+    };
+    assert!(err.contains("declares"), "not refused: {err:?}");
+    let mut again = server.client("acme").await;
+    assert_eq!(
+        count(&mut again, "SELECT count(*) FROM wildedge.raw_events").await,
+        0
+    );
+}
