@@ -285,7 +285,12 @@ async fn compressed_body_declaring_a_terabyte_is_refused() {
     let mut schema: FlightData = SchemaAsIpc::new(&batch.schema(), &options).into();
     schema.flight_descriptor = Some(FlightDescriptor::new_cmd(cmd.as_any().encode_to_vec()));
     let (_, encoded) = IpcDataGenerator::default()
-        .encoded_batch(&batch, &mut DictionaryTracker::new(false), &options)
+        .encode(
+            &batch,
+            &mut DictionaryTracker::new(false),
+            &options,
+            &mut Default::default(),
+        )
         .unwrap();
     let mut data: FlightData = encoded.into();
     let mut body = data.data_body.to_vec();
