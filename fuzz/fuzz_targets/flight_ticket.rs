@@ -15,8 +15,9 @@ use raindrop::tenant::names::{normalize_identifier, validate_project_id};
 fn path_safe(s: &str, extra: &[u8]) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || extra.contains(&b))
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || extra.contains(&b)
+        })
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -27,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let _ = parse_authorization(&text);
     if validate_project_id(&text).is_ok() {
-        assert!(path_safe(&text, b"-"), "unsafe project id accepted: {text:?}");
+        assert!(
+            path_safe(&text, b"-"),
+            "unsafe project id accepted: {text:?}"
+        );
     }
     if let Ok(name) = normalize_identifier("table", &text) {
         assert!(path_safe(&name, b""), "unsafe name accepted: {name:?}");
