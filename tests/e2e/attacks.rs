@@ -93,6 +93,18 @@ const SQL_REFUSED: &[(&str, &[Code])] = &[
     ),
 ];
 
+/// Prepare `sql` as `client` and bind `param` as its one parameter.
+async fn prepare_with(
+    client: &mut raindrop::client::RaindropClient,
+    sql: &str,
+    param: ArrayRef,
+) -> arrow_flight::sql::client::PreparedStatement<tonic::transport::Channel> {
+    let mut stmt = client.inner_mut().prepare(sql.into(), None).await.unwrap();
+    stmt.set_parameters(RecordBatch::try_from_iter(vec![("0", param)]).unwrap())
+        .unwrap();
+    stmt
+}
+
 fn text_values(batches: &[RecordBatch]) -> Vec<String> {
     let mut out = vec![];
     for b in batches {
@@ -154,22 +166,12 @@ async fn acme_cannot_reach_globex() {
 
     // Prepared statements: parameters are values, never SQL.
     attempts += 1;
-    let mut stmt = acme
-        .inner_mut()
-        .prepare(
-            "SELECT count(*) AS n FROM wildedge.raw_events WHERE project_id = $1".into(),
-            None,
-        )
-        .await
-        .unwrap();
-    stmt.set_parameters(
-        RecordBatch::try_from_iter(vec![(
-            "0",
-            Arc::new(StringArray::from(vec!["globex' OR '1'='1"])) as ArrayRef,
-        )])
-        .unwrap(),
+    let mut stmt = prepare_with(
+        &mut acme,
+        "SELECT count(*) AS n FROM wildedge.raw_events WHERE project_id = $1",
+        Arc::new(StringArray::from(vec!["globex' OR '1'='1"])),
     )
-    .unwrap();
+    .await;
     let info = stmt.execute().await.unwrap();
     let mut s = acme
         .inner_mut()
@@ -182,22 +184,12 @@ async fn acme_cannot_reach_globex() {
     // A parameter set of null-typed columns costs no bytes whatever row
     // count it claims, and a statement runs once per parameter row.
     attempts += 1;
-    let mut stmt = acme
-        .inner_mut()
-        .prepare(
-            "SELECT count(*) AS n FROM wildedge.raw_events WHERE session_id = $1".into(),
-            None,
-        )
-        .await
-        .unwrap();
-    stmt.set_parameters(
-        RecordBatch::try_from_iter(vec![(
-            "0",
-            Arc::new(arrow::array::NullArray::new(1 << 40)) as ArrayRef,
-        )])
-        .unwrap(),
+    let mut stmt = prepare_with(
+        &mut acme,
+        "SELECT count(*) AS n FROM wildedge.raw_events WHERE session_id = $1",
+        Arc::new(arrow::array::NullArray::new(1 << 40)),
     )
-    .unwrap();
+    .await;
     let err = stmt.execute().await.unwrap_err();
     assert!(
         err.to_string().contains("parameter rows"),
