@@ -1,8 +1,9 @@
 //! Statement tickets: what `GetFlightInfo` hands a client and `DoGet`
 //! receives back. Tickets are untrusted input (a client can send any
 //! bytes), so they carry no authority: a query ticket holds only SQL, which
-//! `DoGet` re-authenticates and re-plans as the caller; an update ticket
-//! only echoes a row count. Kept apart from the service so the decoder can
+//! `DoGet` runs as the authenticated caller (with the plan that caller's
+//! own `GetFlightInfo` made, or planned anew); an update ticket only echoes
+//! a row count. Kept apart from the service so the decoder can
 //! be fuzzed on its own (`fuzz/`).
 
 use arrow_flight::Ticket;

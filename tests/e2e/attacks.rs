@@ -248,6 +248,41 @@ async fn acme_cannot_reach_globex() {
         .await
         .unwrap();
     assert_eq!(scalar_i64(&rows), 0);
+
+    // GetFlightInfo keeps its plan for the DoGet that follows, keyed by
+    // the planning token: acme replaying globex's fresh ticket must run as
+    // acme, not pick up globex's plan.
+    // globex's own calls are not attacks: keep them out of the access log.
+    attempts += 1;
+    let sql = "SELECT count(*) FROM wildedge.raw_events";
+    let mine = count(&mut acme, sql).await;
+    let mut reads = log.stop();
+    let theirs = count(&mut globex, sql).await;
+    assert_ne!(mine, theirs, "fixture: tenants need different counts");
+    let info = globex.inner_mut().execute(sql.into(), None).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    log.start();
+    let replayed: Vec<RecordBatch> = acme
+        .inner_mut()
+        .do_get(ticket.clone())
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(scalar_i64(&replayed), mine);
+    reads.extend(log.stop());
+    let own: Vec<RecordBatch> = globex
+        .inner_mut()
+        .do_get(ticket)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(scalar_i64(&own), theirs);
+    log.start();
+
     // Garbage tickets.
     for garbage in [
         vec![],
@@ -356,7 +391,7 @@ async fn acme_cannot_reach_globex() {
         .unwrap_err();
     assert_ne!(err.code(), Code::Ok);
 
-    let reads = log.stop();
+    reads.extend(log.stop());
     assert!(
         reads.iter().all(|p| !p.contains("globex")),
         "acme's attempts opened globex objects: {reads:?}"
