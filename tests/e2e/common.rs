@@ -17,6 +17,14 @@ use tokio::sync::OnceCell;
 pub const ACME: &str = "acme";
 pub const GLOBEX: &str = "globex";
 
+/// Server config of the fixture: fixed query parallelism, so plans (and the
+/// `.slt` files that pin them) are the same on any machine.
+fn fixture_config(dir: &Path) -> ServeConfig {
+    let mut cfg = ServeConfig::in_dir(dir);
+    cfg.limits.query_partitions = 2;
+    cfg
+}
+
 /// A running server plus its data dir and tokens by name.
 pub struct TestServer {
     pub dir: Arc<tempfile::TempDir>,
@@ -33,7 +41,7 @@ fn add_token(path: &Path, name: &str, project: Option<&str>, role: Role) -> Stri
 impl TestServer {
     pub async fn start() -> Self {
         let dir = Arc::new(tempfile::tempdir().unwrap());
-        let cfg = ServeConfig::in_dir(dir.path());
+        let cfg = fixture_config(dir.path());
         let file = cfg.tokens_file();
         std::fs::create_dir_all(dir.path()).unwrap();
         let mut tokens = HashMap::new();
@@ -75,7 +83,7 @@ impl TestServer {
     /// Stop and start again over the same directory.
     pub async fn restart(&mut self) {
         self.handle.take().unwrap().stop().await.unwrap();
-        let handle = ServerHandle::start(ServeConfig::in_dir(self.dir.path()))
+        let handle = ServerHandle::start(fixture_config(self.dir.path()))
             .await
             .unwrap();
         self.handle = Some(handle);
