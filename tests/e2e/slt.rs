@@ -46,6 +46,10 @@ fn parse(text: &str) -> Vec<Record> {
             continue;
         }
         if header.is_empty() {
+            // Keep paragraph breaks between comment blocks.
+            if comments.last().is_some_and(|c: &String| !c.is_empty()) {
+                comments.push(String::new());
+            }
             continue;
         }
         let mut sql = vec![];
