@@ -150,10 +150,15 @@ impl RaindropClient {
             let ticket = endpoint
                 .ticket
                 .ok_or_else(|| tonic::Status::internal("endpoint without ticket"))?;
-            let stream = self.inner.do_get(ticket).await.map_err(status)?;
-            out.extend(stream.try_collect::<Vec<_>>().await.map_err(status)?);
+            out.extend(self.fetch(ticket).await?);
         }
         Ok((schema, out))
+    }
+
+    /// `DoGet` one ticket and collect its batches.
+    pub async fn fetch(&mut self, ticket: arrow_flight::Ticket) -> ClientResult<Vec<RecordBatch>> {
+        let stream = self.inner.do_get(ticket).await.map_err(status)?;
+        stream.try_collect().await.map_err(status)
     }
 
     /// Run `sql` and collect all result batches.

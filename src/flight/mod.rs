@@ -161,10 +161,11 @@ impl RaindropFlightService {
             let n = self.update(principal, sql, params).await?;
             return Ok(one_batch(update_result_schema(), rows_affected(n)?));
         }
-        let planned = match &params {
-            None => self.services.planned.take(&principal.token_id, sql),
-            Some(_) => None,
-        };
+        // A plan kept by GetFlightInfo exists only for parameterless queries.
+        let planned = params
+            .is_none()
+            .then(|| self.services.planned.take(&principal.token_id, sql))
+            .flatten();
         let mut df = match planned {
             Some(df) => df,
             None => self.services.query.plan(principal, sql).await?,

@@ -173,12 +173,10 @@ async fn acme_cannot_reach_globex() {
     )
     .await;
     let info = stmt.execute().await.unwrap();
-    let mut s = acme
-        .inner_mut()
-        .do_get(info.endpoint[0].ticket.clone().unwrap())
+    let rows = acme
+        .fetch(info.endpoint[0].ticket.clone().unwrap())
         .await
         .unwrap();
-    let rows: Vec<RecordBatch> = (&mut s).try_collect().await.unwrap();
     assert_eq!(scalar_i64(&rows), 0);
 
     // A parameter set of null-typed columns costs no bytes whatever row
@@ -239,14 +237,7 @@ async fn acme_cannot_reach_globex() {
         .as_any()
         .encode_to_vec(),
     );
-    let rows: Vec<RecordBatch> = acme
-        .inner_mut()
-        .do_get(forged)
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let rows = acme.fetch(forged).await.unwrap();
     assert_eq!(scalar_i64(&rows), 0);
 
     // GetFlightInfo keeps its plan for the DoGet that follows, keyed by
@@ -262,24 +253,10 @@ async fn acme_cannot_reach_globex() {
     let info = globex.inner_mut().execute(sql.into(), None).await.unwrap();
     let ticket = info.endpoint[0].ticket.clone().unwrap();
     log.start();
-    let replayed: Vec<RecordBatch> = acme
-        .inner_mut()
-        .do_get(ticket.clone())
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let replayed = acme.fetch(ticket.clone()).await.unwrap();
     assert_eq!(scalar_i64(&replayed), mine);
     reads.extend(log.stop());
-    let own: Vec<RecordBatch> = globex
-        .inner_mut()
-        .do_get(ticket)
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let own = globex.fetch(ticket).await.unwrap();
     assert_eq!(scalar_i64(&own), theirs);
     log.start();
 

@@ -131,12 +131,11 @@ fn normalize(line: &str) -> String {
     let mut i = 0;
     while i < line.len() {
         let rest = &line[i..];
-        let is_date = bytes.len() >= i + 10
-            && rest.is_char_boundary(10)
-            && NaiveDate::parse_from_str(&rest[..10], "%Y-%m-%d").is_ok()
-            && rest.as_bytes()[4] == b'-';
-        if is_date {
-            let d = NaiveDate::parse_from_str(&rest[..10], "%Y-%m-%d").unwrap();
+        let date = rest
+            .get(..10)
+            .filter(|d| d.as_bytes()[4] == b'-')
+            .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
+        if let Some(d) = date {
             let n = (d - today).num_days();
             out.push_str(&match n {
                 0 => "today".to_string(),
