@@ -120,6 +120,7 @@ fn main() {
         println!("ingest benchmark: run with `cargo bench --bench ingest`");
         return;
     }
+    raindrop::disable_library_backtraces();
     let events = env_usize("RAINDROP_BENCH_EVENTS", 2_000_000);
     let clients = env_usize("RAINDROP_BENCH_CLIENTS", 4);
     let batch_rows = env_usize("RAINDROP_BENCH_BATCH", 50_000);

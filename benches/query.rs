@@ -297,6 +297,7 @@ fn main() {
         println!("query benchmark: run with `cargo bench --bench query`");
         return;
     }
+    raindrop::disable_library_backtraces();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let events = env_usize("RAINDROP_BENCH_EVENTS", 10_000_000);

@@ -35,3 +35,18 @@ pub mod server;
 pub mod tenant;
 
 pub use error::{Error, Result};
+
+/// Keep library errors free of backtraces unless the operator asked for
+/// them with `RUST_LIB_BACKTRACE`. iceberg builds (and drops) `Error`s in
+/// hot loops, e.g. per manifest while planning a scan; with
+/// `RUST_BACKTRACE=1` each one captures a backtrace, which costs
+/// milliseconds per query. Panics still print theirs.
+///
+/// Call first thing in `main`, before any thread exists.
+pub fn disable_library_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: no other thread exists yet (documented precondition), so
+        // nothing reads the environment concurrently.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+}

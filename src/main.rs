@@ -118,14 +118,19 @@ fn token(cmd: TokenCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    raindrop::disable_library_backtraces();
     let cli = Cli::parse();
     init_logging(&cli.log);
-    match cli.command {
-        Command::Serve(config) => serve(config).await,
-        Command::Token(cmd) => token(cmd),
-        Command::Demo(config) => Ok(raindrop::demo::run(config).await?),
-        Command::Orphans(config) => orphans(config).await,
-    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve(config) => serve(config).await,
+            Command::Token(cmd) => token(cmd),
+            Command::Demo(config) => Ok(raindrop::demo::run(config).await?),
+            Command::Orphans(config) => orphans(config).await,
+        }
+    })
 }

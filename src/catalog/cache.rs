@@ -65,6 +65,39 @@ impl MetadataPointer {
     }
 }
 
+impl MetadataPointer {
+    /// Namespaces strictly below `parent` (dotted, e.g. `tenants.acme`) and
+    /// the tables in them, in one query: `(namespace, Some(table))` per
+    /// table and `(namespace, None)` per namespace with properties. The
+    /// bounds select exactly the names starting with `parent.` (`/` sorts
+    /// right after `.`), so other tenants' rows are never read.
+    pub async fn children(&self, parent: &str) -> Result<Vec<(String, Option<String>)>> {
+        let sql = if self.postgres {
+            "SELECT table_namespace, table_name FROM iceberg_tables \
+             WHERE catalog_name = $1 AND table_namespace > $2 AND table_namespace < $3 \
+             UNION ALL SELECT namespace, CAST(NULL AS TEXT) FROM iceberg_namespace_properties \
+             WHERE catalog_name = $4 AND namespace > $5 AND namespace < $6"
+        } else {
+            "SELECT table_namespace, table_name FROM iceberg_tables \
+             WHERE catalog_name = ? AND table_namespace > ? AND table_namespace < ? \
+             UNION ALL SELECT namespace, CAST(NULL AS TEXT) FROM iceberg_namespace_properties \
+             WHERE catalog_name = ? AND namespace > ? AND namespace < ?"
+        };
+        let (lo, hi) = (format!("{parent}."), format!("{parent}/"));
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(sql)
+            .bind(&self.catalog_name)
+            .bind(&lo)
+            .bind(&hi)
+            .bind(&self.catalog_name)
+            .bind(&lo)
+            .bind(&hi)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| Error::Internal(format!("listing catalog entries: {e}")))?;
+        Ok(rows)
+    }
+}
+
 /// Bounded cache of loaded tables keyed by metadata location.
 #[derive(Debug)]
 pub struct TableCache {
@@ -136,6 +169,11 @@ impl TableCache {
                 map.remove(&old);
             }
         }
+    }
+
+    /// The SQL catalog reader, when the catalog is a SQL catalog.
+    pub fn pointer(&self) -> Option<&MetadataPointer> {
+        self.pointer.as_ref()
     }
 
     /// (hits, misses) since start: hits read no metadata files.

@@ -8,7 +8,7 @@
 pub mod audit;
 pub mod cache;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -198,28 +198,40 @@ impl Warehouse {
             .expect("non-empty namespace")
     }
 
-    /// The schemas (SQL schema names) a project has created tables in.
-    pub async fn tenant_schemas(&self, project_id: &str) -> Result<Vec<String>> {
+    /// A project's own schemas (SQL schema names) and the tables in each,
+    /// sorted. A SQL catalog answers in one indexed query; other catalogs
+    /// through the catalog API.
+    pub async fn tenant_tables(&self, project_id: &str) -> Result<BTreeMap<String, Vec<String>>> {
         let parent = NamespaceIdent::from_strs([TENANTS_NAMESPACE, project_id])
             .expect("non-empty namespace");
-        if !self.catalog.namespace_exists(&parent).await? {
-            return Ok(vec![]);
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        // Keep exact `tenants.<project>.<schema>` entries only.
+        let schema_of = |ns: &[String]| -> Option<String> {
+            (ns.len() == 3 && ns[0] == TENANTS_NAMESPACE && ns[1] == project_id)
+                .then(|| ns[2].clone())
+        };
+        if let Some(pointer) = self.tables.pointer() {
+            for (ns, table) in pointer.children(&parent.join(".")).await? {
+                let parts: Vec<String> = ns.split('.').map(str::to_string).collect();
+                if let Some(schema) = schema_of(&parts) {
+                    let tables = out.entry(schema).or_default();
+                    tables.extend(table);
+                }
+            }
+        } else if self.catalog.namespace_exists(&parent).await? {
+            for ns in self.catalog.list_namespaces(Some(&parent)).await? {
+                if let Some(schema) = schema_of(ns.as_ref()) {
+                    let tables = self.catalog.list_tables(&ns).await?;
+                    out.entry(schema)
+                        .or_default()
+                        .extend(tables.into_iter().map(|t| t.name().to_string()));
+                }
+            }
         }
-        let mut out: Vec<String> = self
-            .catalog
-            .list_namespaces(Some(&parent))
-            .await?
-            .into_iter()
-            // The SQL catalog matches children by string prefix; keep exact
-            // `tenants.<project>.<schema>` entries only.
-            .filter_map(|ns| {
-                let parts = ns.as_ref();
-                (parts.len() == 3 && parts[0] == TENANTS_NAMESPACE && parts[1] == project_id)
-                    .then(|| parts[2].clone())
-            })
-            .collect();
-        out.sort();
-        out.dedup();
+        for tables in out.values_mut() {
+            tables.sort();
+            tables.dedup();
+        }
         Ok(out)
     }
 

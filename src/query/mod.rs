@@ -8,10 +8,12 @@
 //! `information_schema` and `SHOW TABLES` list exactly what the caller can
 //! read, and names of other tenants resolve to nothing.
 
+pub mod functions;
 pub mod limits;
 pub mod params;
 pub mod policy;
 pub mod pruning;
+pub mod reader;
 pub mod scan;
 pub mod table;
 pub mod update;
@@ -36,6 +38,7 @@ use crate::ingest::DEFAULT_TENANT_SCHEMA;
 use crate::schema;
 use crate::tenant::Principal;
 use limits::{Admission, LimitedStream, QueryLimits};
+use reader::FooterCache;
 use table::{RaindropTable, TenantSchema};
 
 /// A table as listed by the metadata RPCs.
@@ -90,6 +93,10 @@ pub fn update_result_schema() -> SchemaRef {
     )]))
 }
 
+/// Memory for cached Parquet footers (data files are immutable, so entries
+/// never go stale; the oldest are evicted first).
+const FOOTER_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Builds per-request sessions over the warehouse.
 #[derive(Debug, Clone)]
 pub struct QueryEngine {
@@ -97,6 +104,7 @@ pub struct QueryEngine {
     target_partitions: usize,
     limits: QueryLimits,
     admission: Arc<Admission>,
+    footers: Arc<FooterCache>,
 }
 
 impl QueryEngine {
@@ -112,6 +120,7 @@ impl QueryEngine {
             target_partitions,
             limits,
             admission: Arc::new(Admission::default()),
+            footers: Arc::new(FooterCache::new(FOOTER_CACHE_BYTES)),
         }
     }
 
@@ -134,7 +143,10 @@ impl QueryEngine {
     /// A session exposing what `principal` may read.
     pub async fn session(&self, principal: &Principal) -> Result<SessionContext> {
         principal.require_read()?;
-        let config = SessionConfig::new()
+        // DataFusion's own `DATAFUSION_*` variables tune the engine (e.g.
+        // `DATAFUSION_EXECUTION_PARQUET_PUSHDOWN_FILTERS`); the settings
+        // below are Raindrop's and always win.
+        let config = SessionConfig::from_env()?
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(&self.warehouse.catalog_name, DEFAULT_TENANT_SCHEMA)
@@ -150,6 +162,7 @@ impl QueryEngine {
             .with_default_features()
             .build();
         let ctx = SessionContext::new_with_state(state);
+        ctx.register_udf(functions::UtcDateTrunc::udf());
 
         let catalog = MemoryCatalogProvider::new();
         let events = MemorySchemaProvider::new();
@@ -158,19 +171,28 @@ impl QueryEngine {
         } else {
             Some(principal.project()?.to_string())
         };
-        let raw_events = RaindropTable::raw_events(self.warehouse.raw_events().await?, scope)?;
+        let raw_events = RaindropTable::raw_events(
+            self.warehouse.raw_events().await?,
+            scope,
+            self.footers.clone(),
+        )?;
         events.register_table(schema::RAW_EVENTS.to_string(), Arc::new(raw_events))?;
         let events_schema = self.warehouse.namespace.to_url_string();
         catalog.register_schema(&events_schema, Arc::new(events))?;
 
         if let Some(project) = principal.project_id.as_deref() {
-            for sql_schema in self.warehouse.tenant_schemas(project).await? {
+            for (sql_schema, tables) in self.warehouse.tenant_tables(project).await? {
                 if sql_schema == events_schema {
                     continue;
                 }
                 let ns = self.warehouse.tenant_namespace(project, &sql_schema);
-                let provider =
-                    TenantSchema::load(self.warehouse.clone(), ns, sql_schema.clone()).await?;
+                let provider = TenantSchema::new(
+                    self.warehouse.clone(),
+                    ns,
+                    sql_schema.clone(),
+                    tables,
+                    self.footers.clone(),
+                );
                 catalog.register_schema(&sql_schema, Arc::new(provider))?;
             }
         }

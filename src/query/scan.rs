@@ -7,19 +7,30 @@
 //! iceberg's Arrow reader (which applies the predicate to row groups and rows).
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow::array::{ArrayRef, AsArray, RecordBatch, RecordBatchOptions};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Date32Type, SchemaRef, TimestampMicrosecondType};
+use datafusion::catalog::Session;
+use datafusion::common::config::TableParquetOptions;
 use datafusion::common::stats::Precision;
-use datafusion::common::{Statistics, project_schema};
+use datafusion::common::{DFSchema, ScalarValue, Statistics, project_schema};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::object_store::ObjectStoreUrl;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::metrics::{
+    ExecutionPlanMetricsSet, MetricBuilder, MetricValue, MetricsSet,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -27,8 +38,11 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt};
 use iceberg::expr::Predicate;
 use iceberg::scan::FileScanTask;
+use iceberg::spec::{DataFileFormat, Literal, PrimitiveLiteral, PrimitiveType, Transform, Type};
 use iceberg::table::Table;
 
+use super::functions::is_utc;
+use super::reader::{FileIoReaderFactory, FileLocation, FooterCache};
 use crate::schema::col;
 
 /// A column of the scan's output.
@@ -51,6 +65,40 @@ pub struct ScanPlan {
     pub records: u64,
 }
 
+/// What a scan needs besides the table: the provider's view of it and the
+/// query's pushed-down parts.
+pub struct ScanRequest<'a> {
+    /// Name shown by `EXPLAIN`.
+    pub label: String,
+    /// The provider's schema (table columns, plus `event_day` for
+    /// `raw_events`); `projection` indexes into it.
+    pub full_schema: &'a SchemaRef,
+    /// Output columns, as indexes into `full_schema`.
+    pub projection: Option<&'a Vec<usize>>,
+    /// Iceberg predicate: prunes manifests and files while planning.
+    pub predicate: Option<Predicate>,
+    /// Filter over table columns: prunes row groups and pages while reading.
+    pub row_filter: Option<Expr>,
+    /// Rows the query needs at most (only set when no filter remains above).
+    pub limit: Option<usize>,
+    /// Shared footer cache for the Parquet reader.
+    pub footers: Arc<FooterCache>,
+}
+
+/// How planned files are read.
+#[derive(Debug)]
+enum Reader {
+    /// DataFusion's Parquet source over the table's `FileIO`: row-group and
+    /// page pruning, footer cache, DataFusion's decoder.
+    Parquet(Arc<dyn ExecutionPlan>),
+    /// iceberg's Arrow reader, for what the Parquet source cannot do right
+    /// (delete files, renamed columns, non-Parquet files); the reason is shown.
+    Iceberg {
+        read_columns: Vec<String>,
+        reason: &'static str,
+    },
+}
+
 /// Execution plan that reads planned Iceberg file tasks in parallel.
 #[derive(Debug)]
 pub struct IcebergScanExec {
@@ -58,31 +106,25 @@ pub struct IcebergScanExec {
     label: String,
     output: Vec<OutputColumn>,
     schema: SchemaRef,
-    read_columns: Vec<String>,
     partitions: Vec<Vec<FileScanTask>>,
     predicate: Option<Predicate>,
+    reader: Reader,
     plan: ScanPlan,
+    statistics: Statistics,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
 
 impl IcebergScanExec {
-    /// Plan the files of `table` matching `predicate` and build the scan.
-    ///
-    /// `full_schema` is the provider's schema (table columns, plus
-    /// `event_day` for `raw_events`); `projection` indexes into it.
-    /// `file_filter` may drop planned tasks (tenant isolation check).
-    #[allow(clippy::too_many_arguments)]
+    /// Plan the files of `table` matching the request's predicate and build
+    /// the scan. `file_filter` may refuse a planned task (tenant isolation).
     pub async fn try_new(
         table: Table,
-        label: String,
-        full_schema: &SchemaRef,
-        projection: Option<&Vec<usize>>,
-        predicate: Option<Predicate>,
-        target_partitions: usize,
+        request: ScanRequest<'_>,
+        state: &dyn Session,
         file_filter: impl Fn(&FileScanTask) -> DFResult<()>,
     ) -> DFResult<Self> {
-        let schema = project_schema(full_schema, projection)?;
+        let schema = project_schema(request.full_schema, request.projection)?;
         let output: Vec<OutputColumn> = schema
             .fields()
             .iter()
@@ -114,7 +156,7 @@ impl IcebergScanExec {
         }
 
         let mut builder = table.scan().select(read_columns.iter().cloned());
-        if let Some(p) = &predicate {
+        if let Some(p) = &request.predicate {
             builder = builder.with_filter(p.clone());
         }
         let tasks: Vec<FileScanTask> = builder
@@ -134,7 +176,21 @@ impl IcebergScanExec {
             bytes: tasks.iter().map(|t| t.file_size_in_bytes).sum(),
             records: tasks.iter().filter_map(|t| t.record_count).sum(),
         };
-        let partitions = distribute(tasks, target_partitions.max(1));
+        let statistics = plan_statistics(&schema, &output, &tasks, &plan);
+        let partitions = distribute(tasks, state.config().target_partitions().max(1));
+        let reader = match iceberg_reader_needed(&table, &partitions) {
+            Some(reason) => Reader::Iceberg {
+                read_columns,
+                reason,
+            },
+            None => Reader::Parquet(parquet_exec(
+                &table,
+                &request,
+                state,
+                &read_columns,
+                &partitions,
+            )?),
+        };
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
             Partitioning::UnknownPartitioning(partitions.len()),
@@ -143,13 +199,14 @@ impl IcebergScanExec {
         ));
         Ok(Self {
             table,
-            label,
+            label: request.label,
             output,
             schema,
-            read_columns,
             partitions,
-            predicate,
+            predicate: request.predicate,
+            reader,
             plan,
+            statistics,
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
         })
@@ -159,6 +216,91 @@ impl IcebergScanExec {
     pub fn scan_plan(&self) -> &ScanPlan {
         &self.plan
     }
+}
+
+/// Why the planned files must be read by iceberg's reader, if they must.
+/// DataFusion's Parquet source matches columns by name and knows nothing of
+/// delete files, so it would return deleted rows or null out renamed columns.
+fn iceberg_reader_needed(table: &Table, partitions: &[Vec<FileScanTask>]) -> Option<&'static str> {
+    let tasks = || partitions.iter().flatten();
+    if tasks().any(|t| !t.deletes.is_empty()) {
+        return Some("delete files");
+    }
+    if tasks().any(|t| t.data_file_format != DataFileFormat::Parquet) {
+        return Some("non-Parquet data files");
+    }
+    let current = table.metadata().current_schema();
+    let renamed = table.metadata().schemas_iter().any(|old| {
+        old.as_struct().fields().iter().any(|f| {
+            current
+                .field_by_id(f.id)
+                .is_some_and(|now| now.name != f.name)
+        })
+    });
+    renamed.then_some("renamed columns")
+}
+
+/// DataFusion's Parquet source over the planned files, one file group per
+/// partition, reading through the table's `FileIO`.
+fn parquet_exec(
+    table: &Table,
+    request: &ScanRequest<'_>,
+    state: &dyn Session,
+    read_columns: &[String],
+    partitions: &[Vec<FileScanTask>],
+) -> DFResult<Arc<dyn ExecutionPlan>> {
+    let file_schema: SchemaRef = Arc::new(
+        iceberg::arrow::schema_to_arrow_schema(table.metadata().current_schema()).map_err(to_df)?,
+    );
+    let indices = read_columns
+        .iter()
+        .map(|c| file_schema.index_of(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let options = TableParquetOptions {
+        global: state.config_options().execution.parquet.clone(),
+        ..Default::default()
+    };
+    let mut source = ParquetSource::new(TableSchema::from_file_schema(file_schema.clone()))
+        .with_table_parquet_options(options)
+        .with_parquet_file_reader_factory(Arc::new(FileIoReaderFactory::new(
+            table.file_io().clone(),
+            request.footers.clone(),
+        )));
+    if let Some(filter) = &request.row_filter {
+        let df_schema = DFSchema::try_from(file_schema.as_ref().clone())?;
+        match state.create_physical_expr(filter.clone(), &df_schema) {
+            Ok(predicate) => source = source.with_predicate(predicate),
+            // Pruning is an optimisation: without it the filter above still
+            // applies, so a predicate the reader cannot take is dropped.
+            Err(e) => tracing::debug!(error = %e, "row-group predicate not usable"),
+        }
+    }
+    let groups = partitions
+        .iter()
+        .map(|tasks| FileGroup::new(tasks.iter().map(partitioned_file).collect()))
+        .collect();
+    let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+        .with_projection_indices(Some(indices))?
+        .with_file_groups(groups)
+        .with_limit(request.limit)
+        .with_batch_size(Some(state.config().batch_size()))
+        .build();
+    Ok(DataSourceExec::from_data_source(config))
+}
+
+/// A planned task as DataFusion's file description, carrying its full
+/// storage location for [`FileIoReaderFactory`].
+fn partitioned_file(task: &FileScanTask) -> PartitionedFile {
+    let path = task
+        .data_file_path
+        .strip_prefix("file://")
+        .unwrap_or(&task.data_file_path);
+    let mut file = PartitionedFile::new(path, task.file_size_in_bytes)
+        .with_extensions(Arc::new(FileLocation(task.data_file_path.clone())));
+    if task.start != 0 || task.length != task.file_size_in_bytes {
+        file = file.with_range(task.start as i64, (task.start + task.length) as i64);
+    }
+    file
 }
 
 fn table_field(table: &Table, name: &str) -> Option<iceberg::spec::NestedFieldRef> {
@@ -187,6 +329,97 @@ fn distribute(mut tasks: Vec<FileScanTask>, n: usize) -> Vec<Vec<FileScanTask>> 
     parts.into_iter().map(|(_, t)| t).collect()
 }
 
+const DAY_MICROS: i64 = 86_400_000_000;
+
+/// Statistics known from planning alone: row and byte counts of the planned
+/// files, and column bounds implied by their partition values (identity
+/// partitions give a column's value, `day` partitions bound the timestamp).
+/// All inexact: row-level filters may drop rows.
+fn plan_statistics(
+    schema: &SchemaRef,
+    output: &[OutputColumn],
+    tasks: &[FileScanTask],
+    plan: &ScanPlan,
+) -> Statistics {
+    let mut bounds: HashMap<String, (ScalarValue, ScalarValue)> = HashMap::new();
+    let mut widen = |name: &str, lo: ScalarValue, hi: ScalarValue| {
+        let entry = bounds
+            .entry(name.to_string())
+            .or_insert_with(|| (lo.clone(), hi.clone()));
+        if lo < entry.0 {
+            entry.0 = lo;
+        }
+        if hi > entry.1 {
+            entry.1 = hi;
+        }
+    };
+    let mut complete: HashMap<String, usize> = HashMap::new();
+    for task in tasks {
+        let (Some(partition), Some(spec)) = (&task.partition, &task.partition_spec) else {
+            continue;
+        };
+        for (field, value) in spec.fields().iter().zip(partition.fields()) {
+            let Some(source) = task.schema.field_by_id(field.source_id) else {
+                continue;
+            };
+            let value = match value {
+                Some(Literal::Primitive(v)) => v,
+                _ => continue,
+            };
+            let micros = matches!(
+                *source.field_type,
+                Type::Primitive(PrimitiveType::Timestamp | PrimitiveType::Timestamptz)
+            );
+            let (lo, hi) = match (field.transform, value) {
+                (Transform::Identity, PrimitiveLiteral::String(s)) => (
+                    ScalarValue::Utf8(Some(s.clone())),
+                    ScalarValue::Utf8(Some(s.clone())),
+                ),
+                (Transform::Day, PrimitiveLiteral::Int(day)) if micros => {
+                    if source.name == col::EVENT_TIMESTAMP {
+                        let day = ScalarValue::Date32(Some(*day));
+                        *complete.entry(col::EVENT_DAY.to_string()).or_default() += 1;
+                        widen(col::EVENT_DAY, day.clone(), day);
+                    }
+                    let day = i64::from(*day);
+                    (
+                        ScalarValue::Int64(Some(day * DAY_MICROS)),
+                        ScalarValue::Int64(Some((day + 1) * DAY_MICROS - 1)),
+                    )
+                }
+                _ => continue,
+            };
+            *complete.entry(source.name.clone()).or_default() += 1;
+            widen(&source.name, lo, hi);
+        }
+    }
+    let mut stats = Statistics::new_unknown(schema);
+    stats.num_rows = Precision::Inexact(plan.records as usize);
+    stats.total_byte_size = Precision::Inexact(plan.bytes as usize);
+    for ((c, field), column) in output
+        .iter()
+        .zip(schema.fields())
+        .zip(stats.column_statistics.iter_mut())
+    {
+        let name = match c {
+            OutputColumn::Table(n) => n.as_str(),
+            OutputColumn::EventDay => col::EVENT_DAY,
+        };
+        // Only bound a column when every planned file contributed.
+        let every_file = complete.get(name).copied().unwrap_or(0) == tasks.len();
+        let Some((lo, hi)) = bounds.get(name).filter(|_| every_file && !tasks.is_empty()) else {
+            continue;
+        };
+        let (Ok(lo), Ok(hi)) = (lo.cast_to(field.data_type()), hi.cast_to(field.data_type()))
+        else {
+            continue;
+        };
+        column.min_value = Precision::Inexact(lo);
+        column.max_value = Precision::Inexact(hi);
+    }
+    stats
+}
+
 impl DisplayAs for IcebergScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
@@ -205,6 +438,9 @@ impl DisplayAs for IcebergScanExec {
         )?;
         if let Some(p) = &self.predicate {
             write!(f, ", predicate=[{p}]")?;
+        }
+        if let Reader::Iceberg { reason, .. } = &self.reader {
+            write!(f, ", reader=iceberg ({reason})")?;
         }
         Ok(())
     }
@@ -240,53 +476,71 @@ impl ExecutionPlan for IcebergScanExec {
         context: Arc<TaskContext>,
     ) -> DFResult<SendableRecordBatchStream> {
         let tasks = self.partitions.get(partition).cloned().unwrap_or_default();
-        let files = MetricBuilder::new(&self.metrics).counter("files_scanned", partition);
-        let bytes = MetricBuilder::new(&self.metrics).counter("bytes_scanned", partition);
+        MetricBuilder::new(&self.metrics)
+            .counter("files_scanned", partition)
+            .add(tasks.len());
         let rows = MetricBuilder::new(&self.metrics).output_rows(partition);
-        files.add(tasks.len());
         let (label, planned_files, file_count) =
             (self.label.clone(), self.plan.files.len(), tasks.len());
-        let batch_size = context.session_config().batch_size();
-        let reader = self
-            .table
-            .reader_builder()
-            .with_batch_size(batch_size)
-            .with_data_file_concurrency_limit(2)
-            .with_row_group_filtering_enabled(true)
-            .with_row_selection_enabled(true)
-            .build();
-        let result = reader
-            .read(futures::stream::iter(tasks.into_iter().map(Ok)).boxed())
-            .map_err(to_df)?;
-        let scan_metrics = result.metrics().clone();
-        let schema = self.schema.clone();
-        let output = self.output.clone();
-        let read_columns = self.read_columns.clone();
-        let stream = result
-            .stream()
-            .map_err(to_df)
-            .and_then(move |batch| {
-                let out = adapt_batch(&batch, &schema, &output, &read_columns);
-                if let Ok(b) = &out {
-                    rows.add(b.num_rows());
-                }
-                futures::future::ready(out)
-            })
-            .map_ok(Some)
-            // After the last file, report what the reader fetched.
-            .chain(futures::stream::once(async move {
-                bytes.add(scan_metrics.bytes_read() as usize);
+        let (schema, output) = (self.schema.clone(), self.output.clone());
+        let batches = match &self.reader {
+            Reader::Parquet(exec) => {
+                let read_columns: Vec<String> = exec
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect();
+                exec.execute(partition, context)?
+                    .and_then(move |batch| {
+                        futures::future::ready(adapt_batch(&batch, &schema, &output, &read_columns))
+                    })
+                    .boxed()
+            }
+            Reader::Iceberg { read_columns, .. } => {
+                let bytes = MetricBuilder::new(&self.metrics).counter("bytes_scanned", partition);
+                let read_columns = read_columns.clone();
+                let reader = self
+                    .table
+                    .reader_builder()
+                    .with_batch_size(context.session_config().batch_size())
+                    .with_data_file_concurrency_limit(2)
+                    .with_row_group_filtering_enabled(true)
+                    .with_row_selection_enabled(true)
+                    .build();
+                let result = reader
+                    .read(futures::stream::iter(tasks.into_iter().map(Ok)).boxed())
+                    .map_err(to_df)?;
+                let scan_metrics = result.metrics().clone();
+                result
+                    .stream()
+                    .map_err(to_df)
+                    .and_then(move |batch| {
+                        futures::future::ready(adapt_batch(&batch, &schema, &output, &read_columns))
+                    })
+                    .chain(
+                        futures::stream::once(async move {
+                            bytes.add(scan_metrics.bytes_read() as usize);
+                            Ok::<_, DataFusionError>(None)
+                        })
+                        .try_filter_map(|b: Option<RecordBatch>| futures::future::ready(Ok(b))),
+                    )
+                    .boxed()
+            }
+        };
+        let stream = batches.inspect_ok(move |b| rows.add(b.num_rows())).chain(
+            futures::stream::once(async move {
                 tracing::debug!(
                     table = %label,
                     partition,
                     files_planned = planned_files,
                     files_scanned = file_count,
-                    bytes_read = scan_metrics.bytes_read(),
                     "scan partition done"
                 );
-                Ok(None)
-            }))
-            .try_filter_map(|b| futures::future::ready(Ok(b)));
+                Ok::<_, DataFusionError>(None)
+            })
+            .try_filter_map(|b: Option<RecordBatch>| futures::future::ready(Ok(b))),
+        );
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
             stream,
@@ -294,21 +548,42 @@ impl ExecutionPlan for IcebergScanExec {
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
-        Some(self.metrics.clone_inner())
+        let mut metrics = self.metrics.clone_inner();
+        // The Parquet reader's own metrics (bytes scanned, row groups and
+        // pages pruned) belong to this node: its plan is not a child.
+        // Its baseline metrics (rows, batches, compute time) would count
+        // this node's output twice and are left out.
+        if let Reader::Parquet(exec) = &self.reader {
+            let inner = exec.metrics().unwrap_or_default();
+            for m in inner.iter() {
+                if !matches!(
+                    m.value(),
+                    MetricValue::OutputRows(_)
+                        | MetricValue::OutputBytes(_)
+                        | MetricValue::OutputBatches(_)
+                        | MetricValue::ElapsedCompute(_)
+                ) {
+                    metrics.push(m.clone());
+                }
+            }
+        }
+        Some(metrics)
     }
 
     fn partition_statistics(&self, partition: Option<usize>) -> DFResult<Statistics> {
-        let records = match partition {
-            None => self.plan.records,
-            Some(i) => self
+        let mut stats = self.statistics.clone();
+        if let Some(i) = partition {
+            let part = self
                 .partitions
                 .get(i)
-                .map(|p| p.iter().filter_map(|t| t.record_count).sum())
-                .unwrap_or(0),
-        };
-        let mut stats = Statistics::new_unknown(&self.schema);
-        // Row-level filters may drop rows: an upper bound, not exact.
-        stats.num_rows = Precision::Inexact(records as usize);
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            stats.num_rows = Precision::Inexact(
+                part.iter().filter_map(|t| t.record_count).sum::<u64>() as usize,
+            );
+            stats.total_byte_size =
+                Precision::Inexact(part.iter().map(|t| t.file_size_in_bytes).sum::<u64>() as usize);
+        }
         Ok(stats)
     }
 }
@@ -336,7 +611,7 @@ fn adapt_batch(
     for (c, field) in output.iter().zip(schema.fields()) {
         let array = match c {
             OutputColumn::Table(name) => column(name)?,
-            OutputColumn::EventDay => cast(&column(col::EVENT_TIMESTAMP)?, &DataType::Date32)?,
+            OutputColumn::EventDay => event_day(&column(col::EVENT_TIMESTAMP)?)?,
         };
         let array = if array.data_type() == field.data_type() {
             array
@@ -351,4 +626,44 @@ fn adapt_batch(
         columns,
         &options,
     )?)
+}
+
+/// `event_day` from `event_timestamp`. The column is UTC microseconds, so the
+/// day is a floor division; arrow's cast would convert every row through
+/// chrono's time-zone arithmetic instead.
+fn event_day(timestamps: &ArrayRef) -> DFResult<ArrayRef> {
+    match timestamps.as_primitive_opt::<TimestampMicrosecondType>() {
+        Some(micros) if micros.timezone().is_none_or(is_utc) => {
+            Ok(Arc::new(micros.unary::<_, Date32Type>(|v| {
+                v.div_euclid(DAY_MICROS) as i32
+            })))
+        }
+        _ => Ok(cast(timestamps, &DataType::Date32)?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::TimestampMicrosecondArray;
+
+    #[test]
+    fn event_day_matches_arrow_cast() {
+        let values: Vec<Option<i64>> = (-500..500)
+            .map(|i| (i % 7 != 0).then_some(i * 3_600_000_001 + i % 3))
+            .collect();
+        for tz in [Some("+00:00"), Some("UTC"), None] {
+            let mut array = TimestampMicrosecondArray::from(values.clone());
+            if let Some(tz) = tz {
+                array = array.with_timezone(tz);
+            }
+            let array: ArrayRef = Arc::new(array);
+            let want = cast(&array, &DataType::Date32).unwrap();
+            assert_eq!(
+                event_day(&array).unwrap().to_data(),
+                want.to_data(),
+                "{tz:?}"
+            );
+        }
+    }
 }

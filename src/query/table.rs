@@ -15,7 +15,8 @@ use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result as DFResult};
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, lit};
 use datafusion::physical_plan::ExecutionPlan;
 use iceberg::expr::{Predicate, Reference};
 use iceberg::scan::FileScanTask;
@@ -25,7 +26,8 @@ use iceberg::{NamespaceIdent, TableIdent};
 use iceberg_datafusion::physical_plan::convert_filters_to_predicate;
 
 use super::pruning::{event_day_predicate, references_event_day};
-use super::scan::IcebergScanExec;
+use super::reader::FooterCache;
+use super::scan::{IcebergScanExec, ScanRequest};
 use crate::catalog::Warehouse;
 use crate::schema::col;
 
@@ -40,11 +42,17 @@ pub struct RaindropTable {
     scope: Option<String>,
     /// Expose the virtual `event_day` column.
     virtual_day: bool,
+    /// Parquet footers shared by every scan of the engine.
+    footers: Arc<FooterCache>,
 }
 
 impl RaindropTable {
     /// `raw_events` as seen by one project (`None` = admin, all projects).
-    pub fn raw_events(table: Table, scope: Option<String>) -> DFResult<Self> {
+    pub fn raw_events(
+        table: Table,
+        scope: Option<String>,
+        footers: Arc<FooterCache>,
+    ) -> DFResult<Self> {
         let mut schema = table_arrow_schema(&table)?;
         let mut fields = schema.fields().to_vec();
         fields.push(Arc::new(Field::new(
@@ -59,17 +67,19 @@ impl RaindropTable {
             schema: Arc::new(schema),
             scope,
             virtual_day: true,
+            footers,
         })
     }
 
     /// A tenant's own table, shown under `label`.
-    pub fn plain(table: Table, label: String) -> DFResult<Self> {
+    pub fn plain(table: Table, label: String, footers: Arc<FooterCache>) -> DFResult<Self> {
         Ok(Self {
             schema: Arc::new(table_arrow_schema(&table)?),
             table,
             label,
             scope: None,
             virtual_day: false,
+            footers,
         })
     }
 }
@@ -144,7 +154,7 @@ impl TableProvider for RaindropTable {
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
-        _limit: Option<usize>,
+        limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         let mandatory: Option<Predicate> = self
             .scope
@@ -160,47 +170,52 @@ impl TableProvider for RaindropTable {
             }
         }
         optional.extend(convert_filters_to_predicate(&plain_filters));
+        // Row groups and pages are pruned by the same filters, plus the scope.
+        let row_filter = conjunction(
+            self.scope
+                .iter()
+                .map(|p| datafusion::prelude::col(col::PROJECT_ID).eq(lit(p.as_str())))
+                .chain(plain_filters),
+        );
         let full = mandatory
             .clone()
             .into_iter()
             .chain(optional.iter().cloned())
             .reduce(Predicate::and);
-        let partitions = state.config().target_partitions();
         let scope = self.scope.clone();
         let file_filter = move |t: &FileScanTask| match &scope {
             Some(p) => check_file_scope(t, p),
             None => Ok(()),
         };
-        let exec = match IcebergScanExec::try_new(
-            self.table.clone(),
-            self.label.clone(),
-            &self.schema,
+        let request = |predicate| ScanRequest {
+            label: self.label.clone(),
+            full_schema: &self.schema,
             projection,
-            full,
-            partitions,
-            &file_filter,
-        )
-        .await
-        {
-            Ok(exec) => exec,
-            Err(e) if !optional.is_empty() => {
-                // A pushed-down filter Iceberg cannot bind (e.g. a type it
-                // does not support) must not fail the query: scan with the
-                // mandatory scope only and let DataFusion filter.
-                tracing::debug!(error = %e, "predicate pushdown failed; scanning without it");
-                IcebergScanExec::try_new(
-                    self.table.clone(),
-                    self.label.clone(),
-                    &self.schema,
-                    projection,
-                    mandatory,
-                    partitions,
-                    &file_filter,
-                )
-                .await?
-            }
-            Err(e) => return Err(e),
+            predicate,
+            row_filter: row_filter.clone(),
+            limit,
+            footers: self.footers.clone(),
         };
+        let exec =
+            match IcebergScanExec::try_new(self.table.clone(), request(full), state, &file_filter)
+                .await
+            {
+                Ok(exec) => exec,
+                Err(e) if !optional.is_empty() => {
+                    // A pushed-down filter Iceberg cannot bind (e.g. a type it
+                    // does not support) must not fail the query: scan with the
+                    // mandatory scope only and let DataFusion filter.
+                    tracing::debug!(error = %e, "predicate pushdown failed; scanning without it");
+                    IcebergScanExec::try_new(
+                        self.table.clone(),
+                        request(mandatory),
+                        state,
+                        &file_filter,
+                    )
+                    .await?
+                }
+                Err(e) => return Err(e),
+            };
         Ok(Arc::new(exec))
     }
 }
@@ -214,29 +229,25 @@ pub struct TenantSchema {
     namespace: NamespaceIdent,
     sql_schema: String,
     tables: Vec<String>,
+    footers: Arc<FooterCache>,
 }
 
 impl TenantSchema {
-    /// List the tables of `namespace`.
-    pub async fn load(
+    /// The schema `namespace` holding `tables` (listed by the caller).
+    pub fn new(
         warehouse: Warehouse,
         namespace: NamespaceIdent,
         sql_schema: String,
-    ) -> crate::Result<Self> {
-        let mut tables: Vec<String> = warehouse
-            .catalog
-            .list_tables(&namespace)
-            .await?
-            .into_iter()
-            .map(|t| t.name().to_string())
-            .collect();
-        tables.sort();
-        Ok(Self {
+        tables: Vec<String>,
+        footers: Arc<FooterCache>,
+    ) -> Self {
+        Self {
             warehouse,
             namespace,
             sql_schema,
             tables,
-        })
+            footers,
+        }
     }
 }
 
@@ -261,7 +272,11 @@ impl SchemaProvider for TenantSchema {
             .await
             .map_err(|e| e.into_datafusion())?;
         let label = format!("{}.{}", self.sql_schema, name);
-        Ok(Some(Arc::new(RaindropTable::plain(table, label)?)))
+        Ok(Some(Arc::new(RaindropTable::plain(
+            table,
+            label,
+            self.footers.clone(),
+        )?)))
     }
 
     fn table_exist(&self, name: &str) -> bool {

@@ -193,3 +193,40 @@ def test_duckdb_over_raindrop_parquet_matches_raindrop(loaded):
         cur.execute(SEED_QUERY)
         got = cur.fetch_arrow_table()
     assert rows(got) == rows(want, tolerant=True)
+
+
+def test_raindrop_follows_pyiceberg_schema_evolution(loaded):
+    """Columns added or renamed by another engine: Raindrop reads old files by
+    field id (renames need iceberg's reader, which EXPLAIN shows), new columns
+    are null in old files."""
+    from pyiceberg.types import StringType
+
+    catalog = open_pyiceberg(loaded)
+    catalog.create_namespace_if_not_exists(("tenants", "acme", "labels"))
+    first = pa.table({"session_id": ["acme-s1", "acme-s2"], "label": pa.array([1, 1], pa.int64())})
+    table = catalog.create_table("tenants.acme.labels.evolving", schema=first.schema)
+    table.append(first)
+    with connect(loaded, "acme") as conn, conn.cursor() as cur:
+        cur.execute("EXPLAIN SELECT sum(label) FROM labels.evolving")
+        plan = "\n".join(str(r) for r in cur.fetchall())
+        assert "IcebergScanExec" in plan and "reader=iceberg" not in plan, plan
+
+    with table.update_schema() as update:
+        update.rename_column("label", "gold_label")
+        update.add_column("note", StringType())
+    table = catalog.load_table("tenants.acme.labels.evolving")
+    table.append(
+        pa.table(
+            {
+                "session_id": ["acme-s3"],
+                "gold_label": pa.array([5], pa.int64()),
+                "note": ["relabelled"],
+            }
+        )
+    )
+    with connect(loaded, "acme") as conn, conn.cursor() as cur:
+        cur.execute("SELECT sum(gold_label) AS s, count(*) AS n, count(note) AS notes FROM labels.evolving")
+        assert cur.fetchone() == (7, 3, 1)
+        cur.execute("EXPLAIN SELECT sum(gold_label) FROM labels.evolving")
+        plan = "\n".join(str(r) for r in cur.fetchall())
+        assert "reader=iceberg (renamed columns)" in plan, plan
