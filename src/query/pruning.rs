@@ -110,6 +110,14 @@ pub fn references_event_day(e: &Expr) -> bool {
     e.column_refs().iter().any(|c| c.name == col::EVENT_DAY)
 }
 
+/// True if the filter involves `event_day` and no other column, and is not
+/// volatile: such a filter has one answer per data file (each file holds a
+/// single day), so it can be decided from partition values alone.
+pub fn only_event_day(e: &Expr) -> bool {
+    let columns = e.column_refs();
+    !columns.is_empty() && columns.iter().all(|c| c.name == col::EVENT_DAY) && !e.is_volatile()
+}
+
 /// An `event_timestamp` predicate implied by a filter on `event_day`.
 pub fn event_day_predicate(e: &Expr) -> Option<Predicate> {
     match e {

@@ -11,9 +11,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, RecordBatch, RecordBatchOptions};
+use arrow::array::{ArrayRef, AsArray, BooleanArray, Date32Array, RecordBatch, RecordBatchOptions};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Date32Type, SchemaRef, TimestampMicrosecondType};
+use arrow::compute::kernels::boolean::and;
+use arrow::datatypes::{DataType, Date32Type, Field, Schema, SchemaRef, TimestampMicrosecondType};
 use datafusion::catalog::Session;
 use datafusion::common::config::TableParquetOptions;
 use datafusion::common::stats::Precision;
@@ -38,7 +39,9 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt};
 use iceberg::expr::Predicate;
 use iceberg::scan::FileScanTask;
-use iceberg::spec::{DataFileFormat, Literal, PrimitiveLiteral, PrimitiveType, Transform, Type};
+use iceberg::spec::{
+    DataFileFormat, Literal, PartitionSpecRef, PrimitiveLiteral, PrimitiveType, Transform, Type,
+};
 use iceberg::table::Table;
 
 use super::functions::is_utc;
@@ -79,6 +82,10 @@ pub struct ScanRequest<'a> {
     pub predicate: Option<Predicate>,
     /// Filter over table columns: prunes row groups and pages while reading.
     pub row_filter: Option<Expr>,
+    /// Filters on `event_day` alone that the provider declared exact: each
+    /// file has one `event_day` (its `day` partition value), so they are
+    /// decided per file here and no row is filtered.
+    pub day_filters: Vec<Expr>,
     /// Rows the query needs at most (only set when no filter remains above).
     pub limit: Option<usize>,
     /// Shared footer cache for the Parquet reader.
@@ -168,9 +175,22 @@ impl IcebergScanExec {
             .try_collect()
             .await
             .map_err(to_df)?;
+        // iceberg 0.10.1's tasks carry partition values but not their spec;
+        // with a single spec ever, the values can be read with certainty.
+        let tasks: Vec<FileScanTask> = match only_spec(&table) {
+            Some(spec) => tasks
+                .into_iter()
+                .map(|mut t| {
+                    t.partition_spec.get_or_insert_with(|| spec.clone());
+                    t
+                })
+                .collect(),
+            None => tasks,
+        };
         for t in &tasks {
             file_filter(t)?;
         }
+        let tasks = keep_matching_days(tasks, &request.day_filters, state)?;
         let plan = ScanPlan {
             files: tasks.iter().map(|t| t.data_file_path.clone()).collect(),
             bytes: tasks.iter().map(|t| t.file_size_in_bytes).sum(),
@@ -187,6 +207,7 @@ impl IcebergScanExec {
                 &table,
                 &request,
                 state,
+                &output,
                 &read_columns,
                 &partitions,
             )?),
@@ -242,25 +263,47 @@ fn iceberg_reader_needed(table: &Table, partitions: &[Vec<FileScanTask>]) -> Opt
 
 /// DataFusion's Parquet source over the planned files, one file group per
 /// partition, reading through the table's `FileIO`.
+///
+/// When every file has a day partition value, `event_day` is produced as a
+/// partition column (a constant per file) and `event_timestamp` is read only
+/// if the query itself selects it.
 fn parquet_exec(
     table: &Table,
     request: &ScanRequest<'_>,
     state: &dyn Session,
+    output: &[OutputColumn],
     read_columns: &[String],
     partitions: &[Vec<FileScanTask>],
 ) -> DFResult<Arc<dyn ExecutionPlan>> {
     let file_schema: SchemaRef = Arc::new(
         iceberg::arrow::schema_to_arrow_schema(table.metadata().current_schema()).map_err(to_df)?,
     );
-    let indices = read_columns
-        .iter()
-        .map(|c| file_schema.index_of(c))
-        .collect::<Result<Vec<_>, _>>()?;
+    let wants_day = output.iter().any(|c| matches!(c, OutputColumn::EventDay));
+    let day_partition = wants_day && partitions.iter().flatten().all(|t| task_day(t).is_some());
+    let mut indices = vec![];
+    for c in read_columns {
+        let selected = output
+            .iter()
+            .any(|o| matches!(o, OutputColumn::Table(n) if n == c));
+        if day_partition && c == col::EVENT_TIMESTAMP && !selected {
+            continue;
+        }
+        indices.push(file_schema.index_of(c)?);
+    }
+    let mut table_schema = TableSchema::from_file_schema(file_schema.clone());
+    if day_partition {
+        indices.push(file_schema.fields().len());
+        table_schema = table_schema.with_table_partition_cols(vec![Arc::new(Field::new(
+            col::EVENT_DAY,
+            DataType::Date32,
+            false,
+        ))]);
+    }
     let options = TableParquetOptions {
         global: state.config_options().execution.parquet.clone(),
         ..Default::default()
     };
-    let mut source = ParquetSource::new(TableSchema::from_file_schema(file_schema.clone()))
+    let mut source = ParquetSource::new(table_schema)
         .with_table_parquet_options(options)
         .with_parquet_file_reader_factory(Arc::new(FileIoReaderFactory::new(
             table.file_io().clone(),
@@ -277,7 +320,22 @@ fn parquet_exec(
     }
     let groups = partitions
         .iter()
-        .map(|tasks| FileGroup::new(tasks.iter().map(partitioned_file).collect()))
+        .map(|tasks| {
+            FileGroup::new(
+                tasks
+                    .iter()
+                    .map(|t| {
+                        let file = partitioned_file(t);
+                        match task_day(t).filter(|_| day_partition) {
+                            Some(day) => {
+                                file.with_partition_values(vec![ScalarValue::Date32(Some(day))])
+                            }
+                            None => file,
+                        }
+                    })
+                    .collect(),
+            )
+        })
         .collect();
     let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
         .with_projection_indices(Some(indices))?
@@ -301,6 +359,75 @@ fn partitioned_file(task: &FileScanTask) -> PartitionedFile {
         file = file.with_range(task.start as i64, (task.start + task.length) as i64);
     }
     file
+}
+
+/// The table's partition spec, if it never had another one.
+pub fn only_spec(table: &Table) -> Option<PartitionSpecRef> {
+    let mut specs = table.metadata().partition_specs_iter();
+    match (specs.next(), specs.next()) {
+        (Some(spec), None) => Some(spec.clone()),
+        _ => None,
+    }
+}
+
+/// The `event_day` of every row of a planned file: its `day(event_timestamp)`
+/// partition value.
+pub fn task_day(task: &FileScanTask) -> Option<i32> {
+    let (partition, spec) = (task.partition.as_ref()?, task.partition_spec.as_ref()?);
+    let source = task.schema.field_by_name(col::EVENT_TIMESTAMP)?.id;
+    let idx = spec
+        .fields()
+        .iter()
+        .position(|f| f.source_id == source && f.transform == Transform::Day)?;
+    match partition.fields().get(idx)? {
+        Some(Literal::Primitive(PrimitiveLiteral::Int(day))) => Some(*day),
+        _ => None,
+    }
+}
+
+/// Drop the files whose day fails one of the exact `event_day` filters.
+/// The provider only declares such filters exact when the table's only
+/// partition spec has `day(event_timestamp)`, so a file without a day value
+/// is a broken table and fails the query rather than being guessed at.
+fn keep_matching_days(
+    tasks: Vec<FileScanTask>,
+    filters: &[Expr],
+    state: &dyn Session,
+) -> DFResult<Vec<FileScanTask>> {
+    if filters.is_empty() || tasks.is_empty() {
+        return Ok(tasks);
+    }
+    let days = tasks
+        .iter()
+        .map(|t| {
+            task_day(t).ok_or_else(|| {
+                DataFusionError::Internal(format!(
+                    "data file {} has no event_day partition value",
+                    t.data_file_path
+                ))
+            })
+        })
+        .collect::<DFResult<Vec<i32>>>()?;
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        col::EVENT_DAY,
+        DataType::Date32,
+        false,
+    )]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Date32Array::from(days))])?;
+    let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+    let mut keep = BooleanArray::from(vec![true; tasks.len()]);
+    for f in filters {
+        let result = state
+            .create_physical_expr(f.clone(), &df_schema)?
+            .evaluate(&batch)?
+            .into_array(batch.num_rows())?;
+        keep = and(&keep, result.as_boolean())?;
+    }
+    Ok(tasks
+        .into_iter()
+        .zip(keep.iter())
+        .filter_map(|(t, k)| (k == Some(true)).then_some(t))
+        .collect())
 }
 
 fn table_field(table: &Table, name: &str) -> Option<iceberg::spec::NestedFieldRef> {
@@ -611,7 +738,10 @@ fn adapt_batch(
     for (c, field) in output.iter().zip(schema.fields()) {
         let array = match c {
             OutputColumn::Table(name) => column(name)?,
-            OutputColumn::EventDay => event_day(&column(col::EVENT_TIMESTAMP)?)?,
+            OutputColumn::EventDay => match batch.column_by_name(col::EVENT_DAY) {
+                Some(day) => day.clone(),
+                None => event_day(&column(col::EVENT_TIMESTAMP)?)?,
+            },
         };
         let array = if array.data_type() == field.data_type() {
             array

@@ -25,9 +25,9 @@ use iceberg::table::Table;
 use iceberg::{NamespaceIdent, TableIdent};
 use iceberg_datafusion::physical_plan::convert_filters_to_predicate;
 
-use super::pruning::{event_day_predicate, references_event_day};
+use super::pruning::{event_day_predicate, only_event_day, references_event_day};
 use super::reader::FooterCache;
-use super::scan::{IcebergScanExec, ScanRequest};
+use super::scan::{IcebergScanExec, ScanRequest, only_spec};
 use crate::catalog::Warehouse;
 use crate::schema::col;
 
@@ -42,6 +42,10 @@ pub struct RaindropTable {
     scope: Option<String>,
     /// Expose the virtual `event_day` column.
     virtual_day: bool,
+    /// The table is partitioned by `day(event_timestamp)` (and never was any
+    /// other way): each data file holds one `event_day`, so filters on it
+    /// alone are decided per file, exactly.
+    exact_days: bool,
     /// Parquet footers shared by every scan of the engine.
     footers: Arc<FooterCache>,
 }
@@ -61,12 +65,14 @@ impl RaindropTable {
             false,
         )));
         schema = Schema::new(fields);
+        let exact_days = every_file_has_day(&table);
         Ok(Self {
             label: table.identifier().to_string(),
             table,
             schema: Arc::new(schema),
             scope,
             virtual_day: true,
+            exact_days,
             footers,
         })
     }
@@ -79,6 +85,7 @@ impl RaindropTable {
             label,
             scope: None,
             virtual_day: false,
+            exact_days: false,
             footers,
         })
     }
@@ -90,6 +97,23 @@ fn table_arrow_schema(table: &Table) -> DFResult<Schema> {
     let schema = iceberg::arrow::schema_to_arrow_schema(table.metadata().current_schema())
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
     Ok(schema)
+}
+
+/// Whether the table's only partition spec has `day(event_timestamp)`, so
+/// every data file carries its day (see [`only_spec`]).
+fn every_file_has_day(table: &Table) -> bool {
+    let Some(ts) = table
+        .metadata()
+        .current_schema()
+        .field_by_name(col::EVENT_TIMESTAMP)
+    else {
+        return false;
+    };
+    only_spec(table).is_some_and(|spec| {
+        spec.fields()
+            .iter()
+            .any(|f| f.source_id == ts.id && f.transform == Transform::Day)
+    })
 }
 
 /// The partition value of `project_id` of a planned file, if known.
@@ -143,10 +167,21 @@ impl TableProvider for RaindropTable {
         &self,
         filters: &[&Expr],
     ) -> DFResult<Vec<TableProviderFilterPushDown>> {
-        // Iceberg prunes files, row groups and rows, but DataFusion keeps
-        // evaluating every filter: pruning is an optimisation, never the
-        // source of truth.
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+        // Filters on `event_day` alone are decided per file from partition
+        // values (see `scan::keep_matching_days`), so no row needs checking.
+        // Everything else prunes files, row groups and pages, but DataFusion
+        // keeps evaluating it: pruning is an optimisation, never the source
+        // of truth.
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if self.exact_days && only_event_day(f) {
+                    TableProviderFilterPushDown::Exact
+                } else {
+                    TableProviderFilterPushDown::Inexact
+                }
+            })
+            .collect())
     }
 
     async fn scan(
@@ -162,7 +197,11 @@ impl TableProvider for RaindropTable {
             .map(|p| Reference::new(col::PROJECT_ID).equal_to(Datum::string(p)));
         let mut optional = vec![];
         let mut plain_filters = vec![];
+        let mut day_filters = vec![];
         for f in filters {
+            if self.exact_days && only_event_day(f) {
+                day_filters.push(f.clone());
+            }
             if self.virtual_day && references_event_day(f) {
                 optional.extend(event_day_predicate(f));
             } else {
@@ -193,6 +232,7 @@ impl TableProvider for RaindropTable {
             projection,
             predicate,
             row_filter: row_filter.clone(),
+            day_filters: day_filters.clone(),
             limit,
             footers: self.footers.clone(),
         };
