@@ -146,7 +146,13 @@ impl QueryEngine {
         // DataFusion's own `DATAFUSION_*` variables tune the engine (e.g.
         // `DATAFUSION_EXECUTION_PARQUET_PUSHDOWN_FILTERS`); the settings
         // below are Raindrop's and always win.
-        let config = SessionConfig::from_env()?
+        let mut config = SessionConfig::from_env()?;
+        if std::env::var_os("DATAFUSION_EXECUTION_PARQUET_BLOOM_FILTER_ON_READ").is_none() {
+            // Raindrop (like PyIceberg and Spark by default) writes no bloom
+            // filters; probing every file for one costs time on each scan.
+            config.options_mut().execution.parquet.bloom_filter_on_read = false;
+        }
+        let config = config
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(&self.warehouse.catalog_name, DEFAULT_TENANT_SCHEMA)

@@ -16,7 +16,7 @@ use datafusion::catalog::{SchemaProvider, Session, TableProvider};
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::logical_expr::utils::conjunction;
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, lit};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use iceberg::expr::{Predicate, Reference};
 use iceberg::scan::FileScanTask;
@@ -209,13 +209,10 @@ impl TableProvider for RaindropTable {
             }
         }
         optional.extend(convert_filters_to_predicate(&plain_filters));
-        // Row groups and pages are pruned by the same filters, plus the scope.
-        let row_filter = conjunction(
-            self.scope
-                .iter()
-                .map(|p| datafusion::prelude::col(col::PROJECT_ID).eq(lit(p.as_str())))
-                .chain(plain_filters),
-        );
+        // Row groups and pages are pruned by the same filters. The scope is
+        // not repeated there: it is enforced per file (`check_file_scope`),
+        // and every row of an identity-partitioned file has its value.
+        let row_filter = conjunction(plain_filters);
         let full = mandatory
             .clone()
             .into_iter()
