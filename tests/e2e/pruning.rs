@@ -135,6 +135,19 @@ async fn day_and_time_predicates_prune_files() {
         .unwrap();
     let text = strings(&analyzed, "plan").join("\n");
     assert!(text.contains(&format!("files_scanned={one_day}")), "{text}");
+    // The Parquet reader's own metrics are reported on the scan, once.
+    for metric in [
+        "bytes_scanned=",
+        "row_groups_pruned_statistics=",
+        "metadata_load_time=",
+    ] {
+        assert_eq!(text.matches(metric).count(), 1, "{metric} in {text}");
+    }
+    assert_eq!(
+        text.matches("output_rows=").count(),
+        text.lines().filter(|l| l.contains("metrics=")).count(),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
