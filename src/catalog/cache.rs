@@ -98,12 +98,83 @@ impl MetadataPointer {
     }
 }
 
+/// A map bounded by the total weight of its values, evicting the oldest
+/// entries first. Raindrop caches only contents of immutable, uniquely named
+/// files (table metadata, manifest lists, Parquet footers), so entries never
+/// go stale and insertion order is a fair eviction order.
+#[derive(Debug)]
+pub struct FifoCache<V> {
+    capacity: usize,
+    inner: Mutex<FifoEntries<V>>,
+}
+
+#[derive(Debug)]
+struct FifoEntries<V> {
+    map: HashMap<String, (V, usize)>,
+    order: VecDeque<String>,
+    weight: usize,
+}
+
+impl<V: Clone> FifoCache<V> {
+    /// A cache holding values of total weight at most `capacity`.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            inner: Mutex::new(FifoEntries {
+                map: HashMap::new(),
+                order: VecDeque::new(),
+                weight: 0,
+            }),
+        }
+    }
+
+    /// The value stored under `key`.
+    pub fn get(&self, key: &str) -> Option<V> {
+        let entries = self.inner.lock().expect("cache lock");
+        entries.map.get(key).map(|(v, _)| v.clone())
+    }
+
+    /// Store `value` under `key`; values heavier than the whole cache are
+    /// not kept.
+    pub fn insert(&self, key: &str, value: V, weight: usize) {
+        if weight > self.capacity {
+            return;
+        }
+        let mut guard = self.inner.lock().expect("cache lock");
+        let entries = &mut *guard;
+        match entries.map.insert(key.to_string(), (value, weight)) {
+            Some((_, old)) => entries.weight = entries.weight - old + weight,
+            None => {
+                entries.order.push_back(key.to_string());
+                entries.weight += weight;
+            }
+        }
+        while entries.weight > self.capacity {
+            let Some(oldest) = entries.order.pop_front() else {
+                break;
+            };
+            if let Some((_, w)) = entries.map.remove(&oldest) {
+                entries.weight -= w;
+            }
+        }
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.inner.lock().expect("cache lock").map.len()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Bounded cache of loaded tables keyed by metadata location.
 #[derive(Debug)]
 pub struct TableCache {
     pointer: Option<MetadataPointer>,
-    capacity: usize,
-    entries: Mutex<(HashMap<String, Table>, VecDeque<String>)>,
+    entries: FifoCache<Table>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -114,8 +185,7 @@ impl TableCache {
     pub fn new(pointer: Option<MetadataPointer>, capacity: usize) -> Self {
         Self {
             pointer,
-            capacity: capacity.max(1),
-            entries: Mutex::new((HashMap::new(), VecDeque::new())),
+            entries: FifoCache::new(capacity.max(1)),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -127,14 +197,10 @@ impl TableCache {
         let Some(pointer) = &self.pointer else {
             return Ok(catalog.load_table(ident).await?);
         };
-        let cached = pointer.current(ident).await?.and_then(|location| {
-            self.entries
-                .lock()
-                .expect("cache lock")
-                .0
-                .get(&location)
-                .cloned()
-        });
+        let cached = pointer
+            .current(ident)
+            .await?
+            .and_then(|location| self.entries.get(&location));
         if let Some(table) = cached {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(table);
@@ -156,18 +222,8 @@ impl TableCache {
 
     /// Remember a table version (e.g. the result of our own commit).
     pub fn insert(&self, table: &Table) {
-        let Some(location) = table.metadata_location() else {
-            return;
-        };
-        let mut guard = self.entries.lock().expect("cache lock");
-        let (map, order) = &mut *guard;
-        if map.insert(location.to_string(), table.clone()).is_none() {
-            order.push_back(location.to_string());
-        }
-        while order.len() > self.capacity {
-            if let Some(old) = order.pop_front() {
-                map.remove(&old);
-            }
+        if let Some(location) = table.metadata_location() {
+            self.entries.insert(location, table.clone(), 1);
         }
     }
 
@@ -186,11 +242,33 @@ impl TableCache {
 
     /// Number of cached table versions.
     pub fn len(&self) -> usize {
-        self.entries.lock().expect("cache lock").0.len()
+        self.entries.len()
     }
 
     /// True when nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FifoCache;
+
+    #[test]
+    fn fifo_cache_evicts_oldest_by_weight() {
+        let cache = FifoCache::new(10);
+        cache.insert("a", 1, 4);
+        cache.insert("b", 2, 4);
+        cache.insert("too-heavy", 3, 11);
+        assert_eq!(
+            (cache.get("a"), cache.get("b"), cache.len()),
+            (Some(1), Some(2), 2)
+        );
+        cache.insert("c", 3, 4);
+        assert_eq!(cache.get("a"), None, "oldest evicted once over capacity");
+        assert_eq!((cache.get("b"), cache.get("c")), (Some(2), Some(3)));
+        cache.insert("b", 5, 1);
+        assert_eq!((cache.get("b"), cache.len()), (Some(5), 2));
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod functions;
 pub mod limits;
+pub mod manifests;
 pub mod params;
 pub mod policy;
 pub mod pruning;
@@ -38,6 +39,7 @@ use crate::ingest::DEFAULT_TENANT_SCHEMA;
 use crate::schema;
 use crate::tenant::Principal;
 use limits::{Admission, LimitedStream, QueryLimits};
+use manifests::ManifestLists;
 use reader::FooterCache;
 use table::{RaindropTable, TenantSchema};
 
@@ -97,6 +99,19 @@ pub fn update_result_schema() -> SchemaRef {
 /// never go stale; the oldest are evicted first).
 const FOOTER_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Manifest lists kept (one per table snapshot a query read).
+const MANIFEST_LIST_CACHE_ENTRIES: usize = 256;
+
+/// Caches shared by every scan of the engine. Both hold immutable files'
+/// contents keyed by location, so entries never go stale.
+#[derive(Debug)]
+pub struct ScanCaches {
+    /// Parsed Parquet footers of data files.
+    pub footers: Arc<FooterCache>,
+    /// Parsed manifest lists of snapshots.
+    pub manifest_lists: ManifestLists,
+}
+
 /// Builds per-request sessions over the warehouse.
 #[derive(Debug, Clone)]
 pub struct QueryEngine {
@@ -104,7 +119,7 @@ pub struct QueryEngine {
     target_partitions: usize,
     limits: QueryLimits,
     admission: Arc<Admission>,
-    footers: Arc<FooterCache>,
+    caches: Arc<ScanCaches>,
 }
 
 impl QueryEngine {
@@ -120,7 +135,10 @@ impl QueryEngine {
             target_partitions,
             limits,
             admission: Arc::new(Admission::default()),
-            footers: Arc::new(FooterCache::new(FOOTER_CACHE_BYTES)),
+            caches: Arc::new(ScanCaches {
+                footers: Arc::new(FooterCache::new(FOOTER_CACHE_BYTES)),
+                manifest_lists: ManifestLists::new(MANIFEST_LIST_CACHE_ENTRIES),
+            }),
         }
     }
 
@@ -180,7 +198,7 @@ impl QueryEngine {
         let raw_events = RaindropTable::raw_events(
             self.warehouse.raw_events().await?,
             scope,
-            self.footers.clone(),
+            self.caches.clone(),
         )?;
         events.register_table(schema::RAW_EVENTS.to_string(), Arc::new(raw_events))?;
         let events_schema = self.warehouse.namespace.to_url_string();
@@ -197,7 +215,7 @@ impl QueryEngine {
                     ns,
                     sql_schema.clone(),
                     tables,
-                    self.footers.clone(),
+                    self.caches.clone(),
                 );
                 catalog.register_schema(&sql_schema, Arc::new(provider))?;
             }

@@ -11,9 +11,8 @@
 //! Data files are immutable and uniquely named, so their footers (with page
 //! indexes) are cached by location: a repeated query decodes no footer.
 
-use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use datafusion::datasource::listing::PartitionedFile;
@@ -27,6 +26,8 @@ use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::errors::{ParquetError, Result as ParquetResult};
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
+
+use crate::catalog::cache::FifoCache;
 
 /// Bytes fetched from the end of a file on a footer miss: most footers
 /// (with page indexes) of Raindrop's files fit, so one read suffices.
@@ -44,64 +45,31 @@ pub struct FileLocation(pub String);
 /// Parsed Parquet footers by file location, bounded by their in-memory size
 /// (oldest evicted first).
 #[derive(Debug)]
-pub struct FooterCache {
-    capacity_bytes: usize,
-    inner: Mutex<FooterEntries>,
-}
-
-#[derive(Debug, Default)]
-struct FooterEntries {
-    map: HashMap<String, Arc<ParquetMetaData>>,
-    order: VecDeque<String>,
-    bytes: usize,
-}
+pub struct FooterCache(FifoCache<Arc<ParquetMetaData>>);
 
 impl FooterCache {
     /// A cache holding at most `capacity_bytes` of decoded footers.
     pub fn new(capacity_bytes: usize) -> Self {
-        Self {
-            capacity_bytes,
-            inner: Mutex::default(),
-        }
+        Self(FifoCache::new(capacity_bytes))
     }
 
     fn get(&self, location: &str) -> Option<Arc<ParquetMetaData>> {
-        self.inner
-            .lock()
-            .expect("footer cache")
-            .map
-            .get(location)
-            .cloned()
+        self.0.get(location)
     }
 
     fn insert(&self, location: &str, metadata: Arc<ParquetMetaData>) {
         let size = metadata.memory_size();
-        if size > self.capacity_bytes {
-            return;
-        }
-        let mut entries = self.inner.lock().expect("footer cache");
-        if entries.map.insert(location.to_string(), metadata).is_none() {
-            entries.order.push_back(location.to_string());
-            entries.bytes += size;
-        }
-        while entries.bytes > self.capacity_bytes {
-            let Some(oldest) = entries.order.pop_front() else {
-                break;
-            };
-            if let Some(evicted) = entries.map.remove(&oldest) {
-                entries.bytes = entries.bytes.saturating_sub(evicted.memory_size());
-            }
-        }
+        self.0.insert(location, metadata, size);
     }
 
     /// Number of cached footers.
     pub fn len(&self) -> usize {
-        self.inner.lock().expect("footer cache").map.len()
+        self.0.len()
     }
 
     /// Whether no footer is cached.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.0.is_empty()
     }
 }
 

@@ -44,8 +44,10 @@ use iceberg::spec::{
 };
 use iceberg::table::Table;
 
+use super::ScanCaches;
 use super::functions::is_utc;
-use super::reader::{FileIoReaderFactory, FileLocation, FooterCache};
+use super::manifests::overlapping;
+use super::reader::{FileIoReaderFactory, FileLocation};
 use crate::schema::col;
 
 /// A column of the scan's output.
@@ -66,6 +68,9 @@ pub struct ScanPlan {
     pub bytes: u64,
     /// Their total row count (before row-level filtering).
     pub records: u64,
+    /// Data manifests whose partition ranges overlap the predicate, and all
+    /// data manifests of the snapshot (see [`super::manifests`]).
+    pub manifests: (usize, usize),
 }
 
 /// What a scan needs besides the table: the provider's view of it and the
@@ -88,8 +93,8 @@ pub struct ScanRequest<'a> {
     pub day_filters: Vec<Expr>,
     /// Rows the query needs at most (only set when no filter remains above).
     pub limit: Option<usize>,
-    /// Shared footer cache for the Parquet reader.
-    pub footers: Arc<FooterCache>,
+    /// Footer and manifest-list caches shared by every scan.
+    pub caches: Arc<ScanCaches>,
 }
 
 /// How planned files are read.
@@ -191,10 +196,16 @@ impl IcebergScanExec {
             file_filter(t)?;
         }
         let tasks = keep_matching_days(tasks, &request.day_filters, state)?;
+        let manifests = match request.caches.manifest_lists.current(&table).await {
+            Ok(Some(list)) => overlapping(&list, &table, request.predicate.as_ref()),
+            Ok(None) => (0, 0),
+            Err(e) => return Err(to_df(e)),
+        };
         let plan = ScanPlan {
             files: tasks.iter().map(|t| t.data_file_path.clone()).collect(),
             bytes: tasks.iter().map(|t| t.file_size_in_bytes).sum(),
             records: tasks.iter().filter_map(|t| t.record_count).sum(),
+            manifests,
         };
         let statistics = plan_statistics(&schema, &output, &tasks, &plan);
         let partitions = distribute(tasks, state.config().target_partitions().max(1));
@@ -307,7 +318,7 @@ fn parquet_exec(
         .with_table_parquet_options(options)
         .with_parquet_file_reader_factory(Arc::new(FileIoReaderFactory::new(
             table.file_io().clone(),
-            request.footers.clone(),
+            request.caches.footers.clone(),
         )));
     if let Some(filter) = &request.row_filter {
         let df_schema = DFSchema::try_from(file_schema.as_ref().clone())?;
@@ -551,8 +562,10 @@ impl DisplayAs for IcebergScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
-            "IcebergScanExec: table={}, files={}, bytes={}, partitions={}, projection=[{}]",
+            "IcebergScanExec: table={}, manifests={}/{}, files={}, bytes={}, partitions={}, projection=[{}]",
             self.label,
+            self.plan.manifests.0,
+            self.plan.manifests.1,
             self.plan.files.len(),
             self.plan.bytes,
             self.partitions.len(),

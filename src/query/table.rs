@@ -25,8 +25,8 @@ use iceberg::table::Table;
 use iceberg::{NamespaceIdent, TableIdent};
 use iceberg_datafusion::physical_plan::convert_filters_to_predicate;
 
+use super::ScanCaches;
 use super::pruning::{event_day_predicate, only_event_day, references_event_day};
-use super::reader::FooterCache;
 use super::scan::{IcebergScanExec, ScanRequest, only_spec};
 use crate::catalog::Warehouse;
 use crate::schema::col;
@@ -46,8 +46,8 @@ pub struct RaindropTable {
     /// other way): each data file holds one `event_day`, so filters on it
     /// alone are decided per file, exactly.
     exact_days: bool,
-    /// Parquet footers shared by every scan of the engine.
-    footers: Arc<FooterCache>,
+    /// Caches shared by every scan of the engine.
+    caches: Arc<ScanCaches>,
 }
 
 impl RaindropTable {
@@ -55,7 +55,7 @@ impl RaindropTable {
     pub fn raw_events(
         table: Table,
         scope: Option<String>,
-        footers: Arc<FooterCache>,
+        caches: Arc<ScanCaches>,
     ) -> DFResult<Self> {
         let mut schema = table_arrow_schema(&table)?;
         let mut fields = schema.fields().to_vec();
@@ -73,12 +73,12 @@ impl RaindropTable {
             scope,
             virtual_day: true,
             exact_days,
-            footers,
+            caches,
         })
     }
 
     /// A tenant's own table, shown under `label`.
-    pub fn plain(table: Table, label: String, footers: Arc<FooterCache>) -> DFResult<Self> {
+    pub fn plain(table: Table, label: String, caches: Arc<ScanCaches>) -> DFResult<Self> {
         Ok(Self {
             schema: Arc::new(table_arrow_schema(&table)?),
             table,
@@ -86,7 +86,7 @@ impl RaindropTable {
             scope: None,
             virtual_day: false,
             exact_days: false,
-            footers,
+            caches,
         })
     }
 }
@@ -231,7 +231,7 @@ impl TableProvider for RaindropTable {
             row_filter: row_filter.clone(),
             day_filters: day_filters.clone(),
             limit,
-            footers: self.footers.clone(),
+            caches: self.caches.clone(),
         };
         let exec =
             match IcebergScanExec::try_new(self.table.clone(), request(full), state, &file_filter)
@@ -266,7 +266,7 @@ pub struct TenantSchema {
     namespace: NamespaceIdent,
     sql_schema: String,
     tables: Vec<String>,
-    footers: Arc<FooterCache>,
+    caches: Arc<ScanCaches>,
 }
 
 impl TenantSchema {
@@ -276,14 +276,14 @@ impl TenantSchema {
         namespace: NamespaceIdent,
         sql_schema: String,
         tables: Vec<String>,
-        footers: Arc<FooterCache>,
+        caches: Arc<ScanCaches>,
     ) -> Self {
         Self {
             warehouse,
             namespace,
             sql_schema,
             tables,
-            footers,
+            caches,
         }
     }
 }
@@ -312,7 +312,7 @@ impl SchemaProvider for TenantSchema {
         Ok(Some(Arc::new(RaindropTable::plain(
             table,
             label,
-            self.footers.clone(),
+            self.caches.clone(),
         )?)))
     }
 
