@@ -157,24 +157,50 @@ async fn prepare(dir: &Path, cfg: &GenConfig) -> (HashMap<String, String>, Strin
     (project_tokens, admin)
 }
 
-async fn raindrop_run(url: &str, token: &str, sql: &str, runs: usize) -> (f64, usize, usize) {
+/// Sum of a `key=<n>` field over every scan line of an `EXPLAIN`.
+fn explain_sum(text: &str, key: &str) -> usize {
+    text.split("IcebergScanExec: ")
+        .skip(1)
+        .filter_map(|s| {
+            s.split(key)
+                .nth(1)?
+                .split([',', '/'])
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum()
+}
+
+/// Median hot ms, rows, files planned and manifests overlapping/total.
+async fn raindrop_run(
+    url: &str,
+    token: &str,
+    sql: &str,
+    runs: usize,
+) -> (f64, usize, usize, (usize, usize)) {
     let mut c = RaindropClient::connect(url, token).await.unwrap();
     let plan = c.query(&format!("EXPLAIN {sql}")).await.unwrap();
     let text = arrow::util::pretty::pretty_format_batches(&plan)
         .unwrap()
         .to_string();
-    let files: usize = text
-        .split("IcebergScanExec: ")
-        .skip(1)
-        .filter_map(|s| {
-            s.split("files=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
-        .sum();
+    let files = explain_sum(&text, " files=");
+    let manifests = (
+        explain_sum(&text, "manifests="),
+        text.split("IcebergScanExec: ")
+            .skip(1)
+            .filter_map(|s| {
+                s.split("manifests=")
+                    .nth(1)?
+                    .split('/')
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .sum(),
+    );
     let rows: usize = c
         .query(sql)
         .await
@@ -186,7 +212,7 @@ async fn raindrop_run(url: &str, token: &str, sql: &str, runs: usize) -> (f64, u
         c.query(sql).await.unwrap();
     })
     .await;
-    (ms, rows, files)
+    (ms, rows, files, manifests)
 }
 
 /// A ListingTable over the Parquet files under `root`.
@@ -334,11 +360,12 @@ fn main() {
         });
         let duck = duckdb_run(&python, &data, &tenant, &outcomes, runs, &qs);
 
-        println!("| query | Raindrop ms | files read | DataFusion ms | DuckDB ms | Raindrop/DataFusion | Raindrop/DuckDB | rows |");
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        println!("| query | Raindrop ms | manifests | files read | DataFusion ms | DuckDB ms | Raindrop/DataFusion | Raindrop/DuckDB | rows |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for q in &qs {
             let token = if q.admin { &admin } else { &tokens[&tenant] };
-            let (rd, rows, files) = raindrop_run(&server.url(), token, &q.sql, runs).await;
+            let (rd, rows, files, (m_used, m_all)) =
+                raindrop_run(&server.url(), token, &q.sql, runs).await;
             let ctx = if q.admin { &df_admin } else { &df_tenant };
             let (df, df_rows) = datafusion_run(ctx, &q.sql, runs).await;
             let (dk, dk_rows) = duck
@@ -348,7 +375,7 @@ fn main() {
                 .unwrap_or((f64::NAN, 0));
             let check = if rows == df_rows && (dk.is_nan() || rows == dk_rows) { "" } else { " (row counts differ!)" };
             println!(
-                "| {} | {rd:.1} | {files} | {df:.1} | {dk:.1} | {:.2} | {:.2} | {rows}{check} |",
+                "| {} | {rd:.1} | {m_used}/{m_all} | {files} | {df:.1} | {dk:.1} | {:.2} | {:.2} | {rows}{check} |",
                 q.name,
                 rd / df,
                 rd / dk
