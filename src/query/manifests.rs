@@ -187,3 +187,56 @@ fn micros(d: &Datum) -> Option<i64> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(lower: Datum, upper: Datum) -> FieldSummary {
+        FieldSummary {
+            contains_null: false,
+            contains_nan: None,
+            lower_bound: Some(lower.to_bytes().unwrap()),
+            upper_bound: Some(upper.to_bytes().unwrap()),
+        }
+    }
+
+    #[test]
+    fn day_summaries_admit_exactly_the_overlapping_ranges() {
+        // A manifest holding days 10..=12.
+        let s = summary(Datum::date(10), Datum::date(12));
+        let at = |day: i64, extra: i64| Datum::timestamptz_micros(day * DAY_MICROS + extra);
+        let check = |op, value: Datum| {
+            field_may_match(op, &value, Transform::Day, &PrimitiveType::Date, &s)
+        };
+        use PredicateOperator::*;
+        assert!(check(GreaterThanOrEq, at(12, 5)));
+        assert!(!check(GreaterThanOrEq, at(13, 0)));
+        assert!(
+            !check(LessThan, at(10, 0)),
+            "ts < midnight of day 10 is day 9 or earlier"
+        );
+        assert!(check(LessThan, at(10, 1)));
+        assert!(check(Eq, at(11, 7)));
+        assert!(!check(Eq, at(9, 86_399_999_999)));
+        assert!(!check(LessThanOrEq, at(9, 0)));
+    }
+
+    #[test]
+    fn identity_summaries_compare_values() {
+        let s = summary(Datum::string("acme"), Datum::string("acme"));
+        let check = |op, v: &str| {
+            field_may_match(
+                op,
+                &Datum::string(v),
+                Transform::Identity,
+                &PrimitiveType::String,
+                &s,
+            )
+        };
+        assert!(check(PredicateOperator::Eq, "acme"));
+        assert!(!check(PredicateOperator::Eq, "globex"));
+        assert!(!check(PredicateOperator::GreaterThan, "acme"));
+        assert!(check(PredicateOperator::GreaterThanOrEq, "acme"));
+    }
+}
