@@ -381,17 +381,30 @@ pub fn only_spec(table: &Table) -> Option<PartitionSpecRef> {
     }
 }
 
-/// The `event_day` of every row of a planned file: its `day(event_timestamp)`
-/// partition value.
-pub fn task_day(task: &FileScanTask) -> Option<i32> {
+/// A planned file's partition value for `transform(column)`: `None` when
+/// the spec has no such field (or is unknown), `Some(None)` for a null value.
+pub fn partition_value<'a>(
+    task: &'a FileScanTask,
+    column: &str,
+    transform: Transform,
+) -> Option<Option<&'a PrimitiveLiteral>> {
     let (partition, spec) = (task.partition.as_ref()?, task.partition_spec.as_ref()?);
-    let source = task.schema.field_by_name(col::EVENT_TIMESTAMP)?.id;
+    let source = task.schema.field_by_name(column)?.id;
     let idx = spec
         .fields()
         .iter()
-        .position(|f| f.source_id == source && f.transform == Transform::Day)?;
-    match partition.fields().get(idx)? {
-        Some(Literal::Primitive(PrimitiveLiteral::Int(day))) => Some(*day),
+        .position(|f| f.source_id == source && f.transform == transform)?;
+    Some(match partition.fields().get(idx)? {
+        Some(Literal::Primitive(value)) => Some(value),
+        _ => None,
+    })
+}
+
+/// The `event_day` of every row of a planned file: its `day(event_timestamp)`
+/// partition value.
+pub fn task_day(task: &FileScanTask) -> Option<i32> {
+    match partition_value(task, col::EVENT_TIMESTAMP, Transform::Day)? {
+        Some(PrimitiveLiteral::Int(day)) => Some(*day),
         _ => None,
     }
 }

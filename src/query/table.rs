@@ -20,14 +20,14 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use iceberg::expr::{Predicate, Reference};
 use iceberg::scan::FileScanTask;
-use iceberg::spec::{Datum, Literal, PrimitiveLiteral, Transform};
+use iceberg::spec::{Datum, PrimitiveLiteral, Transform};
 use iceberg::table::Table;
 use iceberg::{NamespaceIdent, TableIdent};
 use iceberg_datafusion::physical_plan::convert_filters_to_predicate;
 
 use super::ScanCaches;
 use super::pruning::{event_day_predicate, only_event_day, references_event_day};
-use super::scan::{IcebergScanExec, ScanRequest, only_spec};
+use super::scan::{IcebergScanExec, ScanRequest, only_spec, partition_value};
 use crate::catalog::Warehouse;
 use crate::schema::col;
 
@@ -118,16 +118,12 @@ fn every_file_has_day(table: &Table) -> bool {
 
 /// The partition value of `project_id` of a planned file, if known.
 fn task_project(task: &FileScanTask) -> Option<Option<&str>> {
-    let (partition, spec) = (task.partition.as_ref()?, task.partition_spec.as_ref()?);
-    let project_field = task.schema.field_by_name(col::PROJECT_ID)?.id;
-    let idx = spec
-        .fields()
-        .iter()
-        .position(|f| f.source_id == project_field && f.transform == Transform::Identity)?;
-    Some(match partition.fields().get(idx)? {
-        Some(Literal::Primitive(PrimitiveLiteral::String(s))) => Some(s.as_str()),
-        _ => None,
-    })
+    Some(
+        match partition_value(task, col::PROJECT_ID, Transform::Identity)? {
+            Some(PrimitiveLiteral::String(s)) => Some(s.as_str()),
+            _ => None,
+        },
+    )
 }
 
 /// Refuse to plan a file that is not in `project`'s partition.

@@ -7,7 +7,7 @@
 //! `query <types> [rowsort]` with expected rows after `----`. Cells are
 //! separated by a space; multi-line cells (plans) contribute one line
 //! each. Values that change from run to run are normalised: dates become
-//! `today-N` (the fixture's data ends now), `bytes=<n>`.
+//! `today-N` (the fixture's data ends at today's UTC midnight), `bytes=<n>`.
 //!
 //! `RAINDROP_SLT_COMPLETE=1 cargo test --test e2e slt` rewrites the
 //! expected results from the actual ones (review the diff).
