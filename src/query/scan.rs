@@ -207,6 +207,14 @@ impl IcebergScanExec {
             records: tasks.iter().filter_map(|t| t.record_count).sum(),
             manifests,
         };
+        tracing::debug!(
+            table = %request.label,
+            manifests_overlapping = plan.manifests.0,
+            manifests_total = plan.manifests.1,
+            files = plan.files.len(),
+            bytes = plan.bytes,
+            "scan planned"
+        );
         let statistics = plan_statistics(&schema, &output, &tasks, &plan);
         let partitions = distribute(tasks, state.config().target_partitions().max(1));
         let reader = match iceberg_reader_needed(&table, &partitions) {
@@ -681,13 +689,31 @@ impl ExecutionPlan for IcebergScanExec {
                     .boxed()
             }
         };
+        let inner = match &self.reader {
+            Reader::Parquet(exec) => Some(exec.clone()),
+            Reader::Iceberg { .. } => None,
+        };
         let stream = batches.inspect_ok(move |b| rows.add(b.num_rows())).chain(
             futures::stream::once(async move {
+                // Bytes this partition's Parquet readers fetched.
+                let bytes_scanned: usize = inner
+                    .and_then(|e| e.metrics())
+                    .map(|m| {
+                        m.iter()
+                            .filter(|m| {
+                                m.partition() == Some(partition)
+                                    && m.value().name() == "bytes_scanned"
+                            })
+                            .map(|m| m.value().as_usize())
+                            .sum()
+                    })
+                    .unwrap_or_default();
                 tracing::debug!(
                     table = %label,
                     partition,
                     files_planned = planned_files,
                     files_scanned = file_count,
+                    bytes_scanned,
                     "scan partition done"
                 );
                 Ok::<_, DataFusionError>(None)
