@@ -74,16 +74,20 @@ pub struct LimitedStream {
     timeout: Duration,
     bytes: usize,
     max_bytes: usize,
+    rows: usize,
+    started: std::time::Instant,
     done: bool,
     _slot: OwnedSemaphorePermit,
 }
 
 impl LimitedStream {
-    /// Wrap `inner` with `limits`, holding `slot`.
+    /// Wrap `inner` with `limits`, holding `slot`; `started` is when its
+    /// execution began (physical planning included), for the log.
     pub fn new(
         inner: SendableRecordBatchStream,
         limits: &QueryLimits,
         slot: OwnedSemaphorePermit,
+        started: std::time::Instant,
     ) -> Self {
         Self {
             inner,
@@ -91,6 +95,8 @@ impl LimitedStream {
             timeout: limits.timeout,
             bytes: 0,
             max_bytes: limits.max_result_bytes,
+            rows: 0,
+            started,
             done: false,
             _slot: slot,
         }
@@ -114,6 +120,7 @@ impl Stream for LimitedStream {
         match self.inner.as_mut().poll_next(cx) {
             Poll::Ready(Some(Ok(batch))) => {
                 self.bytes += crate::ingest::batch_bytes(&batch);
+                self.rows += batch.num_rows();
                 if self.bytes > self.max_bytes {
                     self.done = true;
                     return Poll::Ready(Some(Err(Error::ResourceExhausted(format!(
@@ -129,6 +136,12 @@ impl Stream for LimitedStream {
             }
             Poll::Ready(None) => {
                 self.done = true;
+                tracing::debug!(
+                    rows = self.rows,
+                    bytes = self.bytes,
+                    execute_ms = self.started.elapsed().as_secs_f64() * 1e3,
+                    "query finished"
+                );
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,

@@ -149,8 +149,9 @@ impl QueryEngine {
         let slot = self
             .admission
             .admit(principal, self.limits.max_concurrent_per_tenant)?;
+        let started = std::time::Instant::now();
         let stream = df.execute_stream().await?;
-        Ok(LimitedStream::new(stream, &self.limits, slot))
+        Ok(LimitedStream::new(stream, &self.limits, slot, started))
     }
 
     /// The warehouse this engine reads.
@@ -287,8 +288,10 @@ impl QueryEngine {
     /// Parse, check and plan `sql` for `principal`. The returned frame has
     /// not run yet; its schema is what `GetFlightInfo` reports.
     pub async fn plan(&self, principal: &Principal, sql: &str) -> Result<DataFrame> {
+        let started = std::time::Instant::now();
         let sql = params::number_placeholders(sql)?;
         let ctx = self.session(principal).await?;
+        let session_ms = started.elapsed().as_secs_f64() * 1e3;
         let state = ctx.state();
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(&sql, &dialect)?;
@@ -305,7 +308,13 @@ impl QueryEngine {
         }
         let plan = state.statement_to_plan(statement).await?;
         policy::check_plan(&plan)?;
-        Ok(ctx.execute_logical_plan(plan).await?)
+        let df = ctx.execute_logical_plan(plan).await?;
+        tracing::debug!(
+            session_ms,
+            plan_ms = started.elapsed().as_secs_f64() * 1e3,
+            "query planned"
+        );
+        Ok(df)
     }
 }
 
