@@ -196,11 +196,15 @@ impl IcebergScanExec {
             file_filter(t)?;
         }
         let tasks = keep_matching_days(tasks, &request.day_filters, state)?;
-        let manifests = match request.caches.manifest_lists.current(&table).await {
-            Ok(Some(list)) => overlapping(&list, &table, request.predicate.as_ref()),
-            Ok(None) => (0, 0),
-            Err(e) => return Err(to_df(e)),
-        };
+        let manifests = request
+            .caches
+            .manifest_lists
+            .current(&table)
+            .await
+            .map_err(to_df)?
+            .map_or((0, 0), |list| {
+                overlapping(&list, &table, request.predicate.as_ref())
+            });
         let plan = ScanPlan {
             files: tasks.iter().map(|t| t.data_file_path.clone()).collect(),
             bytes: tasks.iter().map(|t| t.file_size_in_bytes).sum(),
