@@ -356,24 +356,19 @@ fn print_table(runs: &[(&str, Run)]) {
     row("**Raindrop / PyIceberg** (target >= 3)", &|r| {
         py(r).map_or("-".into(), |v| format!("**{:.2}**", r.raindrop_rps / v))
     });
+    let p50_p99 = |v: &[f64]| (percentile(v, 0.5), percentile(v, 0.99));
     row(
         "**catalog commit p50 / p99, ms** (target p50 <= 50)",
         &|r| {
-            format!(
-                "**{:.1}** / {:.1}",
-                percentile(&r.commits, 0.5),
-                percentile(&r.commits, 0.99)
-            )
+            let (p50, p99) = p50_p99(&r.commits);
+            format!("**{p50:.1}** / {p99:.1}")
         },
     );
     row(
         "DoPut latency p50 / p99, ms (validate + write + commit + queueing)",
         &|r| {
-            format!(
-                "{:.1} / {:.1}",
-                percentile(&r.latencies, 0.5),
-                percentile(&r.latencies, 0.99)
-            )
+            let (p50, p99) = p50_p99(&r.latencies);
+            format!("{p50:.1} / {p99:.1}")
         },
     );
     row("snapshots committed / data files", &|r| {

@@ -42,36 +42,9 @@ const COALESCE_GAP: u64 = 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct FileLocation(pub String);
 
-/// Parsed Parquet footers by file location, bounded by their in-memory size
-/// (oldest evicted first).
-#[derive(Debug)]
-pub struct FooterCache(FifoCache<Arc<ParquetMetaData>>);
-
-impl FooterCache {
-    /// A cache holding at most `capacity_bytes` of decoded footers.
-    pub fn new(capacity_bytes: usize) -> Self {
-        Self(FifoCache::new(capacity_bytes))
-    }
-
-    fn get(&self, location: &str) -> Option<Arc<ParquetMetaData>> {
-        self.0.get(location)
-    }
-
-    fn insert(&self, location: &str, metadata: Arc<ParquetMetaData>) {
-        let size = metadata.memory_size();
-        self.0.insert(location, metadata, size);
-    }
-
-    /// Number of cached footers.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether no footer is cached.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
+/// Parsed Parquet footers by file location, weighed by their in-memory
+/// size (oldest evicted first).
+pub type FooterCache = FifoCache<Arc<ParquetMetaData>>;
 
 /// Builds Parquet readers over a table's `FileIO`.
 #[derive(Debug)]
@@ -207,7 +180,8 @@ impl AsyncFileReader for FileIoReader {
                 .load_and_finish(&mut *self, size)
                 .await?;
             let metadata = Arc::new(metadata);
-            self.footers.insert(&self.location, metadata.clone());
+            let size = metadata.memory_size();
+            self.footers.insert(&self.location, metadata.clone(), size);
             Ok(metadata)
         }
         .boxed()
