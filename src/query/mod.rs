@@ -18,6 +18,7 @@ pub mod reader;
 pub mod scan;
 pub mod table;
 pub mod update;
+pub mod views;
 
 use std::sync::Arc;
 
@@ -267,7 +268,7 @@ impl QueryEngine {
                     true => provider
                         .table(&t)
                         .await?
-                        .map(|p| strip_metadata(&p.schema())),
+                        .map(|p| strip_metadata(&views::client_schema(&p.schema()))),
                     false => None,
                 };
                 tables.push(TableEntry {
@@ -308,7 +309,7 @@ impl QueryEngine {
         }
         let plan = state.statement_to_plan(statement).await?;
         policy::check_plan(&plan)?;
-        let df = ctx.execute_logical_plan(plan).await?;
+        let df = views::without_views(ctx.execute_logical_plan(plan).await?)?;
         tracing::debug!(
             session_ms,
             plan_ms = started.elapsed().as_secs_f64() * 1e3,

@@ -48,6 +48,7 @@ use super::ScanCaches;
 use super::functions::is_utc;
 use super::manifests::overlapping;
 use super::reader::{FileIoReaderFactory, FileLocation};
+use super::views::scan_schema;
 use crate::schema::col;
 
 /// A column of the scan's output.
@@ -298,9 +299,10 @@ fn parquet_exec(
     read_columns: &[String],
     partitions: &[Vec<FileScanTask>],
 ) -> DFResult<Arc<dyn ExecutionPlan>> {
-    let file_schema: SchemaRef = Arc::new(
-        iceberg::arrow::schema_to_arrow_schema(table.metadata().current_schema()).map_err(to_df)?,
-    );
+    let file_schema: SchemaRef = Arc::new(scan_schema(
+        &iceberg::arrow::schema_to_arrow_schema(table.metadata().current_schema())
+            .map_err(to_df)?,
+    ));
     let wants_day = output.iter().any(|c| matches!(c, OutputColumn::EventDay));
     let day_partition = wants_day && partitions.iter().flatten().all(|t| task_day(t).is_some());
     let mut indices = vec![];

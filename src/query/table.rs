@@ -28,6 +28,7 @@ use iceberg_datafusion::physical_plan::convert_filters_to_predicate;
 use super::ScanCaches;
 use super::pruning::{event_day_predicate, only_event_day, references_event_day};
 use super::scan::{IcebergScanExec, ScanRequest, only_spec, partition_value};
+use super::views::{plain_literals, scan_schema};
 use crate::catalog::Warehouse;
 use crate::schema::col;
 
@@ -91,12 +92,12 @@ impl RaindropTable {
     }
 }
 
-/// Arrow schema of the table's current schema, exactly as the Iceberg
-/// reader produces it (field ids included), so batches need no rewriting.
+/// Arrow schema of the table's current schema (field ids included), with
+/// strings as views (see [`super::views`]).
 fn table_arrow_schema(table: &Table) -> DFResult<Schema> {
     let schema = iceberg::arrow::schema_to_arrow_schema(table.metadata().current_schema())
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
-    Ok(schema)
+    Ok(scan_schema(&schema))
 }
 
 /// Whether the table's only partition spec has `day(event_timestamp)`, so
@@ -204,7 +205,8 @@ impl TableProvider for RaindropTable {
                 plain_filters.push(f.clone());
             }
         }
-        optional.extend(convert_filters_to_predicate(&plain_filters));
+        let iceberg_filters: Vec<Expr> = plain_filters.iter().map(plain_literals).collect();
+        optional.extend(convert_filters_to_predicate(&iceberg_filters));
         // Row groups and pages are pruned by the same filters. The scope is
         // not repeated there: it is enforced per file (`check_file_scope`),
         // and every row of an identity-partitioned file has its value.

@@ -68,6 +68,7 @@ async fn write_query(
     mode: Mode,
     df: DataFrame,
 ) -> Result<u64> {
+    let df = super::views::without_views(df)?;
     let schema = Arc::new(df.schema().as_arrow().clone());
     let stream = df.execute_stream().await?;
     let batches = futures::stream::once(async move { Ok(RecordBatch::new_empty(schema)) })

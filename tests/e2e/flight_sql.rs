@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray};
-use arrow::datatypes::Schema;
+use arrow::datatypes::{DataType, Schema};
 use arrow::util::pretty::pretty_format_batches;
 use arrow_flight::sql::{
     CommandGetDbSchemas, CommandGetPrimaryKeys, CommandGetTables, CommandGetXdbcTypeInfo,
@@ -115,6 +115,26 @@ async fn metadata_rpcs_are_tenant_scoped_and_pinned() {
     let schema = Schema::try_from(arrow_flight::IpcMessage(bytes.to_vec().into())).unwrap();
     let names: Vec<_> = schema.fields().iter().map(|f| f.name().clone()).collect();
     insta::assert_snapshot!("raw_events_columns", names.join(", "));
+    // Strings are scanned as views internally; clients see the table's types.
+    assert_eq!(
+        schema.field_with_name("session_id").unwrap().data_type(),
+        &DataType::Utf8
+    );
+    let info = acme
+        .inner_mut()
+        .execute(
+            "SELECT session_id, upper(event_type) AS t, count(*) AS n FROM wildedge.raw_events GROUP BY 1, 2 LIMIT 3"
+                .to_string(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        schema_text(&info),
+        "session_id: Utf8\nt: Utf8\nn: Int64 not null"
+    );
+    let batches = fetch(&mut acme, info).await;
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
 
     let info = acme.inner_mut().get_table_types().await.unwrap();
     insta::assert_snapshot!("table_types", table(&fetch(&mut acme, info).await));
