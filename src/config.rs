@@ -33,6 +33,19 @@ pub enum Command {
     Demo(DemoConfig),
     /// Maintenance: find (and delete) data files no snapshot references.
     Orphans(OrphansConfig),
+    /// Maintenance: rewrite each partition's small data files as one file.
+    Compact(CompactConfig),
+}
+
+/// `raindrop compact`.
+#[derive(Debug, Clone, Args)]
+pub struct CompactConfig {
+    /// Storage options.
+    #[clap(flatten)]
+    pub storage: StorageConfig,
+    /// Compact a partition once it has at least this many small files.
+    #[clap(long, default_value_t = 2)]
+    pub min_files: usize,
 }
 
 /// `raindrop orphans`.

@@ -73,6 +73,27 @@ async fn orphans(config: raindrop::config::OrphansConfig) -> anyhow::Result<()> 
     Ok(())
 }
 
+async fn compact(config: raindrop::config::CompactConfig) -> anyhow::Result<()> {
+    use raindrop::maintenance::compact::{CompactOptions, compact_table};
+    let warehouse = raindrop::catalog::open(&config.storage).await?;
+    let options = CompactOptions {
+        min_files: config.min_files,
+        ..CompactOptions::default()
+    };
+    let r = compact_table(&warehouse, &warehouse.raw_events_ident(), &options).await?;
+    eprintln!(
+        "raw_events: {} partitions compacted, {} files ({} bytes) replaced by {} files ({} bytes), {} rows, {} snapshots",
+        r.partitions,
+        r.files_removed,
+        r.bytes_removed,
+        r.files_added,
+        r.bytes_added,
+        r.rows,
+        r.snapshots.len()
+    );
+    Ok(())
+}
+
 fn token(cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
         TokenCommand::Create {
@@ -131,6 +152,7 @@ fn main() -> anyhow::Result<()> {
             Command::Token(cmd) => token(cmd),
             Command::Demo(config) => Ok(raindrop::demo::run(config).await?),
             Command::Orphans(config) => orphans(config).await,
+            Command::Compact(config) => compact(config).await,
         }
     })
 }

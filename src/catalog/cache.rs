@@ -66,6 +66,34 @@ impl MetadataPointer {
 }
 
 impl MetadataPointer {
+    /// Compare-and-swap `ident`'s metadata location from `old` to `new`
+    /// (the SQL catalog's own commit protocol). `true` when this call moved
+    /// the pointer, confirmed by reading it back: SQLite can report an
+    /// update whose transaction did not commit.
+    pub async fn swap(&self, ident: &TableIdent, old: &str, new: &str) -> Result<bool> {
+        let sql = if self.postgres {
+            "UPDATE iceberg_tables SET metadata_location = $1, previous_metadata_location = $2 \
+             WHERE catalog_name = $3 AND table_namespace = $4 AND table_name = $5 AND metadata_location = $6"
+        } else {
+            "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
+             WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? AND metadata_location = ?"
+        };
+        let done = sqlx::query(sql)
+            .bind(new)
+            .bind(old)
+            .bind(&self.catalog_name)
+            .bind(ident.namespace().join("."))
+            .bind(ident.name())
+            .bind(old)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| Error::Internal(format!("updating catalog pointer: {e}")))?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        Ok(self.current(ident).await?.as_deref() == Some(new))
+    }
+
     /// Namespaces strictly below `parent` (dotted, e.g. `tenants.acme`) and
     /// the tables in them, in one query: `(namespace, Some(table))` per
     /// table and `(namespace, None)` per namespace with properties. The

@@ -3,6 +3,8 @@
 //! process died between writing Parquet and the catalog commit. Readers
 //! never see them (no snapshot references them); they only cost disk.
 
+pub mod compact;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};

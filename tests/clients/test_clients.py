@@ -2,6 +2,8 @@
 Flight, PyIceberg on the same SQLite catalog, and DuckDB as an independent
 engine recomputing the seed query."""
 
+import subprocess
+
 import adbc_driver_flightsql.dbapi as flightsql
 import duckdb
 import pyarrow as pa
@@ -9,8 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.flight as flight
 import pytest
 
-
-from conftest import DATA, SEED_QUERY, connect
+from conftest import BIN, DATA, SEED_QUERY, Server, connect
 
 
 def duckdb_seed(events: pa.Table, outcomes: pa.Table) -> pa.Table:
@@ -230,3 +231,47 @@ def test_raindrop_follows_pyiceberg_schema_evolution(loaded):
         cur.execute("EXPLAIN SELECT sum(gold_label) FROM labels.evolving")
         plan = "\n".join(str(r) for r in cur.fetchall())
         assert "reader=iceberg (renamed columns)" in plan, plan
+
+
+def test_compaction_is_invisible_to_readers(tmp_path):
+    """`raindrop compact` on a live server's data dir rewrites each
+    partition's small files as one (a `replace` snapshot). PyIceberg, DuckDB
+    and Raindrop read exactly the rows they read before."""
+    srv = Server(tmp_path)
+    try:
+        events, _ = DATA["acme"]
+        query = "SELECT count(*), count(DISTINCT event_id), sum(duration_ms) FROM wildedge.raw_events"
+        with connect(srv, "acme") as conn, conn.cursor() as cur:
+            step = events.num_rows // 4 + 1
+            for start in range(0, events.num_rows, step):
+                cur.adbc_ingest("raw_events", events.slice(start, step), mode="append")
+            cur.execute(query)
+            before = cur.fetchone()
+        assert before[0] == events.num_rows
+
+        table = open_pyiceberg(srv).load_table("wildedge.raw_events")
+        files_before = table.inspect.files().num_rows
+        partitions = table.inspect.partitions().num_rows
+        assert files_before > partitions  # several DoPuts hit the same days
+
+        done = subprocess.run([BIN, "compact", "--data-dir", str(tmp_path)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert f"{files_before} files" in done.stderr, done.stderr
+
+        table = open_pyiceberg(srv).load_table("wildedge.raw_events")
+        assert table.current_snapshot().summary.operation.value == "replace"
+        files = table.inspect.files()
+        assert files.num_rows == partitions
+        rows = table.scan().to_arrow()
+        assert rows.num_rows == events.num_rows
+        assert sorted(rows["event_id"].to_pylist()) == sorted(events["event_id"].to_pylist())
+        paths = files["file_path"].to_pylist()
+        duck = duckdb.sql(f"SELECT count(*) FROM read_parquet({[p.removeprefix('file://') for p in paths]})").fetchall()[0]
+        assert duck[0] == events.num_rows
+
+        with connect(srv, "acme") as conn, conn.cursor() as cur:
+            cur.execute(query)
+            after = cur.fetchone()
+        assert after[:2] == before[:2] and abs(after[2] - before[2]) < 1e-6 * abs(before[2])
+    finally:
+        srv.stop()

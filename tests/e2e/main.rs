@@ -5,6 +5,7 @@ mod attacks;
 mod cache;
 mod commit;
 mod common;
+mod compact;
 mod errors;
 mod flight_sql;
 mod ingest;

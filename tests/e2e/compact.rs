@@ -1,0 +1,162 @@
+//! Compaction: the same rows in fewer files, safe while ingest goes on.
+
+use raindrop::client::RaindropClient;
+use raindrop::maintenance::compact::{CompactOptions, compact_table};
+
+use crate::common::*;
+
+/// What must not change when files are rewritten: row count, distinct ids,
+/// an integer sum and the time range (as text, exact).
+const FINGERPRINT: &str = "SELECT count(*) AS n, count(DISTINCT event_id) AS ids, \
+     sum(CAST(input_tokens AS BIGINT)) AS tokens, \
+     CAST(min(event_timestamp) AS VARCHAR) AS lo, CAST(max(event_timestamp) AS VARCHAR) AS hi \
+     FROM wildedge.raw_events";
+
+async fn fingerprint(client: &mut RaindropClient) -> String {
+    let batches = client.query(FINGERPRINT).await.unwrap();
+    arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string()
+}
+
+async fn files_and_days(client: &mut RaindropClient) -> (usize, i64) {
+    let files = planned_files(client, "SELECT count(*) FROM wildedge.raw_events").await[0];
+    let days = count(
+        client,
+        "SELECT count(DISTINCT event_day) FROM wildedge.raw_events",
+    )
+    .await;
+    (files, days)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_keeps_every_row_and_leaves_one_file_per_partition() {
+    let mut server = TestServer::start().await;
+    let data = dataset().await;
+    let mut acme = server.client("acme").await;
+    let mut globex = server.client("globex").await;
+    // Every generated batch spans all 30 days: each DoPut adds a file to
+    // every day of its project (the backfill worst case).
+    for b in &data.acme.events {
+        acme.ingest_events(vec![b.clone()]).await.unwrap();
+    }
+    acme.ingest_events_once("before-compaction", vec![data.acme.events[0].slice(0, 10)])
+        .await
+        .unwrap();
+    globex
+        .ingest_events(vec![data.globex.events[0].clone()])
+        .await
+        .unwrap();
+    let acme_before = fingerprint(&mut acme).await;
+    let globex_before = fingerprint(&mut globex).await;
+    let (acme_files, acme_days) = files_and_days(&mut acme).await;
+    let (globex_files, globex_days) = files_and_days(&mut globex).await;
+    assert!(
+        acme_files as i64 > acme_days,
+        "fixture should leave several files per day: {acme_files} files, {acme_days} days"
+    );
+    assert_eq!(
+        globex_files as i64, globex_days,
+        "one DoPut: one file per day"
+    );
+
+    let warehouse = server.handle.as_ref().unwrap().services.query.warehouse();
+    let report = compact_table(
+        warehouse,
+        &warehouse.raw_events_ident(),
+        &CompactOptions::default(),
+    )
+    .await
+    .unwrap();
+    // Only acme's partitions had more than one file.
+    assert_eq!(report.partitions as i64, acme_days);
+    assert_eq!(report.files_removed, acme_files);
+    assert_eq!(report.files_added as i64, acme_days);
+    assert_eq!(report.snapshots.len(), 1);
+
+    assert_eq!(fingerprint(&mut acme).await, acme_before);
+    assert_eq!(fingerprint(&mut globex).await, globex_before);
+    assert_eq!(
+        files_and_days(&mut acme).await,
+        (acme_days as usize, acme_days)
+    );
+    assert_eq!(
+        files_and_days(&mut globex).await,
+        (globex_files, globex_days)
+    );
+
+    // Nothing left to do: a second run commits nothing.
+    let again = compact_table(
+        warehouse,
+        &warehouse.raw_events_ident(),
+        &CompactOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((again.files_removed, again.snapshots.len()), (0, 0));
+
+    // Request ids committed before the compaction still deduplicate after
+    // a restart (they live in the older snapshots' summaries).
+    server.restart().await;
+    let mut acme = server.client("acme").await;
+    acme.ingest_events_once("before-compaction", vec![data.acme.events[0].slice(0, 10)])
+        .await
+        .unwrap();
+    assert_eq!(fingerprint(&mut acme).await, acme_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_racing_ingest_loses_and_duplicates_nothing() {
+    let server = TestServer::start().await;
+    let data = dataset().await;
+    let mut acme = server.client("acme").await;
+    let mut acked = 0i64;
+    for b in &data.acme.events {
+        acked += acme.ingest_events(vec![b.clone()]).await.unwrap();
+    }
+    let warehouse = server.handle.as_ref().unwrap().services.query.warehouse();
+    let ident = warehouse.raw_events_ident();
+
+    // Appends keep landing while compactions build and swap their snapshots:
+    // a compaction whose base moved must rebuild on the new metadata.
+    let writer = {
+        let mut client = server.client("acme").await;
+        let batches: Vec<_> = data
+            .acme
+            .events
+            .iter()
+            .map(|b| b.slice(0, b.num_rows().min(500)))
+            .collect();
+        tokio::spawn(async move {
+            let mut n = 0i64;
+            for _ in 0..3 {
+                for b in &batches {
+                    n += client.ingest_events(vec![b.clone()]).await.unwrap();
+                }
+            }
+            n
+        })
+    };
+    let (mut compacted, mut rebuilds) = (0, 0);
+    while !writer.is_finished() {
+        let report = compact_table(warehouse, &ident, &CompactOptions::default())
+            .await
+            .unwrap();
+        compacted += report.files_removed;
+        rebuilds += report.rebuilds;
+    }
+    eprintln!("compaction rebuilds after a concurrent append: {rebuilds}");
+    acked += writer.await.unwrap();
+    let report = compact_table(warehouse, &ident, &CompactOptions::default())
+        .await
+        .unwrap();
+    compacted += report.files_removed;
+    assert!(compacted > 0);
+
+    assert_eq!(
+        count(&mut acme, "SELECT count(*) FROM wildedge.raw_events").await,
+        acked
+    );
+    let (files, days) = files_and_days(&mut acme).await;
+    assert_eq!(files as i64, days, "one file per day after the last run");
+}
