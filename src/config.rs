@@ -192,6 +192,15 @@ pub struct LimitsConfig {
     /// larger files at the cost of ingest latency.
     #[clap(long, env = "RAINDROP_COMMIT_MAX_DELAY_MS", default_value_t = 0)]
     pub commit_max_delay_ms: u64,
+    /// How often the server compacts `raw_events` (rewrites each
+    /// partition's small files as one), in seconds; 0 disables it. With
+    /// several nodes on one catalog, enable it on one.
+    #[clap(long, env = "RAINDROP_COMPACT_INTERVAL_SECS", default_value_t = 300)]
+    pub compact_interval_secs: u64,
+    /// Background compaction rewrites a partition once it has this many
+    /// small files.
+    #[clap(long, env = "RAINDROP_COMPACT_MIN_FILES", default_value_t = 4)]
+    pub compact_min_files: usize,
     /// Memory one query may use (joins, aggregations, sorts), in MiB.
     #[clap(long, env = "RAINDROP_QUERY_MEMORY_MIB", default_value_t = 1024)]
     pub query_memory_mib: usize,
@@ -228,6 +237,8 @@ impl Default for LimitsConfig {
             max_buffered_mib: 2048,
             max_message_mib: 64,
             commit_max_delay_ms: 0,
+            compact_interval_secs: 300,
+            compact_min_files: 4,
             query_memory_mib: 1024,
             query_timeout_secs: 300,
             max_result_mib: 1024,

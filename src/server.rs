@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::flight::{RaindropFlightService, Services};
 use crate::ingest::Ingestor;
 use crate::ingest::writer::CommitConfig;
+use crate::maintenance::compact::{CompactOptions, compact_table};
 use crate::query::QueryEngine;
 use crate::tenant::tokens::TokenStore;
 
@@ -50,7 +51,7 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
             Err(e) => tracing::debug!(error = %e, "orphan scan skipped"),
         }
     });
-    Ok(Arc::new(Services {
+    let services = Arc::new(Services {
         tokens,
         query: QueryEngine::new(
             warehouse.clone(),
@@ -69,7 +70,44 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
         ),
         prepared: Default::default(),
         planned: Default::default(),
-    }))
+    });
+    if config.limits.compact_interval_secs > 0 {
+        tokio::spawn(compact_periodically(
+            Arc::downgrade(&services),
+            std::time::Duration::from_secs(config.limits.compact_interval_secs),
+            CompactOptions {
+                min_files: config.limits.compact_min_files,
+                ..CompactOptions::default()
+            },
+        ));
+    }
+    Ok(services)
+}
+
+/// Compact `raw_events` every `every`, for as long as the services live.
+async fn compact_periodically(
+    services: std::sync::Weak<Services>,
+    every: std::time::Duration,
+    options: CompactOptions,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(services) = services.upgrade() else {
+            return;
+        };
+        let warehouse = services.query.warehouse();
+        match compact_table(warehouse, &warehouse.raw_events_ident(), &options).await {
+            Ok(r) if r.files_removed > 0 => tracing::info!(
+                partitions = r.partitions,
+                files_removed = r.files_removed,
+                files_added = r.files_added,
+                rebuilds = r.rebuilds,
+                "raw_events compacted"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "raw_events compaction failed; will retry"),
+        }
+    }
 }
 
 fn read_pem(what: &str, path: &std::path::Path) -> Result<Vec<u8>> {

@@ -29,9 +29,9 @@ use arrow::array::RecordBatch;
 use futures::TryStreamExt;
 use iceberg::scan::FileScanTask;
 use iceberg::spec::{
-    DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestFile, ManifestListWriter,
-    ManifestWriterBuilder, Operation, Snapshot, SnapshotReference, SnapshotRetention, Struct,
-    Summary,
+    DataFile, FormatVersion, Literal, MAIN_BRANCH, ManifestContentType, ManifestFile,
+    ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot, SnapshotReference,
+    SnapshotRetention, Struct, Summary, Transform,
 };
 use iceberg::table::Table;
 use iceberg::{MetadataLocation, TableIdent, TableUpdate};
@@ -315,7 +315,18 @@ async fn commit_replace(
         )
     };
 
+    // Manifests that list a replaced file are rewritten; their entries are
+    // regrouped by tenant (the first identity partition field), so the
+    // manifest count shrinks and each tenant's files stay in manifests that
+    // partition summaries can skip for other tenants' queries.
     let mut manifests: Vec<ManifestFile> = vec![];
+    let mut clusters: HashMap<Option<Literal>, Vec<Entry>> = HashMap::new();
+    let cluster_of = |f: &DataFile| -> Option<Literal> {
+        let first = metadata.default_partition_spec().fields().first()?;
+        (first.transform == Transform::Identity)
+            .then(|| f.partition().fields().first().cloned().flatten())
+            .flatten()
+    };
     let mut found = 0;
     let list = base.manifest_list_reader(current).load().await?;
     for manifest_file in list.entries() {
@@ -335,33 +346,47 @@ async fn commit_replace(
             manifests.push(manifest_file.clone());
             continue;
         }
-        let mut writer = manifest_writer()?;
         for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
             let seq = entry.sequence_number().ok_or_else(|| {
                 Error::Internal(format!("{} has no sequence number", entry.file_path()))
             })?;
+            let file = entry.data_file().clone();
             let file_seq = entry.file_sequence_number;
-            if removed.contains(entry.file_path()) {
+            let e = if removed.contains(entry.file_path()) {
                 found += 1;
-                writer.add_delete_file(entry.data_file().clone(), seq, file_seq)?;
+                Entry::Deleted(file, seq, file_seq)
             } else {
                 let added_by = entry
                     .snapshot_id()
                     .unwrap_or(manifest_file.added_snapshot_id);
-                writer.add_existing_file(entry.data_file().clone(), added_by, seq, file_seq)?;
-            }
+                Entry::Existing(file, added_by, seq, file_seq)
+            };
+            clusters.entry(cluster_of(e.file())).or_default().push(e);
         }
-        manifests.push(writer.write_manifest_file().await?);
     }
     if found != removed.len() {
         // Another compaction replaced some of them first: ours is moot.
         return Ok(Swap::Moot(removed.len() - found));
     }
-    let mut writer = manifest_writer()?;
     for f in added {
-        writer.add_file(f.clone(), -1)?;
+        clusters
+            .entry(cluster_of(f))
+            .or_default()
+            .push(Entry::Added(f.clone()));
     }
-    manifests.push(writer.write_manifest_file().await?);
+    for entries in clusters.into_values() {
+        let mut writer = manifest_writer()?;
+        for e in entries {
+            match e {
+                Entry::Added(f) => writer.add_file(f, -1)?,
+                Entry::Existing(f, snapshot, seq, file_seq) => {
+                    writer.add_existing_file(f, snapshot, seq, file_seq)?
+                }
+                Entry::Deleted(f, seq, file_seq) => writer.add_delete_file(f, seq, file_seq)?,
+            }
+        }
+        manifests.push(writer.write_manifest_file().await?);
+    }
 
     let list_path = format!(
         "{}/metadata/snap-{snapshot_id}-0-{commit_uuid}.avro",
@@ -408,6 +433,24 @@ async fn commit_replace(
         Ok(Swap::Committed(snapshot_id))
     } else {
         Ok(Swap::Moved)
+    }
+}
+
+/// A manifest entry of a replace snapshot.
+enum Entry {
+    /// Written by the compaction (sequence number inherited).
+    Added(DataFile),
+    /// Kept: added by snapshot `.1` with data/file sequence numbers.
+    Existing(DataFile, i64, i64, Option<i64>),
+    /// Replaced, with its original sequence numbers.
+    Deleted(DataFile, i64, Option<i64>),
+}
+
+impl Entry {
+    fn file(&self) -> &DataFile {
+        match self {
+            Entry::Added(f) | Entry::Existing(f, ..) | Entry::Deleted(f, ..) => f,
+        }
     }
 }
 

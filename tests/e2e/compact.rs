@@ -85,6 +85,15 @@ async fn compaction_keeps_every_row_and_leaves_one_file_per_partition() {
         (globex_files, globex_days)
     );
 
+    // The rewritten manifests are regrouped by tenant: acme's files now sit
+    // in one manifest, and globex's untouched manifest is still skipped.
+    let plan = acme
+        .query("EXPLAIN SELECT count(*) FROM wildedge.raw_events")
+        .await
+        .unwrap();
+    let plan = strings(&plan, "plan").join("\n");
+    assert!(plan.contains("manifests=1/2,"), "{plan}");
+
     // Nothing left to do: a second run commits nothing.
     let again = compact_table(
         warehouse,
@@ -159,4 +168,42 @@ async fn compaction_racing_ingest_loses_and_duplicates_nothing() {
     );
     let (files, days) = files_and_days(&mut acme).await;
     assert_eq!(files as i64, days, "one file per day after the last run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_compacts_in_the_background() {
+    let (server, _dir) = custom_server(|c| {
+        c.limits.compact_interval_secs = 1;
+        c.limits.compact_min_files = 3;
+    })
+    .await;
+    let data = dataset().await;
+    let mut acme = RaindropClient::connect(&server.url(), ACME_TOKEN)
+        .await
+        .unwrap();
+    let batch = &data.acme.events[0];
+    for _ in 0..3 {
+        acme.ingest_events(vec![batch.clone()]).await.unwrap();
+    }
+    let days = count(
+        &mut acme,
+        "SELECT count(DISTINCT event_day) FROM wildedge.raw_events",
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (files, _) = files_and_days(&mut acme).await;
+        if files as i64 == days {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {files} files for {days} days"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        count(&mut acme, "SELECT count(*) FROM wildedge.raw_events").await,
+        3 * batch.num_rows() as i64
+    );
 }
