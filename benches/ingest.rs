@@ -112,6 +112,11 @@ struct Run {
     snapshots: usize,
     files: usize,
     raindrop_bytes: u64,
+    /// `raindrop compact` right after the ingest: seconds, and the live
+    /// data files and their bytes afterwards.
+    compact_secs: f64,
+    compacted_files: usize,
+    compacted_bytes: u64,
     peer: Option<serde_json::Value>,
 }
 
@@ -192,14 +197,16 @@ fn run(batches: &[(String, RecordBatch)], clients: usize, ids: &[String]) -> Run
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = work.path().join("raindrop");
     std::fs::create_dir_all(&dir).unwrap();
-    let serve = ServeConfig::in_dir(&dir);
+    let mut serve = ServeConfig::in_dir(&dir);
+    // Compaction is measured separately, after the ingest.
+    serve.limits.compact_interval_secs = 0;
     let mut secrets = std::collections::HashMap::new();
     for p in ids {
         let s = tokens::generate_secret();
         tokens::create_token(&serve.tokens_file(), &s, Some(p), Role::Ingest, "bench").unwrap();
         secrets.insert(p.clone(), s);
     }
-    let (raindrop_secs, mut latencies, mut commits, snapshots) = rt.block_on(async {
+    let (raindrop_secs, mut latencies, mut commits, snapshots, compacted) = rt.block_on(async {
         let server = ServerHandle::start(serve).await.unwrap();
         let url = server.url();
         // Owned, so the spawned client tasks can share it.
@@ -254,14 +261,15 @@ fn run(batches: &[(String, RecordBatch)], clients: usize, ids: &[String]) -> Run
             .metadata()
             .snapshots()
             .count();
+        let data_dir = dir.join("warehouse/wildedge/raw_events/data");
+        let written = (data_bytes(&data_dir), count_files(&data_dir));
+        let compacted = compact(server.services.query.warehouse()).await;
         server.stop().await.unwrap();
-        (secs, all, commits, snaps)
+        (secs, all, commits, snaps, (written, compacted))
     });
+    let ((raindrop_bytes, files), (compact_secs, compacted_files, compacted_bytes)) = compacted;
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
     commits.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let data_dir = dir.join("warehouse/wildedge/raw_events/data");
-    let raindrop_bytes = data_bytes(&data_dir);
-    let files = count_files(&data_dir);
 
     // PyIceberg and DuckDB on the same batches.
     let ipc_path = work.path().join("batches.arrow");
@@ -307,8 +315,39 @@ fn run(batches: &[(String, RecordBatch)], clients: usize, ids: &[String]) -> Run
         snapshots,
         files,
         raindrop_bytes,
+        compact_secs,
+        compacted_files,
+        compacted_bytes,
         peer,
     }
+}
+
+/// Compact `raw_events` once; seconds taken, and the live data files and
+/// bytes afterwards (the replaced files stay on disk for older snapshots).
+async fn compact(warehouse: &raindrop::catalog::Warehouse) -> (f64, usize, u64) {
+    use futures::TryStreamExt;
+    use raindrop::maintenance::compact::{CompactOptions, compact_table};
+    let t = Instant::now();
+    let ident = warehouse.raw_events_ident();
+    compact_table(warehouse, &ident, &CompactOptions::default())
+        .await
+        .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let tasks: Vec<_> = warehouse
+        .raw_events()
+        .await
+        .unwrap()
+        .scan()
+        .build()
+        .unwrap()
+        .plan_files()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let bytes = tasks.iter().map(|t| t.file_size_in_bytes).sum();
+    (secs, tasks.len(), bytes)
 }
 
 fn count_files(dir: &Path) -> usize {
@@ -376,6 +415,16 @@ fn print_table(runs: &[(&str, Run)]) {
     });
     row("**Raindrop bytes per event** (data files)", &|r| {
         format!("**{:.1}**", r.raindrop_bytes as f64 / r.rows as f64)
+    });
+    row("`raindrop compact` afterwards: seconds / rows/s", &|r| {
+        format!("{:.1} / {:.0}", r.compact_secs, r.rows as f64 / r.compact_secs)
+    });
+    row("after compaction: data files / **bytes per event**", &|r| {
+        format!(
+            "{} / **{:.1}**",
+            r.compacted_files,
+            r.compacted_bytes as f64 / r.rows as f64
+        )
     });
     row("ArrowWriter ZSTD bytes per event (one file)", &|r| {
         format!("{:.1}", r.arrow_bytes as f64 / r.rows as f64)
