@@ -821,7 +821,7 @@ mod tests {
         }
         // Types without a fast path fall back to the row format.
         let floats: ArrayRef = Arc::new(arrow::array::Float64Array::from(vec![1.0, 0.5]));
-        assert!(packed_order(&[floats.clone()]).is_none());
+        assert!(packed_order(std::slice::from_ref(&floats)).is_none());
         assert_eq!(sort_rows(&[floats]).unwrap().unwrap().values(), &[1, 0]);
     }
 }
