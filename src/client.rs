@@ -65,7 +65,11 @@ impl RaindropClient {
     /// Connect to `url` (e.g. `http://127.0.0.1:50051`) with `token`.
     pub async fn connect(url: &str, token: &str) -> ClientResult<Self> {
         let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+            // Query results arrive as multi-megabyte messages: h2's default
+            // 64 KiB windows would stall the server every 64 KiB.
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(32 << 20);
         Self::connect_endpoint(endpoint, token).await
     }
 
