@@ -151,7 +151,8 @@ pub async fn run(
     // windows the client stalls for a WINDOW_UPDATE every 64 KiB.
     let mut builder = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(8 * MIB as u32))
-        .initial_connection_window_size(Some(32 * MIB as u32));
+        .initial_connection_window_size(Some(32 * MIB as u32))
+        .max_frame_size(Some(MIB as u32));
     if let Some(tls) = tls_config(&config.tls)? {
         builder = builder
             .tls_config(tls)
