@@ -201,6 +201,13 @@ pub struct LimitsConfig {
     /// small files.
     #[clap(long, env = "RAINDROP_COMPACT_MIN_FILES", default_value_t = 4)]
     pub compact_min_files: usize,
+    /// With background compaction: snapshots of `raw_events` older than
+    /// this many hours are expired, and data files no remaining snapshot
+    /// references (replaced by compaction, or left by failed commits) are
+    /// deleted once an hour old. 0 keeps every snapshot. Retries are
+    /// deduplicated across restarts only within the retained snapshots.
+    #[clap(long, env = "RAINDROP_SNAPSHOT_RETENTION_HOURS", default_value_t = 24)]
+    pub snapshot_retention_hours: u64,
     /// Memory one query may use (joins, aggregations, sorts), in MiB.
     #[clap(long, env = "RAINDROP_QUERY_MEMORY_MIB", default_value_t = 1024)]
     pub query_memory_mib: usize,
@@ -239,6 +246,7 @@ impl Default for LimitsConfig {
             commit_max_delay_ms: 0,
             compact_interval_secs: 300,
             compact_min_files: 4,
+            snapshot_retention_hours: 24,
             query_memory_mib: 1024,
             query_timeout_secs: 300,
             max_result_mib: 1024,

@@ -79,16 +79,22 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
                 min_files: config.limits.compact_min_files,
                 ..CompactOptions::default()
             },
+            (config.limits.snapshot_retention_hours > 0).then(|| {
+                std::time::Duration::from_secs(config.limits.snapshot_retention_hours * 3600)
+            }),
         ));
     }
     Ok(services)
 }
 
-/// Compact `raw_events` every `every`, for as long as the services live.
+/// Compact `raw_events` every `every`, then expire snapshots older than
+/// `retention` and delete the files nothing references any more, for as
+/// long as the services live.
 async fn compact_periodically(
     services: std::sync::Weak<Services>,
     every: std::time::Duration,
     options: CompactOptions,
+    retention: Option<std::time::Duration>,
 ) {
     loop {
         tokio::time::sleep(every).await;
@@ -106,6 +112,18 @@ async fn compact_periodically(
             ),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "raw_events compaction failed; will retry"),
+        }
+        let Some(retain) = retention else { continue };
+        let hour = std::time::Duration::from_secs(3600);
+        let ident = warehouse.raw_events_ident();
+        match crate::maintenance::expire_and_clean(warehouse, &ident, retain, 1, hour).await {
+            Ok(r) if r.snapshots_expired > 0 => tracing::info!(
+                snapshots_expired = r.snapshots_expired,
+                files_deleted = r.files_deleted,
+                "raw_events snapshots expired"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "raw_events snapshot expiry failed; will retry"),
         }
     }
 }

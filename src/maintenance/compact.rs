@@ -48,8 +48,9 @@ pub struct CompactOptions {
     pub min_files: usize,
     /// Files at least this large are left alone.
     pub small_file_bytes: u64,
-    /// Stop adding partitions to one commit after this many input bytes
-    /// (bounds memory: a commit's input is decoded in memory).
+    /// Input bytes (compressed Parquet) of one commit, and of one
+    /// partition per run. Bounds memory: a commit's input is decoded and
+    /// sorted in memory, about 10x its Parquet size at peak.
     pub max_commit_bytes: u64,
 }
 
@@ -58,7 +59,7 @@ impl Default for CompactOptions {
         Self {
             min_files: 2,
             small_file_bytes: schema::TARGET_FILE_SIZE as u64 / 2,
-            max_commit_bytes: 256 * 1024 * 1024,
+            max_commit_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -132,9 +133,20 @@ pub async fn compact_table(
         .await?
         .into_iter()
         .map(|(_, files)| {
-            files
+            // Smallest first, up to one commit's input: a partition with
+            // more small data than that is finished by later runs.
+            let mut small: Vec<DataFile> = files
                 .into_iter()
                 .filter(|f| f.file_size_in_bytes() < options.small_file_bytes)
+                .collect();
+            small.sort_by_key(|f| f.file_size_in_bytes());
+            let mut total = 0;
+            small
+                .into_iter()
+                .take_while(|f| {
+                    total += f.file_size_in_bytes();
+                    total <= options.max_commit_bytes
+                })
                 .collect::<Vec<_>>()
         })
         .filter(|files| files.len() >= options.min_files.max(2))

@@ -1,7 +1,8 @@
-//! Table maintenance. For now: finding (and optionally deleting) orphan
-//! data files — files a writer wrote but never committed, e.g. because the
-//! process died between writing Parquet and the catalog commit. Readers
-//! never see them (no snapshot references them); they only cost disk.
+//! Table maintenance: compaction ([`compact`]), snapshot expiry, and
+//! orphan data files — files no snapshot references: written by a commit
+//! that never happened (the process died between writing Parquet and the
+//! catalog commit), or replaced by compaction in snapshots since expired.
+//! Readers never see them; they only cost disk.
 
 pub mod compact;
 
@@ -64,7 +65,9 @@ pub async fn find_orphan_files(table: &Table, min_age: Duration) -> Result<Orpha
                 continue;
             }
             let manifest = manifest_file.load_manifest(table.file_io()).await?;
-            for entry in manifest.entries() {
+            // A `deleted` entry (a file compaction replaced) does not keep
+            // its file alive: only snapshots listing it as live do.
+            for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
                 referenced.insert(local_path(entry.file_path()));
             }
         }
@@ -98,4 +101,59 @@ pub fn delete_orphans(report: &OrphanReport) -> Result<usize> {
         n += 1;
     }
     Ok(n)
+}
+
+/// What [`expire_and_clean`] did.
+#[derive(Debug, Clone, Default)]
+pub struct ExpireReport {
+    /// Snapshots removed from the table metadata.
+    pub snapshots_expired: usize,
+    /// Data files deleted because no remaining snapshot references them.
+    pub files_deleted: usize,
+}
+
+/// Expire `table`'s snapshots older than `retain` (always keeping the last
+/// `keep_last`), then delete the data files no remaining snapshot
+/// references that were last modified at least `min_age` ago (so files of
+/// commits in flight on any node are never touched).
+///
+/// Compaction leaves the files it replaced to the older snapshots; this is
+/// what finally removes them. Request ids used for deduplication live in
+/// snapshot summaries, so after a restart a server remembers ids only as
+/// far back as the retained snapshots.
+pub async fn expire_and_clean(
+    warehouse: &crate::catalog::Warehouse,
+    ident: &iceberg::TableIdent,
+    retain: Duration,
+    keep_last: usize,
+    min_age: Duration,
+) -> Result<ExpireReport> {
+    use iceberg::transaction::{ApplyTransactionAction, Transaction};
+    let table = warehouse.catalog.load_table(ident).await?;
+    let cutoff = chrono::Utc::now().timestamp_millis() - retain.as_millis() as i64;
+    let mut snapshots: Vec<_> = table.metadata().snapshots().collect();
+    snapshots.sort_by_key(|s| std::cmp::Reverse(s.timestamp_ms()));
+    let expirable = snapshots
+        .iter()
+        .skip(keep_last.max(1))
+        .filter(|s| s.timestamp_ms() < cutoff)
+        .count();
+    if expirable == 0 {
+        return Ok(ExpireReport::default());
+    }
+    let before = snapshots.len();
+    let tx = Transaction::new(&table);
+    let tx = tx
+        .expire_snapshots()
+        .expire_older_than_ms(cutoff)
+        .retain_last(keep_last.max(1))
+        .apply(tx)?;
+    let table = tx.commit(warehouse.catalog.as_ref()).await?;
+    let snapshots_expired = before.saturating_sub(table.metadata().snapshots().count());
+    let report = find_orphan_files(&table, min_age).await?;
+    let files_deleted = delete_orphans(&report)?;
+    Ok(ExpireReport {
+        snapshots_expired,
+        files_deleted,
+    })
 }

@@ -207,3 +207,56 @@ async fn the_server_compacts_in_the_background() {
         3 * batch.num_rows() as i64
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_deletes_only_the_files_compaction_replaced() {
+    let server = TestServer::start().await;
+    let data = dataset().await;
+    let mut acme = server.client("acme").await;
+    for b in &data.acme.events {
+        acme.ingest_events(vec![b.clone()]).await.unwrap();
+    }
+    let before = fingerprint(&mut acme).await;
+    let on_disk = parquet_files(&server.raw_events_data()).len();
+    let warehouse = server.handle.as_ref().unwrap().services.query.warehouse();
+    let ident = warehouse.raw_events_ident();
+    let report = compact_table(warehouse, &ident, &CompactOptions::default())
+        .await
+        .unwrap();
+    assert!(report.files_removed > 0);
+    // Everything stays on disk while the older snapshots are retained.
+    let zero = std::time::Duration::ZERO;
+    let hour = std::time::Duration::from_secs(3600);
+    let kept = raindrop::maintenance::expire_and_clean(warehouse, &ident, hour, 1, zero)
+        .await
+        .unwrap();
+    assert_eq!((kept.snapshots_expired, kept.files_deleted), (0, 0));
+    assert_eq!(
+        parquet_files(&server.raw_events_data()).len(),
+        on_disk + report.files_added
+    );
+
+    // Expire all but the current snapshot: exactly the replaced files go.
+    let done = raindrop::maintenance::expire_and_clean(warehouse, &ident, zero, 1, zero)
+        .await
+        .unwrap();
+    assert!(done.snapshots_expired > 0);
+    assert_eq!(done.files_deleted, report.files_removed);
+    let (files, days) = files_and_days(&mut acme).await;
+    assert_eq!(parquet_files(&server.raw_events_data()).len(), files);
+    assert_eq!(files as i64, days);
+    assert_eq!(fingerprint(&mut acme).await, before);
+    // Appends go on after the expiry.
+    acme.ingest_events(vec![data.acme.events[0].slice(0, 10)])
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&mut acme, "SELECT count(*) FROM wildedge.raw_events").await,
+        data.acme
+            .events
+            .iter()
+            .map(|b| b.num_rows() as i64)
+            .sum::<i64>()
+            + 10
+    );
+}
