@@ -19,6 +19,18 @@ async fn fingerprint(client: &mut RaindropClient) -> String {
         .to_string()
 }
 
+async fn compact_raw_events(
+    warehouse: &raindrop::catalog::Warehouse,
+) -> raindrop::maintenance::compact::CompactReport {
+    compact_table(
+        warehouse,
+        &warehouse.raw_events_ident(),
+        &CompactOptions::default(),
+    )
+    .await
+    .unwrap()
+}
+
 async fn files_and_days(client: &mut RaindropClient) -> (usize, i64) {
     let files = planned_files(client, "SELECT count(*) FROM wildedge.raw_events").await[0];
     let days = count(
@@ -61,13 +73,7 @@ async fn compaction_keeps_every_row_and_leaves_one_file_per_partition() {
     );
 
     let warehouse = server.handle.as_ref().unwrap().services.query.warehouse();
-    let report = compact_table(
-        warehouse,
-        &warehouse.raw_events_ident(),
-        &CompactOptions::default(),
-    )
-    .await
-    .unwrap();
+    let report = compact_raw_events(warehouse).await;
     // Only acme's partitions had more than one file.
     assert_eq!(report.partitions as i64, acme_days);
     assert_eq!(report.files_removed, acme_files);
@@ -95,13 +101,7 @@ async fn compaction_keeps_every_row_and_leaves_one_file_per_partition() {
     assert!(plan.contains("manifests=1/2,"), "{plan}");
 
     // Nothing left to do: a second run commits nothing.
-    let again = compact_table(
-        warehouse,
-        &warehouse.raw_events_ident(),
-        &CompactOptions::default(),
-    )
-    .await
-    .unwrap();
+    let again = compact_raw_events(warehouse).await;
     assert_eq!((again.files_removed, again.snapshots.len()), (0, 0));
 
     // Request ids committed before the compaction still deduplicate after
