@@ -96,26 +96,34 @@ async fn compact_periodically(
     options: CompactOptions,
     retention: Option<std::time::Duration>,
 ) {
+    let current = |t: iceberg::table::Table| t.metadata().current_snapshot_id();
+    // The snapshot the last compaction left: an idle table is not re-read.
+    let mut compacted: Option<i64> = None;
     loop {
         tokio::time::sleep(every).await;
         let Some(services) = services.upgrade() else {
             return;
         };
         let warehouse = services.query.warehouse();
-        match compact_table(warehouse, &warehouse.raw_events_ident(), &options).await {
-            Ok(r) if r.files_removed > 0 => tracing::info!(
-                partitions = r.partitions,
-                files_removed = r.files_removed,
-                files_added = r.files_added,
-                rebuilds = r.rebuilds,
-                "raw_events compacted"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "raw_events compaction failed; will retry"),
+        let ident = warehouse.raw_events_ident();
+        let now = warehouse.raw_events().await.ok().and_then(current);
+        if now.is_none() || now != compacted {
+            match compact_table(warehouse, &ident, &options).await {
+                Ok(r) if r.files_removed > 0 => tracing::info!(
+                    partitions = r.partitions,
+                    files_removed = r.files_removed,
+                    files_added = r.files_added,
+                    rebuilds = r.rebuilds,
+                    "raw_events compacted"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "raw_events compaction failed; will retry"),
+            }
+            compacted = warehouse.raw_events().await.ok().and_then(current);
         }
+        // Snapshots age out even while the table is idle.
         let Some(retain) = retention else { continue };
         let hour = std::time::Duration::from_secs(3600);
-        let ident = warehouse.raw_events_ident();
         match crate::maintenance::expire_and_clean(warehouse, &ident, retain, 1, hour).await {
             Ok(r) if r.snapshots_expired > 0 => tracing::info!(
                 snapshots_expired = r.snapshots_expired,

@@ -18,8 +18,9 @@
 //! reusing the files it wrote. Nothing is lost or duplicated either way:
 //! readers see the old files or the new ones, never both.
 //!
-//! The replaced files stay on disk: older snapshots still reference them
-//! (time travel). No snapshot expiry exists yet.
+//! The replaced files stay on disk while older snapshots reference them
+//! (time travel); [`super::expire_and_clean`] deletes them once those
+//! snapshots expire.
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
