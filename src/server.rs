@@ -57,7 +57,7 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
             warehouse.clone(),
             config.limits.query_partitions,
             config.limits.query_limits(),
-        ),
+        )?,
         ingest: Ingestor::new(
             warehouse,
             config.limits.max_ingest_mib * MIB,

@@ -240,3 +240,52 @@ async fn writes_and_escapes_are_refused() {
         );
     }
 }
+
+/// Sessions start from one shared base state; each must still get its own
+/// catalog list, or one tenant's session could resolve another's schemas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_never_share_a_catalog() {
+    use raindrop::client::IngestMode;
+    use raindrop::tenant::{Principal, Role};
+    let server = TestServer::start().await;
+    let data = dataset().await;
+    let mut acme = server.client("acme").await;
+    acme.ingest(
+        Some("private"),
+        "notes",
+        IngestMode::Create,
+        vec![data.acme.outcomes.clone()],
+    )
+    .await
+    .unwrap();
+    let engine = &server.handle.as_ref().unwrap().services.query;
+    let who = |project: &str| Principal {
+        token_id: format!("t-{project}"),
+        project_id: Some(project.to_string()),
+        role: Role::ReadWrite,
+    };
+    let catalog = engine.warehouse().catalog_name.clone();
+    let schemas = |ctx: &datafusion::prelude::SessionContext| {
+        let mut names = ctx.catalog(&catalog).unwrap().schema_names();
+        names.sort();
+        names
+    };
+    let a = engine.session(&who(ACME)).await.unwrap();
+    assert!(schemas(&a).contains(&"private".to_string()));
+    let g = engine.session(&who(GLOBEX)).await.unwrap();
+    assert!(
+        !schemas(&g).contains(&"private".to_string()),
+        "{:?}",
+        schemas(&g)
+    );
+    // Creating globex's session left acme's untouched, and vice versa.
+    assert!(
+        schemas(&a).contains(&"private".to_string()),
+        "{:?}",
+        schemas(&a)
+    );
+    assert!(!std::sync::Arc::ptr_eq(
+        &a.state().catalog_list().clone(),
+        &g.state().catalog_list().clone()
+    ));
+}
