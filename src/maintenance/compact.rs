@@ -28,9 +28,10 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use futures::TryStreamExt;
+use iceberg::io::FileIO;
 use iceberg::scan::FileScanTask;
 use iceberg::spec::{
-    DataFile, FormatVersion, Literal, MAIN_BRANCH, ManifestContentType, ManifestFile,
+    DataFile, FormatVersion, Literal, MAIN_BRANCH, Manifest, ManifestContentType, ManifestFile,
     ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot, SnapshotReference,
     SnapshotRetention, Struct, Summary, Transform,
 };
@@ -87,15 +88,35 @@ pub struct CompactReport {
     pub rebuilds: usize,
 }
 
+/// Manifests read during one compaction run, by location. Manifests are
+/// immutable, so choosing partitions and building each commit (and every
+/// rebuild after a concurrent append) read each one once.
+#[derive(Default)]
+struct Manifests(HashMap<String, Arc<Manifest>>);
+
+impl Manifests {
+    async fn get(&mut self, file: &ManifestFile, io: &FileIO) -> Result<Arc<Manifest>> {
+        if let Some(m) = self.0.get(&file.manifest_path) {
+            return Ok(m.clone());
+        }
+        let m = Arc::new(file.load_manifest(io).await?);
+        self.0.insert(file.manifest_path.clone(), m.clone());
+        Ok(m)
+    }
+}
+
 /// Live data files of the table's current snapshot, by partition.
-async fn files_by_partition(table: &Table) -> Result<Vec<(Struct, Vec<DataFile>)>> {
+async fn files_by_partition(
+    table: &Table,
+    manifests: &mut Manifests,
+) -> Result<Vec<(Struct, Vec<DataFile>)>> {
     let Some(snapshot) = table.metadata().current_snapshot() else {
         return Ok(vec![]);
     };
     let list = table.manifest_list_reader(snapshot).load().await?;
     let mut groups: HashMap<Struct, Vec<DataFile>> = HashMap::new();
     for manifest_file in list.entries() {
-        let manifest = manifest_file.load_manifest(table.file_io()).await?;
+        let manifest = manifests.get(manifest_file, table.file_io()).await?;
         for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
             if manifest_file.content != ManifestContentType::Data {
                 return Err(Error::Unsupported(
@@ -130,7 +151,8 @@ pub async fn compact_table(
             "{ident} has several partition specs; compaction supports one"
         )));
     }
-    let mut candidates: Vec<Vec<DataFile>> = files_by_partition(&table)
+    let mut manifests = Manifests::default();
+    let mut candidates: Vec<Vec<DataFile>> = files_by_partition(&table, &mut manifests)
         .await?
         .into_iter()
         .map(|(_, files)| {
@@ -162,7 +184,15 @@ pub async fn compact_table(
     for files in candidates {
         let bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
         if !pending.is_empty() && pending_bytes + bytes > options.max_commit_bytes {
-            rewrite(warehouse, ident, &pending, pending_parts, &mut report).await?;
+            rewrite(
+                warehouse,
+                ident,
+                &pending,
+                pending_parts,
+                &mut manifests,
+                &mut report,
+            )
+            .await?;
             pending.clear();
             (pending_parts, pending_bytes) = (0, 0);
         }
@@ -171,7 +201,15 @@ pub async fn compact_table(
         pending_bytes += bytes;
     }
     if !pending.is_empty() {
-        rewrite(warehouse, ident, &pending, pending_parts, &mut report).await?;
+        rewrite(
+            warehouse,
+            ident,
+            &pending,
+            pending_parts,
+            &mut manifests,
+            &mut report,
+        )
+        .await?;
     }
     Ok(report)
 }
@@ -185,6 +223,7 @@ async fn rewrite(
     ident: &TableIdent,
     files: &[DataFile],
     partitions: usize,
+    manifests: &mut Manifests,
     report: &mut CompactReport,
 ) -> Result<()> {
     let table = warehouse.catalog.load_table(ident).await?;
@@ -202,7 +241,8 @@ async fn rewrite(
     let mut base = table;
     let mut attempt = 0;
     let snapshot_id = loop {
-        let failure = match commit_replace(warehouse, ident, &base, files, &added).await {
+        let failure = match commit_replace(warehouse, ident, &base, files, &added, manifests).await
+        {
             Ok(Swap::Committed(id)) => break id,
             Ok(Swap::Moved) if attempt < MAX_ATTEMPTS => {
                 tracing::debug!(table = %ident, attempt, "table moved while compacting; retrying");
@@ -300,6 +340,7 @@ async fn commit_replace(
     base: &Table,
     removed_files: &[DataFile],
     added: &[DataFile],
+    cache: &mut Manifests,
 ) -> Result<Swap> {
     let removed: HashSet<&str> = removed_files.iter().map(|f| f.file_path()).collect();
     let metadata = base.metadata();
@@ -343,7 +384,7 @@ async fn commit_replace(
     let mut found = 0;
     let list = base.manifest_list_reader(current).load().await?;
     for manifest_file in list.entries() {
-        let manifest = manifest_file.load_manifest(io).await?;
+        let manifest = cache.get(manifest_file, io).await?;
         let touches = manifest
             .entries()
             .iter()
