@@ -180,6 +180,7 @@ fn run(batches: &[(String, RecordBatch)], clients: usize, ids: &[String]) -> Run
     let work = tempfile::tempdir().unwrap();
 
     // Reference: one in-process ArrowWriter, ZSTD, same writer properties.
+    settle_disk();
     let t = Instant::now();
     let file = std::fs::File::create(work.path().join("arrow-writer.parquet")).unwrap();
     let mut w = ArrowWriter::try_new(
@@ -198,6 +199,9 @@ fn run(batches: &[(String, RecordBatch)], clients: usize, ids: &[String]) -> Run
         .len();
 
     // Raindrop: concurrent clients, one DoPut per batch, acknowledged after commit.
+    // Raindrop fsyncs every file it commits: flush what earlier steps left
+    // dirty, so their writeback does not land on this measurement.
+    settle_disk();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = work.path().join("raindrop");
     std::fs::create_dir_all(&dir).unwrap();
@@ -292,6 +296,7 @@ fn run(batches: &[(String, RecordBatch)], clients: usize, ids: &[String]) -> Run
             std::env::var("HOME").unwrap_or_default()
         )
     });
+    settle_disk();
     let peer = std::process::Command::new(&python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers/pyiceberg_peer.py"))
         .arg(&ipc_path)
@@ -352,6 +357,14 @@ async fn compact(warehouse: &raindrop::catalog::Warehouse) -> (f64, usize, u64) 
         .unwrap();
     let bytes = tasks.iter().map(|t| t.file_size_in_bytes).sum();
     (secs, tasks.len(), bytes)
+}
+
+/// Write back all dirty pages (`sync(1)`), so each measurement starts with
+/// the same disk state whatever ran before it.
+fn settle_disk() {
+    if let Err(e) = std::process::Command::new("sync").status() {
+        eprintln!("sync not run: {e}");
+    }
 }
 
 fn count_files(dir: &Path) -> usize {

@@ -8,12 +8,17 @@
 //!   lock per read); the isolation tests switch it on to prove that a
 //!   tenant's queries open no data file outside `project_id=<own>/`. Every
 //!   read is also traced (`RAINDROP_LOG=raindrop::catalog::audit=trace`).
-//! - **Writes** are fsynced with their directory entries. iceberg's local
-//!   storage fsyncs streamed files (data files) but not whole-object writes
-//!   (manifests, manifest lists, table metadata) nor any directory. Without
-//!   this, a power loss after a commit could leave the catalog pointing at
-//!   metadata that never reached the disk. A `DoPut` is acknowledged after
-//!   the catalog commit, so everything it references is durable by then.
+//! - **Writes** are made durable before anything can reference them.
+//!   Streamed writes (data files) are not synced one by one: closing one
+//!   records it as unsynced. A whole-object write (manifest, manifest list,
+//!   table metadata: what references data files) then makes itself and
+//!   every recorded file durable with one `syncfs(2)` per filesystem,
+//!   instead of two fsyncs (file and directory) per data file. A commit
+//!   writes its manifest after its data files, and the catalog pointer only
+//!   after its metadata, so everything a commit references is on disk
+//!   before the commit is; a `DoPut` is acknowledged after the commit.
+//!   (`syncfs` also writes back other dirty data on that filesystem: keep
+//!   the data dir on a disk busy writers do not share.)
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,7 +70,66 @@ impl AccessLog {
 pub struct AuditedStorage {
     #[serde(skip)]
     log: Arc<AccessLog>,
+    #[serde(skip)]
+    unsynced: Arc<Unsynced>,
     inner: LocalFsStorage,
+}
+
+/// Files closed but not yet synced, by filesystem (device id): one path on
+/// each device is enough for `syncfs`.
+#[derive(Debug, Default)]
+struct Unsynced(Mutex<std::collections::HashMap<u64, PathBuf>>);
+
+impl Unsynced {
+    fn record(&self, path: &Path) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata(path)
+            .map_err(|e| io_error("stat", path, e))?
+            .dev();
+        self.0
+            .lock()
+            .expect("unsynced lock")
+            .insert(dev, path.to_path_buf());
+        Ok(())
+    }
+
+    /// Make `written` and every recorded file durable: one `syncfs` per
+    /// filesystem. A file recorded meanwhile is covered by whichever sync
+    /// starts after its close, and a writer referencing it runs one.
+    fn sync_all(&self, written: &Path) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let mut targets = std::mem::take(&mut *self.0.lock().expect("unsynced lock"));
+        let dev = std::fs::metadata(written)
+            .map_err(|e| io_error("stat", written, e))?
+            .dev();
+        targets.insert(dev, written.to_path_buf());
+        for path in targets.values() {
+            // A recorded file may have been deleted since (uncommitted
+            // files are); its directory is on the same filesystem.
+            let target = if path.exists() {
+                path.as_path()
+            } else {
+                match path.ancestors().skip(1).find(|d| d.exists()) {
+                    Some(d) => d,
+                    None => continue,
+                }
+            };
+            syncfs(target)?;
+        }
+        Ok(())
+    }
+}
+
+/// `syncfs(2)` on the filesystem holding `path`: writes back its dirty
+/// data and metadata (directory entries included) and flushes the device.
+fn syncfs(path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).map_err(|e| io_error("open", path, e))?;
+    // SAFETY: `file` is an open descriptor for the duration of the call.
+    if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
+        return Err(io_error("syncfs", path, std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -90,22 +154,20 @@ impl Storage for AuditedStorage {
     }
 
     async fn write(&self, path: &str, bs: Bytes) -> Result<()> {
-        let local = local_path(path);
-        let new_dirs = missing_dirs(&local);
         self.inner.write(path, bs).await?;
-        std::fs::File::open(&local)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| io_error("sync", &local, e))?;
-        sync_entries(&local, &new_dirs)
+        self.unsynced.sync_all(&local_path(path))
     }
 
     async fn writer(&self, path: &str) -> Result<Box<dyn FileWrite>> {
         let local = local_path(path);
-        let new_dirs = missing_dirs(&local);
-        Ok(Box::new(DurableWrite {
-            inner: self.inner.writer(path).await?,
+        if let Some(dir) = local.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io_error("create directory", dir, e))?;
+        }
+        let file = std::fs::File::create(&local).map_err(|e| io_error("create", &local, e))?;
+        Ok(Box::new(DeferredWrite {
+            file: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
             path: local,
-            new_dirs,
+            unsynced: self.unsynced.clone(),
         }))
     }
 
@@ -143,29 +205,6 @@ fn local_path(location: &str) -> PathBuf {
     }
 }
 
-/// Ancestors of `path` that do not exist yet (the write will create them).
-fn missing_dirs(path: &Path) -> Vec<PathBuf> {
-    path.ancestors()
-        .skip(1)
-        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
-        .map(Path::to_path_buf)
-        .collect()
-}
-
-/// Make `path`'s directory entry durable, and those of the directories the
-/// write created: fsync each directory that gained an entry.
-fn sync_entries(path: &Path, new_dirs: &[PathBuf]) -> Result<()> {
-    let mut dirs: Vec<&Path> = path.parent().into_iter().collect();
-    dirs.extend(new_dirs.iter().filter_map(|d| d.parent()));
-    dirs.dedup();
-    for dir in dirs {
-        std::fs::File::open(dir)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| io_error("sync directory", dir, e))?;
-    }
-    Ok(())
-}
-
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> iceberg::Error {
     iceberg::Error::new(
         iceberg::ErrorKind::Unexpected,
@@ -173,24 +212,36 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> iceberg::Error {
     )
 }
 
-/// A streamed write (data files) whose close also makes its directory
-/// entries durable (the inner writer fsyncs the file itself).
-struct DurableWrite {
-    inner: Box<dyn FileWrite>,
+/// A streamed write (data files): closing it flushes to the OS and records
+/// the file as unsynced; the next whole-object write makes it durable.
+struct DeferredWrite {
+    file: Option<std::io::BufWriter<std::fs::File>>,
     path: PathBuf,
-    new_dirs: Vec<PathBuf>,
+    unsynced: Arc<Unsynced>,
 }
 
 #[async_trait]
-impl FileWrite for DurableWrite {
+impl FileWrite for DeferredWrite {
     async fn write(&mut self, bs: Bytes) -> Result<()> {
-        self.inner.write(bs).await
+        use std::io::Write;
+        let file = self.file.as_mut().ok_or_else(|| closed(&self.path))?;
+        file.write_all(&bs)
+            .map_err(|e| io_error("write", &self.path, e))
     }
 
     async fn close(&mut self) -> Result<()> {
-        self.inner.close().await?;
-        sync_entries(&self.path, &self.new_dirs)
+        let file = self.file.take().ok_or_else(|| closed(&self.path))?;
+        file.into_inner()
+            .map_err(|e| io_error("write", &self.path, e.into_error()))?;
+        self.unsynced.record(&self.path)
     }
+}
+
+fn closed(path: &Path) -> iceberg::Error {
+    iceberg::Error::new(
+        iceberg::ErrorKind::DataInvalid,
+        format!("{} is already closed", path.display()),
+    )
 }
 
 /// Builds [`AuditedStorage`] sharing one [`AccessLog`].
@@ -198,12 +249,17 @@ impl FileWrite for DurableWrite {
 pub struct AuditedStorageFactory {
     #[serde(skip)]
     log: Arc<AccessLog>,
+    #[serde(skip)]
+    unsynced: Arc<Unsynced>,
 }
 
 impl AuditedStorageFactory {
     /// A factory whose storages report to `log`.
     pub fn new(log: Arc<AccessLog>) -> Self {
-        Self { log }
+        Self {
+            log,
+            unsynced: Arc::default(),
+        }
     }
 }
 
@@ -212,7 +268,59 @@ impl StorageFactory for AuditedStorageFactory {
     fn build(&self, _config: &StorageConfig) -> Result<Arc<dyn Storage>> {
         Ok(Arc::new(AuditedStorage {
             log: self.log.clone(),
+            unsynced: self.unsynced.clone(),
             inner: LocalFsStorage::new(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(storage: &AuditedStorage) -> Vec<PathBuf> {
+        let map = storage.unsynced.0.lock().unwrap();
+        map.values().cloned().collect()
+    }
+
+    #[tokio::test]
+    async fn streamed_files_wait_for_the_next_whole_object_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = AuditedStorage::default();
+        let data = dir.path().join("data/day=1/a.parquet");
+        let location = format!("file://{}", data.display());
+        let mut w = storage.writer(&location).await.unwrap();
+        w.write(Bytes::from_static(b"rows")).await.unwrap();
+        assert!(pending(&storage).is_empty(), "recorded only once closed");
+        w.close().await.unwrap();
+        assert_eq!(std::fs::read(&data).unwrap(), b"rows");
+        assert_eq!(pending(&storage), vec![data.clone()]);
+        assert!(w.write(Bytes::from_static(b"more")).await.is_err());
+
+        // The manifest (or metadata) that references it syncs both.
+        let manifest = dir.path().join("metadata/m.avro");
+        std::fs::create_dir_all(manifest.parent().unwrap()).unwrap();
+        storage
+            .write(
+                &format!("file://{}", manifest.display()),
+                Bytes::from_static(b"refs"),
+            )
+            .await
+            .unwrap();
+        assert!(pending(&storage).is_empty());
+
+        // A recorded file deleted before the sync (an uncommitted file)
+        // does not fail the next write.
+        let mut w = storage.writer(&location).await.unwrap();
+        w.close().await.unwrap();
+        std::fs::remove_file(&data).unwrap();
+        storage
+            .write(
+                &format!("file://{}", manifest.display()),
+                Bytes::from_static(b"refs"),
+            )
+            .await
+            .unwrap();
+        assert!(pending(&storage).is_empty());
     }
 }

@@ -25,8 +25,6 @@ use iceberg::writer::file_writer::location_generator::{
     DefaultFileNameGenerator, DefaultLocationGenerator,
 };
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
-use iceberg::writer::partitioning::PartitioningWriter;
-use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use iceberg::{Catalog, TableIdent};
 
@@ -82,7 +80,7 @@ pub const DEDUP_WINDOW: usize = 100_000;
 const DEDUP_HISTORY_SNAPSHOTS: usize = 1_000;
 
 struct Pending {
-    batches: Vec<RecordBatch>,
+    prepared: Prepared,
     rows: u64,
     bytes: usize,
     request_id: Option<String>,
@@ -267,11 +265,16 @@ impl TableWriter {
         if rows == 0 {
             return Ok(AppendOutcome::default());
         }
-        let bytes = batches.iter().map(super::batch_bytes).sum();
+        // Sorting and splitting by partition happen here, in the caller's
+        // task, so concurrent streams do it in parallel while the committer
+        // encodes the previous group.
+        let table = self.tables.load(self.catalog.as_ref(), ident).await?;
+        let prepared = prepare(&table, batches)?;
+        let bytes = prepared.bytes();
         let (reply, answer) = oneshot::channel();
         queue
             .send(Pending {
-                batches,
+                prepared,
                 rows,
                 bytes,
                 request_id,
@@ -398,11 +401,8 @@ async fn commit_group(
     commit_times: &CommitTimes,
 ) -> Result<(i64, Vec<String>)> {
     let table = tables.load(catalog, ident).await?;
-    let batches: Vec<RecordBatch> = group
-        .iter()
-        .flat_map(|p| p.batches.iter().cloned())
-        .collect();
-    let data_files = write_data_files(&table, batches).await?;
+    let prepared = group.iter().map(|p| p.prepared.clone()).collect();
+    let data_files = write_prepared(&table, prepared).await?;
     let paths: Vec<String> = data_files
         .iter()
         .map(|f| f.file_path().to_string())
@@ -468,12 +468,111 @@ async fn commit_group(
     Ok((snapshot_id, paths))
 }
 
-/// Write batches as Parquet data files of `table`, split by its partition spec.
-pub async fn write_data_files(table: &Table, batches: Vec<RecordBatch>) -> Result<Vec<DataFile>> {
+/// Rows ready to be written: sorted by partition, then by the layout keys
+/// ([`SORT_COLUMNS`]), and cut into one zero-copy slice per partition.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Partition spec and schema the slices were computed for.
+    spec_id: i32,
+    schema_id: i32,
+    parts: Vec<(Option<PartitionKey>, RecordBatch)>,
+}
+
+impl Prepared {
+    /// Bytes of Arrow data held.
+    pub fn bytes(&self) -> usize {
+        self.parts.iter().map(|(_, b)| super::batch_bytes(b)).sum()
+    }
+
+    fn into_batches(self) -> Vec<RecordBatch> {
+        self.parts.into_iter().map(|(_, b)| b).collect()
+    }
+}
+
+/// Sort `batches` (in `table`'s current schema) for writing and split them
+/// by the table's default partition spec.
+pub fn prepare(table: &Table, batches: Vec<RecordBatch>) -> Result<Prepared> {
     let metadata = table.metadata();
     let iceberg_schema = metadata.current_schema().clone();
     let spec = metadata.default_partition_spec().clone();
-    let parquet = ParquetWriterBuilder::new(schema::writer_properties(), iceberg_schema.clone());
+    let mut prepared = Prepared {
+        spec_id: spec.spec_id(),
+        schema_id: iceberg_schema.schema_id(),
+        parts: vec![],
+    };
+    let Some(first) = batches.first() else {
+        return Ok(prepared);
+    };
+    let batch = arrow::compute::concat_batches(&first.schema(), &batches)?;
+    drop(batches);
+    if spec.is_unpartitioned() {
+        prepared.parts.push((None, sort_for_layout(batch)?));
+        return Ok(prepared);
+    }
+    // One sort orders the rows by partition, then by the layout keys: each
+    // partition becomes one contiguous (zero-copy) slice in layout order.
+    let calculator = PartitionValueCalculator::try_new(&spec, &iceberg_schema)?;
+    let partition_values = calculator.calculate(&batch)?;
+    let (batch, partition_values) = sort_by_partition_then_layout(batch, partition_values)?;
+    let partition_columns = partition_values.as_struct().columns().to_vec();
+    let ranges = arrow::compute::partition(&partition_columns)?.ranges();
+    for r in ranges {
+        let value = partition_values.slice(r.start, 1);
+        let Some(Some(Literal::Struct(data))) =
+            arrow_struct_to_literal(&value, calculator.partition_type())?.pop()
+        else {
+            return Err(Error::Internal("partition value is not a struct".into()));
+        };
+        let key = PartitionKey::new(spec.as_ref().clone(), iceberg_schema.clone(), data);
+        prepared
+            .parts
+            .push((Some(key), batch.slice(r.start, r.end - r.start)));
+    }
+    Ok(prepared)
+}
+
+/// Write batches as Parquet data files of `table`, one per partition (more
+/// only past the target file size), each sorted by the layout keys.
+pub async fn write_data_files(table: &Table, batches: Vec<RecordBatch>) -> Result<Vec<DataFile>> {
+    let prepared = prepare(table, batches)?;
+    write_prepared(table, vec![prepared]).await
+}
+
+/// Write several prepared inputs together: slices of one partition share a
+/// file (written one after another, each in layout order).
+async fn write_prepared(table: &Table, prepared: Vec<Prepared>) -> Result<Vec<DataFile>> {
+    let metadata = table.metadata();
+    let iceberg_schema = metadata.current_schema().clone();
+    let spec = metadata.default_partition_spec();
+    // Prepared for an older spec or schema (the table evolved meanwhile):
+    // split again under the current one.
+    let (current, stale): (Vec<_>, Vec<_>) = prepared
+        .into_iter()
+        .partition(|p| p.spec_id == spec.spec_id() && p.schema_id == iceberg_schema.schema_id());
+    let mut inputs = current;
+    let stale: Vec<RecordBatch> = stale.into_iter().flat_map(Prepared::into_batches).collect();
+    if !stale.is_empty() {
+        let schema: arrow::datatypes::SchemaRef =
+            Arc::new(iceberg::arrow::schema_to_arrow_schema(&iceberg_schema)?);
+        let rebound = stale
+            .iter()
+            .map(|b| crate::ingest::validate::normalize_to_schema(b, &schema))
+            .collect::<Result<Vec<_>>>()?;
+        inputs.push(prepare(table, rebound)?);
+    }
+    let mut partitions: Vec<(Option<PartitionKey>, Vec<RecordBatch>, usize)> = vec![];
+    let mut index: HashMap<Option<iceberg::spec::Struct>, usize> = HashMap::new();
+    for (key, batch) in inputs.into_iter().flat_map(|p| p.parts) {
+        let data = key.as_ref().map(|k| k.data().clone());
+        let i = *index.entry(data).or_insert_with(|| {
+            partitions.push((key, vec![], 0));
+            partitions.len() - 1
+        });
+        partitions[i].2 += batch.num_rows();
+        partitions[i].1.push(batch);
+    }
+
+    let parquet = ParquetWriterBuilder::new(schema::writer_properties(), iceberg_schema);
     let locations = DefaultLocationGenerator::new(metadata)?;
     // The generator's counter restarts per instance: a UUID v7 prefix keeps
     // names unique across writers, processes and nodes (clones share the
@@ -483,68 +582,53 @@ pub async fn write_data_files(table: &Table, batches: Vec<RecordBatch>) -> Resul
         None,
         DataFileFormat::Parquet,
     );
-    let file_io = table.file_io().clone();
-    let new_builder = move || {
-        DataFileWriterBuilder::new(RollingFileWriterBuilder::new(
-            parquet.clone(),
-            schema::TARGET_FILE_SIZE,
-            file_io.clone(),
-            locations.clone(),
-            names.clone(),
-        ))
-    };
-    let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches)?;
-    drop(batches);
-    if spec.is_unpartitioned() {
-        let mut writer = new_builder().build(None).await?;
-        writer.write(sort_for_layout(batch)?).await?;
-        return Ok(writer.close().await?);
-    }
-    // One sort orders the group by partition, then by the layout keys:
-    // each partition becomes one contiguous (zero-copy) slice, written as
-    // one file, and rows inside it are in layout order.
-    let calculator = PartitionValueCalculator::try_new(&spec, &iceberg_schema)?;
-    let partition_values = calculator.calculate(&batch)?;
-    let (batch, partition_values) = sort_by_partition_then_layout(batch, partition_values)?;
-    let partition_columns = partition_values.as_struct().columns().to_vec();
-    let ranges = arrow::compute::partition(&partition_columns)?.ranges();
-    let mut slices = Vec::with_capacity(ranges.len());
-    for r in ranges {
-        let value = partition_values.slice(r.start, 1);
-        let Some(Some(Literal::Struct(data))) =
-            arrow_struct_to_literal(&value, calculator.partition_type())?.pop()
-        else {
-            return Err(Error::Internal("partition value is not a struct".into()));
-        };
-        let key = PartitionKey::new(spec.as_ref().clone(), iceberg_schema.clone(), data);
-        slices.push((key, batch.slice(r.start, r.end - r.start)));
-    }
-    // Encoding Parquet is CPU-bound: write the partitions on all cores,
-    // largest first onto the least-loaded worker.
-    slices.sort_by_key(|(_, b)| std::cmp::Reverse(b.num_rows()));
+    let builder = Arc::new(DataFileWriterBuilder::new(RollingFileWriterBuilder::new(
+        parquet,
+        schema::TARGET_FILE_SIZE,
+        table.file_io().clone(),
+        locations,
+        names,
+    )));
+    // Encoding Parquet is CPU-bound: workers on all cores take partitions
+    // from one queue, largest first, so none idles while another has work.
+    partitions.sort_by_key(|(_, _, rows)| std::cmp::Reverse(*rows));
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .min(slices.len())
+        .min(partitions.len())
         .max(1);
-    let mut shares: Vec<(usize, Vec<_>)> = (0..workers).map(|_| (0, vec![])).collect();
-    for part in slices {
-        let lightest = shares
-            .iter_mut()
-            .min_by_key(|(rows, _)| *rows)
-            .expect("workers >= 1");
-        lightest.0 += part.1.num_rows();
-        lightest.1.push(part);
-    }
-    let tasks: Vec<_> = shares
-        .into_iter()
-        .map(|(_, share)| {
-            let builder = new_builder();
-            tokio::spawn(async move {
-                let mut writer = FanoutWriter::new(builder);
-                for (key, part) in share {
-                    writer.write(key, part).await?;
-                }
-                writer.close().await
+    let queue = Arc::new(Mutex::new(VecDeque::from(partitions)));
+    // Blocking threads, not runtime workers: encoding never yields, and
+    // closing a file waits for its fsync; meanwhile the runtime keeps
+    // serving streams on the cores this leaves idle.
+    let runtime = tokio::runtime::Handle::current();
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let (queue, builder, runtime) = (queue.clone(), builder.clone(), runtime.clone());
+            tokio::task::spawn_blocking(move || {
+                runtime.block_on(async move {
+                    let mut files = vec![];
+                    loop {
+                        let next = queue.lock().expect("work queue lock").pop_front();
+                        let Some((key, slices, _)) = next else {
+                            return (files, None);
+                        };
+                        let written = async {
+                            let mut writer = builder.build(key).await?;
+                            for slice in slices {
+                                writer.write(slice).await?;
+                            }
+                            writer.close().await
+                        }
+                        .await;
+                        match written {
+                            Ok(f) => files.extend(f),
+                            Err(e) => {
+                                queue.lock().expect("work queue lock").clear();
+                                return (files, Some(Error::from(e)));
+                            }
+                        }
+                    }
+                })
             })
         })
         .collect();
@@ -552,8 +636,10 @@ pub async fn write_data_files(table: &Table, batches: Vec<RecordBatch>) -> Resul
     let mut first_error = None;
     for task in tasks {
         match task.await {
-            Ok(Ok(f)) => files.extend(f),
-            Ok(Err(e)) => first_error = first_error.or(Some(Error::from(e))),
+            Ok((f, e)) => {
+                files.extend(f);
+                first_error = first_error.or(e);
+            }
             Err(e) => {
                 first_error = first_error.or(Some(Error::Internal(format!("writer task: {e}"))))
             }
