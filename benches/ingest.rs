@@ -450,10 +450,24 @@ fn print_table(runs: &[(&str, Run)]) {
     row("ArrowWriter ZSTD bytes per event (one file)", &|r| {
         format!("{:.1}", r.arrow_bytes as f64 / r.rows as f64)
     });
-    row("DuckDB ZSTD Parquet bytes per event (one file)", &|r| {
-        r.peer
-            .as_ref()
-            .and_then(|p| p["duckdb_zstd_bytes_per_event"].as_f64())
-            .map_or("-".into(), |v| format!("{v:.1}"))
-    });
+    let peer_bytes = |key: &'static str| {
+        move |r: &Run| {
+            r.peer
+                .as_ref()
+                .and_then(|p| p[key].as_f64())
+                .map_or("-".into(), |v| format!("{v:.1}"))
+        }
+    };
+    row(
+        "DuckDB ZSTD Parquet bytes per event (one file)",
+        &peer_bytes("duckdb_zstd_bytes_per_event"),
+    );
+    row(
+        "DuckDB bytes per event, partitioned by project and day",
+        &peer_bytes("duckdb_partitioned_bytes_per_event"),
+    );
+    row(
+        "PyIceberg bytes per event (its data files)",
+        &peer_bytes("pyiceberg_bytes_per_event"),
+    );
 }

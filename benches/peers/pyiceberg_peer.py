@@ -2,8 +2,9 @@
 
 argv: <arrow ipc file> <work dir>
 Prints JSON: PyIceberg append rows/s into an equivalent partitioned table
-(one append = one commit per client batch, like one DoPut), and DuckDB's
-ZSTD Parquet bytes per event for the same rows.
+(one append = one commit per client batch, like one DoPut) and its bytes per
+event, and DuckDB's ZSTD Parquet bytes per event for the same rows: one
+file, and partitioned like raw_events.
 """
 
 import json
@@ -40,11 +41,29 @@ for b in batches:
     ice.append(pa.Table.from_batches([b]))
 pyiceberg_secs = time.perf_counter() - start
 
+
+
+def tree_bytes(root, suffix=".parquet"):
+    return sum(
+        os.path.getsize(os.path.join(d, f))
+        for d, _, files in os.walk(root)
+        for f in files
+        if f.endswith(suffix)
+    )
+
+
 out = os.path.join(work, "duckdb.parquet")
 con = duckdb.connect()
 con.execute("SET threads = 2")
 con.register("t", table)
 con.execute(f"COPY t TO '{out}' (FORMAT parquet, COMPRESSION zstd)")
+# The same rows under Raindrop's partitioning (one file per project and
+# day, rows in arrival order): what partitioning alone costs in bytes.
+parted = os.path.join(work, "duckdb-partitioned")
+con.execute(
+    f"""COPY (SELECT *, CAST(event_timestamp AT TIME ZONE 'UTC' AS DATE) AS event_day FROM t)
+        TO '{parted}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (project_id, event_day))"""
+)
 print(
     json.dumps(
         {
@@ -52,6 +71,8 @@ print(
             "pyiceberg_rows_per_s": rows / pyiceberg_secs,
             "pyiceberg_secs": pyiceberg_secs,
             "duckdb_zstd_bytes_per_event": os.path.getsize(out) / rows,
+            "duckdb_partitioned_bytes_per_event": tree_bytes(parted) / rows,
+            "pyiceberg_bytes_per_event": tree_bytes(f"{work}/warehouse") / rows,
         }
     )
 )
