@@ -300,13 +300,9 @@ mod tests {
         // The manifest (or metadata) that references it syncs both.
         let manifest = dir.path().join("metadata/m.avro");
         std::fs::create_dir_all(manifest.parent().unwrap()).unwrap();
-        storage
-            .write(
-                &format!("file://{}", manifest.display()),
-                Bytes::from_static(b"refs"),
-            )
-            .await
-            .unwrap();
+        let manifest = format!("file://{}", manifest.display());
+        let write_manifest = || storage.write(&manifest, Bytes::from_static(b"refs"));
+        write_manifest().await.unwrap();
         assert!(pending(&storage).is_empty());
 
         // A recorded file deleted before the sync (an uncommitted file)
@@ -314,13 +310,7 @@ mod tests {
         let mut w = storage.writer(&location).await.unwrap();
         w.close().await.unwrap();
         std::fs::remove_file(&data).unwrap();
-        storage
-            .write(
-                &format!("file://{}", manifest.display()),
-                Bytes::from_static(b"refs"),
-            )
-            .await
-            .unwrap();
+        write_manifest().await.unwrap();
         assert!(pending(&storage).is_empty());
     }
 }
