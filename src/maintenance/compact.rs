@@ -177,39 +177,25 @@ pub async fn compact_table(
     // Most files first: they gain the most.
     candidates.sort_by_key(|files| std::cmp::Reverse(files.len()));
 
-    let mut report = CompactReport::default();
-    let mut pending: Vec<DataFile> = vec![];
-    let mut pending_parts = 0;
-    let mut pending_bytes = 0u64;
+    // Whole partitions per commit, at most `max_commit_bytes` of input each
+    // (a single larger partition gets a commit of its own).
+    let mut commits: Vec<(Vec<DataFile>, usize, u64)> = vec![];
     for files in candidates {
         let bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
-        if !pending.is_empty() && pending_bytes + bytes > options.max_commit_bytes {
-            rewrite(
-                warehouse,
-                ident,
-                &pending,
-                pending_parts,
-                &mut manifests,
-                &mut report,
-            )
-            .await?;
-            pending.clear();
-            (pending_parts, pending_bytes) = (0, 0);
+        match commits.last_mut() {
+            Some((pending, parts, pending_bytes))
+                if *pending_bytes + bytes <= options.max_commit_bytes =>
+            {
+                pending.extend(files);
+                *parts += 1;
+                *pending_bytes += bytes;
+            }
+            _ => commits.push((files, 1, bytes)),
         }
-        pending.extend(files);
-        pending_parts += 1;
-        pending_bytes += bytes;
     }
-    if !pending.is_empty() {
-        rewrite(
-            warehouse,
-            ident,
-            &pending,
-            pending_parts,
-            &mut manifests,
-            &mut report,
-        )
-        .await?;
+    let mut report = CompactReport::default();
+    for (files, parts, _) in commits {
+        rewrite(warehouse, ident, &files, parts, &mut manifests, &mut report).await?;
     }
     Ok(report)
 }
