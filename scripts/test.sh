@@ -2,12 +2,16 @@
 # Runs every test: Rust unit + end-to-end tests, then the Python client suite
 # (real ADBC Flight SQL driver, PyArrow Flight, PyIceberg, DuckDB) against the
 # real server binary. Installs the Python packages into a venv on first use.
+#
+# Builds with --release, like `cargo run --release -- demo`, into the same
+# target directory (./target unless CARGO_TARGET_DIR says otherwise): after
+# the demo, only Raindrop's own test targets compile here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/raindrop/target}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 
-echo "== cargo test"
-cargo test --locked --all-targets
+echo "== cargo test --release"
+cargo test --release --locked --all-targets
 
 echo "== Python client suite"
 VENV="${RAINDROP_VENV:-$HOME/.cache/raindrop/venv}"
@@ -22,6 +26,6 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQ"
   echo "$WANT" > "$STAMP"
 fi
-cargo build --locked --bin raindrop
-export RAINDROP_BIN="$CARGO_TARGET_DIR/debug/raindrop"
+cargo build --release --locked --bin raindrop
+export RAINDROP_BIN="$TARGET_DIR/release/raindrop"
 "$VENV/bin/python" -m pytest -q tests/clients

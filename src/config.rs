@@ -1,13 +1,19 @@
-//! Command-line and environment configuration. Every flag has a
+//! Command-line and environment configuration: plain data. Every flag has a
 //! `RAINDROP_*` environment variable; defaults run everything from one local
-//! data directory.
+//! data directory. Each default is written once, here or (where the domain
+//! owns it) in the module that uses it; `server.rs` turns these settings
+//! into the domain's own types.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::catalog::DEFAULT_DATA_DIR;
+pub use crate::catalog::StorageConfig;
+use crate::maintenance::compact;
 use crate::tenant::Role;
+use crate::tenant::tokens;
 
 /// Raindrop: ML telemetry in Apache Iceberg, served over Arrow Flight SQL.
 #[derive(Debug, Parser)]
@@ -46,7 +52,7 @@ pub struct CompactConfig {
     #[clap(flatten)]
     pub storage: StorageConfig,
     /// Compact a partition once it has at least this many small files.
-    #[clap(long, default_value_t = 2)]
+    #[clap(long, default_value_t = compact::MIN_FILES)]
     pub min_files: usize,
 }
 
@@ -79,44 +85,6 @@ pub struct LogConfig {
     /// Emit logs as JSON lines.
     #[clap(long = "log-json", env = "RAINDROP_LOG_JSON", global = true)]
     pub json: bool,
-}
-
-/// Where tables and the catalog live.
-#[derive(Debug, Clone, Args)]
-pub struct StorageConfig {
-    /// Data directory for the embedded default (SQLite catalog, warehouse, tokens).
-    #[clap(long, env = "RAINDROP_DATA_DIR", default_value = "./raindrop-data")]
-    pub data_dir: PathBuf,
-    /// SQL catalog URI; default `sqlite://<data-dir>/catalog.db`. Postgres: `postgres://…`.
-    #[clap(long, env = "RAINDROP_CATALOG_URI")]
-    pub catalog_uri: Option<String>,
-    /// Warehouse location; default `file://<data-dir>/warehouse`.
-    #[clap(long, env = "RAINDROP_WAREHOUSE")]
-    pub warehouse: Option<String>,
-    /// Catalog name recorded in the SQL catalog (PyIceberg's `SqlCatalog(name)`).
-    #[clap(long, env = "RAINDROP_CATALOG_NAME", default_value = "raindrop")]
-    pub catalog_name: String,
-    /// Iceberg namespace (and SQL schema) of the `raw_events` table.
-    #[clap(long, env = "RAINDROP_NAMESPACE", default_value = crate::schema::DEFAULT_NAMESPACE)]
-    pub namespace: String,
-}
-
-impl StorageConfig {
-    /// Embedded defaults rooted at `data_dir` (used by tests and the demo).
-    pub fn in_dir(data_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            data_dir: data_dir.into(),
-            catalog_uri: None,
-            warehouse: None,
-            catalog_name: "raindrop".into(),
-            namespace: crate::schema::DEFAULT_NAMESPACE.into(),
-        }
-    }
-
-    /// Token file used unless `--tokens-file` says otherwise.
-    pub fn default_tokens_file(&self) -> PathBuf {
-        self.data_dir.join("tokens.json")
-    }
 }
 
 /// `raindrop serve`.
@@ -170,8 +138,34 @@ impl ServeConfig {
     pub fn tokens_file(&self) -> PathBuf {
         self.tokens_file
             .clone()
-            .unwrap_or_else(|| self.storage.default_tokens_file())
+            .unwrap_or_else(|| self.storage.data_dir.join(tokens::FILE_NAME))
     }
+}
+
+/// Defaults of [`LimitsConfig`], each written once.
+pub mod limits {
+    /// Default of `--max-ingest-mib`.
+    pub const MAX_INGEST_MIB: usize = 512;
+    /// Default of `--max-buffered-mib`.
+    pub const MAX_BUFFERED_MIB: usize = 2048;
+    /// Default of `--max-message-mib`.
+    pub const MAX_MESSAGE_MIB: usize = 64;
+    /// Default of `--commit-max-delay-ms`.
+    pub const COMMIT_MAX_DELAY_MS: u64 = 0;
+    /// Default of `--compact-interval-secs`.
+    pub const COMPACT_INTERVAL_SECS: u64 = 300;
+    /// Default of `--snapshot-retention-hours`.
+    pub const SNAPSHOT_RETENTION_HOURS: u64 = 24;
+    /// Default of `--query-memory-mib`.
+    pub const QUERY_MEMORY_MIB: usize = 1024;
+    /// Default of `--query-timeout-secs`.
+    pub const QUERY_TIMEOUT_SECS: u64 = 300;
+    /// Default of `--max-result-mib`.
+    pub const MAX_RESULT_MIB: usize = 1024;
+    /// Default of `--max-queries-per-tenant`.
+    pub const MAX_QUERIES_PER_TENANT: usize = 8;
+    /// Default of `--query-partitions`.
+    pub const QUERY_PARTITIONS: usize = 0;
 }
 
 /// Request limits.
@@ -179,81 +173,69 @@ impl ServeConfig {
 pub struct LimitsConfig {
     /// Largest decoded size of one ingest stream, in MiB; larger streams are
     /// rejected with `ResourceExhausted` before anything is committed.
-    #[clap(long, env = "RAINDROP_MAX_INGEST_MIB", default_value_t = 512)]
+    #[clap(long, env = "RAINDROP_MAX_INGEST_MIB", default_value_t = limits::MAX_INGEST_MIB)]
     pub max_ingest_mib: usize,
     /// Ingest data held in memory across all streams at once, in MiB; when
     /// full, new data waits up to 2 s, then gets `ResourceExhausted`.
-    #[clap(long, env = "RAINDROP_MAX_BUFFERED_MIB", default_value_t = 2048)]
+    #[clap(long, env = "RAINDROP_MAX_BUFFERED_MIB", default_value_t = limits::MAX_BUFFERED_MIB)]
     pub max_buffered_mib: usize,
     /// Largest gRPC message accepted, in MiB (one Arrow batch must fit).
-    #[clap(long, env = "RAINDROP_MAX_MESSAGE_MIB", default_value_t = 64)]
+    #[clap(long, env = "RAINDROP_MAX_MESSAGE_MIB", default_value_t = limits::MAX_MESSAGE_MIB)]
     pub max_message_mib: usize,
     /// Longest time a commit waits for concurrent ingest streams to join it,
     /// in ms. 0 commits as soon as the previous commit is done (requests
     /// arriving meanwhile share the next one). Larger values make fewer,
     /// larger files at the cost of ingest latency.
-    #[clap(long, env = "RAINDROP_COMMIT_MAX_DELAY_MS", default_value_t = 0)]
+    #[clap(long, env = "RAINDROP_COMMIT_MAX_DELAY_MS", default_value_t = limits::COMMIT_MAX_DELAY_MS)]
     pub commit_max_delay_ms: u64,
     /// How often the server compacts `raw_events` (rewrites each
     /// partition's small files as one), in seconds; 0 disables it. With
     /// several nodes on one catalog, enable it on one.
-    #[clap(long, env = "RAINDROP_COMPACT_INTERVAL_SECS", default_value_t = 300)]
+    #[clap(long, env = "RAINDROP_COMPACT_INTERVAL_SECS", default_value_t = limits::COMPACT_INTERVAL_SECS)]
     pub compact_interval_secs: u64,
     /// Background compaction rewrites a partition once it has this many
     /// small files.
-    #[clap(long, env = "RAINDROP_COMPACT_MIN_FILES", default_value_t = 4)]
+    #[clap(long, env = "RAINDROP_COMPACT_MIN_FILES", default_value_t = compact::BACKGROUND_MIN_FILES)]
     pub compact_min_files: usize,
     /// With background compaction: snapshots of `raw_events` older than
     /// this many hours are expired, and data files no remaining snapshot
     /// references (replaced by compaction, or left by failed commits) are
     /// deleted once an hour old. 0 keeps every snapshot. Retries are
     /// deduplicated across restarts only within the retained snapshots.
-    #[clap(long, env = "RAINDROP_SNAPSHOT_RETENTION_HOURS", default_value_t = 24)]
+    #[clap(long, env = "RAINDROP_SNAPSHOT_RETENTION_HOURS", default_value_t = limits::SNAPSHOT_RETENTION_HOURS)]
     pub snapshot_retention_hours: u64,
     /// Memory one query may use (joins, aggregations, sorts), in MiB.
-    #[clap(long, env = "RAINDROP_QUERY_MEMORY_MIB", default_value_t = 1024)]
+    #[clap(long, env = "RAINDROP_QUERY_MEMORY_MIB", default_value_t = limits::QUERY_MEMORY_MIB)]
     pub query_memory_mib: usize,
     /// Query time limit, in seconds.
-    #[clap(long, env = "RAINDROP_QUERY_TIMEOUT_SECS", default_value_t = 300)]
+    #[clap(long, env = "RAINDROP_QUERY_TIMEOUT_SECS", default_value_t = limits::QUERY_TIMEOUT_SECS)]
     pub query_timeout_secs: u64,
     /// Largest result one query may return, in MiB.
-    #[clap(long, env = "RAINDROP_MAX_RESULT_MIB", default_value_t = 1024)]
+    #[clap(long, env = "RAINDROP_MAX_RESULT_MIB", default_value_t = limits::MAX_RESULT_MIB)]
     pub max_result_mib: usize,
     /// Queries one project may run at once.
-    #[clap(long, env = "RAINDROP_MAX_QUERIES_PER_TENANT", default_value_t = 8)]
+    #[clap(long, env = "RAINDROP_MAX_QUERIES_PER_TENANT", default_value_t = limits::MAX_QUERIES_PER_TENANT)]
     pub max_queries_per_tenant: usize,
     /// Query parallelism (DataFusion target partitions); 0 = number of cores.
-    #[clap(long, env = "RAINDROP_QUERY_PARTITIONS", default_value_t = 0)]
+    #[clap(long, env = "RAINDROP_QUERY_PARTITIONS", default_value_t = limits::QUERY_PARTITIONS)]
     pub query_partitions: usize,
-}
-
-impl LimitsConfig {
-    /// The query limits these settings describe.
-    pub fn query_limits(&self) -> crate::query::limits::QueryLimits {
-        crate::query::limits::QueryLimits {
-            memory_bytes: self.query_memory_mib * 1024 * 1024,
-            timeout: std::time::Duration::from_secs(self.query_timeout_secs),
-            max_result_bytes: self.max_result_mib * 1024 * 1024,
-            max_concurrent_per_tenant: self.max_queries_per_tenant,
-        }
-    }
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
-            max_ingest_mib: 512,
-            max_buffered_mib: 2048,
-            max_message_mib: 64,
-            commit_max_delay_ms: 0,
-            compact_interval_secs: 300,
-            compact_min_files: 4,
-            snapshot_retention_hours: 24,
-            query_memory_mib: 1024,
-            query_timeout_secs: 300,
-            max_result_mib: 1024,
-            max_queries_per_tenant: 8,
-            query_partitions: 0,
+            max_ingest_mib: limits::MAX_INGEST_MIB,
+            max_buffered_mib: limits::MAX_BUFFERED_MIB,
+            max_message_mib: limits::MAX_MESSAGE_MIB,
+            commit_max_delay_ms: limits::COMMIT_MAX_DELAY_MS,
+            compact_interval_secs: limits::COMPACT_INTERVAL_SECS,
+            compact_min_files: compact::BACKGROUND_MIN_FILES,
+            snapshot_retention_hours: limits::SNAPSHOT_RETENTION_HOURS,
+            query_memory_mib: limits::QUERY_MEMORY_MIB,
+            query_timeout_secs: limits::QUERY_TIMEOUT_SECS,
+            max_result_mib: limits::MAX_RESULT_MIB,
+            max_queries_per_tenant: limits::MAX_QUERIES_PER_TENANT,
+            query_partitions: limits::QUERY_PARTITIONS,
         }
     }
 }
@@ -299,7 +281,7 @@ pub enum TokenCommand {
 #[derive(Debug, Clone, Args)]
 pub struct TokenFileArgs {
     /// Data directory (token file defaults to `<data-dir>/tokens.json`).
-    #[clap(long, env = "RAINDROP_DATA_DIR", default_value = "./raindrop-data")]
+    #[clap(long, env = "RAINDROP_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Token file path.
     #[clap(long, env = "RAINDROP_TOKENS_FILE")]
@@ -311,7 +293,7 @@ impl TokenFileArgs {
     pub fn path(&self) -> PathBuf {
         self.tokens_file
             .clone()
-            .unwrap_or_else(|| Path::new(&self.data_dir).join("tokens.json"))
+            .unwrap_or_else(|| self.data_dir.join(tokens::FILE_NAME))
     }
 }
 

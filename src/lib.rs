@@ -5,22 +5,55 @@
 //! partitioned by `identity(project_id)` and `day(event_timestamp)`.
 //!
 //! # Layout
-//! - [`config`]: CLI / environment configuration.
-//! - [`error`]: the crate error and its mapping to gRPC statuses.
-//! - [`schema`]: the `raw_events` schema, partition spec and file format.
-//! - [`catalog`]: opening the Iceberg catalog and storage; table bootstrap.
-//! - [`tenant`]: tokens → principals, name validation.
-//! - [`query`]: per-request DataFusion sessions, SQL policy, the
-//!   tenant-scoped table provider, `event_day` pruning, the parallel scan.
-//! - [`ingest`]: batch validation/normalisation and the Iceberg writer.
-//! - [`flight`]: the Flight SQL service (thin protocol layer) and auth.
-//! - [`maintenance`]: orphan-file scans (and, later, compaction/expiry).
-//! - [`server`]: wiring and the serve loop.
-//! - [`client`]: a small Flight SQL client (demo, tests, benches).
-//! - [`demo`]: realistic telemetry generator and the end-to-end demo.
+//!
+//! Dependencies point down this list (checked by `scripts/check_layers.py`
+//! in CI): protocol → domain → catalog → schema/batch/error.
+//!
+//! - [`server`]: wiring (settings → domain types), serving on a bound
+//!   listener; [`config`]: the CLI and environment flags, plain data.
+//! - [`demo`]: the telemetry generator and `raindrop demo`; [`client`]: a
+//!   small Flight SQL client (demo, tests, benches).
+//! - [`flight`]: the Flight SQL protocol layer. `service` (one short
+//!   delegate per RPC), `statement` (queries, updates, prepared
+//!   statements), `put` (DoPut decoding, ingest), `metadata` (catalogs,
+//!   schemas, tables), `encode`, `auth`, `ticket`, `planned`/`prepared`
+//!   (statement caches), `ipc` (size checks), `sql_info`.
+//! - [`maintenance`]: `compact` (choose and rewrite small files),
+//!   `replace` (the hand-built replace commit), `schedule` (background
+//!   jobs of `serve`), snapshot expiry and orphan files (`mod`).
+//! - [`query`]: per-request sessions (`mod`), SQL `policy`, `table`
+//!   providers, `pruning` (`event_day` → Iceberg ranges), `scan`
+//!   (`plan` / `stats` / `exec` of the parallel Iceberg scan), `reader`
+//!   (Parquet over `FileIO`, footer cache), `manifests`, `limits`,
+//!   `params`, `update` (DDL/DML through ingest), `views`, `functions`.
+//! - [`ingest`]: targets and modes (`mod`), `validate` (coercion),
+//!   `commit` (group commit, dedup), `write` (the Parquet data-file writer
+//!   shared with compaction), `layout` (row order inside files).
+//! - [`tenant`]: roles and `Principal` (`mod`), `tokens`, allow-listed
+//!   `names`, and `scope`: every tenancy rule (scan predicate, per-file
+//!   check, project stamp on writes).
+//! - [`catalog`]: opening the SQL catalog and storage (`mod`), the table
+//!   metadata `cache` and catalog pointer, `audit` (storage wrapper: read
+//!   log, one `syncfs` per commit).
+//! - [`schema`]: the `raw_events` schema, partition spec and Parquet
+//!   settings; `partition` values of planned files.
+//! - [`batch`]: Arrow batch helpers; [`error`]: the crate error and its
+//!   one mapping to gRPC statuses.
+//!
+//! # Request paths
+//!
+//! ```text
+//! query:  flight::service → flight::statement → query::QueryEngine::plan
+//!         (session, policy, table → tenant::scope) → scan::plan → DoGet:
+//!         query::limits::LimitedStream over scan::exec
+//! ingest: flight::service → flight::put (decode) → ingest::Ingestor
+//!         (validate + tenant::scope stamp) → ingest::commit (group) →
+//!         ingest::write (Parquet) → catalog (fast-append, syncfs)
+//! ```
 
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod catalog;
 pub mod client;
 pub mod config;

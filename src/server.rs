@@ -4,11 +4,11 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::catalog;
@@ -16,14 +16,21 @@ use crate::config::{ServeConfig, TlsConfig};
 use crate::error::{Error, Result};
 use crate::flight::{RaindropFlightService, Services};
 use crate::ingest::Ingestor;
-use crate::ingest::writer::CommitConfig;
-use crate::maintenance::compact::{CompactOptions, compact_table};
+use crate::ingest::commit::CommitConfig;
+use crate::maintenance::compact::CompactOptions;
+use crate::maintenance::schedule::{self, Schedule};
 use crate::query::QueryEngine;
+use crate::query::limits::QueryLimits;
 use crate::tenant::tokens::TokenStore;
 
 const MIB: usize = 1024 * 1024;
 
-/// Open storage and build the request services for `config`.
+/// How long new ingest data waits for room in a full ingest buffer before
+/// the stream gets `ResourceExhausted`.
+const INGEST_BUFFER_WAIT: Duration = Duration::from_secs(2);
+
+/// Open storage and build the request services for `config`, with the
+/// background maintenance it asks for.
 pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
     let warehouse = catalog::open(&config.storage).await?;
     let tokens = TokenStore::open(config.tokens_file())?;
@@ -33,107 +40,44 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
             "no tokens configured: every call will be refused; create one with `raindrop token create`"
         );
     }
-    // Report files left by commits that never happened (e.g. after a
-    // crash) without slowing start-up; deleting them is explicit.
-    let scan = warehouse.clone();
-    tokio::spawn(async move {
-        let Ok(table) = scan.raw_events().await else {
-            return;
-        };
-        match crate::maintenance::find_orphan_files(&table, std::time::Duration::from_secs(3600))
-            .await
-        {
-            Ok(r) if !r.orphans.is_empty() => tracing::warn!(
-                orphans = r.orphans.len(),
-                "raw_events has data files no snapshot references; remove them with `raindrop orphans --delete`"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "orphan scan skipped"),
-        }
-    });
-    let services = Arc::new(Services {
+    let limits = &config.limits;
+    let hours = |h: u64| Duration::from_secs(h * 3600);
+    let maintenance = schedule::start(
+        warehouse.clone(),
+        Schedule {
+            every: (limits.compact_interval_secs > 0)
+                .then(|| Duration::from_secs(limits.compact_interval_secs)),
+            compact: CompactOptions {
+                min_files: limits.compact_min_files,
+                ..CompactOptions::default()
+            },
+            retention: (limits.snapshot_retention_hours > 0)
+                .then(|| hours(limits.snapshot_retention_hours)),
+        },
+    );
+    let query_limits = QueryLimits {
+        memory_bytes: limits.query_memory_mib * MIB,
+        timeout: Duration::from_secs(limits.query_timeout_secs),
+        max_result_bytes: limits.max_result_mib * MIB,
+        max_concurrent_per_tenant: limits.max_queries_per_tenant,
+    };
+    Ok(Arc::new(Services {
         tokens,
-        query: QueryEngine::new(
-            warehouse.clone(),
-            config.limits.query_partitions,
-            config.limits.query_limits(),
-        )?,
+        query: QueryEngine::new(warehouse.clone(), limits.query_partitions, query_limits)?,
         ingest: Ingestor::new(
             warehouse,
-            config.limits.max_ingest_mib * MIB,
-            config.limits.max_buffered_mib * MIB,
-            std::time::Duration::from_secs(2),
+            limits.max_ingest_mib * MIB,
+            limits.max_buffered_mib * MIB,
+            INGEST_BUFFER_WAIT,
             CommitConfig {
-                max_delay: std::time::Duration::from_millis(config.limits.commit_max_delay_ms),
+                max_delay: Duration::from_millis(limits.commit_max_delay_ms),
                 ..CommitConfig::default()
             },
         ),
         prepared: Default::default(),
         planned: Default::default(),
-    });
-    if config.limits.compact_interval_secs > 0 {
-        tokio::spawn(compact_periodically(
-            Arc::downgrade(&services),
-            std::time::Duration::from_secs(config.limits.compact_interval_secs),
-            CompactOptions {
-                min_files: config.limits.compact_min_files,
-                ..CompactOptions::default()
-            },
-            (config.limits.snapshot_retention_hours > 0).then(|| {
-                std::time::Duration::from_secs(config.limits.snapshot_retention_hours * 3600)
-            }),
-        ));
-    }
-    Ok(services)
-}
-
-/// Compact `raw_events` every `every`, then expire snapshots older than
-/// `retention` and delete the files nothing references any more, for as
-/// long as the services live.
-async fn compact_periodically(
-    services: std::sync::Weak<Services>,
-    every: std::time::Duration,
-    options: CompactOptions,
-    retention: Option<std::time::Duration>,
-) {
-    let current = |t: iceberg::table::Table| t.metadata().current_snapshot_id();
-    // The snapshot the last compaction left: an idle table is not re-read.
-    let mut compacted: Option<i64> = None;
-    loop {
-        tokio::time::sleep(every).await;
-        let Some(services) = services.upgrade() else {
-            return;
-        };
-        let warehouse = services.query.warehouse();
-        let ident = warehouse.raw_events_ident();
-        let now = warehouse.raw_events().await.ok().and_then(current);
-        if now.is_none() || now != compacted {
-            match compact_table(warehouse, &ident, &options).await {
-                Ok(r) if r.files_removed > 0 => tracing::info!(
-                    partitions = r.partitions,
-                    files_removed = r.files_removed,
-                    files_added = r.files_added,
-                    rebuilds = r.rebuilds,
-                    "raw_events compacted"
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "raw_events compaction failed; will retry"),
-            }
-            compacted = warehouse.raw_events().await.ok().and_then(current);
-        }
-        // Snapshots age out even while the table is idle.
-        let Some(retain) = retention else { continue };
-        let hour = std::time::Duration::from_secs(3600);
-        match crate::maintenance::expire_and_clean(warehouse, &ident, retain, 1, hour).await {
-            Ok(r) if r.snapshots_expired > 0 => tracing::info!(
-                snapshots_expired = r.snapshots_expired,
-                files_deleted = r.files_deleted,
-                "raw_events snapshots expired"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "raw_events snapshot expiry failed; will retry"),
-        }
-    }
+        maintenance,
+    }))
 }
 
 fn read_pem(what: &str, path: &std::path::Path) -> Result<Vec<u8>> {
@@ -167,12 +111,7 @@ pub async fn run(
         .max_encoding_message_size(max_message);
     // Small gRPC responses (FlightInfo, the last DoGet frame) otherwise wait
     // on Nagle + delayed ACK: ~40 ms each, per call.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(c) = &conn {
-            c.set_nodelay(true).ok();
-        }
-        conn
-    });
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     // Ingest streams are multi-megabyte messages: with h2's default 64 KiB
     // windows the client stalls for a WINDOW_UPDATE every 64 KiB.
     let mut builder = tonic::transport::Server::builder()

@@ -22,7 +22,8 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use libfuzzer_sys::fuzz_target;
 use raindrop::flight::ipc::check_declared_sizes;
-use raindrop::ingest::validate::{ProjectRule, normalize_raw_events};
+use raindrop::ingest::validate::normalize_raw_events;
+use raindrop::tenant::scope::ProjectRule;
 use raindrop::schema::raw_events_arrow_schema;
 
 static HOOK: Once = Once::new();

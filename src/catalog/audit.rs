@@ -21,7 +21,7 @@
 //!   the data dir on a disk busy writers do not share.)
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -34,11 +34,13 @@ use iceberg::io::{
 };
 use serde::{Deserialize, Serialize};
 
-/// Paths read through the wrapped storage, while recording is on.
+/// Paths read through the wrapped storage, while recording is on, and the
+/// number of filesystem syncs it ran.
 #[derive(Debug, Default)]
 pub struct AccessLog {
     enabled: AtomicBool,
     reads: Mutex<Vec<String>>,
+    syncs: AtomicU64,
 }
 
 impl AccessLog {
@@ -52,6 +54,11 @@ impl AccessLog {
     pub fn stop(&self) -> Vec<String> {
         self.enabled.store(false, Ordering::SeqCst);
         std::mem::take(&mut *self.reads.lock().expect("access log"))
+    }
+
+    /// `syncfs` calls made so far (each covers every file closed before it).
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
     }
 
     fn record(&self, path: &str) {
@@ -96,13 +103,14 @@ impl Unsynced {
     /// Make `written` and every recorded file durable: one `syncfs` per
     /// filesystem. A file recorded meanwhile is covered by whichever sync
     /// starts after its close, and a writer referencing it runs one.
-    fn sync_all(&self, written: &Path) -> Result<()> {
+    fn sync_all(&self, written: &Path) -> Result<u64> {
         use std::os::unix::fs::MetadataExt;
         let mut targets = std::mem::take(&mut *self.0.lock().expect("unsynced lock"));
         let dev = std::fs::metadata(written)
             .map_err(|e| io_error("stat", written, e))?
             .dev();
         targets.insert(dev, written.to_path_buf());
+        let mut synced = 0;
         for path in targets.values() {
             // A recorded file may have been deleted since (uncommitted
             // files are); its directory is on the same filesystem.
@@ -115,8 +123,9 @@ impl Unsynced {
                 }
             };
             syncfs(target)?;
+            synced += 1;
         }
-        Ok(())
+        Ok(synced)
     }
 }
 
@@ -155,7 +164,9 @@ impl Storage for AuditedStorage {
 
     async fn write(&self, path: &str, bs: Bytes) -> Result<()> {
         self.inner.write(path, bs).await?;
-        self.unsynced.sync_all(&local_path(path))
+        let synced = self.unsynced.sync_all(&local_path(path))?;
+        self.log.syncs.fetch_add(synced, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn writer(&self, path: &str) -> Result<Box<dyn FileWrite>> {
@@ -302,8 +313,11 @@ mod tests {
         std::fs::create_dir_all(manifest.parent().unwrap()).unwrap();
         let manifest = format!("file://{}", manifest.display());
         let write_manifest = || storage.write(&manifest, Bytes::from_static(b"refs"));
+        assert_eq!(storage.log.syncs(), 0, "closing a data file does not sync");
         write_manifest().await.unwrap();
         assert!(pending(&storage).is_empty());
+        // Both files are on one filesystem: one syncfs covers them.
+        assert_eq!(storage.log.syncs(), 1);
 
         // A recorded file deleted before the sync (an uncommitted file)
         // does not fail the next write.
@@ -312,5 +326,6 @@ mod tests {
         std::fs::remove_file(&data).unwrap();
         write_manifest().await.unwrap();
         assert!(pending(&storage).is_empty());
+        assert_eq!(storage.log.syncs(), 2);
     }
 }

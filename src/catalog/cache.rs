@@ -10,8 +10,6 @@
 //! table reads no metadata files. A new commit changes the pointer, so the
 //! next query sees it: freshness is never traded for speed.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use iceberg::table::Table;
@@ -126,83 +124,12 @@ impl MetadataPointer {
     }
 }
 
-/// A map bounded by the total weight of its values, evicting the oldest
-/// entries first. Raindrop caches only contents of immutable, uniquely named
-/// files (table metadata, manifest lists, Parquet footers), so entries never
-/// go stale and insertion order is a fair eviction order.
-#[derive(Debug)]
-pub struct FifoCache<V> {
-    capacity: usize,
-    inner: Mutex<FifoEntries<V>>,
-}
-
-#[derive(Debug)]
-struct FifoEntries<V> {
-    map: HashMap<String, (V, usize)>,
-    order: VecDeque<String>,
-    weight: usize,
-}
-
-impl<V: Clone> FifoCache<V> {
-    /// A cache holding values of total weight at most `capacity`.
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            inner: Mutex::new(FifoEntries {
-                map: HashMap::new(),
-                order: VecDeque::new(),
-                weight: 0,
-            }),
-        }
-    }
-
-    /// The value stored under `key`.
-    pub fn get(&self, key: &str) -> Option<V> {
-        let entries = self.inner.lock().expect("cache lock");
-        entries.map.get(key).map(|(v, _)| v.clone())
-    }
-
-    /// Store `value` under `key`; values heavier than the whole cache are
-    /// not kept.
-    pub fn insert(&self, key: &str, value: V, weight: usize) {
-        if weight > self.capacity {
-            return;
-        }
-        let mut guard = self.inner.lock().expect("cache lock");
-        let entries = &mut *guard;
-        match entries.map.insert(key.to_string(), (value, weight)) {
-            Some((_, old)) => entries.weight = entries.weight - old + weight,
-            None => {
-                entries.order.push_back(key.to_string());
-                entries.weight += weight;
-            }
-        }
-        while entries.weight > self.capacity {
-            let Some(oldest) = entries.order.pop_front() else {
-                break;
-            };
-            if let Some((_, w)) = entries.map.remove(&oldest) {
-                entries.weight -= w;
-            }
-        }
-    }
-
-    /// Number of entries.
-    pub fn len(&self) -> usize {
-        self.inner.lock().expect("cache lock").map.len()
-    }
-
-    /// Whether the cache is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// Bounded cache of loaded tables keyed by metadata location.
 #[derive(Debug)]
 pub struct TableCache {
     pointer: Option<MetadataPointer>,
-    entries: FifoCache<Table>,
+    /// Table versions by metadata location: immutable, so never stale.
+    entries: moka::sync::Cache<String, Table>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -213,7 +140,11 @@ impl TableCache {
     pub fn new(pointer: Option<MetadataPointer>, capacity: usize) -> Self {
         Self {
             pointer,
-            entries: FifoCache::new(capacity.max(1)),
+            // LRU: a new version (every commit makes one) is always kept.
+            entries: moka::sync::Cache::builder()
+                .max_capacity(capacity.max(1) as u64)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .build(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -251,7 +182,7 @@ impl TableCache {
     /// Remember a table version (e.g. the result of our own commit).
     pub fn insert(&self, table: &Table) {
         if let Some(location) = table.metadata_location() {
-            self.entries.insert(location, table.clone(), 1);
+            self.entries.insert(location.to_string(), table.clone());
         }
     }
 
@@ -266,37 +197,5 @@ impl TableCache {
             self.hits.load(Ordering::Relaxed),
             self.misses.load(Ordering::Relaxed),
         )
-    }
-
-    /// Number of cached table versions.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// True when nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::FifoCache;
-
-    #[test]
-    fn fifo_cache_evicts_oldest_by_weight() {
-        let cache = FifoCache::new(10);
-        cache.insert("a", 1, 4);
-        cache.insert("b", 2, 4);
-        cache.insert("too-heavy", 3, 11);
-        assert_eq!(
-            (cache.get("a"), cache.get("b"), cache.len()),
-            (Some(1), Some(2), 2)
-        );
-        cache.insert("c", 3, 4);
-        assert_eq!(cache.get("a"), None, "oldest evicted once over capacity");
-        assert_eq!((cache.get("b"), cache.get("c")), (Some(2), Some(3)));
-        cache.insert("b", 5, 1);
-        assert_eq!((cache.get("b"), cache.len()), (Some(5), 2));
     }
 }

@@ -9,7 +9,7 @@ pub mod audit;
 pub mod cache;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use iceberg::table::Table;
@@ -19,7 +19,6 @@ use iceberg_catalog_sql::{
     SqlCatalogBuilder,
 };
 
-use crate::config::StorageConfig;
 use crate::error::{Error, Result};
 use crate::schema;
 use audit::{AccessLog, AuditedStorageFactory};
@@ -28,6 +27,45 @@ use cache::{MetadataPointer, TableCache};
 /// Top-level namespace under which each project's own tables live:
 /// `tenants.<project_id>.<schema>`; storage follows the same prefix.
 pub const TENANTS_NAMESPACE: &str = "tenants";
+
+/// Default data directory of the embedded setup.
+pub const DEFAULT_DATA_DIR: &str = "./raindrop-data";
+/// Default catalog name recorded in the SQL catalog.
+pub const DEFAULT_CATALOG_NAME: &str = "raindrop";
+
+/// Where tables and the catalog live (the `serve`, `compact` and `orphans`
+/// flags that [`open`] takes).
+#[derive(Debug, Clone, clap::Args)]
+pub struct StorageConfig {
+    /// Data directory for the embedded default (SQLite catalog, warehouse, tokens).
+    #[clap(long, env = "RAINDROP_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// SQL catalog URI; default `sqlite://<data-dir>/catalog.db`. Postgres: `postgres://…`.
+    #[clap(long, env = "RAINDROP_CATALOG_URI")]
+    pub catalog_uri: Option<String>,
+    /// Warehouse location; default `file://<data-dir>/warehouse`.
+    #[clap(long, env = "RAINDROP_WAREHOUSE")]
+    pub warehouse: Option<String>,
+    /// Catalog name recorded in the SQL catalog (PyIceberg's `SqlCatalog(name)`).
+    #[clap(long, env = "RAINDROP_CATALOG_NAME", default_value = DEFAULT_CATALOG_NAME)]
+    pub catalog_name: String,
+    /// Iceberg namespace (and SQL schema) of the `raw_events` table.
+    #[clap(long, env = "RAINDROP_NAMESPACE", default_value = schema::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+}
+
+impl StorageConfig {
+    /// Embedded defaults rooted at `data_dir` (used by tests and the demo).
+    pub fn in_dir(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            catalog_uri: None,
+            warehouse: None,
+            catalog_name: DEFAULT_CATALOG_NAME.into(),
+            namespace: schema::DEFAULT_NAMESPACE.into(),
+        }
+    }
+}
 
 /// An open catalog plus the names Raindrop uses in it.
 #[derive(Clone)]

@@ -12,8 +12,6 @@
 //! reflect the table as of `GetFlightInfo`, the moment the client was told
 //! the schema.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use datafusion::dataframe::DataFrame;
@@ -21,19 +19,28 @@ use datafusion::dataframe::DataFrame;
 /// How long a planned query waits for its `DoGet`.
 pub const TTL: Duration = Duration::from_secs(30);
 /// Planned queries held at once, across tokens.
-pub const CAPACITY: usize = 1024;
+pub const CAPACITY: u64 = 1024;
 
 /// See the module docs.
-#[derive(Default)]
 pub struct PlannedQueries {
-    entries: Mutex<HashMap<(String, String), (Instant, DataFrame)>>,
+    entries: moka::sync::Cache<(String, String), (Instant, DataFrame)>,
+}
+
+impl Default for PlannedQueries {
+    fn default() -> Self {
+        Self {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(CAPACITY)
+                .time_to_live(TTL)
+                .build(),
+        }
+    }
 }
 
 impl std::fmt::Debug for PlannedQueries {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.entries.lock().map(|e| e.len()).unwrap_or(0);
         f.debug_struct("PlannedQueries")
-            .field("entries", &n)
+            .field("entries", &self.entries.entry_count())
             .finish()
     }
 }
@@ -41,14 +48,7 @@ impl std::fmt::Debug for PlannedQueries {
 impl PlannedQueries {
     /// Keep `df`, planned for `token_id` from `sql`.
     pub fn put(&self, token_id: &str, sql: &str, df: DataFrame) {
-        let mut entries = self.entries.lock().expect("planned lock");
-        if entries.len() >= CAPACITY {
-            entries.retain(|_, (at, _)| at.elapsed() < TTL);
-            if entries.len() >= CAPACITY {
-                return;
-            }
-        }
-        entries.insert(
+        self.entries.insert(
             (token_id.to_string(), sql.to_string()),
             (Instant::now(), df),
         );
@@ -56,8 +56,10 @@ impl PlannedQueries {
 
     /// Take the plan of `sql` made for `token_id`, if it is still fresh.
     pub fn take(&self, token_id: &str, sql: &str) -> Option<DataFrame> {
-        let mut entries = self.entries.lock().expect("planned lock");
-        let (at, df) = entries.remove(&(token_id.to_string(), sql.to_string()))?;
+        // `remove` is atomic (one taker) but may return an expired entry.
+        let (at, df) = self
+            .entries
+            .remove(&(token_id.to_string(), sql.to_string()))?;
         (at.elapsed() < TTL).then_some(df)
     }
 }

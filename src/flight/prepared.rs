@@ -4,11 +4,12 @@
 //! a handle used with any other token behaves as if it did not exist.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use bytes::Bytes;
+use moka::notification::RemovalCause;
 use rand::RngCore;
 
 use crate::error::{Error, Result};
@@ -29,17 +30,44 @@ pub struct Statement {
     pub params: Option<RecordBatch>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Entry {
     owner: String,
     statement: Statement,
-    last_used: Instant,
 }
 
+/// Open handles per token, kept in step with the cache by its removal
+/// listener (close, idle expiry).
+type OpenCounts = Arc<Mutex<HashMap<String, usize>>>;
+
 /// All open handles of this server.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PreparedStatements {
-    entries: Mutex<HashMap<Bytes, Entry>>,
+    entries: moka::sync::Cache<Bytes, Entry>,
+    open: OpenCounts,
+}
+
+impl Default for PreparedStatements {
+    fn default() -> Self {
+        let open = OpenCounts::default();
+        let counts = open.clone();
+        let entries = moka::sync::Cache::builder()
+            .time_to_idle(IDLE_TTL)
+            .eviction_listener(move |_, entry: Entry, cause| {
+                // A bind replaces the entry: the handle stays open.
+                if cause != RemovalCause::Replaced {
+                    let mut open = counts.lock().expect("prepared counts lock");
+                    if let Some(n) = open.get_mut(&entry.owner) {
+                        *n -= 1;
+                        if *n == 0 {
+                            open.remove(&entry.owner);
+                        }
+                    }
+                }
+            })
+            .build();
+        Self { entries, open }
+    }
 }
 
 fn not_found() -> Error {
@@ -49,25 +77,36 @@ fn not_found() -> Error {
 }
 
 impl PreparedStatements {
+    /// Take one of `owner`'s handle slots, if it has one left.
+    fn reserve(&self, owner: &str) -> bool {
+        let mut open = self.open.lock().expect("prepared counts lock");
+        let n = open.entry(owner.to_string()).or_default();
+        if *n >= MAX_PER_TOKEN {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
     /// Register a statement for `owner` (a token id) and return its handle.
     pub fn create(&self, owner: &str, statement: Statement) -> Result<Bytes> {
-        let mut entries = self.entries.lock().expect("prepared lock");
-        let now = Instant::now();
-        entries.retain(|_, e| now.duration_since(e.last_used) < IDLE_TTL);
-        if entries.values().filter(|e| e.owner == owner).count() >= MAX_PER_TOKEN {
-            return Err(Error::ResourceExhausted(format!(
-                "too many open prepared statements ({MAX_PER_TOKEN}) for this token; close some first"
-            )));
+        if !self.reserve(owner) {
+            // Idle handles may await their eviction: run it, then recount.
+            self.entries.run_pending_tasks();
+            if !self.reserve(owner) {
+                return Err(Error::ResourceExhausted(format!(
+                    "too many open prepared statements ({MAX_PER_TOKEN}) for this token; close some first"
+                )));
+            }
         }
         let mut id = [0u8; 16];
         rand::rng().fill_bytes(&mut id);
         let handle = Bytes::from(hex::encode(id));
-        entries.insert(
+        self.entries.insert(
             handle.clone(),
             Entry {
                 owner: owner.to_string(),
                 statement,
-                last_used: now,
             },
         );
         Ok(handle)
@@ -75,35 +114,37 @@ impl PreparedStatements {
 
     /// The statement behind `handle`, if `owner` created it.
     pub fn get(&self, owner: &str, handle: &[u8]) -> Result<Statement> {
-        let mut entries = self.entries.lock().expect("prepared lock");
-        match entries.get_mut(handle) {
-            Some(e) if e.owner == owner && e.last_used.elapsed() < IDLE_TTL => {
-                e.last_used = Instant::now();
-                Ok(e.statement.clone())
-            }
+        match self.entries.get(handle) {
+            Some(e) if e.owner == owner => Ok(e.statement),
             _ => Err(not_found()),
         }
     }
 
     /// Bind parameters (replacing earlier ones).
     pub fn bind(&self, owner: &str, handle: &[u8], params: Option<RecordBatch>) -> Result<()> {
-        let mut entries = self.entries.lock().expect("prepared lock");
-        match entries.get_mut(handle) {
-            Some(e) if e.owner == owner => {
-                e.statement.params = params;
-                e.last_used = Instant::now();
-                Ok(())
-            }
+        use moka::ops::compute::{CompResult, Op};
+        // One atomic read-modify-write: a concurrent close cannot be undone.
+        let result = self
+            .entries
+            .entry(Bytes::copy_from_slice(handle))
+            .and_compute_with(|current| match current.map(|e| e.into_value()) {
+                Some(mut e) if e.owner == owner => {
+                    e.statement.params = params;
+                    Op::Put(e)
+                }
+                _ => Op::Nop,
+            });
+        match result {
+            CompResult::ReplacedWith(_) => Ok(()),
             _ => Err(not_found()),
         }
     }
 
     /// Close a handle.
     pub fn close(&self, owner: &str, handle: &[u8]) -> Result<()> {
-        let mut entries = self.entries.lock().expect("prepared lock");
-        match entries.get(handle) {
+        match self.entries.get(handle) {
             Some(e) if e.owner == owner => {
-                entries.remove(handle);
+                self.entries.invalidate(handle);
                 Ok(())
             }
             _ => Err(not_found()),

@@ -22,7 +22,8 @@ pub fn build() -> SqlInfoData {
     b.append(SqlInfo::FlightSqlServerIngestTransactionsSupported, false);
     b.append(SqlInfo::SqlDdlCatalog, false);
     b.append(SqlInfo::SqlDdlSchema, false);
-    b.append(SqlInfo::SqlDdlTable, false);
+    // `CREATE TABLE` and `DROP TABLE` work on a tenant's own schemas.
+    b.append(SqlInfo::SqlDdlTable, true);
     b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
     b.build().expect("static SQL info is valid")
 }

@@ -1,13 +1,15 @@
 //! Ingest: validate and normalise client batches, stamp the caller's
-//! project, and append them through the single [`writer::TableWriter`].
+//! project, and append them through the single [`commit::TableWriter`].
 //!
 //! Two targets exist: the shared telemetry table `raw_events` (rows always
 //! carry the caller's `project_id`) and tenant-private tables, which live in
 //! the Iceberg namespace `tenants.<project>.<schema>` derived from the token,
 //! so no name a client sends can reach another tenant's tables.
 
+pub mod commit;
+pub mod layout;
 pub mod validate;
-pub mod writer;
+pub mod write;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +24,7 @@ use crate::catalog::Warehouse;
 use crate::error::{Error, Result};
 use crate::schema;
 use crate::tenant::{Principal, names};
-use validate::ProjectRule;
-use writer::{AppendOutcome, CommitConfig, TableWriter};
+use commit::{AppendOutcome, CommitConfig, TableWriter};
 
 /// Where an ingest stream goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,9 +52,6 @@ pub enum Mode {
     /// Create if missing, then append.
     CreateAppend,
 }
-
-/// Default SQL schema for tenant tables ingested without a schema name.
-pub const DEFAULT_TENANT_SCHEMA: &str = "public";
 
 /// Ingest service shared by every write path.
 #[derive(Debug)]
@@ -135,8 +133,8 @@ impl Ingestor {
         self.max_stream_bytes
     }
 
-    /// Latencies of recent catalog commits (see [`writer::CommitTimes`]).
-    pub fn commit_times(&self) -> &writer::CommitTimes {
+    /// Latencies of recent catalog commits (see [`commit::CommitTimes`]).
+    pub fn commit_times(&self) -> &commit::CommitTimes {
         self.writer.commit_times()
     }
 
@@ -175,7 +173,7 @@ impl Ingestor {
                 Err(Error::PermissionDenied(format!("schema '{s}' is reserved")))
             }
             s => Ok(Target::Tenant {
-                schema: s.unwrap_or(DEFAULT_TENANT_SCHEMA).to_string(),
+                schema: s.unwrap_or(names::DEFAULT_TENANT_SCHEMA).to_string(),
                 table,
             }),
         }
@@ -234,7 +232,7 @@ impl Ingestor {
         let mut reservation = Reservation::default();
         while let Some(batch) = batches.next().await {
             let batch = batch?;
-            let size = batch_bytes(&batch);
+            let size = crate::batch::batch_bytes(&batch);
             bytes += size;
             if bytes > self.max_stream_bytes {
                 return Err(Error::ResourceExhausted(format!(
@@ -273,11 +271,7 @@ impl Ingestor {
                 ));
             }
         }
-        let rule = match (&principal.project_id, principal.is_admin()) {
-            (_, true) => ProjectRule::FromBatch,
-            (Some(p), false) => ProjectRule::Stamp(p),
-            (None, false) => return Err(Error::PermissionDenied("token has no project".into())),
-        };
+        let rule = principal.project_rule()?;
         let target_schema = schema::raw_events_arrow_schema();
         let now = chrono::Utc::now().timestamp_micros();
         let (batches, _reservation) = self
@@ -410,21 +404,6 @@ fn validate_request_id(id: &str) -> Result<&str> {
             "request id must be 1-128 characters of A-Z a-z 0-9 - _ . :".into(),
         ))
     }
-}
-
-/// Bytes a batch's data occupies. Batches decoded from one IPC message
-/// share its buffer, so `get_array_memory_size` would count that buffer
-/// once per column; count the sliced data instead.
-pub fn batch_bytes(batch: &RecordBatch) -> usize {
-    batch
-        .columns()
-        .iter()
-        .map(|c| {
-            c.to_data()
-                .get_slice_memory_size()
-                .unwrap_or_else(|_| c.get_array_memory_size())
-        })
-        .sum()
 }
 
 /// Column names of tenant tables are stored lowercase, like unquoted SQL.

@@ -8,15 +8,14 @@
 
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, MapArray, RecordBatch, StringArray, StructArray, new_null_array,
-};
+use arrow::array::{Array, ArrayRef, MapArray, RecordBatch, StructArray, new_null_array};
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
 use arrow::util::display::FormatOptions;
 
 use crate::error::{Error, Result};
 use crate::schema::col;
+use crate::tenant::scope::{self, ProjectRule};
 
 /// Find a column by exact name, then case-insensitively.
 fn find_column<'a>(batch: &'a RecordBatch, name: &str) -> Option<(&'a FieldRef, &'a ArrayRef)> {
@@ -151,16 +150,6 @@ fn first_null(array: &ArrayRef) -> Option<usize> {
     (0..array.len()).find(|&i| array.is_null(i))
 }
 
-/// Whose project a batch may carry.
-#[derive(Debug, Clone, Copy)]
-pub enum ProjectRule<'a> {
-    /// Tenant write: rows are stamped with this project; a batch carrying
-    /// any other value is refused as a whole.
-    Stamp(&'a str),
-    /// Admin write: every row must carry a valid `project_id`.
-    FromBatch,
-}
-
 /// Normalise a client batch to the `raw_events` Arrow schema.
 ///
 /// `ingested_at` is always set by the server to `now_micros`.
@@ -223,46 +212,10 @@ pub fn normalize_raw_events(
 }
 
 fn project_column(batch: &RecordBatch, field: &Field, rule: ProjectRule<'_>) -> Result<ArrayRef> {
-    let rows = batch.num_rows();
     let given = find_column(batch, col::PROJECT_ID)
         .map(|(_, a)| coerce(col::PROJECT_ID, a, field))
         .transpose()?;
-    match rule {
-        ProjectRule::Stamp(project) => {
-            if let Some(given) = given {
-                let given = given
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .expect("utf8 after cast");
-                if let Some(other) = given.iter().flatten().find(|v| *v != project) {
-                    return Err(Error::PermissionDenied(format!(
-                        "batch carries project_id '{other}' but the token belongs to project '{project}'; \
-                         omit project_id (it is taken from the token) or use that project's token"
-                    )));
-                }
-            }
-            Ok(Arc::new(StringArray::from(vec![project; rows])))
-        }
-        ProjectRule::FromBatch => {
-            let given = given.ok_or_else(|| {
-                Error::InvalidArgument("admin ingest needs a 'project_id' column".into())
-            })?;
-            let strings = given
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .expect("utf8 after cast");
-            let mut seen = std::collections::HashSet::new();
-            for v in strings.iter() {
-                let v = v.ok_or_else(|| {
-                    Error::InvalidArgument("column 'project_id' has null values".into())
-                })?;
-                if seen.insert(v) {
-                    crate::tenant::names::validate_project_id(v)?;
-                }
-            }
-            Ok(given)
-        }
-    }
+    scope::stamp_project(rule, given, batch.num_rows())
 }
 
 /// Normalise a batch for a tenant's own table: match columns by name, coerce
@@ -346,7 +299,9 @@ pub fn table_schema_from_client(schema: &Schema) -> Result<Schema> {
 mod tests {
     use super::*;
     use crate::schema::raw_events_arrow_schema;
-    use arrow::array::{Float32Array, Int64Array, LargeStringArray, TimestampNanosecondArray};
+    use arrow::array::{
+        Float32Array, Int64Array, LargeStringArray, StringArray, TimestampNanosecondArray,
+    };
 
     fn batch(cols: Vec<(&str, ArrayRef)>) -> RecordBatch {
         RecordBatch::try_from_iter(cols).unwrap()

@@ -5,6 +5,8 @@
 //! Readers never see them; they only cost disk.
 
 pub mod compact;
+mod replace;
+pub mod schedule;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::error::{Error, Result};
 use crate::tenant::Principal;
 
-/// Query limits (see `LimitsConfig` for the flags).
+/// Query limits (set from the `--query-*` flags and their defaults).
 #[derive(Debug, Clone, Copy)]
 pub struct QueryLimits {
     /// Memory one query may use for joins, aggregations and sorts.
@@ -28,17 +28,6 @@ pub struct QueryLimits {
     pub max_result_bytes: usize,
     /// Queries one project may run at once.
     pub max_concurrent_per_tenant: usize,
-}
-
-impl Default for QueryLimits {
-    fn default() -> Self {
-        Self {
-            memory_bytes: 1024 * 1024 * 1024,
-            timeout: Duration::from_secs(300),
-            max_result_bytes: 1024 * 1024 * 1024,
-            max_concurrent_per_tenant: 8,
-        }
-    }
 }
 
 /// Concurrent-query slots per project.
@@ -119,7 +108,7 @@ impl Stream for LimitedStream {
         }
         match self.inner.as_mut().poll_next(cx) {
             Poll::Ready(Some(Ok(batch))) => {
-                self.bytes += crate::ingest::batch_bytes(&batch);
+                self.bytes += crate::batch::batch_bytes(&batch);
                 self.rows += batch.num_rows();
                 if self.bytes > self.max_bytes {
                     self.done = true;

@@ -20,18 +20,21 @@ use iceberg::spec::{
 };
 use iceberg::table::Table;
 
-use crate::catalog::cache::FifoCache;
-
 const DAY_MICROS: i64 = 86_400_000_000;
 
 /// Parsed manifest lists by location, at most `capacity` of them.
 #[derive(Debug)]
-pub struct ManifestLists(FifoCache<Arc<ManifestList>>);
+pub struct ManifestLists(moka::sync::Cache<String, Arc<ManifestList>>);
 
 impl ManifestLists {
     /// A cache of at most `capacity` manifest lists.
     pub fn new(capacity: usize) -> Self {
-        Self(FifoCache::new(capacity.max(1)))
+        Self(
+            moka::sync::Cache::builder()
+                .max_capacity(capacity.max(1) as u64)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .build(),
+        )
     }
 
     /// The current snapshot's manifest list (`None` for an empty table).
@@ -48,7 +51,7 @@ impl ManifestLists {
             &bytes,
             table.metadata().format_version(),
         )?);
-        self.0.insert(location, list.clone(), 1);
+        self.0.insert(location.to_string(), list.clone());
         Ok(Some(list))
     }
 }

@@ -38,9 +38,9 @@ use datafusion::sql::sqlparser::ast::Statement;
 
 use crate::catalog::Warehouse;
 use crate::error::{Error, Result};
-use crate::ingest::DEFAULT_TENANT_SCHEMA;
 use crate::schema;
 use crate::tenant::Principal;
+use crate::tenant::names::DEFAULT_TENANT_SCHEMA;
 use limits::{Admission, LimitedStream, QueryLimits};
 use manifests::ManifestLists;
 use reader::FooterCache;
@@ -99,8 +99,8 @@ pub fn update_result_schema() -> SchemaRef {
 }
 
 /// Memory for cached Parquet footers (data files are immutable, so entries
-/// never go stale; the oldest are evicted first).
-const FOOTER_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// never go stale; the least recently used are evicted first).
+const FOOTER_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Manifest lists kept (one per table snapshot a query read).
 const MANIFEST_LIST_CACHE_ENTRIES: usize = 256;
@@ -169,7 +169,7 @@ impl QueryEngine {
             limits,
             admission: Arc::new(Admission::default()),
             caches: Arc::new(ScanCaches {
-                footers: Arc::new(FooterCache::new(FOOTER_CACHE_BYTES)),
+                footers: Arc::new(reader::footer_cache(FOOTER_CACHE_BYTES)),
                 manifest_lists: ManifestLists::new(MANIFEST_LIST_CACHE_ENTRIES),
             }),
         })

@@ -27,8 +27,6 @@ use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::errors::{ParquetError, Result as ParquetResult};
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 
-use crate::catalog::cache::FifoCache;
-
 /// Bytes fetched from the end of a file on a footer miss: most footers
 /// (with page indexes) of Raindrop's files fit, so one read suffices.
 const FOOTER_PREFETCH: usize = 64 * 1024;
@@ -43,8 +41,19 @@ const COALESCE_GAP: u64 = 1024 * 1024;
 pub struct FileLocation(pub String);
 
 /// Parsed Parquet footers by file location, weighed by their in-memory
-/// size (oldest evicted first).
-pub type FooterCache = FifoCache<Arc<ParquetMetaData>>;
+/// size. Data files are immutable, so entries never go stale.
+pub type FooterCache = moka::sync::Cache<String, Arc<ParquetMetaData>>;
+
+/// A footer cache holding at most `bytes` of parsed footers.
+pub fn footer_cache(bytes: u64) -> FooterCache {
+    moka::sync::Cache::builder()
+        .max_capacity(bytes)
+        .eviction_policy(moka::policy::EvictionPolicy::lru())
+        .weigher(|_, footer: &Arc<ParquetMetaData>| {
+            u32::try_from(footer.memory_size()).unwrap_or(u32::MAX)
+        })
+        .build()
+}
 
 /// Builds Parquet readers over a table's `FileIO`.
 #[derive(Debug)]
@@ -180,8 +189,7 @@ impl AsyncFileReader for FileIoReader {
                 .load_and_finish(&mut *self, size)
                 .await?;
             let metadata = Arc::new(metadata);
-            let size = metadata.memory_size();
-            self.footers.insert(&self.location, metadata.clone(), size);
+            self.footers.insert(self.location.clone(), metadata.clone());
             Ok(metadata)
         }
         .boxed()

@@ -18,19 +18,21 @@ use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
-use iceberg::expr::{Predicate, Reference};
+use iceberg::expr::Predicate;
 use iceberg::scan::FileScanTask;
-use iceberg::spec::{Datum, PrimitiveLiteral, Transform};
+use iceberg::spec::Transform;
 use iceberg::table::Table;
 use iceberg::{NamespaceIdent, TableIdent};
 use iceberg_datafusion::physical_plan::convert_filters_to_predicate;
 
 use super::ScanCaches;
 use super::pruning::{event_day_predicate, only_event_day, references_event_day};
-use super::scan::{IcebergScanExec, ScanRequest, only_spec, partition_value};
+use super::scan::{IcebergScanExec, ScanRequest};
 use super::views::{plain_literals, scan_schema};
 use crate::catalog::Warehouse;
 use crate::schema::col;
+use crate::schema::partition::only_spec;
+use crate::tenant::scope::{check_file_scope, scope_predicate};
 
 /// A table provider over one Iceberg table snapshot.
 #[derive(Debug)]
@@ -117,35 +119,6 @@ fn every_file_has_day(table: &Table) -> bool {
     })
 }
 
-/// The partition value of `project_id` of a planned file, if known.
-fn task_project(task: &FileScanTask) -> Option<Option<&str>> {
-    Some(
-        match partition_value(task, col::PROJECT_ID, Transform::Identity)? {
-            Some(PrimitiveLiteral::String(s)) => Some(s.as_str()),
-            _ => None,
-        },
-    )
-}
-
-/// Refuse to plan a file that is not in `project`'s partition.
-fn check_file_scope(task: &FileScanTask, project: &str) -> DFResult<()> {
-    let in_scope = match task_project(task) {
-        Some(value) => value == Some(project),
-        // No partition info: fall back to the deterministic path prefix.
-        None => task
-            .data_file_path
-            .contains(&format!("/project_id={project}/")),
-    };
-    if in_scope {
-        Ok(())
-    } else {
-        tracing::error!(file = %task.data_file_path, project, "planned a file outside the tenant's partition");
-        Err(DataFusionError::Internal(
-            "scan planned a file outside the caller's project; refusing to read it".into(),
-        ))
-    }
-}
-
 #[async_trait]
 impl TableProvider for RaindropTable {
     fn as_any(&self) -> &dyn Any {
@@ -188,10 +161,7 @@ impl TableProvider for RaindropTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let mandatory: Option<Predicate> = self
-            .scope
-            .as_ref()
-            .map(|p| Reference::new(col::PROJECT_ID).equal_to(Datum::string(p)));
+        let mandatory: Option<Predicate> = self.scope.as_ref().map(|p| scope_predicate(p));
         let mut optional = vec![];
         let mut plain_filters = vec![];
         let mut day_filters = vec![];
@@ -218,7 +188,7 @@ impl TableProvider for RaindropTable {
             .reduce(Predicate::and);
         let scope = self.scope.clone();
         let file_filter = move |t: &FileScanTask| match &scope {
-            Some(p) => check_file_scope(t, p),
+            Some(p) => check_file_scope(t, p).map_err(|e| e.into_datafusion()),
             None => Ok(()),
         };
         let request = |predicate| ScanRequest {

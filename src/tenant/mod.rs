@@ -7,6 +7,7 @@
 //! maps there.
 
 pub mod names;
+pub mod scope;
 pub mod tokens;
 
 use std::fmt;

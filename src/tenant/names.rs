@@ -8,6 +8,10 @@ use crate::error::{Error, Result};
 /// Longest accepted project id, schema or table name.
 pub const MAX_NAME_LEN: usize = 64;
 
+/// SQL schema of tenant tables named without one (ingest, `CREATE TABLE`),
+/// and the default schema of query sessions.
+pub const DEFAULT_TENANT_SCHEMA: &str = "public";
+
 /// Schemas a tenant may not create tables in.
 pub const RESERVED_SCHEMAS: &[&str] = &["information_schema", "pg_catalog", "system"];
 

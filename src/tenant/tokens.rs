@@ -3,19 +3,29 @@
 //! so tokens can be created and revoked without a restart.
 //!
 //! A token is any secret string of at least [`MIN_TOKEN_LEN`] characters.
-//! Its record is found by a short id (a hash prefix, so lookups do not scan
-//! every salt), then the salted hash is compared in constant time.
+//! Its record is found by a short id, then the salted hash is compared in
+//! constant time. The id is an HMAC of the secret under a server key kept
+//! in its own file beside the token file ([`key_path`]): a leaked token
+//! file alone gives no shortcut for guessing user-chosen secrets, since
+//! every guess must also beat the per-token salt. Records written before
+//! the key existed carry an unkeyed id and still authenticate; re-create
+//! them to drop it.
 
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::time::SystemTime;
 
+use hmac::{Hmac, Mac};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::{Principal, Role, names};
 use crate::error::{Error, Result};
+
+/// Name of the token file inside a data directory.
+pub const FILE_NAME: &str = "tokens.json";
 
 /// Shortest accepted secret.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -23,8 +33,12 @@ pub const MIN_TOKEN_LEN: usize = 16;
 /// One stored token (no secret).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TokenRecord {
-    /// Public id derived from the secret (safe to log and show).
+    /// Public id: a keyed hash of the secret (safe to log and show).
     pub id: String,
+    /// Whether `id` is keyed ([`key_path`]); `false` for records written
+    /// before the key existed, whose id is an unkeyed SHA-256 prefix.
+    #[serde(default)]
+    pub keyed_id: bool,
     /// Project the token is bound to (`None` for project-less admin).
     pub project_id: Option<String>,
     /// Granted role.
@@ -45,10 +59,82 @@ struct TokenFile {
     tokens: Vec<TokenRecord>,
 }
 
-/// The id under which a secret's record is filed.
-pub fn token_id(secret: &str) -> String {
+/// The server key file beside the token file `path` (`tokens.key`).
+pub fn key_path(path: &Path) -> PathBuf {
+    path.with_extension("key")
+}
+
+/// The key of lookup ids, if the token file has one yet.
+fn read_key(path: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read_to_string(key_path(path)) {
+        Ok(text) => hex::decode(text.trim()).map(Some).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "{} is not a hex key: {e}",
+                key_path(path).display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The key of lookup ids, created (256 random bits, mode 0600) if missing.
+fn ensure_key(path: &Path) -> Result<Vec<u8>> {
+    if let Some(key) = read_key(path)? {
+        return Ok(key);
+    }
+    let mut key = [0u8; 32];
+    rand::rng().fill_bytes(&mut key);
+    let tmp = write_private_tmp(&key_path(path), hex::encode(key).as_bytes())?;
+    // Link, not rename: a key another process created meanwhile is kept.
+    let linked = std::fs::hard_link(&tmp, key_path(path));
+    std::fs::remove_file(&tmp).ok();
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e.into()),
+    }
+    read_key(path)?.ok_or_else(|| Error::Internal("token key vanished".into()))
+}
+
+/// The id under which a secret's record is filed: HMAC-SHA256 under the
+/// server key, first 6 bytes.
+fn keyed_id(key: &[u8], secret: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(secret.as_bytes());
+    hex::encode(&mac.finalize().into_bytes()[..6])
+}
+
+/// The unkeyed id of records written before the server key existed.
+fn legacy_id(secret: &str) -> String {
     let digest = Sha256::digest(format!("raindrop-token-id:{secret}").as_bytes());
     hex::encode(&digest[..6])
+}
+
+/// The id of `secret`'s record in the token file at `path`, if it has one
+/// (e.g. to revoke a token whose secret is at hand).
+pub fn find_id(path: &Path, secret: &str) -> Result<Option<String>> {
+    let key = read_key(path)?;
+    let tokens = read_file(path)?.tokens;
+    Ok(lookup(&tokens, key.as_deref(), secret).map(|r| r.id.clone()))
+}
+
+/// The record of `secret`: found by its id (keyed, or legacy for old
+/// records), then confirmed by its salted hash in constant time.
+fn lookup<'a>(
+    tokens: &'a [TokenRecord],
+    key: Option<&[u8]>,
+    secret: &str,
+) -> Option<&'a TokenRecord> {
+    let keyed = key.map(|k| keyed_id(k, secret));
+    let legacy = legacy_id(secret);
+    let record = tokens.iter().find(|r| match r.keyed_id {
+        true => keyed.as_deref() == Some(r.id.as_str()),
+        false => r.id == legacy,
+    })?;
+    let salt = hex::decode(&record.salt).unwrap_or_default();
+    let want = hex::decode(&record.hash).unwrap_or_default();
+    bool::from(salted_hash(&salt, secret).ct_eq(want.as_slice())).then_some(record)
 }
 
 fn salted_hash(salt: &[u8], secret: &str) -> [u8; 32] {
@@ -56,10 +142,6 @@ fn salted_hash(salt: &[u8], secret: &str) -> [u8; 32] {
     h.update(salt);
     h.update(secret.as_bytes());
     h.finalize().into()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Generate a new random secret (256 bits, URL-safe).
@@ -83,17 +165,27 @@ fn write_file(path: &Path, file: &TokenFile) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    // Write then rename, so a running server never reads a half-written file.
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let json = serde_json::to_vec_pretty(file).map_err(|e| Error::Internal(e.to_string()))?;
-    std::fs::write(&tmp, json)?;
+    let tmp = write_private_tmp(path, &json)?;
+    // Rename, so a running server never reads a half-written file.
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Write `bytes` to a temporary file beside `path`, readable by the owner
+/// only, and return its path.
+fn write_private_tmp(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
     }
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    Ok(tmp)
 }
 
 /// Add a token to the file at `path`; returns the record.
@@ -119,14 +211,18 @@ pub fn create_token(
         }
     }
     let mut file = read_file(path)?;
-    let id = token_id(secret);
-    if file.tokens.iter().any(|t| t.id == id) {
-        return Err(Error::AlreadyExists(format!("token {id} exists already")));
+    let key = ensure_key(path)?;
+    if lookup(&file.tokens, Some(&key), secret).is_some() {
+        return Err(Error::AlreadyExists(
+            "a token with this secret exists already".into(),
+        ));
     }
+    let id = keyed_id(&key, secret);
     let mut salt = [0u8; 16];
     rand::rng().fill_bytes(&mut salt);
     let record = TokenRecord {
         id,
+        keyed_id: true,
         project_id: project_id.map(str::to_owned),
         role,
         salt: hex::encode(salt),
@@ -160,7 +256,15 @@ pub fn revoke_token(path: &Path, id: &str) -> Result<()> {
 #[derive(Debug)]
 pub struct TokenStore {
     path: PathBuf,
-    state: RwLock<(Option<FileStamp>, Vec<TokenRecord>)>,
+    state: RwLock<Loaded>,
+}
+
+/// One version of the token file and the key of its ids.
+#[derive(Debug, Default)]
+struct Loaded {
+    stamp: Option<FileStamp>,
+    key: Option<Vec<u8>>,
+    tokens: Vec<TokenRecord>,
 }
 
 /// Identity of one version of the token file. Edits replace the file
@@ -191,7 +295,7 @@ impl TokenStore {
     pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
         let store = Self {
             path: path.into(),
-            state: RwLock::new((None, vec![])),
+            state: RwLock::new(Loaded::default()),
         };
         store.reload_if_changed()?;
         Ok(store)
@@ -204,7 +308,7 @@ impl TokenStore {
 
     /// Number of tokens currently loaded.
     pub fn len(&self) -> usize {
-        self.state.read().expect("token lock").1.len()
+        self.state.read().expect("token lock").tokens.len()
     }
 
     /// True when no token is configured.
@@ -214,11 +318,26 @@ impl TokenStore {
 
     fn reload_if_changed(&self) -> Result<()> {
         let current = stamp(&self.path);
-        if current.is_some() && self.state.read().expect("token lock").0 == current {
+        if current.is_some() && self.state.read().expect("token lock").stamp == current {
             return Ok(());
         }
+        // The key is written before the first keyed record, so a file
+        // version that has keyed records finds its key.
+        let key = read_key(&self.path)?;
         let tokens = read_file(&self.path)?.tokens;
-        *self.state.write().expect("token lock") = (current, tokens);
+        let legacy = tokens.iter().filter(|t| !t.keyed_id).count();
+        if legacy > 0 {
+            tracing::warn!(
+                legacy,
+                file = %self.path.display(),
+                "tokens created before keyed ids have an id derived from the secret alone; re-create them"
+            );
+        }
+        *self.state.write().expect("token lock") = Loaded {
+            stamp: current,
+            key,
+            tokens,
+        };
         Ok(())
     }
 
@@ -228,16 +347,9 @@ impl TokenStore {
             // Keep serving with the last good set rather than locking everyone out.
             tracing::warn!(error = %e, "could not reload token file");
         }
-        let id = token_id(secret);
         let state = self.state.read().expect("token lock");
-        let record = state.1.iter().find(|t| t.id == id);
-        let ok = record.is_some_and(|r| {
-            let salt = hex::decode(&r.salt).unwrap_or_default();
-            let want = hex::decode(&r.hash).unwrap_or_default();
-            constant_time_eq(&salted_hash(&salt, secret), &want)
-        });
-        match record {
-            Some(r) if ok => Ok(Principal {
+        match lookup(&state.tokens, state.key.as_deref(), secret) {
+            Some(r) => Ok(Principal {
                 token_id: r.id.clone(),
                 project_id: r.project_id.clone(),
                 role: r.role,
@@ -273,5 +385,60 @@ mod tests {
         // The same store notices the revocation at once (new inode).
         revoke_token(&path, &rec.id).unwrap();
         assert!(store.authenticate(&secret).is_err());
+    }
+
+    #[test]
+    fn ids_are_keyed_and_legacy_records_still_authenticate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let secret = "my-own-secret-0123456789";
+        let rec = create_token(&path, secret, Some("acme"), Role::Read, "").unwrap();
+        // Not derivable from the secret without the key file.
+        assert!(rec.keyed_id);
+        assert_ne!(rec.id, legacy_id(secret));
+        let other = tempfile::tempdir().unwrap();
+        let elsewhere = create_token(&other.path().join(FILE_NAME), secret, None, Role::Admin, "");
+        assert_ne!(elsewhere.unwrap().id, rec.id, "each key gives other ids");
+        assert!(matches!(
+            create_token(&path, secret, Some("acme"), Role::Read, ""),
+            Err(Error::AlreadyExists(_))
+        ));
+        assert_eq!(find_id(&path, secret).unwrap(), Some(rec.id.clone()));
+
+        // A record written before keyed ids (no `keyed_id` field).
+        let old_secret = "an-old-token-secret-42";
+        let salt = [7u8; 16];
+        let mut file = read_file(&path).unwrap();
+        let mut legacy: serde_json::Value = serde_json::to_value(TokenRecord {
+            id: legacy_id(old_secret),
+            keyed_id: false,
+            project_id: Some("globex".into()),
+            role: Role::ReadWrite,
+            salt: hex::encode(salt),
+            hash: hex::encode(salted_hash(&salt, old_secret)),
+            label: String::new(),
+            created_at: String::new(),
+        })
+        .unwrap();
+        legacy.as_object_mut().unwrap().remove("keyed_id");
+        file.tokens.push(serde_json::from_value(legacy).unwrap());
+        write_file(&path, &file).unwrap();
+        let store = TokenStore::open(&path).unwrap();
+        assert_eq!(
+            store
+                .authenticate(old_secret)
+                .unwrap()
+                .project_id
+                .as_deref(),
+            Some("globex")
+        );
+        assert_eq!(
+            store.authenticate(secret).unwrap().project_id.as_deref(),
+            Some("acme")
+        );
+        // Without the key, keyed records match nothing.
+        std::fs::remove_file(key_path(&path)).unwrap();
+        write_file(&path, &read_file(&path).unwrap()).unwrap();
+        assert!(store.authenticate(secret).is_err());
     }
 }

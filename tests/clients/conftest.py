@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SEED_QUERY = (ROOT / "sql" / "seed-query.sql").read_text()
 DATA = {p: telemetry.make(p, n, seed) for p, n, seed in [("acme", 400, 1), ("globex", 150, 2)]}
 
-BIN = os.environ.get("RAINDROP_BIN", "target/debug/raindrop")
+BIN = os.environ.get("RAINDROP_BIN", "target/release/raindrop")
 
 
 def make_token(data_dir: Path, project, role: str) -> str:

@@ -277,7 +277,14 @@ async fn acme_cannot_reach_globex() {
             .do_get(Ticket::new(garbage))
             .await
             .expect_err("garbage ticket refused");
-        assert!(!err.to_string().is_empty());
+        let code = match &err {
+            arrow_flight::error::FlightError::Tonic(status) => status.code(),
+            other => panic!("garbage ticket: {other:?}"),
+        };
+        assert!(
+            matches!(code, Code::InvalidArgument | Code::Unimplemented),
+            "garbage ticket: {err:?}"
+        );
     }
 
     // Ingest: rows for globex, names that try to escape or reach globex.
@@ -366,14 +373,13 @@ async fn acme_cannot_reach_globex() {
         .get_flight_info(req)
         .await
         .unwrap_err();
-    assert_ne!(err.code(), Code::Ok);
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
     reads.extend(log.stop());
     assert!(
         reads.iter().all(|p| !p.contains("globex")),
         "acme's attempts opened globex objects: {reads:?}"
     );
-    assert!(attempts >= 40, "corpus has {attempts} attempts");
     eprintln!(
         "attack corpus: {attempts} attempts, {} objects read, none of globex",
         reads.len()

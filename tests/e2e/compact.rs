@@ -127,9 +127,12 @@ async fn compaction_racing_ingest_loses_and_duplicates_nothing() {
     let ident = warehouse.raw_events_ident();
 
     // Appends keep landing while compactions build and swap their snapshots:
-    // a compaction whose base moved must rebuild on the new metadata.
+    // a compaction whose base moved must rebuild on the new metadata. The
+    // writer appends until a rebuild has happened (or a minute passed).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let mut client = server.client("acme").await;
+        let stop = stop.clone();
         let batches: Vec<_> = data
             .acme
             .events
@@ -138,8 +141,11 @@ async fn compaction_racing_ingest_loses_and_duplicates_nothing() {
             .collect();
         tokio::spawn(async move {
             let mut n = 0i64;
-            for _ in 0..3 {
+            'outer: loop {
                 for b in &batches {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break 'outer;
+                    }
                     n += client.ingest_events(vec![b.clone()]).await.unwrap();
                 }
             }
@@ -148,7 +154,8 @@ async fn compaction_racing_ingest_loses_and_duplicates_nothing() {
     };
     let (mut compacted, mut rebuilds) = (0, 0);
     let mut gave_up = 0;
-    while !writer.is_finished() {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while rebuilds == 0 && std::time::Instant::now() < deadline {
         match compact_table(warehouse, &ident, &CompactOptions::default()).await {
             Ok(report) => {
                 compacted += report.files_removed;
@@ -160,8 +167,13 @@ async fn compaction_racing_ingest_loses_and_duplicates_nothing() {
             Err(e) => panic!("compaction failed: {e}"),
         }
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     eprintln!(
         "compaction rebuilds after a concurrent append: {rebuilds}; runs given up: {gave_up}"
+    );
+    assert!(
+        rebuilds > 0,
+        "no compaction committed after rebuilding on a concurrent append ({gave_up} gave up)"
     );
     acked += writer.await.unwrap();
     let report = compact_table(warehouse, &ident, &CompactOptions::default())

@@ -112,7 +112,9 @@ async fn credentials_and_roles() {
 
     // A revoked token stops working without a restart.
     let file = server.dir.path().join("tokens.json");
-    let id = raindrop::tenant::tokens::token_id(&server.tokens["acme_read"]);
+    let id = raindrop::tenant::tokens::find_id(&file, &server.tokens["acme_read"])
+        .unwrap()
+        .expect("the token is in the file");
     raindrop::tenant::tokens::revoke_token(&file, &id).unwrap();
     assert_eq!(
         reader.query("SELECT 1").await.unwrap_err().code(),

@@ -21,6 +21,8 @@ pub const DEFAULT_NAMESPACE: &str = "wildedge";
 /// Name of the telemetry table.
 pub const RAW_EVENTS: &str = "raw_events";
 
+pub mod partition;
+
 /// Column names used by code that must agree on them.
 pub mod col {
     /// Tenant id; identity-partitioned.

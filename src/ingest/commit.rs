@@ -1,0 +1,450 @@
+//! Group commit: one committer task per table gathers the prepared rows
+//! of every concurrent stream into one set of files and one fast-append
+//! snapshot, and answers each stream only after the catalog accepted that
+//! commit (files of a failed commit are deleted). Request ids committed
+//! with a snapshot make client retries idempotent, across restarts.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use iceberg::table::Table;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::{Catalog, TableIdent};
+use tokio::sync::{mpsc, oneshot};
+
+use super::write::{Prepared, delete_files, prepare, write_prepared};
+use crate::catalog::cache::TableCache;
+use crate::error::{Error, Result};
+use crate::schema;
+
+/// What a committed append produced.
+#[derive(Debug, Clone, Default)]
+pub struct AppendOutcome {
+    /// Rows committed for this request.
+    pub rows: u64,
+    /// Data files added by the commit that carried this request (shared
+    /// with the other requests of its group).
+    pub files: Vec<String>,
+    /// Snapshot created by that commit (`None` when nothing was written).
+    pub snapshot_id: Option<i64>,
+    /// True when this request id had been committed before: nothing new
+    /// was written.
+    pub deduplicated: bool,
+}
+
+/// Group-commit settings.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitConfig {
+    /// How long a commit may wait for more requests to share it. `0` (the
+    /// default) commits as soon as the previous commit finishes: requests
+    /// that arrive meanwhile form the next group, so grouping grows with
+    /// load and an idle server adds no latency.
+    pub max_delay: Duration,
+    /// A group stops gathering once it holds this many bytes.
+    pub target_bytes: usize,
+}
+
+impl Default for CommitConfig {
+    fn default() -> Self {
+        Self {
+            max_delay: Duration::ZERO,
+            target_bytes: schema::TARGET_FILE_SIZE,
+        }
+    }
+}
+
+/// Snapshot summary property listing the request ids a commit carried,
+/// as `id=rows` pairs separated by `,`: committed atomically with the data,
+/// so deduplication survives restarts.
+pub const REQUEST_IDS_PROPERTY: &str = "raindrop.request-ids";
+/// Committed request ids remembered per table for deduplication.
+pub const DEDUP_WINDOW: usize = 100_000;
+/// Snapshots scanned for request ids when a table's committer starts.
+const DEDUP_HISTORY_SNAPSHOTS: usize = 1_000;
+
+struct Pending {
+    prepared: Prepared,
+    rows: u64,
+    bytes: usize,
+    request_id: Option<String>,
+    reply: oneshot::Sender<Result<AppendOutcome>>,
+}
+
+/// Remembered request ids: (rows, snapshot) per committed id, the least
+/// recently used forgotten first beyond [`DEDUP_WINDOW`].
+#[derive(Clone)]
+struct Dedup(moka::sync::Cache<String, (u64, i64)>);
+
+impl Dedup {
+    fn new() -> Self {
+        Self(
+            moka::sync::Cache::builder()
+                .max_capacity(DEDUP_WINDOW as u64)
+                // LRU admits every id: a frequency filter could drop a new one.
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .build(),
+        )
+    }
+
+    fn insert(&self, id: String, rows: u64, snapshot: i64) {
+        self.0.insert(id, (rows, snapshot));
+    }
+
+    fn get(&self, id: &str) -> Option<(u64, i64)> {
+        self.0.get(id)
+    }
+
+    /// Learn the ids recorded in a table's recent snapshots.
+    fn load(&self, table: &Table) {
+        let mut snapshots: Vec<_> = table.metadata().snapshots().collect();
+        snapshots.sort_by_key(|s| s.timestamp_ms());
+        let skip = snapshots.len().saturating_sub(DEDUP_HISTORY_SNAPSHOTS);
+        for snap in snapshots.into_iter().skip(skip) {
+            if let Some(ids) = snap
+                .summary()
+                .additional_properties
+                .get(REQUEST_IDS_PROPERTY)
+            {
+                for pair in ids.split(',') {
+                    if let Some((id, rows)) = pair.rsplit_once('=') {
+                        self.insert(
+                            id.to_string(),
+                            rows.parse().unwrap_or(0),
+                            snap.snapshot_id(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Recent catalog-commit latencies (applying the append, the catalog's
+/// compare-and-swap and its confirmation; not writing the files), for
+/// benchmarks and diagnostics. Bounded: the newest `CAPACITY` are kept.
+#[derive(Debug, Default)]
+pub struct CommitTimes(Mutex<VecDeque<Duration>>);
+
+impl CommitTimes {
+    const CAPACITY: usize = 10_000;
+
+    fn record(&self, d: Duration) {
+        let mut q = self.0.lock().expect("commit times lock");
+        if q.len() == Self::CAPACITY {
+            q.pop_front();
+        }
+        q.push_back(d);
+    }
+
+    /// The recorded latencies, oldest first.
+    pub fn snapshot(&self) -> Vec<Duration> {
+        self.0
+            .lock()
+            .expect("commit times lock")
+            .iter()
+            .copied()
+            .collect()
+    }
+}
+
+/// One committer task per table, fed through a channel.
+struct Committer {
+    queue: mpsc::UnboundedSender<Pending>,
+    dedup: Dedup,
+}
+
+/// Writes and commits data files with group commit: one committer per
+/// table gathers the batches of all concurrent streams into one set of
+/// files and one snapshot, and answers each stream only after that commit.
+pub struct TableWriter {
+    catalog: Arc<dyn Catalog>,
+    tables: Arc<TableCache>,
+    config: CommitConfig,
+    committers: tokio::sync::Mutex<HashMap<TableIdent, Committer>>,
+    commit_times: Arc<CommitTimes>,
+}
+
+impl std::fmt::Debug for TableWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableWriter")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TableWriter {
+    /// A writer over `catalog`, loading tables through `tables` (so a
+    /// commit's base is usually the cached result of the previous commit).
+    pub fn new(catalog: Arc<dyn Catalog>, tables: Arc<TableCache>, config: CommitConfig) -> Self {
+        Self {
+            catalog,
+            tables,
+            config,
+            committers: tokio::sync::Mutex::new(HashMap::new()),
+            commit_times: Arc::default(),
+        }
+    }
+
+    /// Latencies of recent catalog commits, across tables.
+    pub fn commit_times(&self) -> &CommitTimes {
+        &self.commit_times
+    }
+
+    async fn committer(
+        &self,
+        ident: &TableIdent,
+    ) -> Result<(mpsc::UnboundedSender<Pending>, Dedup)> {
+        let mut committers = self.committers.lock().await;
+        if let Some(c) = committers.get(ident).filter(|c| !c.queue.is_closed()) {
+            return Ok((c.queue.clone(), c.dedup.clone()));
+        }
+        let table = self.tables.load(self.catalog.as_ref(), ident).await?;
+        let dedup = Dedup::new();
+        dedup.load(&table);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_committer(
+            self.catalog.clone(),
+            self.tables.clone(),
+            ident.clone(),
+            self.config,
+            rx,
+            dedup.clone(),
+            self.commit_times.clone(),
+        ));
+        committers.insert(
+            ident.clone(),
+            Committer {
+                queue: tx.clone(),
+                dedup: dedup.clone(),
+            },
+        );
+        Ok((tx, dedup))
+    }
+
+    /// Forget a table's committer (after the table was dropped).
+    pub async fn forget(&self, ident: &TableIdent) {
+        self.committers.lock().await.remove(ident);
+    }
+
+    /// Append `batches` (already in the table's Arrow schema) to the table.
+    /// Returns once the commit that carries them succeeded; on error none
+    /// of them is committed. A `request_id` seen before (in this table's
+    /// recent history) returns the earlier outcome without writing.
+    pub async fn append(
+        &self,
+        ident: &TableIdent,
+        batches: Vec<RecordBatch>,
+        request_id: Option<String>,
+    ) -> Result<AppendOutcome> {
+        let (queue, dedup) = self.committer(ident).await?;
+        let seen = request_id.as_ref().and_then(|id| dedup.get(id));
+        if let Some((rows, snapshot)) = seen {
+            return Ok(AppendOutcome {
+                rows,
+                files: vec![],
+                snapshot_id: Some(snapshot),
+                deduplicated: true,
+            });
+        }
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        if rows == 0 {
+            return Ok(AppendOutcome::default());
+        }
+        // Sorting and splitting by partition happen here, in the caller's
+        // task, so concurrent streams do it in parallel while the committer
+        // encodes the previous group.
+        let table = self.tables.load(self.catalog.as_ref(), ident).await?;
+        let prepared = prepare(&table, batches)?;
+        let bytes = prepared.bytes();
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(Pending {
+                prepared,
+                rows,
+                bytes,
+                request_id,
+                reply,
+            })
+            .map_err(|_| Error::Internal("committer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::Internal("committer dropped the request".into()))?
+    }
+}
+
+async fn run_committer(
+    catalog: Arc<dyn Catalog>,
+    tables: Arc<TableCache>,
+    ident: TableIdent,
+    config: CommitConfig,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    dedup: Dedup,
+    commit_times: Arc<CommitTimes>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.bytes;
+        let mut group = vec![first];
+        while let Ok(p) = rx.try_recv() {
+            bytes += p.bytes;
+            group.push(p);
+        }
+        if !config.max_delay.is_zero() {
+            let deadline = tokio::time::Instant::now() + config.max_delay;
+            while bytes < config.target_bytes {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(p)) => {
+                        bytes += p.bytes;
+                        group.push(p);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        // A retry may sit in the same group as its original, or arrive while
+        // the original was being committed by the previous group: commit
+        // each id once.
+        let mut ids = std::collections::HashSet::new();
+        let (group, duplicates): (Vec<_>, Vec<_>) = {
+            group.into_iter().partition(|p| {
+                p.request_id
+                    .as_ref()
+                    .is_none_or(|id| !dedup.0.contains_key(id) && ids.insert(id.clone()))
+            })
+        };
+        if group.is_empty() {
+            for p in duplicates {
+                answer_duplicate(p, &dedup, None);
+            }
+            continue;
+        }
+        let result = commit_group(catalog.as_ref(), &tables, &ident, &group, &commit_times).await;
+        match result {
+            Ok((snapshot_id, files)) => {
+                for p in &group {
+                    if let Some(id) = &p.request_id {
+                        dedup.insert(id.clone(), p.rows, snapshot_id);
+                    }
+                }
+                tracing::debug!(table = %ident, requests = group.len(), files = files.len(), snapshot_id, "group committed");
+                for p in group {
+                    let outcome = AppendOutcome {
+                        rows: p.rows,
+                        files: files.clone(),
+                        snapshot_id: Some(snapshot_id),
+                        deduplicated: false,
+                    };
+                    p.reply.send(Ok(outcome)).ok();
+                }
+                for p in duplicates {
+                    answer_duplicate(p, &dedup, None);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(table = %ident, error = %e, requests = group.len(), "group commit failed");
+                for p in group {
+                    p.reply.send(Err(e.for_waiter())).ok();
+                }
+                for p in duplicates {
+                    answer_duplicate(p, &dedup, Some(&e));
+                }
+            }
+        }
+    }
+}
+
+/// Answer a request whose id another request carried: with the committed
+/// outcome if there is one, else with the failure of the one that carried it.
+fn answer_duplicate(p: Pending, dedup: &Dedup, failure: Option<&Error>) {
+    let seen = p.request_id.as_ref().and_then(|id| dedup.get(id));
+    let answer = match (seen, failure) {
+        (Some((rows, snapshot)), _) => Ok(AppendOutcome {
+            rows,
+            files: vec![],
+            snapshot_id: Some(snapshot),
+            deduplicated: true,
+        }),
+        (None, Some(e)) => Err(e.for_waiter()),
+        (None, None) => Err(Error::Internal(
+            "duplicate of a request that was not committed".into(),
+        )),
+    };
+    p.reply.send(answer).ok();
+}
+
+/// Write the group's rows as one set of files and commit one snapshot.
+async fn commit_group(
+    catalog: &dyn Catalog,
+    tables: &TableCache,
+    ident: &TableIdent,
+    group: &[Pending],
+    commit_times: &CommitTimes,
+) -> Result<(i64, Vec<String>)> {
+    let table = tables.load(catalog, ident).await?;
+    let prepared = group.iter().map(|p| p.prepared.clone()).collect();
+    let data_files = write_prepared(&table, prepared).await?;
+    let paths: Vec<String> = data_files
+        .iter()
+        .map(|f| f.file_path().to_string())
+        .collect();
+    let ids: Vec<String> = group
+        .iter()
+        .filter_map(|p| p.request_id.as_ref().map(|id| format!("{id}={}", p.rows)))
+        .collect();
+    let tx = Transaction::new(&table);
+    // Names are unique (UUID v7 prefix), so skip the duplicate check
+    // that would re-read every manifest on every commit.
+    let mut action = tx
+        .fast_append()
+        .with_check_duplicate(false)
+        .add_data_files(data_files);
+    if !ids.is_empty() {
+        action = action.set_snapshot_properties(HashMap::from([(
+            REQUEST_IDS_PROPERTY.to_string(),
+            ids.join(","),
+        )]));
+    }
+    let started = std::time::Instant::now();
+    let committed = async {
+        let tx = action.apply(tx)?;
+        tx.commit(catalog).await
+    }
+    .await;
+    let committed = match committed {
+        Ok(t) => t,
+        Err(e) => {
+            delete_files(&table, &paths).await;
+            return Err(e.into());
+        }
+    };
+    let snapshot_id = committed
+        .metadata()
+        .current_snapshot_id()
+        .unwrap_or_default();
+    // Confirm before acknowledging: the SQL catalog can report success for
+    // a compare-and-swap whose database COMMIT failed (e.g. SQLITE_BUSY).
+    // Usually the pointer still names our metadata (one row read); if
+    // another writer moved on since, look for our snapshot in its history.
+    // Snapshots are never removed here, so absence means not committed.
+    let location = committed.metadata_location().unwrap_or_default();
+    let confirmed = match tables.points_at(ident, location).await? {
+        Some(true) => true,
+        _ => catalog
+            .load_table(ident)
+            .await?
+            .metadata()
+            .snapshot_by_id(snapshot_id)
+            .is_some(),
+    };
+    if confirmed {
+        commit_times.record(started.elapsed());
+        tables.insert(&committed);
+    } else {
+        delete_files(&table, &paths).await;
+        return Err(Error::Aborted(format!(
+            "commit of snapshot {snapshot_id} to {ident} was not confirmed by the catalog; nothing was written, retry"
+        )));
+    }
+    Ok((snapshot_id, paths))
+}

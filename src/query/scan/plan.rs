@@ -1,0 +1,355 @@
+//! Planning a scan: the files a query opens (Iceberg predicate, tenant
+//! check, exact `event_day` filters), their spread over partitions, and
+//! which reader reads them.
+
+use std::sync::Arc;
+
+use arrow::array::{AsArray, BooleanArray, Date32Array, RecordBatch};
+use arrow::compute::kernels::boolean::and;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::Session;
+use datafusion::common::config::TableParquetOptions;
+use datafusion::common::{DFSchema, ScalarValue, project_schema};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::object_store::ObjectStoreUrl;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::physical_plan::{ExecutionPlan, Partitioning, PlanProperties};
+use futures::TryStreamExt;
+use iceberg::scan::FileScanTask;
+use iceberg::spec::DataFileFormat;
+use iceberg::table::Table;
+
+use super::stats::plan_statistics;
+use super::{IcebergScanExec, OutputColumn, Reader, ScanPlan, ScanRequest, to_df};
+use crate::query::manifests::overlapping;
+use crate::query::reader::{FileIoReaderFactory, FileLocation};
+use crate::query::views::scan_schema;
+use crate::schema::col;
+use crate::schema::partition::{only_spec, task_day};
+
+impl IcebergScanExec {
+    /// Plan the files of `table` matching the request's predicate and build
+    /// the scan. `file_filter` may refuse a planned task (tenant isolation).
+    pub async fn try_new(
+        table: Table,
+        request: ScanRequest<'_>,
+        state: &dyn Session,
+        file_filter: impl Fn(&FileScanTask) -> DFResult<()>,
+    ) -> DFResult<Self> {
+        let schema = project_schema(request.full_schema, request.projection)?;
+        let output: Vec<OutputColumn> = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                if f.name() == col::EVENT_DAY && table_field(&table, col::EVENT_DAY).is_none() {
+                    OutputColumn::EventDay
+                } else {
+                    OutputColumn::Table(f.name().clone())
+                }
+            })
+            .collect();
+        let mut read_columns: Vec<String> = vec![];
+        for c in &output {
+            let name = match c {
+                OutputColumn::Table(n) => n.as_str(),
+                OutputColumn::EventDay => col::EVENT_TIMESTAMP,
+            };
+            if !read_columns.iter().any(|r| r == name) {
+                read_columns.push(name.to_string());
+            }
+        }
+        if read_columns.is_empty() {
+            // COUNT(*)-style scans still need row counts: read the narrowest
+            // thing we know exists.
+            let first = table.metadata().current_schema().as_struct().fields()[0]
+                .name
+                .clone();
+            read_columns.push(first);
+        }
+
+        let mut builder = table.scan().select(read_columns.iter().cloned());
+        if let Some(p) = &request.predicate {
+            builder = builder.with_filter(p.clone());
+        }
+        let tasks: Vec<FileScanTask> = builder
+            .build()
+            .map_err(to_df)?
+            .plan_files()
+            .await
+            .map_err(to_df)?
+            .try_collect()
+            .await
+            .map_err(to_df)?;
+        // iceberg 0.10.1's tasks carry partition values but not their spec;
+        // with a single spec ever, the values can be read with certainty.
+        let tasks: Vec<FileScanTask> = match only_spec(&table) {
+            Some(spec) => tasks
+                .into_iter()
+                .map(|mut t| {
+                    t.partition_spec.get_or_insert_with(|| spec.clone());
+                    t
+                })
+                .collect(),
+            None => tasks,
+        };
+        for t in &tasks {
+            file_filter(t)?;
+        }
+        let tasks = keep_matching_days(tasks, &request.day_filters, state)?;
+        let manifests = request
+            .caches
+            .manifest_lists
+            .current(&table)
+            .await
+            .map_err(to_df)?
+            .map_or((0, 0), |list| {
+                overlapping(&list, &table, request.predicate.as_ref())
+            });
+        let plan = ScanPlan {
+            files: tasks.iter().map(|t| t.data_file_path.clone()).collect(),
+            bytes: tasks.iter().map(|t| t.file_size_in_bytes).sum(),
+            records: tasks.iter().filter_map(|t| t.record_count).sum(),
+            manifests,
+        };
+        tracing::debug!(
+            table = %request.label,
+            manifests_overlapping = plan.manifests.0,
+            manifests_total = plan.manifests.1,
+            files = plan.files.len(),
+            bytes = plan.bytes,
+            "scan planned"
+        );
+        let statistics = plan_statistics(&schema, &output, &tasks, &plan);
+        let partitions = distribute(tasks, state.config().target_partitions().max(1));
+        let reader = match iceberg_reader_needed(&table, &partitions) {
+            Some(reason) => Reader::Iceberg {
+                read_columns,
+                reason,
+            },
+            None => Reader::Parquet(parquet_exec(
+                &table,
+                &request,
+                state,
+                &output,
+                &read_columns,
+                &partitions,
+            )?),
+        };
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(partitions.len()),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Ok(Self {
+            table,
+            label: request.label,
+            output,
+            schema,
+            partitions,
+            predicate: request.predicate,
+            reader,
+            plan,
+            statistics,
+            properties,
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+}
+
+/// Why the planned files must be read by iceberg's reader, if they must.
+/// DataFusion's Parquet source matches columns by name and knows nothing of
+/// delete files, so it would return deleted rows or null out renamed columns.
+fn iceberg_reader_needed(table: &Table, partitions: &[Vec<FileScanTask>]) -> Option<&'static str> {
+    let tasks = || partitions.iter().flatten();
+    if tasks().any(|t| !t.deletes.is_empty()) {
+        return Some("delete files");
+    }
+    if tasks().any(|t| t.data_file_format != DataFileFormat::Parquet) {
+        return Some("non-Parquet data files");
+    }
+    let current = table.metadata().current_schema();
+    let renamed = table.metadata().schemas_iter().any(|old| {
+        old.as_struct().fields().iter().any(|f| {
+            current
+                .field_by_id(f.id)
+                .is_some_and(|now| now.name != f.name)
+        })
+    });
+    renamed.then_some("renamed columns")
+}
+
+/// DataFusion's Parquet source over the planned files, one file group per
+/// partition, reading through the table's `FileIO`.
+///
+/// When every file has a day partition value, `event_day` is produced as a
+/// partition column (a constant per file) and `event_timestamp` is read only
+/// if the query itself selects it.
+fn parquet_exec(
+    table: &Table,
+    request: &ScanRequest<'_>,
+    state: &dyn Session,
+    output: &[OutputColumn],
+    read_columns: &[String],
+    partitions: &[Vec<FileScanTask>],
+) -> DFResult<Arc<dyn ExecutionPlan>> {
+    let file_schema: SchemaRef = Arc::new(scan_schema(
+        &iceberg::arrow::schema_to_arrow_schema(table.metadata().current_schema())
+            .map_err(to_df)?,
+    ));
+    let wants_day = output.iter().any(|c| matches!(c, OutputColumn::EventDay));
+    let day_partition = wants_day && partitions.iter().flatten().all(|t| task_day(t).is_some());
+    let mut indices = vec![];
+    for c in read_columns {
+        let selected = output
+            .iter()
+            .any(|o| matches!(o, OutputColumn::Table(n) if n == c));
+        if day_partition && c == col::EVENT_TIMESTAMP && !selected {
+            continue;
+        }
+        indices.push(file_schema.index_of(c)?);
+    }
+    let mut table_schema = TableSchema::from_file_schema(file_schema.clone());
+    if day_partition {
+        indices.push(file_schema.fields().len());
+        table_schema = table_schema.with_table_partition_cols(vec![Arc::new(Field::new(
+            col::EVENT_DAY,
+            DataType::Date32,
+            false,
+        ))]);
+    }
+    let options = TableParquetOptions {
+        global: state.config_options().execution.parquet.clone(),
+        ..Default::default()
+    };
+    let mut source = ParquetSource::new(table_schema)
+        .with_table_parquet_options(options)
+        .with_parquet_file_reader_factory(Arc::new(FileIoReaderFactory::new(
+            table.file_io().clone(),
+            request.caches.footers.clone(),
+        )));
+    if let Some(filter) = &request.row_filter {
+        let df_schema = DFSchema::try_from(file_schema.as_ref().clone())?;
+        match state.create_physical_expr(filter.clone(), &df_schema) {
+            Ok(predicate) => source = source.with_predicate(predicate),
+            // Pruning is an optimisation: without it the filter above still
+            // applies, so a predicate the reader cannot take is dropped.
+            Err(e) => tracing::debug!(error = %e, "row-group predicate not usable"),
+        }
+    }
+    let groups = partitions
+        .iter()
+        .map(|tasks| {
+            FileGroup::new(
+                tasks
+                    .iter()
+                    .map(|t| {
+                        let file = partitioned_file(t);
+                        match task_day(t).filter(|_| day_partition) {
+                            Some(day) => {
+                                file.with_partition_values(vec![ScalarValue::Date32(Some(day))])
+                            }
+                            None => file,
+                        }
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+        .with_projection_indices(Some(indices))?
+        .with_file_groups(groups)
+        .with_limit(request.limit)
+        .with_batch_size(Some(state.config().batch_size()))
+        .build();
+    Ok(DataSourceExec::from_data_source(config))
+}
+
+/// A planned task as DataFusion's file description, carrying its full
+/// storage location for [`FileIoReaderFactory`].
+fn partitioned_file(task: &FileScanTask) -> PartitionedFile {
+    let path = task
+        .data_file_path
+        .strip_prefix("file://")
+        .unwrap_or(&task.data_file_path);
+    let mut file = PartitionedFile::new(path, task.file_size_in_bytes)
+        .with_extensions(Arc::new(FileLocation(task.data_file_path.clone())));
+    if task.start != 0 || task.length != task.file_size_in_bytes {
+        file = file.with_range(task.start as i64, (task.start + task.length) as i64);
+    }
+    file
+}
+
+/// Drop the files whose day fails one of the exact `event_day` filters.
+/// The provider only declares such filters exact when the table's only
+/// partition spec has `day(event_timestamp)`, so a file without a day value
+/// is a broken table and fails the query rather than being guessed at.
+fn keep_matching_days(
+    tasks: Vec<FileScanTask>,
+    filters: &[Expr],
+    state: &dyn Session,
+) -> DFResult<Vec<FileScanTask>> {
+    if filters.is_empty() || tasks.is_empty() {
+        return Ok(tasks);
+    }
+    let days = tasks
+        .iter()
+        .map(|t| {
+            task_day(t).ok_or_else(|| {
+                DataFusionError::Internal(format!(
+                    "data file {} has no event_day partition value",
+                    t.data_file_path
+                ))
+            })
+        })
+        .collect::<DFResult<Vec<i32>>>()?;
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        col::EVENT_DAY,
+        DataType::Date32,
+        false,
+    )]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Date32Array::from(days))])?;
+    let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+    let mut keep = BooleanArray::from(vec![true; tasks.len()]);
+    for f in filters {
+        let result = state
+            .create_physical_expr(f.clone(), &df_schema)?
+            .evaluate(&batch)?
+            .into_array(batch.num_rows())?;
+        keep = and(&keep, result.as_boolean())?;
+    }
+    Ok(tasks
+        .into_iter()
+        .zip(keep.iter())
+        .filter_map(|(t, k)| (k == Some(true)).then_some(t))
+        .collect())
+}
+
+fn table_field(table: &Table, name: &str) -> Option<iceberg::spec::NestedFieldRef> {
+    table
+        .metadata()
+        .current_schema()
+        .field_by_name(name)
+        .cloned()
+}
+
+/// Spread tasks over at most `n` partitions, largest first onto the
+/// currently lightest partition, so partitions finish at similar times.
+fn distribute(mut tasks: Vec<FileScanTask>, n: usize) -> Vec<Vec<FileScanTask>> {
+    let n = n.min(tasks.len()).max(1);
+    tasks.sort_by_key(|t| std::cmp::Reverse(t.length.max(t.file_size_in_bytes)));
+    let mut parts: Vec<(u64, Vec<FileScanTask>)> = (0..n).map(|_| (0, vec![])).collect();
+    for t in tasks {
+        let lightest = parts.iter_mut().min_by_key(|(w, _)| *w).expect("n >= 1");
+        lightest.0 += t.file_size_in_bytes.max(1);
+        lightest.1.push(t);
+    }
+    parts.into_iter().map(|(_, t)| t).collect()
+}
