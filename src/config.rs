@@ -320,3 +320,25 @@ pub struct DemoConfig {
     #[clap(long, env = "RAINDROP_DEMO_SEED", default_value_t = 42)]
     pub seed: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_flags() {
+        let cli = Cli::try_parse_from(["raindrop", "serve"]).expect("serve parses without flags");
+        let Command::Serve(serve) = cli.command else {
+            panic!("not serve");
+        };
+        assert_eq!(
+            format!("{:?}", serve.limits),
+            format!("{:?}", LimitsConfig::default())
+        );
+        let fixture = ServeConfig::in_dir(DEFAULT_DATA_DIR);
+        assert_eq!(
+            format!("{:?}", serve.storage),
+            format!("{:?}", fixture.storage)
+        );
+    }
+}

@@ -147,6 +147,9 @@ async fn compaction_racing_ingest_loses_and_duplicates_nothing() {
                         break 'outer;
                     }
                     n += client.ingest_events(vec![b.clone()]).await.unwrap();
+                    // Gaps between appends longer than a commit attempt, so
+                    // a snapshot rebuilt after losing to one can land.
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
             }
             n
