@@ -126,51 +126,41 @@ async fn compaction_racing_ingest_loses_and_duplicates_nothing() {
     let warehouse = server.handle.as_ref().unwrap().services.query.warehouse();
     let ident = warehouse.raw_events_ident();
 
-    // Appends keep landing while compactions build and swap their snapshots:
-    // a compaction whose base moved must rebuild on the new metadata. The
-    // writer appends until a rebuild has happened (or a minute passed).
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let mut client = server.client("acme").await;
-        let stop = stop.clone();
-        let batches: Vec<_> = data
-            .acme
-            .events
-            .iter()
-            .map(|b| b.slice(0, b.num_rows().min(500)))
-            .collect();
-        tokio::spawn(async move {
-            let mut n = 0i64;
-            'outer: loop {
-                for b in &batches {
-                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        break 'outer;
-                    }
-                    n += client.ingest_events(vec![b.clone()]).await.unwrap();
-                    // Gaps between appends longer than a commit attempt, so
-                    // a snapshot rebuilt after losing to one can land.
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                }
-            }
-            n
-        })
-    };
-    let (mut compacted, mut rebuilds) = (0, 0);
-    let mut gave_up = 0;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while rebuilds == 0 && std::time::Instant::now() < deadline {
-        match compact_table(warehouse, &ident, &CompactOptions::default()).await {
+    // One append lands while a compaction builds its snapshot: the swap
+    // finds the table moved and must rebuild on the new metadata. Where in
+    // the compaction the append lands depends on timing, so the append is
+    // started ever later after the compaction, until a rebuild is seen.
+    let mut writer = server.client("acme").await;
+    let slices: Vec<_> = data
+        .acme
+        .events
+        .iter()
+        .map(|b| b.slice(0, b.num_rows().min(500)))
+        .collect();
+    let (mut compacted, mut rebuilds, mut gave_up) = (0, 0, 0);
+    for step in 0..100u64 {
+        if rebuilds > 0 {
+            break;
+        }
+        let compaction = {
+            let (warehouse, ident) = (warehouse.clone(), ident.clone());
+            tokio::spawn(async move {
+                compact_table(&warehouse, &ident, &CompactOptions::default()).await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(step * 10)).await;
+        let slice = slices[step as usize % slices.len()].clone();
+        acked += writer.ingest_events(vec![slice]).await.unwrap();
+        match compaction.await.unwrap() {
             Ok(report) => {
                 compacted += report.files_removed;
                 rebuilds += report.rebuilds;
             }
-            // Appends kept winning for every attempt: this run committed
-            // nothing and deleted its files; the next run tries again.
+            // Lost every attempt: committed nothing, deleted its files.
             Err(raindrop::error::Error::Aborted(_)) => gave_up += 1,
             Err(e) => panic!("compaction failed: {e}"),
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     eprintln!(
         "compaction rebuilds after a concurrent append: {rebuilds}; runs given up: {gave_up}"
     );
@@ -178,7 +168,6 @@ async fn compaction_racing_ingest_loses_and_duplicates_nothing() {
         rebuilds > 0,
         "no compaction committed after rebuilding on a concurrent append ({gave_up} gave up)"
     );
-    acked += writer.await.unwrap();
     let report = compact_table(warehouse, &ident, &CompactOptions::default())
         .await
         .unwrap();
