@@ -126,11 +126,26 @@ impl RaindropFlightService {
         let ingest = &self.services.ingest;
         let target =
             ingest.resolve_target(cmd.catalog.as_deref(), cmd.schema.as_deref(), &cmd.table)?;
-        let explicit_id = cmd.options.get(REQUEST_ID_OPTION).map(String::as_str);
-        let request_id = request_id(&request, explicit_id);
+        let explicit_id = cmd.options.get(REQUEST_ID_OPTION).cloned();
+        self.ingest_stream(principal, &target, mode, explicit_id, request)
+            .await
+    }
+
+    /// Ingest the request's batches into `target`: the tail both `DoPut`
+    /// forms share. The request id is `explicit_id`, else the call header.
+    async fn ingest_stream(
+        &self,
+        principal: &Principal,
+        target: &Target,
+        mode: Mode,
+        explicit_id: Option<String>,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<u64> {
+        let ingest = &self.services.ingest;
+        let request_id = request_id(&request, explicit_id.as_deref());
         let batches = batches_of(request.into_inner(), ingest.max_stream_bytes());
         let outcome = ingest
-            .ingest(principal, &target, mode, request_id.as_deref(), batches)
+            .ingest(principal, target, mode, request_id.as_deref(), batches)
             .await?;
         tracing::debug!(token_id = %principal.token_id, ?target, rows = outcome.rows, files = outcome.files.len(), "ingested");
         Ok(outcome.rows)
@@ -183,12 +198,9 @@ impl RaindropFlightService {
             Target::RawEvents => Mode::Append,
             Target::Tenant { .. } => Mode::CreateAppend,
         };
-        let request_id = request_id(&request, app_metadata_id.as_deref());
-        let batches = batches_of(request.into_inner(), ingest.max_stream_bytes());
-        let outcome = ingest
-            .ingest(principal, &target, mode, request_id.as_deref(), batches)
+        let rows = self
+            .ingest_stream(principal, &target, mode, app_metadata_id, request)
             .await?;
-        tracing::debug!(token_id = %principal.token_id, ?target, rows = outcome.rows, "ingested (path)");
-        Ok(put_result(outcome.rows))
+        Ok(put_result(rows))
     }
 }

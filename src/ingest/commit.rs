@@ -310,7 +310,7 @@ async fn run_committer(
             group.into_iter().partition(|p| {
                 p.request_id
                     .as_ref()
-                    .is_none_or(|id| !dedup.0.contains_key(id) && ids.insert(id.clone()))
+                    .is_none_or(|id| dedup.get(id).is_none() && ids.insert(id.clone()))
             })
         };
         if group.is_empty() {

@@ -126,11 +126,16 @@ fn lookup<'a>(
     key: Option<&[u8]>,
     secret: &str,
 ) -> Option<&'a TokenRecord> {
+    // Each id is hashed only if some record uses that kind (every call
+    // authenticates; files without legacy records skip the second hash).
     let keyed = key.map(|k| keyed_id(k, secret));
-    let legacy = legacy_id(secret);
+    let legacy = tokens
+        .iter()
+        .any(|r| !r.keyed_id)
+        .then(|| legacy_id(secret));
     let record = tokens.iter().find(|r| match r.keyed_id {
         true => keyed.as_deref() == Some(r.id.as_str()),
-        false => r.id == legacy,
+        false => legacy.as_deref() == Some(r.id.as_str()),
     })?;
     let salt = hex::decode(&record.salt).unwrap_or_default();
     let want = hex::decode(&record.hash).unwrap_or_default();
