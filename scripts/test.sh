@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs every test: Rust unit + end-to-end tests, then the Python client suite
-# (real ADBC Flight SQL driver, PyArrow Flight, PyIceberg, DuckDB) against the
-# real server binary. Installs the Python packages into a venv on first use.
+# Runs every test: Rust unit + end-to-end tests, then the client suite (real
+# ADBC Flight SQL driver, PyArrow Flight, PyIceberg, DuckDB, and the
+# third-party matrix: flightsql-dbapi, sqlalchemy-adbc, pandas, polars, a Node
+# client) against the real server binary. Installs the Python packages into a
+# venv and the Node packages into a cache directory on first use.
 #
 # Builds with --release, like `cargo run --release -- demo`, into the same
 # target directory (./target unless CARGO_TARGET_DIR says otherwise): after
@@ -13,19 +15,37 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 echo "== cargo test --release"
 cargo test --release --locked --all-targets
 
-echo "== Python client suite"
+echo "== Client suite (Python, Node)"
 VENV="${RAINDROP_VENV:-$HOME/.cache/raindrop/venv}"
 REQ=tests/clients/requirements.txt
+NODEPS=tests/clients/requirements-nodeps.txt
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 # Reinstall only when the requirements change.
 STAMP="$VENV/.requirements.sha256"
-WANT="$(sha256sum "$REQ" | cut -d' ' -f1)"
+WANT="$(cat "$REQ" "$NODEPS" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQ"
+  # Packages whose declared pins conflict with the above (see the file).
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$NODEPS"
   echo "$WANT" > "$STAMP"
 fi
+
+# The Node client for test_matrix.py, from the lockfile, outside the clone.
+# `npm install` rather than `npm ci`: the client lists a freebsd build that
+# was never published, and npm 11 ci rejects the lockfile npm itself wrote
+# for it (npm/cli#9846). With --no-save it still installs the locked versions.
+NODE_PREFIX="${RAINDROP_NODE_PREFIX:-$HOME/.cache/raindrop/node}"
+NODE_STAMP="$NODE_PREFIX/.package-lock.sha256"
+NODE_WANT="$(cat tests/clients/node/package.json tests/clients/node/package-lock.json | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$NODE_STAMP" 2>/dev/null || true)" != "$NODE_WANT" ]; then
+  mkdir -p "$NODE_PREFIX"
+  cp tests/clients/node/package.json tests/clients/node/package-lock.json "$NODE_PREFIX/"
+  npm install --prefix "$NODE_PREFIX" --no-save --no-audit --no-fund --loglevel=error
+  echo "$NODE_WANT" > "$NODE_STAMP"
+fi
+export RAINDROP_NODE_MODULES="$NODE_PREFIX/node_modules"
 cargo build --release --locked --bin raindrop
 export RAINDROP_BIN="$TARGET_DIR/release/raindrop"
 "$VENV/bin/python" -m pytest -q tests/clients

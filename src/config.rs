@@ -162,8 +162,16 @@ pub mod limits {
     pub const QUERY_TIMEOUT_SECS: u64 = 300;
     /// Default of `--max-result-mib`.
     pub const MAX_RESULT_MIB: usize = 1024;
-    /// Default of `--max-queries-per-tenant`.
-    pub const MAX_QUERIES_PER_TENANT: usize = 8;
+    /// Default of `--max-queries`: 0 = four per core.
+    pub const MAX_QUERIES: usize = 0;
+    /// Queries running at once per core, when `--max-queries` is 0.
+    pub const QUERIES_PER_CORE: usize = 4;
+    /// Default of `--max-queries-per-tenant`: 0 = half of `--max-queries`.
+    pub const MAX_QUERIES_PER_TENANT: usize = 0;
+    /// Default of `--query-queue-per-tenant`.
+    pub const QUERY_QUEUE_PER_TENANT: usize = 256;
+    /// Default of `--query-queue-wait-secs`.
+    pub const QUERY_QUEUE_WAIT_SECS: u64 = 60;
     /// Default of `--query-partitions`.
     pub const QUERY_PARTITIONS: usize = 0;
 }
@@ -213,9 +221,23 @@ pub struct LimitsConfig {
     /// Largest result one query may return, in MiB.
     #[clap(long, env = "RAINDROP_MAX_RESULT_MIB", default_value_t = limits::MAX_RESULT_MIB)]
     pub max_result_mib: usize,
-    /// Queries one project may run at once.
+    /// Queries running at once on this node, all projects together; more
+    /// wait in their project's queue. 0 = four per core. Each may use
+    /// `--query-memory-mib`, so this times that bounds query memory.
+    #[clap(long, env = "RAINDROP_MAX_QUERIES", default_value_t = limits::MAX_QUERIES)]
+    pub max_queries: usize,
+    /// Queries one project may run at once; more wait in its queue. 0 =
+    /// half of `--max-queries`, so one project never holds every slot.
     #[clap(long, env = "RAINDROP_MAX_QUERIES_PER_TENANT", default_value_t = limits::MAX_QUERIES_PER_TENANT)]
     pub max_queries_per_tenant: usize,
+    /// Queries one project may have waiting for a slot; past it, new ones
+    /// are refused with `ResourceExhausted`. 0 = refuse instead of waiting.
+    #[clap(long, env = "RAINDROP_QUERY_QUEUE_PER_TENANT", default_value_t = limits::QUERY_QUEUE_PER_TENANT)]
+    pub query_queue_per_tenant: usize,
+    /// Longest a query waits for a slot before it is refused with
+    /// `ResourceExhausted`, in seconds.
+    #[clap(long, env = "RAINDROP_QUERY_QUEUE_WAIT_SECS", default_value_t = limits::QUERY_QUEUE_WAIT_SECS)]
+    pub query_queue_wait_secs: u64,
     /// Query parallelism (DataFusion target partitions); 0 = number of cores.
     #[clap(long, env = "RAINDROP_QUERY_PARTITIONS", default_value_t = limits::QUERY_PARTITIONS)]
     pub query_partitions: usize,
@@ -234,7 +256,10 @@ impl Default for LimitsConfig {
             query_memory_mib: limits::QUERY_MEMORY_MIB,
             query_timeout_secs: limits::QUERY_TIMEOUT_SECS,
             max_result_mib: limits::MAX_RESULT_MIB,
+            max_queries: limits::MAX_QUERIES,
             max_queries_per_tenant: limits::MAX_QUERIES_PER_TENANT,
+            query_queue_per_tenant: limits::QUERY_QUEUE_PER_TENANT,
+            query_queue_wait_secs: limits::QUERY_QUEUE_WAIT_SECS,
             query_partitions: limits::QUERY_PARTITIONS,
         }
     }

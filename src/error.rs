@@ -132,7 +132,7 @@ fn datafusion_status(e: &DataFusionError) -> Status {
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
-        match e {
+        let status = match e {
             Error::Unauthenticated(m) => Status::unauthenticated(m),
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::InvalidArgument(m) => Status::invalid_argument(m),
@@ -156,6 +156,13 @@ impl From<Error> for Status {
                 tracing::error!(error = ?e, "internal failure");
                 Status::internal(e.to_string())
             }
+        };
+        // A refused request is an operator's only clue to what clients get
+        // wrong; the request's `rpc` span adds the RPC and the token id.
+        // Server faults were logged as errors above.
+        if status.code() != tonic::Code::Internal {
+            tracing::warn!(code = ?status.code(), reason = status.message(), "request rejected");
         }
+        status
     }
 }

@@ -12,7 +12,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::catalog;
-use crate::config::{ServeConfig, TlsConfig};
+use crate::config::{LimitsConfig, ServeConfig, TlsConfig, limits as defaults};
 use crate::error::{Error, Result};
 use crate::flight::{RaindropFlightService, Services};
 use crate::ingest::Ingestor;
@@ -20,6 +20,7 @@ use crate::ingest::commit::CommitConfig;
 use crate::maintenance::compact::CompactOptions;
 use crate::maintenance::schedule::{self, Schedule};
 use crate::query::QueryEngine;
+use crate::query::admission::AdmissionConfig;
 use crate::query::limits::QueryLimits;
 use crate::tenant::tokens::TokenStore;
 
@@ -59,7 +60,7 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
         memory_bytes: limits.query_memory_mib * MIB,
         timeout: Duration::from_secs(limits.query_timeout_secs),
         max_result_bytes: limits.max_result_mib * MIB,
-        max_concurrent_per_tenant: limits.max_queries_per_tenant,
+        admission: admission_config(limits),
     };
     Ok(Arc::new(Services {
         tokens,
@@ -78,6 +79,24 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
         planned: Default::default(),
         maintenance,
     }))
+}
+
+/// Admission sizes from the flags, with 0 meaning "derive from the cores".
+fn admission_config(limits: &LimitsConfig) -> AdmissionConfig {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let max_running = match limits.max_queries {
+        0 => defaults::QUERIES_PER_CORE * cores,
+        n => n,
+    };
+    AdmissionConfig {
+        max_running,
+        max_running_per_tenant: match limits.max_queries_per_tenant {
+            0 => (max_running / 2).max(1),
+            n => n,
+        },
+        max_queued_per_tenant: limits.query_queue_per_tenant,
+        max_wait: Duration::from_secs(limits.query_queue_wait_secs),
+    }
 }
 
 fn read_pem(what: &str, path: &std::path::Path) -> Result<Vec<u8>> {
@@ -117,7 +136,14 @@ pub async fn run(
     let mut builder = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(8 * MIB as u32))
         .initial_connection_window_size(Some(32 * MIB as u32))
-        .max_frame_size(Some(MIB as u32));
+        .max_frame_size(Some(MIB as u32))
+        // Every log line of a request names its RPC and, once known, its
+        // token id (recorded by authentication).
+        .trace_fn(|req| {
+            let path = req.uri().path();
+            let rpc = path.rsplit('/').next().unwrap_or(path);
+            tracing::warn_span!("rpc", rpc = %rpc, token_id = tracing::field::Empty)
+        });
     if let Some(tls) = tls_config(&config.tls)? {
         builder = builder
             .tls_config(tls)

@@ -14,12 +14,14 @@ use arrow_flight::sql::{
     Searchable, XdbcDataType, XdbcDatetimeSubcode,
 };
 
+use super::columns::{self, Origin};
 use crate::error::{Error, Result};
-use crate::query::QueryEngine;
+use crate::query::{self, QueryEngine};
 use crate::tenant::Principal;
 
-/// Table types Raindrop reports.
-pub const TABLE_TYPES: &[&str] = &["TABLE", "VIEW"];
+/// Table types Raindrop reports: the ones `GetTables` uses, no others
+/// (users cannot create views).
+pub const TABLE_TYPES: &[&str] = &[query::SYSTEM_TABLE, query::TABLE];
 
 fn arrow_err(e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("building metadata: {e}"))
@@ -61,15 +63,26 @@ pub async fn tables(
         .catalog_objects(principal, cmd.include_schema)
         .await?;
     let mut b = cmd.into_builder();
-    let empty = Schema::empty();
+    let events_schema = engine.warehouse().namespace.to_url_string();
     for t in &objects.tables {
-        let schema = t.schema.as_deref().unwrap_or(&empty);
+        let origin = Origin {
+            catalog: &objects.catalog,
+            db_schema: &t.db_schema,
+            table: &t.name,
+        };
+        // raw_events takes ingest, not SQL writes; system tables neither.
+        let read_only = t.table_type != query::TABLE
+            || (t.db_schema == events_schema && t.name == crate::schema::RAW_EVENTS);
+        let schema = match &t.schema {
+            Some(s) => columns::table_schema(s, origin, read_only),
+            None => Schema::empty(),
+        };
         b.append(
             &objects.catalog,
             &t.db_schema,
             &t.name,
             t.table_type,
-            schema,
+            &schema,
         )
         .map_err(arrow_err)?;
     }
@@ -143,6 +156,12 @@ pub fn xdbc_type_info() -> &'static XdbcTypeInfoData {
         b.append(xdbc("DATE", XdbcDataType::XdbcDate, Some(10), true));
         b.append(xdbc(
             "TIMESTAMP",
+            XdbcDataType::XdbcTimestamp,
+            Some(32),
+            true,
+        ));
+        b.append(xdbc(
+            "TIMESTAMP WITH TIME ZONE",
             XdbcDataType::XdbcTimestamp,
             Some(32),
             true,

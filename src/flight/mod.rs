@@ -12,6 +12,7 @@
 //!   checks and the `GetSqlInfo` answer.
 
 pub mod auth;
+pub mod columns;
 mod encode;
 pub mod ipc;
 mod metadata;
@@ -82,6 +83,8 @@ impl RaindropFlightService {
 
     fn principal<T>(&self, request: &Request<T>) -> Result<Principal> {
         let token = auth::token_from_metadata(request.metadata())?;
-        self.services.tokens.authenticate(&token)
+        let principal = self.services.tokens.authenticate(&token)?;
+        tracing::Span::current().record("token_id", tracing::field::display(&principal.token_id));
+        Ok(principal)
     }
 }

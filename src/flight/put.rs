@@ -65,7 +65,10 @@ pub(super) fn batches_of(
     stream: PeekableFlightDataStream,
     max_decoded: usize,
 ) -> impl Stream<Item = Result<arrow::array::RecordBatch>> + Send {
-    let checked = stream.map_err(FlightError::from).and_then(move |data| {
+    // A message with only the descriptor carries no IPC (arrow-rs sends
+    // one to execute a prepared update with parameters bound before).
+    let carrying = stream.try_filter(|data| futures::future::ready(!data.data_header.is_empty()));
+    let checked = carrying.map_err(FlightError::from).and_then(move |data| {
         let checked = ipc::check_declared_sizes(&data, max_decoded)
             .map(|()| data)
             .map_err(|e| FlightError::Tonic(Box::new(Status::from(e))));

@@ -3,24 +3,25 @@
 //! and bind prepared statements.
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{Schema, SchemaRef};
 use arrow_flight::Ticket;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::server::PeekableFlightDataStream;
 use arrow_flight::sql::{ActionCreatePreparedStatementResult, CommandPreparedStatementUpdate};
+use datafusion::dataframe::DataFrame;
 use futures::TryStreamExt;
 use tonic::Status;
 
-use super::RaindropFlightService;
 use super::encode::{one_batch, rows_affected, schema_bytes};
 use super::prepared::Statement;
 use super::put::batches_of;
 use super::ticket::StatementTicket;
+use super::{RaindropFlightService, columns};
 use crate::batch::batch_bytes;
 use crate::error::{Error, Result};
-use crate::query::{client_schema, is_update, params, update_result_schema};
+use crate::query::{is_update, params, update_result_schema};
 use crate::tenant::Principal;
 
 /// Largest parameter set accepted for a prepared statement.
@@ -29,6 +30,11 @@ const MAX_PARAM_BYTES: usize = 64 * 1024 * 1024;
 const MAX_PARAM_ROWS: usize = 65_536;
 
 impl RaindropFlightService {
+    /// A planned query's result schema, with Flight SQL column metadata.
+    fn result_schema(&self, df: &DataFrame) -> SchemaRef {
+        columns::result_schema(df.schema(), &self.services.query.warehouse().catalog_name)
+    }
+
     /// Answer `GetFlightInfo` for `sql`: a query is planned (schema) and
     /// left for `DoGet`; an update runs now, so it has happened when the
     /// call returns (drivers may fetch the result lazily, or never).
@@ -45,9 +51,10 @@ impl RaindropFlightService {
         }
         let mut df = self.services.query.plan(principal, sql).await?;
         if let Some(p) = &params {
-            df = df.with_param_values(params_row(p, 0)?)?;
+            let values = params::bind(df.logical_plan(), p, 0)?;
+            df = df.with_param_values(values)?;
         }
-        let schema = client_schema(&df);
+        let schema = self.result_schema(&df);
         if params.is_none() {
             self.services.planned.put(&principal.token_id, sql, df);
         }
@@ -82,9 +89,10 @@ impl RaindropFlightService {
                     "a query takes one row of parameters; bind a single row".into(),
                 ));
             }
-            df = df.with_param_values(params_row(p, 0)?)?;
+            let values = params::bind(df.logical_plan(), p, 0)?;
+            df = df.with_param_values(values)?;
         }
-        let schema = client_schema(&df);
+        let schema = self.result_schema(&df);
         let batches = self
             .services
             .query
@@ -121,7 +129,7 @@ impl RaindropFlightService {
         for row in 0..p.num_rows() {
             total += s
                 .query
-                .execute_update(&s.ingest, principal, sql, Some(params_row(&p, row)?))
+                .execute_update(&s.ingest, principal, sql, Some((&p, row)))
                 .await?;
         }
         Ok(total)
@@ -137,29 +145,18 @@ impl RaindropFlightService {
         let sql = params::number_placeholders(query)?;
         let update = is_update(&sql);
         let (dataset, parameters) = if update {
-            (update_result_schema(), Schema::empty())
+            let fields = self
+                .services
+                .query
+                .update_parameters(principal, &sql)
+                .await?;
+            (update_result_schema(), Schema::new(fields))
         } else {
             let df = self.services.query.plan(principal, &sql).await?;
-            let mut ids: Vec<(usize, String, Option<DataType>)> = df
-                .logical_plan()
-                .get_parameter_types()
-                .map_err(Error::from)?
-                .into_iter()
-                .map(|(id, t)| {
-                    (
-                        id.trim_start_matches('$').parse().unwrap_or(usize::MAX),
-                        id,
-                        t,
-                    )
-                })
-                .collect();
-            ids.sort();
-            let fields: Vec<_> = ids
-                .into_iter()
-                .map(|(_, id, t)| Field::new(id, t.unwrap_or(DataType::Null), true))
-                .collect();
-            (client_schema(&df), Schema::new(fields))
+            let fields = params::parameter_fields(df.logical_plan())?;
+            (self.result_schema(&df), Schema::new(fields))
         };
+        let parameters = columns::parameter_schema(&parameters);
         let handle = self.services.prepared.create(
             &principal.token_id,
             Statement {
@@ -209,10 +206,6 @@ impl RaindropFlightService {
         let params = read_params(stream).await?.or(stmt.params);
         self.update(principal, &stmt.sql, params).await
     }
-}
-
-fn params_row(batch: &RecordBatch, row: usize) -> Result<datafusion::common::ParamValues> {
-    params::row_params(batch, row)
 }
 
 /// Read a parameter stream into one batch (`None` if it carried no rows).

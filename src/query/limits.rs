@@ -1,21 +1,18 @@
 //! Per-query and per-tenant limits, so one tenant's heavy query cannot
 //! exhaust the server for everyone: a memory pool per query (DataFusion
-//! spills or fails with `ResourcesExhausted`), a wall-clock timeout, a cap
-//! on result size, and a cap on concurrent queries per tenant.
+//! spills or fails with `ResourcesExhausted`), a wall-clock timeout and a
+//! cap on result size. How many run at once is `admission`'s job.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use datafusion::execution::SendableRecordBatchStream;
 use futures::Stream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::admission::{AdmissionConfig, Slot};
 use crate::error::{Error, Result};
-use crate::tenant::Principal;
 
 /// Query limits (set from the `--query-*` flags and their defaults).
 #[derive(Debug, Clone, Copy)]
@@ -26,33 +23,8 @@ pub struct QueryLimits {
     pub timeout: Duration,
     /// Bytes of results one query may return.
     pub max_result_bytes: usize,
-    /// Queries one project may run at once.
-    pub max_concurrent_per_tenant: usize,
-}
-
-/// Concurrent-query slots per project.
-#[derive(Debug, Default)]
-pub struct Admission {
-    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
-}
-
-impl Admission {
-    /// Take a slot for `principal`'s project, or fail at once.
-    pub fn admit(&self, principal: &Principal, limit: usize) -> Result<OwnedSemaphorePermit> {
-        let key = principal.project_id.clone().unwrap_or_else(|| "*".into());
-        let sem = self
-            .slots
-            .lock()
-            .expect("admission lock")
-            .entry(key)
-            .or_insert_with(|| Arc::new(Semaphore::new(limit.max(1))))
-            .clone();
-        sem.try_acquire_owned().map_err(|_| {
-            Error::ResourceExhausted(format!(
-                "this project already runs {limit} queries; wait for one to finish, then retry"
-            ))
-        })
-    }
+    /// How many queries run at once, and how long the rest wait.
+    pub admission: AdmissionConfig,
 }
 
 /// A result stream that enforces the timeout and result size, and holds
@@ -66,7 +38,7 @@ pub struct LimitedStream {
     rows: usize,
     started: std::time::Instant,
     done: bool,
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot,
 }
 
 impl LimitedStream {
@@ -75,7 +47,7 @@ impl LimitedStream {
     pub fn new(
         inner: SendableRecordBatchStream,
         limits: &QueryLimits,
-        slot: OwnedSemaphorePermit,
+        slot: Slot,
         started: std::time::Instant,
     ) -> Self {
         Self {

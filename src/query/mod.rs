@@ -8,6 +8,7 @@
 //! `information_schema` and `SHOW TABLES` list exactly what the caller can
 //! read, and names of other tenants resolve to nothing.
 
+pub mod admission;
 pub mod functions;
 pub mod limits;
 pub mod manifests;
@@ -41,10 +42,17 @@ use crate::error::{Error, Result};
 use crate::schema;
 use crate::tenant::Principal;
 use crate::tenant::names::DEFAULT_TENANT_SCHEMA;
-use limits::{Admission, LimitedStream, QueryLimits};
+use admission::{Admission, AdmissionStats};
+use limits::{LimitedStream, QueryLimits};
 use manifests::ManifestLists;
 use reader::FooterCache;
 use table::{RaindropTable, TenantSchema};
+
+/// Table type of the tables users create and `raw_events`.
+pub const TABLE: &str = "TABLE";
+/// Table type of `information_schema`'s read-only tables (the JDBC name for
+/// catalog tables, so tools that list `TABLE`s leave them out).
+pub const SYSTEM_TABLE: &str = "SYSTEM TABLE";
 
 /// A table as listed by the metadata RPCs.
 #[derive(Debug, Clone)]
@@ -53,7 +61,7 @@ pub struct TableEntry {
     pub db_schema: String,
     /// Table name.
     pub name: String,
-    /// `TABLE` or `VIEW`.
+    /// [`TABLE`] or [`SYSTEM_TABLE`].
     pub table_type: &'static str,
     /// Arrow schema, when requested.
     pub schema: Option<SchemaRef>,
@@ -167,7 +175,7 @@ impl QueryEngine {
             base: base_state(&warehouse, target_partitions)?,
             warehouse,
             limits,
-            admission: Arc::new(Admission::default()),
+            admission: Admission::new(limits.admission),
             caches: Arc::new(ScanCaches {
                 footers: Arc::new(reader::footer_cache(FOOTER_CACHE_BYTES)),
                 manifest_lists: ManifestLists::new(MANIFEST_LIST_CACHE_ENTRIES),
@@ -175,16 +183,20 @@ impl QueryEngine {
         })
     }
 
-    /// Run a planned query as `principal`, within the query limits: takes
-    /// one of the project's query slots (or fails at once) and enforces the
-    /// timeout and result size on the stream.
+    /// Run a planned query as `principal`, within the query limits: waits
+    /// for a query slot (admins share one queue), then enforces the timeout
+    /// and result size on the stream, which holds the slot.
     pub async fn execute(&self, principal: &Principal, df: DataFrame) -> Result<LimitedStream> {
-        let slot = self
-            .admission
-            .admit(principal, self.limits.max_concurrent_per_tenant)?;
+        let tenant = principal.project_id.as_deref().unwrap_or("*");
+        let slot = self.admission.admit(tenant).await?;
         let started = std::time::Instant::now();
         let stream = df.execute_stream().await?;
         Ok(LimitedStream::new(stream, &self.limits, slot, started))
+    }
+
+    /// What admission decided so far, and its queue now.
+    pub fn admission_stats(&self) -> AdmissionStats {
+        self.admission.stats()
     }
 
     /// The warehouse this engine reads.
@@ -278,9 +290,9 @@ impl QueryEngine {
             names.sort();
             for t in names {
                 let table_type = if s == INFORMATION_SCHEMA {
-                    "VIEW"
+                    SYSTEM_TABLE
                 } else {
-                    "TABLE"
+                    TABLE
                 };
                 let schema = match with_schemas {
                     true => provider
@@ -335,12 +347,6 @@ impl QueryEngine {
         );
         Ok(df)
     }
-}
-
-/// The schema clients are told about: the plan's schema with Iceberg
-/// field-id metadata removed from top-level fields.
-pub fn client_schema(df: &DataFrame) -> SchemaRef {
-    strip_metadata(df.schema().as_arrow())
 }
 
 fn strip_metadata(arrow: &Schema) -> SchemaRef {

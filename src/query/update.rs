@@ -6,8 +6,10 @@
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use datafusion::common::{ParamValues, TableReference};
+use arrow::datatypes::Field;
+use datafusion::common::TableReference;
 use datafusion::dataframe::DataFrame;
+use datafusion::execution::SessionState;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
 use datafusion::sql::parser::Statement as DFStatement;
@@ -80,14 +82,12 @@ async fn write_query(
 }
 
 impl QueryEngine {
-    /// Execute an update statement for `principal`; returns affected rows.
-    pub async fn execute_update(
+    /// Check and plan an update statement for `principal`, without running it.
+    async fn plan_update(
         &self,
-        ingest: &Ingestor,
         principal: &Principal,
         sql: &str,
-        params: Option<ParamValues>,
-    ) -> Result<u64> {
+    ) -> Result<(SessionState, LogicalPlan)> {
         if !(principal.role.can_read() && principal.role.can_write()) {
             return Err(Error::PermissionDenied(format!(
                 "SQL updates need a read_write token; this token's role is '{}'",
@@ -100,9 +100,30 @@ impl QueryEngine {
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(&sql, &dialect)?;
         check_update_statement(&statement)?;
-        let mut plan = state.statement_to_plan(statement).await?;
-        if let Some(p) = params {
-            plan = plan.with_param_values(p)?;
+        let plan = state.statement_to_plan(statement).await?;
+        Ok((state, plan))
+    }
+
+    /// The parameters of update `sql` (`INSERT … VALUES (?, ?)` takes the
+    /// target columns' types), for its prepared-statement schema.
+    pub async fn update_parameters(&self, principal: &Principal, sql: &str) -> Result<Vec<Field>> {
+        let (_, plan) = self.plan_update(principal, sql).await?;
+        params::parameter_fields(&plan)
+    }
+
+    /// Execute an update statement for `principal` (with row `row` of a
+    /// parameter batch, if any); returns affected rows.
+    pub async fn execute_update(
+        &self,
+        ingest: &Ingestor,
+        principal: &Principal,
+        sql: &str,
+        params: Option<(&RecordBatch, usize)>,
+    ) -> Result<u64> {
+        let (state, mut plan) = self.plan_update(principal, sql).await?;
+        if let Some((batch, row)) = params {
+            let values = params::bind(&plan, batch, row)?;
+            plan = plan.with_param_values(values)?;
         }
         match plan {
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(c)) => {

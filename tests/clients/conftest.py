@@ -3,6 +3,7 @@
 import os
 import re
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 
@@ -49,6 +50,14 @@ class Server:
         else:
             raise RuntimeError("server exited before listening")
         self.uri = f"grpc://{self.addr}"
+        # Keep reading the log: a full pipe would block the server, and
+        # tests check what it warns about.
+        self.log = []
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self):
+        for line in self.proc.stdout:
+            self.log.append(line)
 
     def stop(self):
         self.proc.terminate()

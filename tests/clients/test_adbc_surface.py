@@ -2,6 +2,9 @@
 without parameters, executemany, metadata (get_info, get_objects at every
 depth, table schema, table types) and every ingest mode."""
 
+import re
+import time
+
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -75,7 +78,7 @@ def test_get_info_objects_schema_and_types(loaded):
         schema = conn.adbc_get_table_schema("raw_events", db_schema_filter="wildedge")
         assert schema.field("event_timestamp").type == pa.timestamp("us", tz="+00:00")
         assert schema.field("event_day").type == pa.date32()
-        assert set(conn.adbc_get_table_types()) == {"TABLE", "VIEW"}
+        assert set(conn.adbc_get_table_types()) == {"TABLE", "SYSTEM TABLE"}
 
 
 def test_ingest_modes(loaded):
@@ -100,3 +103,23 @@ def test_ingest_modes(loaded):
     with connect(loaded, "acme") as conn, conn.cursor() as cur:
         with pytest.raises(Exception, match="(?i)not found"):
             cur.execute("SELECT * FROM ml.modes")
+
+
+def test_rejected_requests_are_logged_with_rpc_and_token_id(loaded):
+    """An operator sees what clients fail on: the RPC, the token id and the
+    reason, at warn level, and never the token itself."""
+    with connect(loaded, "acme") as conn, conn.cursor() as cur:
+        with pytest.raises(Exception, match="(?i)not found"):
+            cur.execute("SELECT * FROM scratch.no_such_table_for_the_log")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [line for line in list(loaded.log) if "no_such_table_for_the_log" in line]
+        if lines:
+            break
+        time.sleep(0.05)
+    assert lines, "no log line for the rejected query"
+    line = lines[0]
+    assert "WARN" in line and "request rejected" in line, line
+    # The driver prepares every statement: the RPC is DoAction.
+    assert re.search(r"rpc\{rpc=(DoAction|GetFlightInfo) token_id=\w+\}", line), line
+    assert not any(token in "".join(loaded.log) for token in loaded.tokens.values())

@@ -1,5 +1,5 @@
-//! Query limits: timeout, per-query memory, result size, concurrent
-//! queries per tenant — each a clean status, the server staying up.
+//! Query limits: timeout, per-query memory, result size — each a clean
+//! status, the server staying up. How many run at once: `admission.rs`.
 
 use raindrop::client::RaindropClient;
 use tonic::Code;
@@ -41,59 +41,6 @@ async fn time_memory_and_result_limits() {
     assert_eq!(
         count(&mut c, "SELECT count(*) FROM generate_series(1, 1000)").await,
         1000
-    );
-    server.stop().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_queries_are_capped_per_tenant() {
-    let (server, _dir) = custom_server(|c| c.limits.max_queries_per_tenant = 1).await;
-    let mut acme = RaindropClient::connect(&server.url(), ACME_TOKEN)
-        .await
-        .unwrap();
-    // Start a long query and hold its stream open without reading it.
-    let info = acme
-        .inner_mut()
-        .execute(
-            "SELECT count(*) FROM generate_series(1, 100000000000)".into(),
-            None,
-        )
-        .await
-        .unwrap();
-    let held = acme
-        .inner_mut()
-        .do_get(info.endpoint[0].ticket.clone().unwrap())
-        .await
-        .unwrap();
-
-    let mut acme2 = RaindropClient::connect(&server.url(), ACME_TOKEN)
-        .await
-        .unwrap();
-    let err = acme2.query("SELECT 1").await.unwrap_err();
-    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-
-    // Another tenant is not affected.
-    let mut globex = RaindropClient::connect(&server.url(), GLOBEX_TOKEN)
-        .await
-        .unwrap();
-    assert_eq!(
-        count(&mut globex, "SELECT count(*) FROM generate_series(1, 10)").await,
-        10
-    );
-
-    // Dropping the stream frees the slot.
-    drop(held);
-    let mut freed = false;
-    for _ in 0..50 {
-        if acme2.query("SELECT 1").await.is_ok() {
-            freed = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(
-        freed,
-        "slot not released after the client dropped its stream"
     );
     server.stop().await.unwrap();
 }

@@ -1,8 +1,10 @@
 //! End-to-end tests: the real server on 127.0.0.1:0 over a temp dir, real
 //! Flight SQL, real Iceberg tables in a real SQLite catalog.
 
+mod admission;
 mod attacks;
 mod cache;
+mod client_compat;
 mod commit;
 mod common;
 mod compact;
