@@ -63,6 +63,20 @@ struct Server {
     url: String,
 }
 
+/// Put the catalog back to its state right after [`prepare`]: each run
+/// starts from the same table, not one grown by the runs before (their
+/// files stay behind, unreferenced).
+fn reset_catalog(dir: &Path) {
+    let base = dir.join("catalog.base.db");
+    if !base.exists() {
+        std::fs::copy(dir.join("catalog.db"), &base).unwrap();
+    }
+    for stale in ["catalog.db-wal", "catalog.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(stale));
+    }
+    std::fs::copy(&base, dir.join("catalog.db")).unwrap();
+}
+
 impl Server {
     fn start(dir: &Path, extra: &[String]) -> Self {
         let bin = std::env::var("RAINDROP_BIN")
@@ -170,6 +184,7 @@ fn prepare(dir: &Path, cfg: &GenConfig) -> HashMap<String, String> {
     .unwrap();
     assert!(status.success());
     std::fs::write(&marker, serde_json::to_vec(&project_tokens).unwrap()).unwrap();
+    reset_catalog(dir);
     project_tokens
 }
 
@@ -276,6 +291,7 @@ fn dashboard_run(
     batches: &Arc<Vec<RecordBatch>>,
     secs: u64,
 ) -> (Run, Vec<Outcome>) {
+    reset_catalog(dir);
     let server = Server::start(dir, extra);
     let rt = runtime();
     let (outcomes, ingested, elapsed) = rt.block_on(async {
@@ -332,11 +348,12 @@ fn dashboard_run(
 /// answers) and how much CPU the dropped query uses after the drop.
 fn cancellation(dir: &Path, token: &str) -> (f64, f64) {
     let extra = ["--max-queries-per-tenant", "1"].map(String::from);
+    reset_catalog(dir);
     let server = Server::start(dir, &extra);
     let rt = runtime();
     rt.block_on(async {
-        let heavy = "SELECT count(*) FROM wildedge.raw_events a JOIN wildedge.raw_events b \
-                     ON a.device_id = b.device_id";
+        // Runs until its time limit, on both cores.
+        let heavy = "SELECT count(*) FROM generate_series(1, 100000000000) WHERE value % 7 = 3";
         let mut c = RaindropClient::connect(&server.url, token).await.unwrap();
         let info = c.inner_mut().execute(heavy.into(), None).await.unwrap();
         let held = c
@@ -362,6 +379,7 @@ fn cancellation(dir: &Path, token: &str) -> (f64, f64) {
             Instant::now()
         });
         tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!waiter.is_finished(), "the second query did not wait");
         let dropped = Instant::now();
         drop(held);
         drop(c);

@@ -162,10 +162,13 @@ pub mod limits {
     pub const QUERY_TIMEOUT_SECS: u64 = 300;
     /// Default of `--max-result-mib`.
     pub const MAX_RESULT_MIB: usize = 1024;
-    /// Default of `--max-queries`: 0 = four per core.
+    /// Default of `--max-queries`: 0 = two per core.
     pub const MAX_QUERIES: usize = 0;
-    /// Queries running at once per core, when `--max-queries` is 0.
-    pub const QUERIES_PER_CORE: usize = 4;
+    /// Queries running at once per core, when `--max-queries` is 0. One per
+    /// core gave the lowest tail latency for dashboards in
+    /// `benches/dashboard.rs`; two keep a long query from stalling everyone
+    /// else's for its whole run, at 9% more p99 (benches/README.md).
+    pub const QUERIES_PER_CORE: usize = 2;
     /// Default of `--max-queries-per-tenant`: 0 = half of `--max-queries`.
     pub const MAX_QUERIES_PER_TENANT: usize = 0;
     /// Default of `--query-queue-per-tenant`.
@@ -222,7 +225,7 @@ pub struct LimitsConfig {
     #[clap(long, env = "RAINDROP_MAX_RESULT_MIB", default_value_t = limits::MAX_RESULT_MIB)]
     pub max_result_mib: usize,
     /// Queries running at once on this node, all projects together; more
-    /// wait in their project's queue. 0 = four per core. Each may use
+    /// wait in their project's queue. 0 = two per core. Each may use
     /// `--query-memory-mib`, so this times that bounds query memory.
     #[clap(long, env = "RAINDROP_MAX_QUERIES", default_value_t = limits::MAX_QUERIES)]
     pub max_queries: usize,

@@ -3,7 +3,7 @@ flightsql-dbapi (DBAPI and its SQLAlchemy dialect), sqlalchemy-adbc, pandas,
 polars, and the Node @lakehouse-rs/flight-sql-client. Each connects as acme
 with a token and runs a count, a parameterised query, metadata, the seed
 query and a write, as far as the client can. What a client cannot do, and
-the path used instead, is listed in docs/clients-matrix-draft.md."""
+the path used instead, is listed in docs/clients.md."""
 
 import datetime as dt
 import json
