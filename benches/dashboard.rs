@@ -395,6 +395,11 @@ fn cancellation(dir: &Path, token: &str) -> (f64, f64) {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs benches too: only `cargo bench` measures.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("dashboard benchmark: run with `cargo bench --bench dashboard`");
+        return;
+    }
     let events = env_usize("RAINDROP_BENCH_EVENTS", 2_000_000);
     let secs = env_usize("RAINDROP_BENCH_SECS", 15) as u64;
     let extra: Vec<String> = std::env::var("RAINDROP_BENCH_SERVER_ARGS")
