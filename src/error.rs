@@ -132,7 +132,23 @@ fn datafusion_status(e: &DataFusionError) -> Status {
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
-        let status = match e {
+        let status = e.into_status();
+        // A refused request is an operator's only clue to what clients get
+        // wrong; the request's `rpc` span adds the RPC and the token id.
+        // Server faults were logged as errors by `into_status`.
+        if status.code() != tonic::Code::Internal {
+            tracing::warn!(code = ?status.code(), reason = status.message(), "request rejected");
+        }
+        status
+    }
+}
+
+impl Error {
+    /// The gRPC status for this error, without the `warn` line the
+    /// conversion writes: for errors that travel on inside another error
+    /// and are logged where they finally leave.
+    pub fn into_status(self) -> Status {
+        match self {
             Error::Unauthenticated(m) => Status::unauthenticated(m),
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::InvalidArgument(m) => Status::invalid_argument(m),
@@ -145,7 +161,6 @@ impl From<Error> for Status {
             Error::DataFusion(e) => datafusion_status(&e),
             Error::Iceberg(e) => {
                 if e.kind() == iceberg::ErrorKind::CatalogCommitConflicts {
-                    tracing::warn!(error = %e, "commit conflict after retries");
                     Status::aborted(format!("{e}; the write was not applied, retry it"))
                 } else {
                     tracing::error!(error = ?e, "iceberg failure");
@@ -156,13 +171,6 @@ impl From<Error> for Status {
                 tracing::error!(error = ?e, "internal failure");
                 Status::internal(e.to_string())
             }
-        };
-        // A refused request is an operator's only clue to what clients get
-        // wrong; the request's `rpc` span adds the RPC and the token id.
-        // Server faults were logged as errors above.
-        if status.code() != tonic::Code::Internal {
-            tracing::warn!(code = ?status.code(), reason = status.message(), "request rejected");
         }
-        status
     }
 }

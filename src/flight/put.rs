@@ -13,7 +13,7 @@ use arrow_flight::sql::{
 };
 use futures::{Stream, TryStreamExt};
 use prost::Message;
-use tonic::{Request, Status};
+use tonic::Request;
 
 use super::{BoxStream, RaindropFlightService, ipc};
 use crate::error::{Error, Result};
@@ -67,11 +67,13 @@ pub(super) fn batches_of(
 ) -> impl Stream<Item = Result<arrow::array::RecordBatch>> + Send {
     // A message with only the descriptor carries no IPC (arrow-rs sends
     // one to execute a prepared update with parameters bound before).
-    let carrying = stream.try_filter(|data| futures::future::ready(!data.data_header.is_empty()));
+    let carrying = stream.try_filter(|data| {
+        futures::future::ready(!(data.data_header.is_empty() && data.data_body.is_empty()))
+    });
     let checked = carrying.map_err(FlightError::from).and_then(move |data| {
         let checked = ipc::check_declared_sizes(&data, max_decoded)
             .map(|()| data)
-            .map_err(|e| FlightError::Tonic(Box::new(Status::from(e))));
+            .map_err(|e| FlightError::Tonic(Box::new(e.into_status())));
         futures::future::ready(checked)
     });
     let decoded = FlightRecordBatchStream::new_from_flight_data(checked);

@@ -145,11 +145,15 @@ impl RaindropFlightService {
         let sql = params::number_placeholders(query)?;
         let update = is_update(&sql);
         let (dataset, parameters) = if update {
-            let fields = self
-                .services
-                .query
-                .update_parameters(principal, &sql)
-                .await?;
+            // An update that cannot be planned yet (its table is created
+            // first) fails when executed, as before: no parameter types.
+            let fields = match self.services.query.update_parameters(principal, &sql).await {
+                Ok(fields) => fields,
+                Err(e) => {
+                    tracing::debug!(error = %e, "prepared update not planned");
+                    vec![]
+                }
+            };
             (update_result_schema(), Schema::new(fields))
         } else {
             let df = self.services.query.plan(principal, &sql).await?;

@@ -150,12 +150,17 @@ impl Admission {
                 self.counters
                     .refused_queue_full
                     .fetch_add(1, Ordering::Relaxed);
-                return Err(Error::ResourceExhausted(format!(
-                    "this project already runs {} queries and has {} waiting (--max-queries-per-tenant, \
-                     --query-queue-per-tenant); retry when some finish",
+                let message = format!(
+                    "the query queue is full: this project runs {} queries and has {} waiting \
+                     (--query-queue-per-tenant); the server runs {} at once (--max-queries), \
+                     {} per project (--max-queries-per-tenant); retry when some finish",
                     t.running,
-                    t.queue.len()
-                )));
+                    t.queue.len(),
+                    self.config.max_running,
+                    self.config.max_running_per_tenant
+                );
+                forget_if_idle(tenants, tenant);
+                return Err(Error::ResourceExhausted(message));
             }
             let (tx, rx) = oneshot::channel();
             *next_id += 1;
@@ -238,7 +243,9 @@ impl Admission {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().expect("admission lock")
+        // The state is consistent between statements, so a panic elsewhere
+        // while holding the lock leaves nothing half-done.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn slot(self: &Arc<Self>, tenant: &str) -> Slot {
@@ -255,13 +262,7 @@ impl Admission {
             t.running -= 1;
         }
         self.dispatch(&mut state);
-        if state
-            .tenants
-            .get(tenant)
-            .is_some_and(|t| t.running == 0 && t.queue.is_empty())
-        {
-            state.tenants.remove(tenant);
-        }
+        forget_if_idle(&mut state.tenants, tenant);
     }
 
     /// Hand free slots to waiters: each to the tenant with waiting work
@@ -289,6 +290,17 @@ impl Admission {
     }
 }
 
+/// Drop `tenant`'s entry if it neither runs nor waits: the map holds only
+/// tenants with work.
+fn forget_if_idle(tenants: &mut HashMap<String, Tenant>, tenant: &str) {
+    if tenants
+        .get(tenant)
+        .is_some_and(|t| t.running == 0 && t.queue.is_empty())
+    {
+        tenants.remove(tenant);
+    }
+}
+
 /// A place in a tenant's queue; leaves it when dropped before being granted.
 struct Waiting {
     gate: Arc<Admission>,
@@ -308,6 +320,7 @@ impl Waiting {
             {
                 t.queue.remove(at);
                 state.queued -= 1;
+                forget_if_idle(&mut state.tenants, &self.tenant);
                 return None;
             }
         }
@@ -417,6 +430,10 @@ mod tests {
         let stats = hasty.stats();
         assert_eq!(stats.refused_wait_expired, 1);
         assert_eq!(stats.queued, 0, "the expired waiter left the queue");
+        assert!(
+            !hasty.lock().tenants.contains_key("b"),
+            "b has no work left"
+        );
     }
 
     #[tokio::test]

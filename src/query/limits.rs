@@ -28,7 +28,9 @@ pub struct QueryLimits {
 }
 
 /// A result stream that enforces the timeout and result size, and holds
-/// the tenant's slot until it ends or is dropped.
+/// the tenant's slot until it ends or is dropped. (A client that stops
+/// reading stops the stream being polled, so it keeps its slot, without
+/// using CPU, until it reads on or goes away.)
 pub struct LimitedStream {
     inner: SendableRecordBatchStream,
     deadline: Pin<Box<tokio::time::Sleep>>,
@@ -38,7 +40,7 @@ pub struct LimitedStream {
     rows: usize,
     started: std::time::Instant,
     done: bool,
-    _slot: Slot,
+    slot: Option<Slot>,
 }
 
 impl LimitedStream {
@@ -59,8 +61,17 @@ impl LimitedStream {
             rows: 0,
             started,
             done: false,
-            _slot: slot,
+            slot: Some(slot),
         }
+    }
+}
+
+impl LimitedStream {
+    /// The query is over: its slot goes to the next waiter now, not when
+    /// the transport gets round to dropping the stream.
+    fn finish(&mut self) {
+        self.done = true;
+        self.slot = None;
     }
 }
 
@@ -72,7 +83,7 @@ impl Stream for LimitedStream {
             return Poll::Ready(None);
         }
         if self.deadline.as_mut().poll(cx).is_ready() {
-            self.done = true;
+            self.finish();
             return Poll::Ready(Some(Err(Error::Timeout(format!(
                 "query exceeded the {} s time limit; narrow the time range or aggregate more",
                 self.timeout.as_secs()
@@ -83,7 +94,7 @@ impl Stream for LimitedStream {
                 self.bytes += crate::batch::batch_bytes(&batch);
                 self.rows += batch.num_rows();
                 if self.bytes > self.max_bytes {
-                    self.done = true;
+                    self.finish();
                     return Poll::Ready(Some(Err(Error::ResourceExhausted(format!(
                         "result exceeds {} MiB; add a LIMIT or aggregate",
                         self.max_bytes / (1024 * 1024)
@@ -92,11 +103,11 @@ impl Stream for LimitedStream {
                 Poll::Ready(Some(Ok(batch)))
             }
             Poll::Ready(Some(Err(e))) => {
-                self.done = true;
+                self.finish();
                 Poll::Ready(Some(Err(Error::from(e))))
             }
             Poll::Ready(None) => {
-                self.done = true;
+                self.finish();
                 tracing::debug!(
                     rows = self.rows,
                     bytes = self.bytes,

@@ -187,11 +187,17 @@ impl QueryEngine {
     /// for a query slot (admins share one queue), then enforces the timeout
     /// and result size on the stream, which holds the slot.
     pub async fn execute(&self, principal: &Principal, df: DataFrame) -> Result<LimitedStream> {
-        let tenant = principal.project_id.as_deref().unwrap_or("*");
-        let slot = self.admission.admit(tenant).await?;
+        let slot = self.admit(principal).await?;
         let started = std::time::Instant::now();
         let stream = df.execute_stream().await?;
         Ok(LimitedStream::new(stream, &self.limits, slot, started))
+    }
+
+    /// Wait for a query slot for `principal`'s project (admins share one
+    /// queue, `*`).
+    async fn admit(&self, principal: &Principal) -> Result<admission::Slot> {
+        let tenant = principal.project_id.as_deref().unwrap_or("*");
+        self.admission.admit(tenant).await
     }
 
     /// What admission decided so far, and its queue now.

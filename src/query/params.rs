@@ -67,9 +67,12 @@ fn parameter_types(plan: &LogicalPlan) -> Result<Vec<(String, Option<DataType>)>
     Ok(ids.into_iter().map(|(_, id, t)| (id, t)).collect())
 }
 
-/// Row `row`'s parameters, each cast to the type `plan` expects of it: an
-/// `INSERT … VALUES (?)` into a BOOLEAN column bound to `1` (what
-/// SQLAlchemy sends) gets the assignment cast a literal `1` would.
+/// Row `row`'s parameters, each cast to the type `plan` expects of it when
+/// the cast loses nothing: an `INSERT … VALUES (?)` into a BOOLEAN column
+/// bound to `1` (what SQLAlchemy sends) gets the cast a literal `1` would.
+/// A value the cast would change (2.5 for a BIGINT `?`, which DataFusion
+/// types after the other operand) or cannot convert is bound as sent, and
+/// type coercion compares it as it would a literal.
 pub fn bind(plan: &LogicalPlan, batch: &RecordBatch, row: usize) -> Result<ParamValues> {
     let mut values = row_values(batch, row)?;
     for (id, want) in parameter_types(plan)? {
@@ -79,13 +82,13 @@ pub fn bind(plan: &LogicalPlan, batch: &RecordBatch, row: usize) -> Result<Param
         let Some(value) = n.checked_sub(1).and_then(|i| values.get_mut(i)) else {
             continue;
         };
-        if value.data_type() != want {
-            *value = value.cast_to(&want).map_err(|e| {
-                Error::InvalidArgument(format!(
-                    "parameter {n} is {}, which cannot be used as {want} here: {e}",
-                    value.data_type()
-                ))
-            })?;
+        if value.data_type() != want
+            && let Ok(cast) = value.cast_to(&want)
+            && cast
+                .cast_to(&value.data_type())
+                .is_ok_and(|back| back == *value)
+        {
+            *value = cast;
         }
     }
     Ok(ParamValues::from(values))

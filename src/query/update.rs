@@ -121,6 +121,8 @@ impl QueryEngine {
         params: Option<(&RecordBatch, usize)>,
     ) -> Result<u64> {
         let (state, mut plan) = self.plan_update(principal, sql).await?;
+        // An update's SELECT is a query like any other: it takes a slot.
+        let _slot = self.admit(principal).await?;
         if let Some((batch, row)) = params {
             let values = params::bind(&plan, batch, row)?;
             plan = plan.with_param_values(values)?;
