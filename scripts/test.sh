@@ -11,6 +11,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+# Fail before the long build, not after it.
+if ! command -v npm >/dev/null; then
+  echo "npm not found: install Node.js (Debian: apt-get install nodejs npm) for the client matrix" >&2
+  exit 1
+fi
 
 echo "== cargo test --release"
 cargo test --release --locked --all-targets
