@@ -28,7 +28,8 @@ async fn admitted(url: &str, token: &str, sql: &str) -> FlightRecordBatchStream 
 }
 
 async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..400 {
+    // Generous: CI machines are slow when the other tests run alongside.
+    for _ in 0..1200 {
         if done() {
             return;
         }
