@@ -63,7 +63,8 @@ pub struct TableEntry {
     pub name: String,
     /// [`TABLE`] or [`SYSTEM_TABLE`].
     pub table_type: &'static str,
-    /// Arrow schema, when requested.
+    /// Arrow schema with client types, when requested; its field metadata
+    /// is the Flight layer's to set.
     pub schema: Option<SchemaRef>,
 }
 
@@ -304,7 +305,7 @@ impl QueryEngine {
                     true => provider
                         .table(&t)
                         .await?
-                        .map(|p| strip_metadata(&views::client_schema(&p.schema()))),
+                        .map(|p| Arc::new(views::client_schema(&p.schema()))),
                     false => None,
                 };
                 tables.push(TableEntry {
@@ -353,13 +354,4 @@ impl QueryEngine {
         );
         Ok(df)
     }
-}
-
-fn strip_metadata(arrow: &Schema) -> SchemaRef {
-    let fields: Vec<_> = arrow
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_metadata(Default::default()))
-        .collect();
-    Arc::new(Schema::new(fields))
 }

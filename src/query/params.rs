@@ -36,25 +36,21 @@ pub fn number_placeholders(sql: &str) -> Result<String> {
     Ok(out)
 }
 
-/// Bound parameters arrive as a batch, one row per execution. Some clients
-/// wrap every value in a union (`flightsql-dbapi` sends
-/// `dense_union<int64, float64, utf8, binary, bool>`) or a dictionary;
-/// each value is bound as the plain value inside, as Arrow's own Flight SQL
-/// servers do. Structs and maps have no SQL literal form and are refused.
 /// `plan`'s parameters in `$n` order, each with the type the plan fixes
 /// for it (`Null` where it fixes none) as clients know it (no view types),
 /// for prepared-statement schemas.
 pub fn parameter_fields(plan: &LogicalPlan) -> Result<Vec<Field>> {
     Ok(parameter_types(plan)?
         .into_iter()
-        .map(|(id, t)| {
+        .map(|(_, id, t)| {
             let t = t.map_or(DataType::Null, |t| super::views::client_type(&t));
             Field::new(id, t, true)
         })
         .collect())
 }
 
-fn parameter_types(plan: &LogicalPlan) -> Result<Vec<(String, Option<DataType>)>> {
+/// `plan`'s placeholders as (`n` of `$n`, `"$n"`, fixed type), in order.
+fn parameter_types(plan: &LogicalPlan) -> Result<Vec<(usize, String, Option<DataType>)>> {
     let mut ids: Vec<_> = plan
         .get_parameter_types()?
         .into_iter()
@@ -64,7 +60,7 @@ fn parameter_types(plan: &LogicalPlan) -> Result<Vec<(String, Option<DataType>)>
         })
         .collect();
     ids.sort();
-    Ok(ids.into_iter().map(|(_, id, t)| (id, t)).collect())
+    Ok(ids)
 }
 
 /// Row `row`'s parameters, each cast to the type `plan` expects of it when
@@ -75,11 +71,9 @@ fn parameter_types(plan: &LogicalPlan) -> Result<Vec<(String, Option<DataType>)>
 /// type coercion compares it as it would a literal.
 pub fn bind(plan: &LogicalPlan, batch: &RecordBatch, row: usize) -> Result<ParamValues> {
     let mut values = row_values(batch, row)?;
-    for (id, want) in parameter_types(plan)? {
-        let (Ok(n), Some(want)) = (id.trim_start_matches('$').parse::<usize>(), want) else {
-            continue;
-        };
-        let Some(value) = n.checked_sub(1).and_then(|i| values.get_mut(i)) else {
+    for (n, _, want) in parameter_types(plan)? {
+        let (Some(want), Some(value)) = (want, n.checked_sub(1).and_then(|i| values.get_mut(i)))
+        else {
             continue;
         };
         if value.data_type() != want
@@ -94,7 +88,12 @@ pub fn bind(plan: &LogicalPlan, batch: &RecordBatch, row: usize) -> Result<Param
     Ok(ParamValues::from(values))
 }
 
-/// The plain values of row `row`, one per parameter (see [`bind`]).
+/// Bound parameters arrive as a batch, one row per execution. Some clients
+/// wrap every value in a union (`flightsql-dbapi` sends
+/// `dense_union<int64, float64, utf8, binary, bool>`) or a dictionary;
+/// each value is bound as the plain value inside, as Arrow's own Flight SQL
+/// servers do. Structs and maps have no SQL literal form and are refused.
+/// Row `row`'s plain values, one per parameter.
 fn row_values(batch: &RecordBatch, row: usize) -> Result<Vec<ScalarValue>> {
     let schema = batch.schema();
     schema

@@ -85,6 +85,22 @@ fn push<T>(v: &mut Vec<T>, x: T) -> i32 {
     v.len() as i32 - 1
 }
 
+/// A fresh server, and acme's client after running `ddl`.
+async fn acme_with_table(
+    ddl: &str,
+) -> (
+    raindrop::server::ServerHandle,
+    tempfile::TempDir,
+    RaindropClient,
+) {
+    let (server, dir) = custom_server(|_| {}).await;
+    let mut acme = RaindropClient::connect(&server.url(), ACME_TOKEN)
+        .await
+        .unwrap();
+    acme.query(ddl).await.unwrap();
+    (server, dir, acme)
+}
+
 async fn query_with(
     client: &mut RaindropClient,
     sql: &str,
@@ -101,13 +117,8 @@ async fn query_with(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn union_parameters_bind_their_values_with_assignment_casts() {
-    let (server, _dir) = custom_server(|_| {}).await;
-    let mut acme = RaindropClient::connect(&server.url(), ACME_TOKEN)
-        .await
-        .unwrap();
-    acme.query("CREATE TABLE kv (k VARCHAR, v BIGINT, w DOUBLE, ok BOOLEAN)")
-        .await
-        .unwrap();
+    let (server, _dir, mut acme) =
+        acme_with_table("CREATE TABLE kv (k VARCHAR, v BIGINT, w DOUBLE, ok BOOLEAN)").await;
 
     // executemany: one prepared INSERT, three parameter rows.
     let mut insert = acme
@@ -215,13 +226,7 @@ fn meta<'a>(schema: &'a Schema, column: &str, key: &str) -> Option<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_schema_carries_sql_type_names() {
-    let (server, _dir) = custom_server(|_| {}).await;
-    let mut acme = RaindropClient::connect(&server.url(), ACME_TOKEN)
-        .await
-        .unwrap();
-    acme.query("CREATE TABLE kv (k VARCHAR, v BIGINT)")
-        .await
-        .unwrap();
+    let (server, _dir, mut acme) = acme_with_table("CREATE TABLE kv (k VARCHAR, v BIGINT)").await;
 
     // A result set: table columns name their table; computed ones do not.
     let sql = "SELECT event_id, confidence, event_timestamp, count(*) OVER () AS n \
