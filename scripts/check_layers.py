@@ -14,11 +14,11 @@ import sys
 # Top to bottom: a module may depend only on modules listed after it.
 LAYERS = [
     "main", "demo", "server", "config", "client",
-    "flight",
+    "http", "flight",
     "maintenance", "query", "ingest",
     "tenant",
     "catalog", "storage",
-    "schema", "batch", "error",
+    "schema", "batch", "error", "metrics",
 ]
 
 SRC = pathlib.Path(__file__).resolve().parent.parent / "src"

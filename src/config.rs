@@ -93,6 +93,10 @@ pub struct ServeConfig {
     /// Address to listen on.
     #[clap(long, env = "RAINDROP_ADDR", default_value = "127.0.0.1:50051")]
     pub addr: SocketAddr,
+    /// Address of the HTTP endpoints (Prometheus `/metrics`, `/healthz`,
+    /// `/readyz`); off unless set. Unauthenticated: keep it private.
+    #[clap(long, env = "RAINDROP_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
     /// Storage options.
     #[clap(flatten)]
     pub storage: StorageConfig,
@@ -127,6 +131,7 @@ impl ServeConfig {
     pub fn in_dir(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             addr: "127.0.0.1:0".parse().expect("valid address"),
+            http_addr: None,
             storage: StorageConfig::in_dir(data_dir),
             tokens_file: None,
             limits: LimitsConfig::default(),
@@ -156,6 +161,8 @@ pub mod limits {
     pub const COMPACT_INTERVAL_SECS: u64 = 300;
     /// Default of `--snapshot-retention-hours`.
     pub const SNAPSHOT_RETENTION_HOURS: u64 = 24;
+    /// Default of `--maintenance-lease-secs`.
+    pub const MAINTENANCE_LEASE_SECS: u64 = 30;
     /// Default of `--query-memory-mib`.
     pub const QUERY_MEMORY_MIB: usize = 1024;
     /// Default of `--query-timeout-secs`.
@@ -201,9 +208,14 @@ pub struct LimitsConfig {
     pub commit_max_delay_ms: u64,
     /// How often the server compacts `raw_events` (rewrites each
     /// partition's small files as one), in seconds; 0 disables it. With
-    /// several nodes on one catalog, enable it on one.
+    /// several nodes on one catalog, one at a time does it (the holder of
+    /// the maintenance lease).
     #[clap(long, env = "RAINDROP_COMPACT_INTERVAL_SECS", default_value_t = limits::COMPACT_INTERVAL_SECS)]
     pub compact_interval_secs: u64,
+    /// Lifetime of the maintenance lease in the catalog database, in
+    /// seconds: when its holder dies, another node takes over after this.
+    #[clap(long, env = "RAINDROP_MAINTENANCE_LEASE_SECS", default_value_t = limits::MAINTENANCE_LEASE_SECS)]
+    pub maintenance_lease_secs: u64,
     /// Background compaction rewrites a partition once it has this many
     /// small files.
     #[clap(long, env = "RAINDROP_COMPACT_MIN_FILES", default_value_t = compact::BACKGROUND_MIN_FILES)]
@@ -256,6 +268,7 @@ impl Default for LimitsConfig {
             compact_interval_secs: limits::COMPACT_INTERVAL_SECS,
             compact_min_files: compact::BACKGROUND_MIN_FILES,
             snapshot_retention_hours: limits::SNAPSHOT_RETENTION_HOURS,
+            maintenance_lease_secs: limits::MAINTENANCE_LEASE_SECS,
             query_memory_mib: limits::QUERY_MEMORY_MIB,
             query_timeout_secs: limits::QUERY_TIMEOUT_SECS,
             max_result_mib: limits::MAX_RESULT_MIB,

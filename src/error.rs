@@ -37,6 +37,10 @@ pub enum Error {
     /// A write lost a race (commit conflict after retries); retry it.
     #[error("{0}")]
     Aborted(String),
+    /// Storage or catalog temporarily unreachable; the same request can
+    /// succeed later.
+    #[error("{0}")]
+    Unavailable(String),
     /// A valid request for something Raindrop deliberately does not do.
     #[error("{0}")]
     Unsupported(String),
@@ -92,9 +96,11 @@ impl Error {
             Error::Aborted(_) => Error::Aborted(m),
             Error::Timeout(_) => Error::Timeout(m),
             Error::Unsupported(_) => Error::Unsupported(m),
+            Error::Unavailable(_) => Error::Unavailable(m),
             Error::Iceberg(e) if e.kind() == iceberg::ErrorKind::CatalogCommitConflicts => {
                 Error::Aborted(format!("{m}; the write was not applied, retry it"))
             }
+            Error::Iceberg(e) if retryable(e) => Error::Unavailable(unavailable(&m)),
             _ => Error::Internal(m),
         }
     }
@@ -105,9 +111,37 @@ impl Error {
     }
 }
 
+/// Whether `e`, or an error it wraps (iceberg wraps storage errors, e.g.
+/// "failed to finish parquet writer"), is a retryable storage failure.
+fn retryable(e: &iceberg::Error) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if err
+            .downcast_ref::<iceberg::Error>()
+            .is_some_and(iceberg::Error::retryable)
+        {
+            return true;
+        }
+        current = err.source();
+    }
+    false
+}
+
+/// The message of a retryable storage failure.
+fn unavailable(m: &str) -> String {
+    format!("storage temporarily unavailable, retry: {m}")
+}
+
 fn datafusion_status(e: &DataFusionError) -> Status {
     use DataFusionError as D;
     match e {
+        D::External(inner) => match inner.downcast_ref::<iceberg::Error>() {
+            Some(ice) if retryable(ice) => Status::unavailable(unavailable(&e.to_string())),
+            _ => {
+                tracing::error!(error = %e, "query failed");
+                Status::internal(e.to_string())
+            }
+        },
         D::SQL(..) | D::Plan(..) | D::SchemaError(..) | D::NotImplemented(..) => {
             Status::invalid_argument(e.to_string())
         }
@@ -158,10 +192,14 @@ impl Error {
             Error::Unsupported(m) => Status::unimplemented(m),
             Error::Aborted(m) => Status::aborted(m),
             Error::Timeout(m) => Status::deadline_exceeded(m),
+            Error::Unavailable(m) => Status::unavailable(m),
             Error::DataFusion(e) => datafusion_status(&e),
             Error::Iceberg(e) => {
                 if e.kind() == iceberg::ErrorKind::CatalogCommitConflicts {
                     Status::aborted(format!("{e}; the write was not applied, retry it"))
+                } else if retryable(&e) {
+                    tracing::warn!(error = %e, "storage unavailable");
+                    Status::unavailable(unavailable(&e.to_string()))
                 } else {
                     tracing::error!(error = ?e, "iceberg failure");
                     Status::internal(format!("storage error: {e}"))

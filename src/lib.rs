@@ -32,9 +32,11 @@
 //! - [`tenant`]: roles and `Principal` (`mod`), `tokens`, allow-listed
 //!   `names`, and `scope`: every tenancy rule (scan predicate, per-file
 //!   check, project stamp on writes).
-//! - [`catalog`]: opening the SQL catalog and storage (`mod`), the table
-//!   metadata `cache` and catalog pointer, `audit` (storage wrapper: read
-//!   log, one `syncfs` per commit).
+//! - [`catalog`]: opening the SQL catalog (`mod`), the table metadata
+//!   `cache` and catalog pointer.
+//! - [`storage`]: where files live: `local` (one `syncfs` per commit) or
+//!   `s3` (opendal), behind iceberg's storage trait (`mod`), and `audit`
+//!   (the read log the isolation tests check).
 //! - [`schema`]: the `raw_events` schema, partition spec and Parquet
 //!   settings; `partition` values of planned files.
 //! - [`batch`]: Arrow batch helpers; [`error`]: the crate error and its
@@ -48,7 +50,7 @@
 //!         query::limits::LimitedStream over scan::exec
 //! ingest: flight::service → flight::put (decode) → ingest::Ingestor
 //!         (validate + tenant::scope stamp) → ingest::commit (group) →
-//!         ingest::write (Parquet) → catalog (fast-append, syncfs)
+//!         ingest::write (Parquet) → catalog (fast-append) → storage
 //! ```
 
 #![warn(missing_docs)]
@@ -60,11 +62,14 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod flight;
+pub mod http;
 pub mod ingest;
 pub mod maintenance;
+pub mod metrics;
 pub mod query;
 pub mod schema;
 pub mod server;
+pub mod storage;
 pub mod tenant;
 
 pub use error::{Error, Result};

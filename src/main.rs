@@ -26,10 +26,22 @@ async fn serve(config: raindrop::config::ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.addr))?;
     let addr = listener.local_addr()?;
+    let http = match config.http_addr {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding --http-addr {a}"))?,
+        ),
+        None => None,
+    };
     println!(
         "Raindrop {} listening on grpc://{addr}",
         env!("CARGO_PKG_VERSION")
     );
+    if let Some(l) = &http {
+        println!("  metrics  : http://{}/metrics", l.local_addr()?);
+    }
+    println!("  warehouse: {}", services.query.warehouse().warehouse);
     println!("  data dir : {}", config.storage.data_dir.display());
     println!(
         "  tokens   : {} ({} configured)",
@@ -49,7 +61,8 @@ async fn serve(config: raindrop::config::ServeConfig) -> anyhow::Result<()> {
         }
         tracing::info!("shutting down");
     };
-    raindrop::server::run(listener, services, &config, shutdown).await?;
+    raindrop::server::run(listener, http, services.clone(), &config, shutdown).await?;
+    services.maintenance.stop().await;
     Ok(())
 }
 
@@ -57,9 +70,10 @@ async fn orphans(config: raindrop::config::OrphansConfig) -> anyhow::Result<()> 
     let warehouse = raindrop::catalog::open(&config.storage).await?;
     let table = warehouse.raw_events().await?;
     let min_age = std::time::Duration::from_secs(config.min_age_mins * 60);
-    let report = raindrop::maintenance::find_orphan_files(&table, min_age).await?;
-    for p in &report.orphans {
-        println!("{}", p.display());
+    let report =
+        raindrop::maintenance::find_orphan_files(&warehouse.store, &table, min_age).await?;
+    for location in &report.orphans {
+        println!("{location}");
     }
     eprintln!(
         "raw_events: {} data files on disk, {} referenced, {} orphaned (older than {} min)",
@@ -69,7 +83,7 @@ async fn orphans(config: raindrop::config::OrphansConfig) -> anyhow::Result<()> 
         config.min_age_mins
     );
     if config.delete {
-        let n = raindrop::maintenance::delete_orphans(&report)?;
+        let n = raindrop::maintenance::delete_orphans(&warehouse.store, &report).await?;
         eprintln!("deleted {n} orphan files");
     }
     Ok(())

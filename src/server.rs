@@ -12,6 +12,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::catalog;
+use crate::catalog::lease::Lease;
 use crate::config::{LimitsConfig, ServeConfig, TlsConfig, limits as defaults};
 use crate::error::{Error, Result};
 use crate::flight::{RaindropFlightService, Services};
@@ -43,6 +44,19 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
     }
     let limits = &config.limits;
     let hours = |h: u64| Duration::from_secs(h * 3600);
+    let lease = match limits.compact_interval_secs {
+        0 => None,
+        _ => Some(
+            Lease::open(
+                &warehouse.catalog_uri,
+                &warehouse.catalog_name,
+                "maintenance",
+                node_id(),
+                Duration::from_secs(limits.maintenance_lease_secs.max(1)),
+            )
+            .await?,
+        ),
+    };
     let maintenance = schedule::start(
         warehouse.clone(),
         Schedule {
@@ -55,6 +69,7 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
             retention: (limits.snapshot_retention_hours > 0)
                 .then(|| hours(limits.snapshot_retention_hours)),
         },
+        lease,
     );
     let query_limits = QueryLimits {
         memory_bytes: limits.query_memory_mib * MIB,
@@ -79,6 +94,16 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
         planned: Default::default(),
         maintenance,
     }))
+}
+
+/// This process's name as a lease holder: host, pid and a random suffix
+/// (a restarted process with a reused pid is still another holder).
+fn node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into());
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    format!("{host}/{}/{suffix}", std::process::id())
 }
 
 /// Admission sizes from the flags, with 0 meaning "derive from the cores".
@@ -117,8 +142,32 @@ fn tls_config(tls: &TlsConfig) -> Result<Option<ServerTlsConfig>> {
     Ok(Some(config))
 }
 
-/// Serve Flight SQL on `listener` until `shutdown` resolves.
+/// Serve Flight SQL on `listener`, and the HTTP endpoints on `http` if
+/// given, until `shutdown` resolves. In-flight calls (a `DoPut` being
+/// committed, a query streaming) finish before this returns.
 pub async fn run(
+    listener: TcpListener,
+    http: Option<TcpListener>,
+    services: Arc<Services>,
+    config: &ServeConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_task = http.map(|listener| {
+        tokio::spawn(crate::http::serve(listener, services.clone(), async {
+            http_stopped.await.ok();
+        }))
+    });
+    let served = serve_flight(listener, services, config, shutdown).await;
+    http_stop.send(()).ok();
+    if let Some(task) = http_task {
+        task.await
+            .map_err(|e| Error::Internal(format!("HTTP task: {e}")))??;
+    }
+    served
+}
+
+async fn serve_flight(
     listener: TcpListener,
     services: Arc<Services>,
     config: &ServeConfig,
@@ -161,6 +210,8 @@ pub async fn run(
 pub struct ServerHandle {
     /// Address it listens on.
     pub addr: SocketAddr,
+    /// Address of the HTTP endpoints, if `http_addr` was set.
+    pub http_addr: Option<SocketAddr>,
     /// The services behind it.
     pub services: Arc<Services>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -173,16 +224,22 @@ impl ServerHandle {
         let services = build_services(&config).await?;
         let listener = TcpListener::bind(config.addr).await?;
         let addr = listener.local_addr()?;
+        let http = match config.http_addr {
+            Some(a) => Some(TcpListener::bind(a).await?),
+            None => None,
+        };
+        let http_addr = http.as_ref().map(|l| l.local_addr()).transpose()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task_services = services.clone();
         let task = tokio::spawn(async move {
-            run(listener, task_services, &config, async {
+            run(listener, http, task_services, &config, async {
                 rx.await.ok();
             })
             .await
         });
         Ok(Self {
             addr,
+            http_addr,
             services,
             shutdown: Some(tx),
             task: Some(task),
@@ -194,17 +251,20 @@ impl ServerHandle {
         format!("http://{}", self.addr)
     }
 
-    /// Stop serving and wait for in-flight calls to finish.
+    /// Stop serving, wait for in-flight calls to finish, and give up the
+    /// maintenance lease.
     pub async fn stop(mut self) -> Result<()> {
         if let Some(tx) = self.shutdown.take() {
             tx.send(()).ok();
         }
-        match self.task.take() {
+        let served = match self.task.take() {
             Some(task) => task
                 .await
                 .map_err(|e| Error::Internal(format!("server task: {e}")))?,
             None => Ok(()),
-        }
+        };
+        self.services.maintenance.stop().await;
+        served
     }
 }
 

@@ -162,9 +162,11 @@ impl TableCache {
             .and_then(|location| self.entries.get(&location));
         if let Some(table) = cached {
             self.hits.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::metrics().cache("table", true);
             return Ok(table);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::metrics().cache("table", false);
         let table = catalog.load_table(ident).await?;
         self.insert(&table);
         Ok(table)

@@ -5,8 +5,8 @@
 //! `SqlCatalog` with the same catalog name. The rest of the crate only sees
 //! `Arc<dyn iceberg::Catalog>`.
 
-pub mod audit;
 pub mod cache;
+pub mod lease;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use iceberg_catalog_sql::{
 
 use crate::error::{Error, Result};
 use crate::schema;
-use audit::{AccessLog, AuditedStorageFactory};
+use crate::storage::{self, AccessLog, S3Config, Store, TableStorageFactory, WarehouseLocation};
 use cache::{MetadataPointer, TableCache};
 
 /// Top-level namespace under which each project's own tables live:
@@ -43,9 +43,13 @@ pub struct StorageConfig {
     /// SQL catalog URI; default `sqlite://<data-dir>/catalog.db`. Postgres: `postgres://…`.
     #[clap(long, env = "RAINDROP_CATALOG_URI")]
     pub catalog_uri: Option<String>,
-    /// Warehouse location; default `file://<data-dir>/warehouse`.
+    /// Warehouse location: a directory (default `file://<data-dir>/warehouse`)
+    /// or an S3-compatible bucket, `s3://bucket/prefix` (see the `--s3-*` flags).
     #[clap(long, env = "RAINDROP_WAREHOUSE")]
     pub warehouse: Option<String>,
+    /// How to reach an `s3://` warehouse.
+    #[clap(flatten)]
+    pub s3: S3Config,
     /// Catalog name recorded in the SQL catalog (PyIceberg's `SqlCatalog(name)`).
     #[clap(long, env = "RAINDROP_CATALOG_NAME", default_value = DEFAULT_CATALOG_NAME)]
     pub catalog_name: String,
@@ -61,6 +65,7 @@ impl StorageConfig {
             data_dir: data_dir.into(),
             catalog_uri: None,
             warehouse: None,
+            s3: S3Config::default(),
             catalog_name: DEFAULT_CATALOG_NAME.into(),
             namespace: schema::DEFAULT_NAMESPACE.into(),
         }
@@ -84,6 +89,8 @@ pub struct Warehouse {
     pub tables: Arc<TableCache>,
     /// Every object read through the catalog's storage (when recording).
     pub access_log: Arc<AccessLog>,
+    /// The warehouse's storage backend (listing and deleting files).
+    pub store: Store,
 }
 
 impl std::fmt::Debug for Warehouse {
@@ -95,12 +102,16 @@ impl std::fmt::Debug for Warehouse {
     }
 }
 
-fn absolute(path: &Path) -> Result<std::path::PathBuf> {
-    Ok(if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(path)
-    })
+/// An absolute, normalised data directory: every location written into
+/// table metadata derives from it, and every reader must open those.
+fn absolute(path: &Path) -> Result<PathBuf> {
+    match WarehouseLocation::parse(&path.to_string_lossy())? {
+        WarehouseLocation::Local(dir) => Ok(dir),
+        WarehouseLocation::S3 { .. } => Err(Error::InvalidArgument(format!(
+            "--data-dir {} must be a local directory (an S3 warehouse goes in --warehouse)",
+            path.display()
+        ))),
+    }
 }
 
 /// Put a SQLite catalog file in WAL mode (a persistent property of the
@@ -122,6 +133,27 @@ async fn prepare_sqlite(db: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether a catalog open failed because another process created the
+/// catalog tables at the same moment.
+fn is_create_race(e: &iceberg::Error) -> bool {
+    let m = e.to_string();
+    m.contains("already exists") || m.contains("duplicate key")
+}
+
+/// A connection string without its password, for messages.
+fn redact(uri: &str) -> String {
+    match (uri.find("://"), uri.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &uri[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &uri[..scheme + 3], &uri[at..]),
+                None => uri.to_string(),
+            }
+        }
+        _ => uri.to_string(),
+    }
+}
+
 /// Open the catalog described by `cfg` and make sure `raw_events` exists.
 pub async fn open(cfg: &StorageConfig) -> Result<Warehouse> {
     let data_dir = absolute(&cfg.data_dir)?;
@@ -135,38 +167,50 @@ pub async fn open(cfg: &StorageConfig) -> Result<Warehouse> {
             (format!("sqlite://{}?mode=rwc", db.display()), "QMark")
         }
     };
-    let warehouse = match &cfg.warehouse {
-        Some(w) => w.trim_end_matches('/').to_string(),
-        None => {
-            let dir = data_dir.join("warehouse");
-            std::fs::create_dir_all(&dir)?;
-            format!("file://{}", dir.display())
+    let location = match &cfg.warehouse {
+        Some(w) => WarehouseLocation::parse(w)?,
+        None => WarehouseLocation::Local(data_dir.join("warehouse")),
+    };
+    let warehouse = location.uri();
+    let access_log = Arc::new(AccessLog::default());
+    let store = storage::connect(&location, &cfg.s3, access_log.clone()).await?;
+    let props = HashMap::from([
+        (SQL_CATALOG_PROP_URI.to_string(), uri.clone()),
+        (SQL_CATALOG_PROP_WAREHOUSE.to_string(), warehouse.clone()),
+        (
+            SQL_CATALOG_PROP_BIND_STYLE.to_string(),
+            bind_style.to_string(),
+        ),
+    ]);
+    let factory = Arc::new(TableStorageFactory::new(store.clone(), access_log.clone()));
+    // Opening creates the catalog tables if missing. On PostgreSQL,
+    // `CREATE TABLE IF NOT EXISTS` is not atomic: nodes starting together
+    // can collide on it; the loser's retry finds the tables.
+    let mut attempt = 0;
+    let catalog = loop {
+        let opened = SqlCatalogBuilder::default()
+            .with_storage_factory(factory.clone())
+            .load(cfg.catalog_name.clone(), props.clone())
+            .await;
+        match opened {
+            Ok(catalog) => break catalog,
+            Err(e) if attempt < 3 && is_create_race(&e) => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+            }
+            Err(e) => {
+                return Err(Error::InvalidArgument(format!(
+                    "cannot open the catalog at {} (--catalog-uri): {e}",
+                    redact(&uri)
+                )));
+            }
         }
     };
-    if !warehouse.starts_with("file:") && !warehouse.starts_with('/') {
-        return Err(Error::Unsupported(format!(
-            "warehouse {warehouse}: this build supports local filesystem warehouses (file://); object stores are planned"
-        )));
-    }
-    let access_log = Arc::new(AccessLog::default());
-    let catalog = SqlCatalogBuilder::default()
-        .with_storage_factory(Arc::new(AuditedStorageFactory::new(access_log.clone())))
-        .load(
-            cfg.catalog_name.clone(),
-            HashMap::from([
-                (SQL_CATALOG_PROP_URI.to_string(), uri.clone()),
-                (SQL_CATALOG_PROP_WAREHOUSE.to_string(), warehouse.clone()),
-                (
-                    SQL_CATALOG_PROP_BIND_STYLE.to_string(),
-                    bind_style.to_string(),
-                ),
-            ]),
-        )
-        .await?;
     let pointer = MetadataPointer::connect(&uri, &cfg.catalog_name).await?;
     let wh = Warehouse {
         tables: Arc::new(TableCache::new(Some(pointer), 256)),
         access_log,
+        store,
         catalog: Arc::new(catalog),
         namespace: NamespaceIdent::new(cfg.namespace.clone()),
         catalog_uri: uri,
@@ -287,5 +331,24 @@ impl Warehouse {
             self.ensure_namespace(&ns).await?;
         }
         Ok(self.tenant_namespace(project_id, schema))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn catalog_uris_lose_their_password_in_messages() {
+        assert_eq!(
+            super::redact("postgres://app:s3cret@db:5432/raindrop"),
+            "postgres://app:***@db:5432/raindrop"
+        );
+        assert_eq!(
+            super::redact("postgres://app@db/raindrop"),
+            "postgres://app@db/raindrop"
+        );
+        assert_eq!(
+            super::redact("sqlite:///x/catalog.db"),
+            "sqlite:///x/catalog.db"
+        );
     }
 }

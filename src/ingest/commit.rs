@@ -320,6 +320,15 @@ async fn run_committer(
             continue;
         }
         let result = commit_group(catalog.as_ref(), &tables, &ident, &group, &commit_times).await;
+        let m = crate::metrics::metrics();
+        m.commits
+            .get_or_create(&crate::metrics::outcome(result.is_ok()))
+            .inc();
+        if result.is_ok() {
+            m.ingest_rows.inc_by(group.iter().map(|p| p.rows).sum());
+            m.ingest_bytes
+                .inc_by(group.iter().map(|p| p.bytes as u64).sum());
+        }
         match result {
             Ok((snapshot_id, files)) => {
                 for p in &group {
@@ -439,6 +448,9 @@ async fn commit_group(
     };
     if confirmed {
         commit_times.record(started.elapsed());
+        crate::metrics::metrics()
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         tables.insert(&committed);
     } else {
         delete_files(&table, &paths).await;

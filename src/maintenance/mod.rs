@@ -9,53 +9,32 @@ mod replace;
 pub mod schedule;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use iceberg::table::Table;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::storage::{Store, object_key};
 
 /// What an orphan scan found.
 #[derive(Debug, Clone, Default)]
 pub struct OrphanReport {
-    /// Data files on disk that no snapshot references (and old enough).
-    pub orphans: Vec<PathBuf>,
+    /// Locations of data files that no snapshot references (and old enough).
+    pub orphans: Vec<String>,
     /// Data files referenced by some snapshot.
     pub referenced: usize,
-    /// Data files found on disk.
+    /// Data files found in storage.
     pub on_disk: usize,
 }
 
-fn local_path(location: &str) -> PathBuf {
-    PathBuf::from(location.strip_prefix("file://").unwrap_or(location))
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            walk(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "parquet") {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
-/// Data files under `table`'s `data/` directory that no snapshot references
+/// Data files under `table`'s `data/` prefix that no snapshot references
 /// and that were last modified at least `min_age` ago (so files of commits
 /// still in flight — on this node or another — are never reported).
-pub async fn find_orphan_files(table: &Table, min_age: Duration) -> Result<OrphanReport> {
-    let location = table.metadata().location();
-    if !location.starts_with("file:") && !location.starts_with('/') {
-        return Err(Error::Unsupported(
-            "orphan scans support local warehouses only".into(),
-        ));
-    }
+pub async fn find_orphan_files(
+    store: &Store,
+    table: &Table,
+    min_age: Duration,
+) -> Result<OrphanReport> {
     // Fast appends make every snapshot list all earlier manifests: read
     // each manifest once, not once per snapshot that lists it.
     let mut manifests = HashSet::new();
@@ -70,23 +49,26 @@ pub async fn find_orphan_files(table: &Table, min_age: Duration) -> Result<Orpha
             // A `deleted` entry (a file compaction replaced) does not keep
             // its file alive: only snapshots listing it as live do.
             for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
-                referenced.insert(local_path(entry.file_path()));
+                referenced.insert(object_key(entry.file_path()).to_string());
             }
         }
     }
-    let mut on_disk = vec![];
-    walk(&local_path(location).join("data"), &mut on_disk)?;
+    let data = format!(
+        "{}/data/",
+        table.metadata().location().trim_end_matches('/')
+    );
+    let listed = store.list(&data).await;
+    crate::metrics::metrics().storage("list", &listed);
+    let on_disk: Vec<_> = listed?
+        .into_iter()
+        .filter(|o| o.location.ends_with(".parquet"))
+        .collect();
     let now = SystemTime::now();
     let orphans = on_disk
         .iter()
-        .filter(|p| !referenced.contains(*p))
-        .filter(|p| {
-            std::fs::metadata(p)
-                .and_then(|m| m.modified())
-                .map(|t| now.duration_since(t).unwrap_or_default() >= min_age)
-                .unwrap_or(false)
-        })
-        .cloned()
+        .filter(|o| !referenced.contains(object_key(&o.location)))
+        .filter(|o| now.duration_since(o.modified).unwrap_or_default() >= min_age)
+        .map(|o| o.location.clone())
         .collect();
     Ok(OrphanReport {
         orphans,
@@ -96,13 +78,14 @@ pub async fn find_orphan_files(table: &Table, min_age: Duration) -> Result<Orpha
 }
 
 /// Delete the files of a report; returns how many were removed.
-pub fn delete_orphans(report: &OrphanReport) -> Result<usize> {
-    let mut n = 0;
-    for p in &report.orphans {
-        std::fs::remove_file(p)?;
-        n += 1;
-    }
-    Ok(n)
+pub async fn delete_orphans(store: &Store, report: &OrphanReport) -> Result<usize> {
+    let locations = report.orphans.clone();
+    let deleted = store
+        .delete_stream(Box::pin(futures::stream::iter(locations)))
+        .await;
+    crate::metrics::metrics().storage("delete", &deleted);
+    deleted?;
+    Ok(report.orphans.len())
 }
 
 /// What [`expire_and_clean`] did.
@@ -152,8 +135,8 @@ pub async fn expire_and_clean(
         .apply(tx)?;
     let table = tx.commit(warehouse.catalog.as_ref()).await?;
     let snapshots_expired = before.saturating_sub(table.metadata().snapshots().count());
-    let report = find_orphan_files(&table, min_age).await?;
-    let files_deleted = delete_orphans(&report)?;
+    let report = find_orphan_files(&warehouse.store, &table, min_age).await?;
+    let files_deleted = delete_orphans(&warehouse.store, &report).await?;
     Ok(ExpireReport {
         snapshots_expired,
         files_deleted,

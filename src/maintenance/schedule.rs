@@ -1,11 +1,16 @@
 //! Background maintenance of `raw_events` inside `raindrop serve`:
 //! periodic compaction, then snapshot expiry and deletion of the files no
 //! retained snapshot references, and a report of orphan files at start.
+//!
+//! With several nodes on one catalog, only the holder of the maintenance
+//! [`Lease`] runs it; the others take over when the holder stops renewing.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::compact::{CompactOptions, compact_table};
 use crate::catalog::Warehouse;
+use crate::catalog::lease::Lease;
 
 /// What runs in the background, and how often.
 #[derive(Debug, Clone, Copy)]
@@ -21,26 +26,104 @@ pub struct Schedule {
 
 /// Background maintenance; stops when dropped (with the server).
 #[derive(Debug)]
-pub struct Background(Vec<tokio::task::JoinHandle<()>>);
+pub struct Background {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    holding: Option<Arc<Holding>>,
+}
 
 impl Drop for Background {
     fn drop(&mut self) {
-        for task in &self.0 {
+        for task in &self.tasks {
             task.abort();
         }
     }
 }
 
-/// Start the jobs `schedule` asks for on `warehouse`. An aborted job leaves
-/// at worst unreferenced files, which the next expiry removes.
-pub fn start(warehouse: Warehouse, schedule: Schedule) -> Background {
+impl Background {
+    /// Stop the jobs and give the lease up, so another node takes over
+    /// without waiting for it to expire.
+    pub async fn stop(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Some(h) = &self.holding
+            && h.until.lock().expect("lease state").take().is_some()
+        {
+            match h.lease.release().await {
+                Ok(()) => tracing::info!(holder = h.lease.holder(), "maintenance lease released"),
+                Err(e) => tracing::warn!(error = %e, "could not release the maintenance lease"),
+            }
+        }
+    }
+}
+
+/// The maintenance lease and until when this node may act on it.
+#[derive(Debug)]
+struct Holding {
+    lease: Lease,
+    until: Mutex<Option<Instant>>,
+}
+
+impl Holding {
+    fn held(&self) -> bool {
+        self.until
+            .lock()
+            .expect("lease state")
+            .is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Renew (or take) the lease every third of its TTL. The node acts on
+    /// it for two thirds of the TTL after a renewal, leaving a third of
+    /// margin before another node may take it.
+    async fn keep(self: Arc<Self>) {
+        let ttl = self.lease.ttl();
+        loop {
+            let asked = Instant::now();
+            let got = self.lease.try_acquire().await;
+            let was = self.held();
+            let now_held = matches!(got, Ok(true));
+            *self.until.lock().expect("lease state") = now_held.then(|| asked + ttl * 2 / 3);
+            crate::metrics::metrics()
+                .maintenance_lease_held
+                .set(i64::from(now_held));
+            match got {
+                Ok(true) if !was => {
+                    tracing::info!(holder = self.lease.holder(), "maintenance lease acquired")
+                }
+                Ok(false) if was => {
+                    tracing::warn!(holder = self.lease.holder(), "maintenance lease lost")
+                }
+                Err(e) => tracing::warn!(error = %e, "maintenance lease not renewed"),
+                _ => {}
+            }
+            tokio::time::sleep(ttl / 3).await;
+        }
+    }
+}
+
+/// Start the jobs `schedule` asks for on `warehouse`; with a `lease`, they
+/// run only while this node holds it. An aborted job leaves at worst
+/// unreferenced files, which the next expiry removes.
+pub fn start(warehouse: Warehouse, schedule: Schedule, lease: Option<Lease>) -> Background {
     let mut tasks = vec![tokio::spawn(report_orphans(warehouse.clone()))];
+    let holding = lease.map(|lease| {
+        Arc::new(Holding {
+            lease,
+            until: Mutex::new(None),
+        })
+    });
+    if let Some(h) = &holding {
+        tasks.push(tokio::spawn(h.clone().keep()));
+    }
     if let Some(every) = schedule.every {
         tasks.push(tokio::spawn(compact_periodically(
-            warehouse, every, schedule,
+            warehouse,
+            every,
+            schedule,
+            holding.clone(),
         )));
     }
-    Background(tasks)
+    Background { tasks, holding }
 }
 
 /// Report files left by commits that never happened (e.g. after a crash)
@@ -49,7 +132,7 @@ async fn report_orphans(warehouse: Warehouse) {
     let Ok(table) = warehouse.raw_events().await else {
         return;
     };
-    match super::find_orphan_files(&table, Duration::from_secs(3600)).await {
+    match super::find_orphan_files(&warehouse.store, &table, Duration::from_secs(3600)).await {
         Ok(r) if !r.orphans.is_empty() => tracing::warn!(
             orphans = r.orphans.len(),
             "raw_events has data files no snapshot references; remove them with `raindrop orphans --delete`"
@@ -61,16 +144,26 @@ async fn report_orphans(warehouse: Warehouse) {
 
 /// Compact `raw_events` every `every`, then expire snapshots older than the
 /// retention and delete the files nothing references any more.
-async fn compact_periodically(warehouse: Warehouse, every: Duration, schedule: Schedule) {
+async fn compact_periodically(
+    warehouse: Warehouse,
+    every: Duration,
+    schedule: Schedule,
+    holding: Option<Arc<Holding>>,
+) {
     let current = |t: iceberg::table::Table| t.metadata().current_snapshot_id();
     let ident = warehouse.raw_events_ident();
     // The snapshot the last compaction left: an idle table is not re-read.
     let mut compacted: Option<i64> = None;
     loop {
         tokio::time::sleep(every).await;
+        if holding.as_ref().is_some_and(|h| !h.held()) {
+            continue;
+        }
         let now = warehouse.raw_events().await.ok().and_then(current);
         if now.is_none() || now != compacted {
-            match compact_table(&warehouse, &ident, &schedule.compact).await {
+            let compacted_now = compact_table(&warehouse, &ident, &schedule.compact).await;
+            count_run("compaction", compacted_now.is_ok());
+            match compacted_now {
                 Ok(r) if r.files_removed > 0 => tracing::info!(
                     partitions = r.partitions,
                     files_removed = r.files_removed,
@@ -88,7 +181,9 @@ async fn compact_periodically(warehouse: Warehouse, every: Duration, schedule: S
             continue;
         };
         let hour = Duration::from_secs(3600);
-        match super::expire_and_clean(&warehouse, &ident, retain, 1, hour).await {
+        let expired = super::expire_and_clean(&warehouse, &ident, retain, 1, hour).await;
+        count_run("expiry", expired.is_ok());
+        match expired {
             Ok(r) if r.snapshots_expired > 0 => tracing::info!(
                 snapshots_expired = r.snapshots_expired,
                 files_deleted = r.files_deleted,
@@ -98,4 +193,12 @@ async fn compact_periodically(warehouse: Warehouse, every: Duration, schedule: S
             Err(e) => tracing::warn!(error = %e, "raw_events snapshot expiry failed; will retry"),
         }
     }
+}
+
+fn count_run(job: &'static str, ok: bool) {
+    let outcome = crate::metrics::outcome(ok).outcome;
+    crate::metrics::metrics()
+        .maintenance_runs
+        .get_or_create(&crate::metrics::JobOutcome { job, outcome })
+        .inc();
 }

@@ -69,9 +69,24 @@ impl LimitedStream {
 impl LimitedStream {
     /// The query is over: its slot goes to the next waiter now, not when
     /// the transport gets round to dropping the stream.
-    fn finish(&mut self) {
+    fn finish(&mut self, ok: bool) {
         self.done = true;
         self.slot = None;
+        crate::metrics::metrics().query(ok, self.started.elapsed());
+    }
+}
+
+impl Drop for LimitedStream {
+    fn drop(&mut self) {
+        if !self.done {
+            // The client went away before the last batch.
+            crate::metrics::metrics()
+                .queries
+                .get_or_create(&crate::metrics::Outcome {
+                    outcome: "cancelled",
+                })
+                .inc();
+        }
     }
 }
 
@@ -83,7 +98,7 @@ impl Stream for LimitedStream {
             return Poll::Ready(None);
         }
         if self.deadline.as_mut().poll(cx).is_ready() {
-            self.finish();
+            self.finish(false);
             return Poll::Ready(Some(Err(Error::Timeout(format!(
                 "query exceeded the {} s time limit; narrow the time range or aggregate more",
                 self.timeout.as_secs()
@@ -94,7 +109,7 @@ impl Stream for LimitedStream {
                 self.bytes += crate::batch::batch_bytes(&batch);
                 self.rows += batch.num_rows();
                 if self.bytes > self.max_bytes {
-                    self.finish();
+                    self.finish(false);
                     return Poll::Ready(Some(Err(Error::ResourceExhausted(format!(
                         "result exceeds {} MiB; add a LIMIT or aggregate",
                         self.max_bytes / (1024 * 1024)
@@ -103,11 +118,11 @@ impl Stream for LimitedStream {
                 Poll::Ready(Some(Ok(batch)))
             }
             Poll::Ready(Some(Err(e))) => {
-                self.finish();
+                self.finish(false);
                 Poll::Ready(Some(Err(Error::from(e))))
             }
             Poll::Ready(None) => {
-                self.finish();
+                self.finish(true);
                 tracing::debug!(
                     rows = self.rows,
                     bytes = self.bytes,

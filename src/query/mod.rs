@@ -188,7 +188,10 @@ impl QueryEngine {
     /// for a query slot (admins share one queue), then enforces the timeout
     /// and result size on the stream, which holds the slot.
     pub async fn execute(&self, principal: &Principal, df: DataFrame) -> Result<LimitedStream> {
-        let slot = self.admit(principal).await?;
+        let slot = self
+            .admit(principal)
+            .await
+            .inspect_err(|_| count_rejected())?;
         let started = std::time::Instant::now();
         let stream = df.execute_stream().await?;
         Ok(LimitedStream::new(stream, &self.limits, slot, started))
@@ -326,6 +329,14 @@ impl QueryEngine {
     /// Parse, check and plan `sql` for `principal`. The returned frame has
     /// not run yet; its schema is what `GetFlightInfo` reports.
     pub async fn plan(&self, principal: &Principal, sql: &str) -> Result<DataFrame> {
+        let planned = self.plan_checked(principal, sql).await;
+        if planned.is_err() {
+            count_rejected();
+        }
+        planned
+    }
+
+    async fn plan_checked(&self, principal: &Principal, sql: &str) -> Result<DataFrame> {
         let started = std::time::Instant::now();
         let sql = params::number_placeholders(sql)?;
         let ctx = self.session(principal).await?;
@@ -354,4 +365,14 @@ impl QueryEngine {
         );
         Ok(df)
     }
+}
+
+/// Count a query refused before it ran (bad SQL, policy, no slot).
+fn count_rejected() {
+    crate::metrics::metrics()
+        .queries
+        .get_or_create(&crate::metrics::Outcome {
+            outcome: "rejected",
+        })
+        .inc();
 }

@@ -5,7 +5,7 @@
 //! predicate and decodes faster than iceberg's Arrow reader, but it reads
 //! through an `object_store`. This factory hands it readers backed by the
 //! table's `FileIO` instead, so every byte still goes through the one
-//! storage layer Raindrop configures and audits (`catalog::audit`), with the
+//! storage layer Raindrop configures and audits (`storage`), with the
 //! same credentials and paths the catalog uses.
 //!
 //! Data files are immutable and uniquely named, so their footers (with page
@@ -177,7 +177,9 @@ impl AsyncFileReader for FileIoReader {
         _options: Option<&'a ArrowReaderOptions>,
     ) -> BoxFuture<'a, ParquetResult<Arc<ParquetMetaData>>> {
         async move {
-            if let Some(cached) = self.footers.get(&self.location) {
+            let cached = self.footers.get(&self.location);
+            crate::metrics::metrics().cache("footer", cached.is_some());
+            if let Some(cached) = cached {
                 return Ok(cached);
             }
             // Page indexes are always loaded so a cached footer serves any

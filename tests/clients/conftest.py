@@ -42,10 +42,15 @@ class Server:
             stderr=subprocess.STDOUT,
             text=True,
         )
+        self.metrics_url = None
         for line in self.proc.stdout:
             m = re.search(r"listening on grpc(?:\+tls)?://([\d.]+:\d+)", line)
             if m:
                 self.addr = m.group(1)
+            m = re.search(r"metrics\s*: (http://\S+)", line)
+            if m:
+                self.metrics_url = m.group(1)
+            if line.lstrip().startswith("warehouse:"):
                 break
         else:
             raise RuntimeError("server exited before listening")

@@ -24,11 +24,8 @@ async fn repeated_queries_read_no_metadata_and_commits_are_seen() {
 
     // Hide every metadata file (metadata JSON, manifest lists, manifests):
     // the same query must still be answered, from memory.
-    let meta = server
-        .dir
-        .path()
-        .join("warehouse/wildedge/raw_events/metadata");
-    let hidden = server.dir.path().join("hidden-metadata");
+    let meta = warehouse_files(server.dir.path()).join("wildedge/raw_events/metadata");
+    let hidden = meta.with_file_name("hidden-metadata");
     std::fs::rename(&meta, &hidden).unwrap();
     let again = acme.query(sql).await;
     std::fs::rename(&hidden, &meta).unwrap();

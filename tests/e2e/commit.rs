@@ -44,16 +44,19 @@ async fn concurrent_streams_share_commits() {
     // below pins grouping deterministically.)
     let commits = snapshots(&server).await - before;
     // Every commit made its data files durable (one syncfs per commit at
-    // least, when it wrote its metadata) before it was acknowledged.
+    // least, when it wrote its metadata) before it was acknowledged. (On
+    // S3 a completed upload is durable: there is nothing to sync.)
     let syncs = warehouse.access_log.syncs() - syncs_before;
-    assert!(
-        syncs >= commits as u64,
-        "{commits} commits ran {syncs} syncs"
-    );
+    if s3pg().is_none() {
+        assert!(
+            syncs >= commits as u64,
+            "{commits} commits ran {syncs} syncs"
+        );
+    }
     // Every batch spans many days: a commit that carries several streams
     // still writes one file per partition, not one per stream.
     let mut per_partition = std::collections::HashMap::<_, usize>::new();
-    for f in parquet_files(&dir.path().join("warehouse/wildedge/raw_events/data")) {
+    for f in parquet_files(&warehouse_files(dir.path()).join("wildedge/raw_events/data")) {
         *per_partition
             .entry(f.parent().unwrap().to_owned())
             .or_default() += 1;

@@ -14,6 +14,8 @@ use raindrop::server::ServerHandle;
 use raindrop::tenant::{Role, tokens};
 use tokio::sync::OnceCell;
 
+pub use crate::backend::{backend_args, s3pg, storage_config, use_backend, warehouse_files};
+
 pub const ACME: &str = "acme";
 pub const GLOBEX: &str = "globex";
 
@@ -21,6 +23,7 @@ pub const GLOBEX: &str = "globex";
 /// `.slt` files that pin them) are the same on any machine.
 fn fixture_config(dir: &Path) -> ServeConfig {
     let mut cfg = ServeConfig::in_dir(dir);
+    use_backend(&mut cfg.storage, dir);
     cfg.limits.query_partitions = 2;
     cfg
 }
@@ -90,7 +93,7 @@ impl TestServer {
     }
 
     /// The storage access log of the running server.
-    pub fn access_log(&self) -> Arc<raindrop::catalog::audit::AccessLog> {
+    pub fn access_log(&self) -> Arc<raindrop::storage::AccessLog> {
         self.handle
             .as_ref()
             .unwrap()
@@ -101,9 +104,9 @@ impl TestServer {
             .clone()
     }
 
-    /// Root of `raw_events` data files.
+    /// Root of `raw_events` data files (as the store keeps them).
     pub fn raw_events_data(&self) -> PathBuf {
-        self.dir.path().join("warehouse/wildedge/raw_events/data")
+        warehouse_files(self.dir.path()).join("wildedge/raw_events/data")
     }
 }
 
@@ -118,6 +121,7 @@ pub async fn custom_server(
 ) -> (ServerHandle, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = ServeConfig::in_dir(dir.path());
+    use_backend(&mut cfg.storage, dir.path());
     adjust(&mut cfg);
     for (token, project) in [(ACME_TOKEN, ACME), (GLOBEX_TOKEN, GLOBEX)] {
         tokens::create_token(

@@ -24,6 +24,10 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path) -> Server {
+        Self::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_raindrop"))
             .args([
                 "serve",
@@ -34,6 +38,8 @@ impl Server {
                 "--data-dir",
             ])
             .arg(dir)
+            .args(crate::common::backend_args(dir))
+            .args(extra)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -234,11 +240,11 @@ async fn kill_dash_nine_loses_no_acknowledged_row() {
 
     // Files written by commits that never happened are found, are not
     // referenced by any snapshot, and can be deleted without changing a row.
-    let warehouse = raindrop::catalog::open(&raindrop::config::StorageConfig::in_dir(dir.path()))
+    let warehouse = raindrop::catalog::open(&crate::common::storage_config(dir.path()))
         .await
         .unwrap();
     let table = warehouse.raw_events().await.unwrap();
-    let report = raindrop::maintenance::find_orphan_files(&table, Duration::ZERO)
+    let report = raindrop::maintenance::find_orphan_files(&warehouse.store, &table, Duration::ZERO)
         .await
         .unwrap();
     eprintln!(
@@ -248,6 +254,166 @@ async fn kill_dash_nine_loses_no_acknowledged_row() {
         report.orphans.len()
     );
     assert_eq!(report.on_disk, report.referenced + report.orphans.len());
-    raindrop::maintenance::delete_orphans(&report).unwrap();
+    raindrop::maintenance::delete_orphans(&warehouse.store, &report)
+        .await
+        .unwrap();
     assert_eq!(batches_present(&server.url).await, present);
+}
+
+/// `raindrop serve` with one S3 or catalog setting wrong: exits non-zero
+/// at once, with one line naming the setting to fix. (S3 suite only: the
+/// local suite has no store to misconfigure.)
+#[test]
+fn bad_storage_settings_fail_at_start_naming_the_setting() {
+    if crate::common::s3pg().is_none() {
+        eprintln!("skipped: needs RAINDROP_TEST_BACKEND=s3pg");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = crate::common::backend_args(dir.path());
+    let with = |flag: &str, value: &str| {
+        let mut args = base.clone();
+        match args.iter().position(|a| a == flag) {
+            Some(i) => args[i + 1] = value.to_string(),
+            None => args.extend([flag.to_string(), value.to_string()]),
+        }
+        args
+    };
+    let cases = [
+        (
+            with("--s3-secret-access-key", "not-the-secret"),
+            "credentials rejected",
+        ),
+        (
+            with("--warehouse", "s3://no-such-bucket/x"),
+            "bucket no-such-bucket does not exist",
+        ),
+        (
+            with("--s3-endpoint", "http://127.0.0.1:9"),
+            "cannot reach the S3 endpoint http://127.0.0.1:9",
+        ),
+        (
+            with(
+                "--catalog-uri",
+                "postgres://postgres:pw@127.0.0.1:9/raindrop",
+            ),
+            "cannot open the catalog at postgres://postgres:***@127.0.0.1:9/raindrop (--catalog-uri)",
+        ),
+    ];
+    for (args, want) in cases {
+        let started = std::time::Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_raindrop"))
+            .args([
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--log",
+                "off",
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(
+            stderr.contains(want),
+            "{args:?}: wanted {want:?} in {stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(
+            !stderr.contains(&std::env::var("AWS_SECRET_ACCESS_KEY").unwrap()),
+            "secret in {stderr}"
+        );
+        // Retries back off, but a misconfiguration is not retried forever.
+        assert!(started.elapsed() < Duration::from_secs(60), "{args:?}");
+    }
+}
+
+/// Maintenance runs on one node at a time, the holder of a lease in the
+/// catalog database; when that node is killed, another takes the lease
+/// over and does the work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_moves_to_another_node_when_its_holder_dies() {
+    use raindrop::catalog::lease::Lease;
+    let dir = setup();
+    let args = [
+        "--compact-interval-secs",
+        "1",
+        "--maintenance-lease-secs",
+        "2",
+        "--compact-min-files",
+        "2",
+    ];
+    let mut nodes: Vec<Server> = (0..3)
+        .map(|_| Server::start_with(dir.path(), &args))
+        .collect();
+    let warehouse = raindrop::catalog::open(&crate::common::storage_config(dir.path()))
+        .await
+        .unwrap();
+    let observer = Lease::open(
+        &warehouse.catalog_uri,
+        &warehouse.catalog_name,
+        "maintenance",
+        "observer".into(),
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    // The pid of the valid holder other than `not`, once there is one.
+    let holder = async |not: Option<u32>| -> u32 {
+        for _ in 0..300 {
+            if let Some((holder, true)) = observer.current().await.unwrap() {
+                let pid: u32 = holder.split('/').nth(1).unwrap().parse().unwrap();
+                if Some(pid) != not {
+                    return pid;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no valid maintenance lease holder within 30 s");
+    };
+    let first = holder(None).await;
+    let i = nodes
+        .iter()
+        .position(|n| n.child.id() == first)
+        .expect("the holder is one of the nodes");
+    nodes.remove(i).kill9();
+
+    let second = holder(Some(first)).await;
+    assert!(
+        nodes.iter().any(|n| n.child.id() == second),
+        "the new holder {second} is a surviving node"
+    );
+    // The new holder compacts: three one-file commits into one partition
+    // (through another node) become one file.
+    let other = nodes.iter().find(|n| n.child.id() != second).unwrap();
+    let mut c = RaindropClient::connect(&other.url, TOKEN).await.unwrap();
+    for k in 0..3 {
+        let id = format!("m{k}");
+        c.ingest_events_once(&id, vec![batch(&id)]).await.unwrap();
+    }
+    let ident = warehouse.raw_events_ident();
+    let mut compacted = false;
+    for _ in 0..300 {
+        let table = warehouse.catalog.load_table(&ident).await.unwrap();
+        compacted = table
+            .metadata()
+            .snapshots()
+            .any(|s| s.summary().operation == iceberg::spec::Operation::Replace);
+        if compacted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(compacted, "no compaction within 30 s after the takeover");
+    assert_eq!(
+        batches_present(&other.url).await,
+        BTreeMap::from([
+            ("m0".into(), ROWS as i64),
+            ("m1".into(), ROWS as i64),
+            ("m2".into(), ROWS as i64)
+        ])
+    );
 }

@@ -275,10 +275,7 @@ fn parquet_exec(
 /// A planned task as DataFusion's file description, carrying its full
 /// storage location for [`FileIoReaderFactory`].
 fn partitioned_file(task: &FileScanTask) -> PartitionedFile {
-    let path = task
-        .data_file_path
-        .strip_prefix("file://")
-        .unwrap_or(&task.data_file_path);
+    let path = crate::storage::object_key(&task.data_file_path);
     let mut file = PartitionedFile::new(path, task.file_size_in_bytes)
         .with_extensions(Arc::new(FileLocation(task.data_file_path.clone())));
     if task.start != 0 || task.length != task.file_size_in_bytes {

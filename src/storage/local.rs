@@ -1,85 +1,46 @@
-//! Local-filesystem storage wrapper: records every object read, and makes
-//! every object written durable before the write returns.
+//! Local-filesystem warehouse: every object written is durable before
+//! anything can reference it.
 //!
-//! All table I/O goes through iceberg's `FileIO`; wrapping its storage is
-//! the one place that sees every metadata file, manifest and data file.
-//!
-//! - **Reads** can be recorded. Recording is off by default (it costs a
-//!   lock per read); the isolation tests switch it on to prove that a
-//!   tenant's queries open no data file outside `project_id=<own>/`. Every
-//!   read is also traced (`RAINDROP_LOG=raindrop::catalog::audit=trace`).
-//! - **Writes** are made durable before anything can reference them.
-//!   Streamed writes (data files) are not synced one by one: closing one
-//!   records it as unsynced. A whole-object write (manifest, manifest list,
-//!   table metadata: what references data files) then makes itself and
-//!   every recorded file durable with one `syncfs(2)` per filesystem,
-//!   instead of two fsyncs (file and directory) per data file. A commit
-//!   writes its manifest after its data files, and the catalog pointer only
-//!   after its metadata, so everything a commit references is on disk
-//!   before the commit is; a `DoPut` is acknowledged after the commit.
-//!   (`syncfs` also writes back other dirty data on that filesystem: keep
-//!   the data dir on a disk busy writers do not share.)
+//! Streamed writes (data files) are not synced one by one: closing one
+//! records it as unsynced. A whole-object write (manifest, manifest list,
+//! table metadata: what references data files) then makes itself and every
+//! recorded file durable with one `syncfs(2)` per filesystem, instead of two
+//! fsyncs (file and directory) per data file. A commit writes its manifest
+//! after its data files, and the catalog pointer only after its metadata,
+//! so everything a commit references is on disk before the commit is; a
+//! `DoPut` is acknowledged after the commit. (`syncfs` also writes back
+//! other dirty data on that filesystem: keep the data dir on a disk busy
+//! writers do not share.)
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use iceberg::Result;
-use iceberg::io::{
-    FileMetadata, FileRead, FileWrite, InputFile, LocalFsStorage, OutputFile, Storage,
-    StorageConfig, StorageFactory,
-};
-use serde::{Deserialize, Serialize};
+use iceberg::io::{FileMetadata, FileRead, FileWrite, LocalFsStorage, Storage};
 
-/// Paths read through the wrapped storage, while recording is on, and the
-/// number of filesystem syncs it ran.
+use super::{AccessLog, Backend, ObjectInfo};
+
+/// The local backend: iceberg's local storage for reads and deletes, our
+/// own writers for the durability above.
 #[derive(Debug, Default)]
-pub struct AccessLog {
-    enabled: AtomicBool,
-    reads: Mutex<Vec<String>>,
-    syncs: AtomicU64,
-}
-
-impl AccessLog {
-    /// Start recording (and forget earlier records).
-    pub fn start(&self) {
-        self.reads.lock().expect("access log").clear();
-        self.enabled.store(true, Ordering::SeqCst);
-    }
-
-    /// Stop recording and return what was read since `start`.
-    pub fn stop(&self) -> Vec<String> {
-        self.enabled.store(false, Ordering::SeqCst);
-        std::mem::take(&mut *self.reads.lock().expect("access log"))
-    }
-
-    /// `syncfs` calls made so far (each covers every file closed before it).
-    pub fn syncs(&self) -> u64 {
-        self.syncs.load(Ordering::Relaxed)
-    }
-
-    fn record(&self, path: &str) {
-        tracing::trace!(path, "storage read");
-        if self.enabled.load(Ordering::Relaxed) {
-            self.reads
-                .lock()
-                .expect("access log")
-                .push(path.to_string());
-        }
-    }
-}
-
-/// Local-filesystem storage that reports reads to an [`AccessLog`].
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct AuditedStorage {
-    #[serde(skip)]
+pub struct LocalStore {
     log: Arc<AccessLog>,
-    #[serde(skip)]
     unsynced: Arc<Unsynced>,
     inner: LocalFsStorage,
+}
+
+impl LocalStore {
+    /// A local backend counting its syncs in `log`.
+    pub fn new(log: Arc<AccessLog>) -> Self {
+        Self {
+            log,
+            ..Self::default()
+        }
+    }
 }
 
 /// Files closed but not yet synced, by filesystem (device id): one path on
@@ -142,35 +103,32 @@ fn syncfs(path: &Path) -> Result<()> {
 }
 
 #[async_trait]
-#[typetag::serde]
-impl Storage for AuditedStorage {
-    async fn exists(&self, path: &str) -> Result<bool> {
-        self.inner.exists(path).await
+impl Backend for LocalStore {
+    async fn exists(&self, location: &str) -> Result<bool> {
+        self.inner.exists(location).await
     }
 
-    async fn metadata(&self, path: &str) -> Result<FileMetadata> {
-        self.inner.metadata(path).await
+    async fn metadata(&self, location: &str) -> Result<FileMetadata> {
+        self.inner.metadata(location).await
     }
 
-    async fn read(&self, path: &str) -> Result<Bytes> {
-        self.log.record(path);
-        self.inner.read(path).await
+    async fn read(&self, location: &str) -> Result<Bytes> {
+        self.inner.read(location).await
     }
 
-    async fn reader(&self, path: &str) -> Result<Box<dyn FileRead>> {
-        self.log.record(path);
-        self.inner.reader(path).await
+    async fn reader(&self, location: &str) -> Result<Box<dyn FileRead>> {
+        self.inner.reader(location).await
     }
 
-    async fn write(&self, path: &str, bs: Bytes) -> Result<()> {
-        self.inner.write(path, bs).await?;
-        let synced = self.unsynced.sync_all(&local_path(path))?;
-        self.log.syncs.fetch_add(synced, Ordering::Relaxed);
+    async fn write(&self, location: &str, bs: Bytes) -> Result<()> {
+        self.inner.write(location, bs).await?;
+        let synced = self.unsynced.sync_all(&local_path(location))?;
+        self.log.add_syncs(synced);
         Ok(())
     }
 
-    async fn writer(&self, path: &str) -> Result<Box<dyn FileWrite>> {
-        let local = local_path(path);
+    async fn writer(&self, location: &str) -> Result<Box<dyn FileWrite>> {
+        let local = local_path(location);
         if let Some(dir) = local.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io_error("create directory", dir, e))?;
         }
@@ -182,25 +140,60 @@ impl Storage for AuditedStorage {
         }))
     }
 
-    async fn delete(&self, path: &str) -> Result<()> {
-        self.inner.delete(path).await
+    async fn delete(&self, location: &str) -> Result<()> {
+        self.inner.delete(location).await
     }
 
-    async fn delete_prefix(&self, path: &str) -> Result<()> {
-        self.inner.delete_prefix(path).await
+    async fn delete_prefix(&self, location: &str) -> Result<()> {
+        self.inner.delete_prefix(location).await
     }
 
-    async fn delete_stream(&self, paths: BoxStream<'static, String>) -> Result<()> {
-        self.inner.delete_stream(paths).await
+    async fn delete_stream(&self, locations: BoxStream<'static, String>) -> Result<()> {
+        self.inner.delete_stream(locations).await
     }
 
-    fn new_input(&self, path: &str) -> Result<InputFile> {
-        Ok(InputFile::new(Arc::new(self.clone()), path.to_string()))
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let root = local_path(prefix);
+        tokio::task::spawn_blocking(move || {
+            let mut out = vec![];
+            walk(&root, &mut out).map_err(|e| io_error("list", &root, e))?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| iceberg::Error::new(iceberg::ErrorKind::Unexpected, e.to_string()))?
     }
 
-    fn new_output(&self, path: &str) -> Result<OutputFile> {
-        Ok(OutputFile::new(Arc::new(self.clone()), path.to_string()))
+    async fn probe(&self, location: &str) -> Result<()> {
+        let dir = local_path(location);
+        tokio::fs::metadata(&dir)
+            .await
+            .map(|_| ())
+            .map_err(|e| io_error("stat", &dir, e))
     }
+}
+
+/// Every file under `dir`, as `file://` locations (a missing directory is
+/// empty: a table with no data yet).
+fn walk(dir: &Path, out: &mut Vec<ObjectInfo>) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            walk(&entry.path(), out)?;
+        } else {
+            out.push(ObjectInfo {
+                location: format!("file://{}", entry.path().display()),
+                size: meta.len(),
+                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A file path from a `file://` location (as iceberg's local storage reads it).
@@ -255,41 +248,11 @@ fn closed(path: &Path) -> iceberg::Error {
     )
 }
 
-/// Builds [`AuditedStorage`] sharing one [`AccessLog`].
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct AuditedStorageFactory {
-    #[serde(skip)]
-    log: Arc<AccessLog>,
-    #[serde(skip)]
-    unsynced: Arc<Unsynced>,
-}
-
-impl AuditedStorageFactory {
-    /// A factory whose storages report to `log`.
-    pub fn new(log: Arc<AccessLog>) -> Self {
-        Self {
-            log,
-            unsynced: Arc::default(),
-        }
-    }
-}
-
-#[typetag::serde]
-impl StorageFactory for AuditedStorageFactory {
-    fn build(&self, _config: &StorageConfig) -> Result<Arc<dyn Storage>> {
-        Ok(Arc::new(AuditedStorage {
-            log: self.log.clone(),
-            unsynced: self.unsynced.clone(),
-            inner: LocalFsStorage::new(),
-        }))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn pending(storage: &AuditedStorage) -> Vec<PathBuf> {
+    fn pending(storage: &LocalStore) -> Vec<PathBuf> {
         let map = storage.unsynced.0.lock().unwrap();
         map.values().cloned().collect()
     }
@@ -297,7 +260,7 @@ mod tests {
     #[tokio::test]
     async fn streamed_files_wait_for_the_next_whole_object_write() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = AuditedStorage::default();
+        let storage = LocalStore::default();
         let data = dir.path().join("data/day=1/a.parquet");
         let location = format!("file://{}", data.display());
         let mut w = storage.writer(&location).await.unwrap();

@@ -1,0 +1,211 @@
+//! Leases in the catalog database: which node runs background
+//! maintenance (compaction, snapshot expiry, file cleanup) when several
+//! share one catalog.
+//!
+//! One row per lease in `raindrop_leases`: its holder and when it expires.
+//! Taking it is one upsert that succeeds only if the row is free, expired
+//! or already ours, so at most one node holds it at a time; the holder
+//! renews it well before it expires, and a node that dies simply stops
+//! renewing, so another takes over one TTL later. Expiry uses each node's
+//! clock: keep clocks in sync (NTP) to well under the TTL.
+//!
+//! Correctness never depends on the lease: every maintenance commit is a
+//! compare-and-swap of the catalog pointer. The lease keeps nodes from
+//! duplicating the work (and the object-store requests it costs).
+
+use std::time::Duration;
+
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+
+use crate::error::{Error, Result};
+
+/// The lease of background maintenance on one catalog.
+#[derive(Debug)]
+pub struct Lease {
+    pool: AnyPool,
+    postgres: bool,
+    catalog_name: String,
+    name: String,
+    holder: String,
+    ttl: Duration,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn db_error(what: &str, e: sqlx::Error) -> Error {
+    Error::Unavailable(format!("{what}: {e}"))
+}
+
+impl Lease {
+    /// Open lease `name` of catalog `catalog_name` in the database at
+    /// `uri`, as `holder` (unique per process), creating the table if
+    /// missing.
+    pub async fn open(
+        uri: &str,
+        catalog_name: &str,
+        name: &str,
+        holder: String,
+        ttl: Duration,
+    ) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(uri)
+            .await
+            .map_err(|e| db_error("connecting to the catalog database for leases", e))?;
+        let create = "CREATE TABLE IF NOT EXISTS raindrop_leases (\
+             catalog_name VARCHAR(255) NOT NULL, lease_name VARCHAR(255) NOT NULL, \
+             holder VARCHAR(255) NOT NULL, expires_at BIGINT NOT NULL, \
+             PRIMARY KEY (catalog_name, lease_name))";
+        // Nodes starting together can race on CREATE TABLE IF NOT EXISTS
+        // (PostgreSQL); the loser finds the table on its retry.
+        for attempt in 0.. {
+            match sqlx::query(create).execute(&pool).await {
+                Ok(_) => break,
+                Err(_) if attempt < 3 => {
+                    tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await
+                }
+                Err(e) => return Err(db_error("creating raindrop_leases", e)),
+            }
+        }
+        Ok(Self {
+            pool,
+            postgres: uri.starts_with("postgres"),
+            catalog_name: catalog_name.to_string(),
+            name: name.to_string(),
+            holder,
+            ttl,
+        })
+    }
+
+    /// This process's holder id.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// How long a lease lasts without renewal.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Take or renew the lease; `true` if this process holds it for the
+    /// next TTL.
+    pub async fn try_acquire(&self) -> Result<bool> {
+        self.acquire_at(now_ms()).await
+    }
+
+    /// [`Self::try_acquire`] as if the clock read `now` (ms).
+    async fn acquire_at(&self, now: i64) -> Result<bool> {
+        let sql = if self.postgres {
+            "INSERT INTO raindrop_leases (catalog_name, lease_name, holder, expires_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (catalog_name, lease_name) DO UPDATE \
+             SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE raindrop_leases.holder = excluded.holder OR raindrop_leases.expires_at < $5"
+        } else {
+            "INSERT INTO raindrop_leases (catalog_name, lease_name, holder, expires_at) \
+             VALUES (?, ?, ?, ?) ON CONFLICT (catalog_name, lease_name) DO UPDATE \
+             SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE raindrop_leases.holder = excluded.holder OR raindrop_leases.expires_at < ?"
+        };
+        let done = sqlx::query(sql)
+            .bind(&self.catalog_name)
+            .bind(&self.name)
+            .bind(&self.holder)
+            .bind(now + self.ttl.as_millis() as i64)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error("renewing the maintenance lease", e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Give the lease up (on shutdown), so another node takes over at once.
+    pub async fn release(&self) -> Result<()> {
+        let sql = if self.postgres {
+            "DELETE FROM raindrop_leases WHERE catalog_name = $1 AND lease_name = $2 AND holder = $3"
+        } else {
+            "DELETE FROM raindrop_leases WHERE catalog_name = ? AND lease_name = ? AND holder = ?"
+        };
+        sqlx::query(sql)
+            .bind(&self.catalog_name)
+            .bind(&self.name)
+            .bind(&self.holder)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error("releasing the maintenance lease", e))?;
+        Ok(())
+    }
+
+    /// The current holder and whether its lease is still valid.
+    pub async fn current(&self) -> Result<Option<(String, bool)>> {
+        self.current_at(now_ms()).await
+    }
+
+    async fn current_at(&self, now: i64) -> Result<Option<(String, bool)>> {
+        let sql = if self.postgres {
+            "SELECT holder, expires_at FROM raindrop_leases WHERE catalog_name = $1 AND lease_name = $2"
+        } else {
+            "SELECT holder, expires_at FROM raindrop_leases WHERE catalog_name = ? AND lease_name = ?"
+        };
+        let row: Option<(String, i64)> = sqlx::query_as(sql)
+            .bind(&self.catalog_name)
+            .bind(&self.name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error("reading the maintenance lease", e))?;
+        Ok(row.map(|(holder, expires)| (holder, expires >= now)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_holder_at_a_time_and_takeover_after_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = format!("sqlite://{}/c.db?mode=rwc", dir.path().display());
+        let ttl = Duration::from_secs(30);
+        let open = async |catalog: &str, holder: &str| {
+            Lease::open(&uri, catalog, "maintenance", holder.into(), ttl).await
+        };
+        let a = open("cat", "a").await.unwrap();
+        let b = open("cat", "b").await.unwrap();
+        // Another catalog's lease of the same name is independent.
+        let other = open("other", "b").await.unwrap();
+        let t0 = now_ms();
+        let later = |secs: i64| t0 + secs * 1000;
+        assert!(a.acquire_at(t0).await.unwrap());
+        assert!(!b.acquire_at(later(1)).await.unwrap(), "held by a");
+        assert!(other.acquire_at(later(1)).await.unwrap());
+        assert!(
+            a.acquire_at(later(10)).await.unwrap(),
+            "renewal by the holder"
+        );
+        assert_eq!(
+            b.current_at(later(39)).await.unwrap(),
+            Some(("a".into(), true)),
+            "the renewal extended it to 10 s + TTL"
+        );
+        assert!(!b.acquire_at(later(39)).await.unwrap());
+
+        // a stops renewing (dies): b takes over once the TTL has passed.
+        assert_eq!(
+            b.current_at(later(41)).await.unwrap(),
+            Some(("a".into(), false))
+        );
+        assert!(b.acquire_at(later(41)).await.unwrap());
+        assert!(!a.acquire_at(later(42)).await.unwrap(), "a lost it");
+
+        // Released on shutdown: free at once.
+        b.release().await.unwrap();
+        assert_eq!(a.current().await.unwrap(), None);
+        assert!(a.try_acquire().await.unwrap());
+        // Releasing a lease one does not hold changes nothing.
+        b.release().await.unwrap();
+        assert_eq!(b.current().await.unwrap(), Some(("a".into(), true)));
+    }
+}

@@ -1,0 +1,96 @@
+//! Operability endpoints on `--http-addr` (off unless set): Prometheus
+//! `/metrics`, `/healthz` (the process answers) and `/readyz` (the catalog
+//! database and the warehouse storage answer: route traffic here).
+//!
+//! Plain HTTP with no authentication: the metrics carry no tenant names or
+//! data, but bind it to loopback or a private interface.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::error::{Error, Result};
+use crate::flight::Services;
+use crate::metrics::metrics;
+
+/// How long a readiness check waits for the catalog or storage.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serve the endpoints on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    services: Arc<Services>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(services);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| Error::Internal(format!("HTTP endpoint failed: {e}")))
+}
+
+async fn scrape(State(services): State<Arc<Services>>) -> impl IntoResponse {
+    let m = metrics();
+    let admission = services.query.admission_stats();
+    m.queries_running.set(admission.running as i64);
+    m.queries_queued.set(admission.queued as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+}
+
+/// 200 when the catalog database and the storage both answer, else 503
+/// naming what does not.
+async fn ready(State(services): State<Arc<Services>>) -> impl IntoResponse {
+    let warehouse = services.query.warehouse();
+    let catalog = async {
+        warehouse
+            .catalog
+            .table_exists(&warehouse.raw_events_ident())
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("catalog: {e}"))
+    };
+    let storage = async {
+        warehouse
+            .store
+            .probe(&warehouse.warehouse)
+            .await
+            .map_err(|e| format!("storage: {e}"))
+    };
+    let checks = async { tokio::join!(catalog, storage) };
+    match tokio::time::timeout(READY_TIMEOUT, checks).await {
+        Ok((Ok(()), Ok(()))) => (StatusCode::OK, "ready\n".to_string()),
+        Ok((catalog, storage)) => {
+            let failed: Vec<String> = [catalog, storage]
+                .into_iter()
+                .filter_map(|r| r.err())
+                .collect();
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {}\n", failed.join("; ")),
+            )
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: catalog or storage did not answer within {} s\n",
+                READY_TIMEOUT.as_secs()
+            ),
+        ),
+    }
+}

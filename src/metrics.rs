@@ -1,0 +1,222 @@
+//! Process-wide Prometheus metrics, served on `--http-addr` at `/metrics`.
+//!
+//! One registry for the process, so any layer can count without threading
+//! a handle through every constructor. Labels are small fixed sets
+//! (outcome, job, operation): never a project, token or table name, so the
+//! number of series stays bounded however many tenants there are.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+/// How a request or job ended.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    /// `ok` or `error`; for queries also `rejected` (refused before
+    /// running: bad SQL, policy, no slot) and `cancelled` (the client left).
+    pub outcome: &'static str,
+}
+
+/// A background job and how it ended.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobOutcome {
+    /// `compaction` or `expiry`.
+    pub job: &'static str,
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+}
+
+/// A storage operation.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StorageOp {
+    /// `read`, `open` (a ranged reader), `write`, `create` (a streamed
+    /// writer), `delete`, `list`, `stat`.
+    pub op: &'static str,
+}
+
+/// A cache lookup's result.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheResult {
+    /// `table` (table metadata) or `footer` (Parquet footers).
+    pub cache: &'static str,
+    /// `hit` or `miss`.
+    pub result: &'static str,
+}
+
+/// Every metric Raindrop exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Rows committed by ingest.
+    pub ingest_rows: Counter,
+    /// Arrow bytes committed by ingest.
+    pub ingest_bytes: Counter,
+    /// `DoPut` ingest streams by outcome.
+    pub ingest_requests: Family<Outcome, Counter>,
+    /// Table commits (ingest, updates, compaction) by outcome.
+    pub commits: Family<Outcome, Counter>,
+    /// Time of successful commits, files written to pointer swapped.
+    pub commit_seconds: Histogram,
+    /// Queries by outcome.
+    pub queries: Family<Outcome, Counter>,
+    /// Time of queries, planning to last batch.
+    pub query_seconds: Histogram,
+    /// Queries running now.
+    pub queries_running: Gauge,
+    /// Queries waiting for a slot now.
+    pub queries_queued: Gauge,
+    /// Background maintenance runs.
+    pub maintenance_runs: Family<JobOutcome, Counter>,
+    /// Whether this node holds the maintenance lease (0 or 1).
+    pub maintenance_lease_held: Gauge,
+    /// Cache lookups.
+    pub cache_lookups: Family<CacheResult, Counter>,
+    /// Storage requests (object store or local files) by operation.
+    pub storage_requests: Family<StorageOp, Counter>,
+    /// Failed storage requests by operation.
+    pub storage_errors: Family<StorageOp, Counter>,
+}
+
+fn seconds_buckets() -> Histogram {
+    // 1 ms … ~65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("raindrop"),
+            ingest_rows: Counter::default(),
+            ingest_bytes: Counter::default(),
+            ingest_requests: Family::default(),
+            commits: Family::default(),
+            commit_seconds: seconds_buckets(),
+            queries: Family::default(),
+            query_seconds: seconds_buckets(),
+            queries_running: Gauge::default(),
+            queries_queued: Gauge::default(),
+            maintenance_runs: Family::default(),
+            maintenance_lease_held: Gauge::default(),
+            cache_lookups: Family::default(),
+            storage_requests: Family::default(),
+            storage_errors: Family::default(),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "ingest_rows",
+            "Rows committed by ingest",
+            m.ingest_rows.clone(),
+        );
+        r.register_with_unit(
+            "ingest",
+            "Arrow bytes committed by ingest",
+            Unit::Bytes,
+            m.ingest_bytes.clone(),
+        );
+        r.register(
+            "ingest_requests",
+            "DoPut ingest streams by outcome",
+            m.ingest_requests.clone(),
+        );
+        r.register("commits", "Table commits by outcome", m.commits.clone());
+        r.register_with_unit(
+            "commit_duration",
+            "Time of successful commits",
+            Unit::Seconds,
+            m.commit_seconds.clone(),
+        );
+        r.register("queries", "Queries by outcome", m.queries.clone());
+        r.register_with_unit(
+            "query_duration",
+            "Time of queries, planning to last batch",
+            Unit::Seconds,
+            m.query_seconds.clone(),
+        );
+        r.register(
+            "queries_running",
+            "Queries running",
+            m.queries_running.clone(),
+        );
+        r.register(
+            "queries_queued",
+            "Queries waiting for a slot",
+            m.queries_queued.clone(),
+        );
+        r.register(
+            "maintenance_runs",
+            "Background maintenance runs by job and outcome",
+            m.maintenance_runs.clone(),
+        );
+        r.register(
+            "maintenance_lease_held",
+            "1 while this node holds the maintenance lease",
+            m.maintenance_lease_held.clone(),
+        );
+        r.register(
+            "cache_lookups",
+            "Cache lookups by cache and result",
+            m.cache_lookups.clone(),
+        );
+        r.register(
+            "storage_requests",
+            "Storage requests by operation",
+            m.storage_requests.clone(),
+        );
+        r.register(
+            "storage_errors",
+            "Failed storage requests by operation",
+            m.storage_errors.clone(),
+        );
+        m
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Count a storage request and, if it failed, an error.
+    pub fn storage<T, E>(&self, op: &'static str, result: &Result<T, E>) {
+        let label = StorageOp { op };
+        self.storage_requests.get_or_create(&label).inc();
+        if result.is_err() {
+            self.storage_errors.get_or_create(&label).inc();
+        }
+    }
+
+    /// Count a cache lookup.
+    pub fn cache(&self, cache: &'static str, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.cache_lookups
+            .get_or_create(&CacheResult { cache, result })
+            .inc();
+    }
+
+    /// Count a finished query.
+    pub fn query(&self, ok: bool, took: Duration) {
+        self.queries.get_or_create(&outcome(ok)).inc();
+        self.query_seconds.observe(took.as_secs_f64());
+    }
+}
+
+/// The `outcome` label for a success flag.
+pub fn outcome(ok: bool) -> Outcome {
+    Outcome {
+        outcome: if ok { "ok" } else { "error" },
+    }
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
