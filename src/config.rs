@@ -13,7 +13,7 @@ use crate::catalog::DEFAULT_DATA_DIR;
 pub use crate::catalog::StorageConfig;
 use crate::maintenance::compact;
 use crate::tenant::Role;
-use crate::tenant::tokens;
+use crate::tenant::tokens::{self, TokenSource};
 
 /// Raindrop: ML telemetry in Apache Iceberg, served over Arrow Flight SQL.
 #[derive(Debug, Parser)]
@@ -144,6 +144,28 @@ impl ServeConfig {
         self.tokens_file
             .clone()
             .unwrap_or_else(|| self.storage.data_dir.join(tokens::FILE_NAME))
+    }
+
+    /// Where tokens live: see [`token_source`].
+    pub fn token_source(&self) -> TokenSource {
+        token_source(&self.tokens_file, &self.storage, self.tokens_file())
+    }
+}
+
+/// Tokens live in the catalog database when it is PostgreSQL (several
+/// nodes share it, so they must share tokens), unless a token file is
+/// named explicitly; in the token file otherwise (the embedded default).
+fn token_source(
+    explicit_file: &Option<PathBuf>,
+    storage: &StorageConfig,
+    file: PathBuf,
+) -> TokenSource {
+    match (explicit_file, &storage.catalog_uri) {
+        (None, Some(uri)) if uri.starts_with("postgres") => TokenSource::Catalog {
+            uri: uri.clone(),
+            catalog_name: storage.catalog_name.clone(),
+        },
+        _ => TokenSource::File(file),
     }
 }
 
@@ -318,7 +340,8 @@ pub enum TokenCommand {
     },
 }
 
-/// Which token file a `token` subcommand edits.
+/// Which tokens a `token` subcommand edits: the same as `serve` with the
+/// same flags would read.
 #[derive(Debug, Clone, Args)]
 pub struct TokenFileArgs {
     /// Data directory (token file defaults to `<data-dir>/tokens.json`).
@@ -327,6 +350,12 @@ pub struct TokenFileArgs {
     /// Token file path.
     #[clap(long, env = "RAINDROP_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
+    /// Catalog database; a `postgres://…` catalog keeps the tokens.
+    #[clap(long, env = "RAINDROP_CATALOG_URI")]
+    pub catalog_uri: Option<String>,
+    /// Catalog name the tokens are filed under.
+    #[clap(long, env = "RAINDROP_CATALOG_NAME", default_value = crate::catalog::DEFAULT_CATALOG_NAME)]
+    pub catalog_name: String,
 }
 
 impl TokenFileArgs {
@@ -335,6 +364,14 @@ impl TokenFileArgs {
         self.tokens_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join(tokens::FILE_NAME))
+    }
+
+    /// Where the tokens live.
+    pub fn source(&self) -> TokenSource {
+        let mut storage = StorageConfig::in_dir(&self.data_dir);
+        storage.catalog_uri = self.catalog_uri.clone();
+        storage.catalog_name = self.catalog_name.clone();
+        token_source(&self.tokens_file, &storage, self.path())
     }
 }
 

@@ -45,7 +45,7 @@ async fn serve(config: raindrop::config::ServeConfig) -> anyhow::Result<()> {
     println!("  data dir : {}", config.storage.data_dir.display());
     println!(
         "  tokens   : {} ({} configured)",
-        config.tokens_file().display(),
+        services.tokens.source(),
         services.tokens.len()
     );
     println!("Connect with any Flight SQL client, e.g. Python ADBC:");
@@ -110,7 +110,7 @@ async fn compact(config: raindrop::config::CompactConfig) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
         TokenCommand::Create {
             project,
@@ -120,14 +120,14 @@ fn token(cmd: TokenCommand) -> anyhow::Result<()> {
             file,
         } => {
             let secret = token.unwrap_or_else(tokens::generate_secret);
-            let rec =
-                tokens::create_token(&file.path(), &secret, project.as_deref(), role, &label)?;
+            let source = file.source();
+            let rec = tokens::create(&source, &secret, project.as_deref(), role, &label).await?;
             eprintln!(
                 "created token {} (project {}, role {}) in {}; the secret is shown only once:",
                 rec.id,
                 rec.project_id.as_deref().unwrap_or("*"),
                 rec.role,
-                file.path().display()
+                source
             );
             println!("{secret}");
         }
@@ -136,7 +136,7 @@ fn token(cmd: TokenCommand) -> anyhow::Result<()> {
                 "{:<14} {:<20} {:<11} {:<26} label",
                 "id", "project", "role", "created"
             );
-            for t in tokens::list_tokens(&file.path())? {
+            for t in tokens::list(&file.source()).await? {
                 println!(
                     "{:<14} {:<20} {:<11} {:<26} {}",
                     t.id,
@@ -148,7 +148,7 @@ fn token(cmd: TokenCommand) -> anyhow::Result<()> {
             }
         }
         TokenCommand::Revoke { id, file } => {
-            tokens::revoke_token(&file.path(), &id)?;
+            tokens::revoke(&file.source(), &id).await?;
             eprintln!("revoked {id}");
         }
     }
@@ -165,7 +165,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Serve(config) => serve(config).await,
-            Command::Token(cmd) => token(cmd),
+            Command::Token(cmd) => token(cmd).await,
             Command::Demo(config) => Ok(raindrop::demo::run(config).await?),
             Command::Orphans(config) => orphans(config).await,
             Command::Compact(config) => compact(config).await,

@@ -35,10 +35,10 @@ const INGEST_BUFFER_WAIT: Duration = Duration::from_secs(2);
 /// background maintenance it asks for.
 pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
     let warehouse = catalog::open(&config.storage).await?;
-    let tokens = TokenStore::open(config.tokens_file())?;
+    let tokens = TokenStore::open_source(config.token_source()).await?;
     if tokens.is_empty() {
         tracing::warn!(
-            file = %tokens.path().display(),
+            source = %tokens.source(),
             "no tokens configured: every call will be refused; create one with `raindrop token create`"
         );
     }

@@ -12,8 +12,8 @@
 //! them to drop it.
 
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
-use std::time::SystemTime;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, Mac};
 use rand::RngCore;
@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::token_table::TokenTable;
 use super::{Principal, Role, names};
 use crate::error::{Error, Result};
 
@@ -201,6 +202,17 @@ pub fn create_token(
     role: Role,
     label: &str,
 ) -> Result<TokenRecord> {
+    validate_new(secret, project_id, role)?;
+    let mut file = read_file(path)?;
+    let key = ensure_key(path)?;
+    let record = new_record(&file.tokens, &key, secret, project_id, role, label)?;
+    file.tokens.push(record.clone());
+    write_file(path, &file)?;
+    Ok(record)
+}
+
+/// Refuse short secrets, bad project ids, and project-less non-admins.
+fn validate_new(secret: &str, project_id: Option<&str>, role: Role) -> Result<()> {
     if secret.len() < MIN_TOKEN_LEN {
         return Err(Error::InvalidArgument(format!(
             "token must be at least {MIN_TOKEN_LEN} characters"
@@ -215,14 +227,24 @@ pub fn create_token(
             ));
         }
     }
-    let mut file = read_file(path)?;
-    let key = ensure_key(path)?;
-    if lookup(&file.tokens, Some(&key), secret).is_some() {
+    Ok(())
+}
+
+/// The record of a new token, unless `existing` has one with this secret.
+fn new_record(
+    existing: &[TokenRecord],
+    key: &[u8],
+    secret: &str,
+    project_id: Option<&str>,
+    role: Role,
+    label: &str,
+) -> Result<TokenRecord> {
+    if lookup(existing, Some(key), secret).is_some() {
         return Err(Error::AlreadyExists(
             "a token with this secret exists already".into(),
         ));
     }
-    let id = keyed_id(&key, secret);
+    let id = keyed_id(key, secret);
     let mut salt = [0u8; 16];
     rand::rng().fill_bytes(&mut salt);
     let record = TokenRecord {
@@ -235,9 +257,86 @@ pub fn create_token(
         label: label.to_owned(),
         created_at: chrono::Utc::now().to_rfc3339(),
     };
-    file.tokens.push(record.clone());
-    write_file(path, &file)?;
     Ok(record)
+}
+
+/// Where token records live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A JSON file (the embedded default), with its key file beside it.
+    File(PathBuf),
+    /// The catalog database (several nodes on one PostgreSQL catalog).
+    Catalog {
+        /// Catalog database URI.
+        uri: String,
+        /// Catalog name the records are filed under.
+        catalog_name: String,
+    },
+}
+
+impl std::fmt::Display for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSource::File(path) => write!(f, "{}", path.display()),
+            TokenSource::Catalog { catalog_name, .. } => {
+                write!(
+                    f,
+                    "catalog database (raindrop_tokens, catalog {catalog_name})"
+                )
+            }
+        }
+    }
+}
+
+/// Add a token to `source`; returns the record.
+pub async fn create(
+    source: &TokenSource,
+    secret: &str,
+    project_id: Option<&str>,
+    role: Role,
+    label: &str,
+) -> Result<TokenRecord> {
+    match source {
+        TokenSource::File(path) => create_token(path, secret, project_id, role, label),
+        TokenSource::Catalog { uri, catalog_name } => {
+            validate_new(secret, project_id, role)?;
+            let table = TokenTable::open(uri, catalog_name).await?;
+            let mut fresh = [0u8; 32];
+            rand::rng().fill_bytes(&mut fresh);
+            let key = table.ensure_key(&fresh).await?;
+            let existing = table.records().await?;
+            let record = new_record(&existing, &key, secret, project_id, role, label)?;
+            table.insert(&record).await?;
+            Ok(record)
+        }
+    }
+}
+
+/// Every token record in `source`.
+pub async fn list(source: &TokenSource) -> Result<Vec<TokenRecord>> {
+    match source {
+        TokenSource::File(path) => list_tokens(path),
+        TokenSource::Catalog { uri, catalog_name } => {
+            TokenTable::open(uri, catalog_name).await?.records().await
+        }
+    }
+}
+
+/// Remove a token from `source` by id; errors if it is not there.
+pub async fn revoke(source: &TokenSource, id: &str) -> Result<()> {
+    match source {
+        TokenSource::File(path) => revoke_token(path, id),
+        TokenSource::Catalog { uri, catalog_name } => {
+            match TokenTable::open(uri, catalog_name)
+                .await?
+                .delete(id)
+                .await?
+            {
+                true => Ok(()),
+                false => Err(Error::NotFound(format!("no token with id {id}"))),
+            }
+        }
+    }
 }
 
 /// All token records in the file.
@@ -256,12 +355,26 @@ pub fn revoke_token(path: &Path, id: &str) -> Result<()> {
     write_file(path, &file)
 }
 
+/// How often a server re-reads tokens kept in the catalog database: a
+/// token created or revoked on any node takes effect everywhere within it.
+pub const CATALOG_REFRESH: Duration = Duration::from_secs(2);
+
 /// Authenticates secrets against the token file, reloading it when its
-/// modification time changes.
+/// modification time changes, or against the catalog database's records,
+/// re-read every [`CATALOG_REFRESH`].
 #[derive(Debug)]
 pub struct TokenStore {
-    path: PathBuf,
-    state: RwLock<Loaded>,
+    source: TokenSource,
+    state: Arc<RwLock<Loaded>>,
+    refresher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for TokenStore {
+    fn drop(&mut self) {
+        if let Some(task) = &self.refresher {
+            task.abort();
+        }
+    }
 }
 
 /// One version of the token file and the key of its ids.
@@ -296,19 +409,48 @@ fn stamp(path: &Path) -> Option<FileStamp> {
 }
 
 impl TokenStore {
-    /// Open the store (a missing file means no tokens yet).
+    /// Open a token file (a missing file means no tokens yet).
     pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
         let store = Self {
-            path: path.into(),
-            state: RwLock::new(Loaded::default()),
+            source: TokenSource::File(path.into()),
+            state: Arc::default(),
+            refresher: None,
         };
         store.reload_if_changed()?;
         Ok(store)
     }
 
-    /// Path of the backing file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Open the tokens of `source`; for the catalog database, keep
+    /// re-reading them in the background.
+    pub async fn open_source(source: TokenSource) -> Result<Self> {
+        let (uri, catalog_name) = match &source {
+            TokenSource::File(path) => return Self::open(path.clone()),
+            TokenSource::Catalog { uri, catalog_name } => (uri, catalog_name),
+        };
+        let table = TokenTable::open(uri, catalog_name).await?;
+        let state = Arc::new(RwLock::new(load_table(&table).await?));
+        let shared = state.clone();
+        let refresher = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(CATALOG_REFRESH).await;
+                match load_table(&table).await {
+                    Ok(loaded) => *shared.write().expect("token lock") = loaded,
+                    // Keep serving with the last good set rather than
+                    // locking everyone out while the database is away.
+                    Err(e) => tracing::warn!(error = %e, "could not re-read tokens"),
+                }
+            }
+        });
+        Ok(Self {
+            source,
+            state,
+            refresher: Some(refresher),
+        })
+    }
+
+    /// Where the tokens are read from.
+    pub fn source(&self) -> &TokenSource {
+        &self.source
     }
 
     /// Number of tokens currently loaded.
@@ -322,19 +464,22 @@ impl TokenStore {
     }
 
     fn reload_if_changed(&self) -> Result<()> {
-        let current = stamp(&self.path);
+        let TokenSource::File(path) = &self.source else {
+            return Ok(());
+        };
+        let current = stamp(path);
         if current.is_some() && self.state.read().expect("token lock").stamp == current {
             return Ok(());
         }
         // The key is written before the first keyed record, so a file
         // version that has keyed records finds its key.
-        let key = read_key(&self.path)?;
-        let tokens = read_file(&self.path)?.tokens;
+        let key = read_key(path)?;
+        let tokens = read_file(path)?.tokens;
         let legacy = tokens.iter().filter(|t| !t.keyed_id).count();
         if legacy > 0 {
             tracing::warn!(
                 legacy,
-                file = %self.path.display(),
+                file = %path.display(),
                 "tokens created before keyed ids have an id derived from the secret alone; re-create them"
             );
         }
@@ -364,6 +509,15 @@ impl TokenStore {
             )),
         }
     }
+}
+
+/// The records and key in the catalog database, as one loaded version.
+async fn load_table(table: &TokenTable) -> Result<Loaded> {
+    Ok(Loaded {
+        stamp: None,
+        key: table.key().await?,
+        tokens: table.records().await?,
+    })
 }
 
 #[cfg(test)]

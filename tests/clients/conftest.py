@@ -19,9 +19,9 @@ DATA = {p: telemetry.make(p, n, seed) for p, n, seed in [("acme", 400, 1), ("glo
 BIN = os.environ.get("RAINDROP_BIN", "target/release/raindrop")
 
 
-def make_token(data_dir: Path, project, role: str) -> str:
+def make_token(data_dir: Path, project, role: str, token_args=()) -> str:
     secret = f"pytest-{role}-{uuid.uuid4().hex}"
-    args = [BIN, "token", "create", "--role", role, "--token", secret, "--data-dir", str(data_dir)]
+    args = [BIN, "token", "create", "--role", role, "--token", secret, "--data-dir", str(data_dir), *token_args]
     if project:
         args += ["--project", project]
     subprocess.run(args, check=True, capture_output=True, text=True)
@@ -29,12 +29,14 @@ def make_token(data_dir: Path, project, role: str) -> str:
 
 
 class Server:
-    def __init__(self, data_dir: Path, extra_args=()):
+    def __init__(self, data_dir: Path, extra_args=(), token_args=()):
+        """`token_args`: the catalog flags of `raindrop token create`, for
+        servers whose tokens live in a PostgreSQL catalog."""
         self.data_dir = data_dir
         self.tokens = {
-            "acme": make_token(data_dir, "acme", "read_write"),
-            "globex": make_token(data_dir, "globex", "read_write"),
-            "admin": make_token(data_dir, None, "admin"),
+            "acme": make_token(data_dir, "acme", "read_write", token_args),
+            "globex": make_token(data_dir, "globex", "read_write", token_args),
+            "admin": make_token(data_dir, None, "admin", token_args),
         }
         self.proc = subprocess.Popen(
             [BIN, "serve", "--addr", "127.0.0.1:0", "--data-dir", str(data_dir), "--log", "warn", *extra_args],

@@ -34,7 +34,9 @@ def s3_server(tmp_path_factory):
         "--s3-endpoint", S3,
         "--s3-path-style",
     ]  # fmt: skip
-    srv = Server(tmp_path_factory.mktemp("s3"), extra_args=args)
+    # Tokens live in the PostgreSQL catalog, shared by every node.
+    token_args = ["--catalog-uri", PG, "--catalog-name", name]
+    srv = Server(tmp_path_factory.mktemp("s3"), extra_args=args, token_args=token_args)
     srv.catalog_name = name
     for project, (events, outcomes) in DATA.items():
         with connect(srv, project) as conn, conn.cursor() as cur:

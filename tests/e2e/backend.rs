@@ -124,6 +124,21 @@ pub fn backend_args(dir: &Path) -> Vec<String> {
     ]
 }
 
+/// Where a server rooted at `dir` on the suite's backend reads tokens.
+pub fn token_source(dir: &Path) -> raindrop::tenant::tokens::TokenSource {
+    let mut cfg = raindrop::config::ServeConfig::in_dir(dir);
+    use_backend(&mut cfg.storage, dir);
+    cfg.token_source()
+}
+
+/// The catalog flags of `raindrop token …` for a server rooted at `dir`.
+pub fn token_args(dir: &Path) -> Vec<String> {
+    match s3pg() {
+        Some(b) => vec!["--catalog-uri".into(), database(b, &server_id(dir))],
+        None => vec![],
+    }
+}
+
 /// A storage config for `dir` on the suite's backend.
 pub fn storage_config(dir: &Path) -> StorageConfig {
     let mut cfg = StorageConfig::in_dir(dir);

@@ -11,10 +11,13 @@ use raindrop::client::{IngestMode, RaindropClient};
 use raindrop::config::ServeConfig;
 use raindrop::demo::generate::{GenConfig, ProjectData, generate_project};
 use raindrop::server::ServerHandle;
+use raindrop::tenant::tokens::TokenSource;
 use raindrop::tenant::{Role, tokens};
 use tokio::sync::OnceCell;
 
-pub use crate::backend::{backend_args, s3pg, storage_config, use_backend, warehouse_files};
+pub use crate::backend::{
+    backend_args, s3pg, storage_config, token_args, token_source, use_backend, warehouse_files,
+};
 
 pub const ACME: &str = "acme";
 pub const GLOBEX: &str = "globex";
@@ -33,11 +36,16 @@ pub struct TestServer {
     pub dir: Arc<tempfile::TempDir>,
     pub handle: Option<ServerHandle>,
     pub tokens: HashMap<&'static str, String>,
+    /// Where the server reads its tokens (the file, or the catalog database).
+    pub token_source: TokenSource,
 }
 
-fn add_token(path: &Path, name: &str, project: Option<&str>, role: Role) -> String {
+/// A token labelled `name`, in `source`.
+async fn add_token(source: &TokenSource, name: &str, project: Option<&str>, role: Role) -> String {
     let secret = format!("test-token-{name}-{}", uuid::Uuid::new_v4());
-    tokens::create_token(path, &secret, project, role, name).unwrap();
+    tokens::create(source, &secret, project, role, name)
+        .await
+        .unwrap();
     secret
 }
 
@@ -45,31 +53,23 @@ impl TestServer {
     pub async fn start() -> Self {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let cfg = fixture_config(dir.path());
-        let file = cfg.tokens_file();
-        std::fs::create_dir_all(dir.path()).unwrap();
+        let source = cfg.token_source();
         let mut tokens = HashMap::new();
-        tokens.insert(
-            "acme",
-            add_token(&file, "acme", Some(ACME), Role::ReadWrite),
-        );
-        tokens.insert(
-            "globex",
-            add_token(&file, "globex", Some(GLOBEX), Role::ReadWrite),
-        );
-        tokens.insert(
-            "acme_read",
-            add_token(&file, "acme_read", Some(ACME), Role::Read),
-        );
-        tokens.insert(
-            "acme_ingest",
-            add_token(&file, "acme_ingest", Some(ACME), Role::Ingest),
-        );
-        tokens.insert("admin", add_token(&file, "admin", None, Role::Admin));
+        for (name, project, role) in [
+            ("acme", Some(ACME), Role::ReadWrite),
+            ("globex", Some(GLOBEX), Role::ReadWrite),
+            ("acme_read", Some(ACME), Role::Read),
+            ("acme_ingest", Some(ACME), Role::Ingest),
+            ("admin", None, Role::Admin),
+        ] {
+            tokens.insert(name, add_token(&source, name, project, role).await);
+        }
         let handle = ServerHandle::start(cfg).await.unwrap();
         Self {
             dir,
             handle: Some(handle),
             tokens,
+            token_source: source,
         }
     }
 
@@ -124,13 +124,14 @@ pub async fn custom_server(
     use_backend(&mut cfg.storage, dir.path());
     adjust(&mut cfg);
     for (token, project) in [(ACME_TOKEN, ACME), (GLOBEX_TOKEN, GLOBEX)] {
-        tokens::create_token(
-            &cfg.tokens_file(),
+        tokens::create(
+            &cfg.token_source(),
             token,
             Some(project),
             Role::ReadWrite,
             "",
         )
+        .await
         .unwrap();
     }
     (ServerHandle::start(cfg).await.unwrap(), dir)

@@ -110,16 +110,37 @@ async fn credentials_and_roles() {
             .is_err()
     );
 
-    // A revoked token stops working without a restart.
-    let file = server.dir.path().join("tokens.json");
-    let id = raindrop::tenant::tokens::find_id(&file, &server.tokens["acme_read"])
+    // A revoked token stops working without a restart: at once with a
+    // token file, within the refresh interval from the catalog database.
+    use raindrop::tenant::tokens::{self, TokenSource};
+    let source = &server.token_source;
+    let id = tokens::list(source)
+        .await
         .unwrap()
-        .expect("the token is in the file");
-    raindrop::tenant::tokens::revoke_token(&file, &id).unwrap();
-    assert_eq!(
-        reader.query("SELECT 1").await.unwrap_err().code(),
-        Code::Unauthenticated
-    );
+        .into_iter()
+        .find(|t| t.label == "acme_read")
+        .expect("the token is stored")
+        .id;
+    tokens::revoke(source, &id).await.unwrap();
+    let deadline = match source {
+        TokenSource::File(_) => std::time::Duration::ZERO,
+        TokenSource::Catalog { .. } => tokens::CATALOG_REFRESH * 3,
+    };
+    let started = std::time::Instant::now();
+    loop {
+        match reader.query("SELECT 1").await {
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unauthenticated);
+                break;
+            }
+            Ok(_) => assert!(
+                started.elapsed() <= deadline,
+                "revoked token still accepted after {:?}",
+                started.elapsed()
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -139,22 +139,20 @@ async fn ingest_loop(
     }
 }
 
-fn setup() -> tempfile::TempDir {
+/// A dir for servers on the suite's backend, with [`TOKEN`] where they
+/// read tokens (on PostgreSQL: the catalog database, shared by all nodes).
+async fn setup() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    tokens::create_token(
-        &dir.path().join("tokens.json"),
-        TOKEN,
-        Some("acme"),
-        Role::ReadWrite,
-        "",
-    )
-    .unwrap();
+    let source = crate::common::token_source(dir.path());
+    tokens::create(&source, TOKEN, Some("acme"), Role::ReadWrite, "")
+        .await
+        .unwrap();
     dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_share_one_catalog() {
-    let dir = setup();
+    let dir = setup().await;
     let a = Server::start(dir.path());
     let b = Server::start(dir.path());
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
@@ -181,7 +179,7 @@ async fn two_servers_share_one_catalog() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_loses_no_acknowledged_row() {
-    let dir = setup();
+    let dir = setup().await;
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     let mut next = [0usize; 3];
     for round in 0..4u64 {
@@ -337,7 +335,7 @@ fn bad_storage_settings_fail_at_start_naming_the_setting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_moves_to_another_node_when_its_holder_dies() {
     use raindrop::catalog::lease::Lease;
-    let dir = setup();
+    let dir = setup().await;
     let args = [
         "--compact-interval-secs",
         "1",
@@ -416,4 +414,70 @@ async fn maintenance_moves_to_another_node_when_its_holder_dies() {
             ("m2".into(), ROWS as i64)
         ])
     );
+}
+
+/// Tokens are shared by every node: one created with `raindrop token
+/// create` works on all of them, and one revoked stops working on all
+/// (on PostgreSQL through the catalog database; locally through the
+/// shared token file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_created_or_revoked_once_reach_every_node() {
+    let dir = setup().await;
+    let nodes = [Server::start(dir.path()), Server::start(dir.path())];
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_raindrop"))
+            .arg("token")
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(crate::common::token_args(dir.path()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let secret = cli(&[
+        "create",
+        "--project",
+        "acme",
+        "--role",
+        "read",
+        "--label",
+        "shared",
+    ])
+    .trim()
+    .to_string();
+    // Within a few refresh intervals (2 s each) every node accepts it...
+    let accepted = async |url: &str, want: bool| {
+        for _ in 0..100 {
+            let ok = match RaindropClient::connect(url, &secret).await {
+                Ok(mut c) => c.query("SELECT 1").await.is_ok(),
+                Err(_) => false,
+            };
+            if ok == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{url}: token accepted should be {want} within 10 s");
+    };
+    for node in &nodes {
+        accepted(&node.url, true).await;
+    }
+    // ...and once revoked, every node refuses it.
+    let listed = cli(&["list"]);
+    let id = listed
+        .lines()
+        .find(|l| l.trim_end().ends_with("shared"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the new token is listed")
+        .to_string();
+    cli(&["revoke", &id]);
+    for node in &nodes {
+        accepted(&node.url, false).await;
+    }
 }

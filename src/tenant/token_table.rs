@@ -1,0 +1,160 @@
+//! Token records in the catalog database, for several nodes sharing one
+//! PostgreSQL catalog: every node reads the same records, and a token
+//! created or revoked on any machine reaches all of them.
+//!
+//! The records are those of the token file ([`super::tokens`]): salted
+//! hashes, never secrets, with ids keyed by a server key stored beside them
+//! (`raindrop_token_keys`), so a dump of the table alone gives no shortcut
+//! for guessing secrets.
+
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+
+use super::tokens::TokenRecord;
+use crate::error::{Error, Result};
+
+/// The token tables of one catalog in its database.
+#[derive(Debug)]
+pub struct TokenTable {
+    pool: AnyPool,
+    postgres: bool,
+    catalog_name: String,
+}
+
+fn db_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!("{what}: {e}"))
+}
+
+impl TokenTable {
+    /// Connect to the catalog database at `uri` and create the token
+    /// tables if missing.
+    pub async fn open(uri: &str, catalog_name: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(2)
+            .connect(uri)
+            .await
+            .map_err(|e| db_error("connecting to the catalog database for tokens", e))?;
+        let table = Self {
+            pool,
+            postgres: uri.starts_with("postgres"),
+            catalog_name: catalog_name.to_string(),
+        };
+        for create in [
+            "CREATE TABLE IF NOT EXISTS raindrop_tokens (\
+             catalog_name VARCHAR(255) NOT NULL, id VARCHAR(64) NOT NULL, record TEXT NOT NULL, \
+             PRIMARY KEY (catalog_name, id))",
+            "CREATE TABLE IF NOT EXISTS raindrop_token_keys (\
+             catalog_name VARCHAR(255) NOT NULL, key_hex VARCHAR(128) NOT NULL, \
+             PRIMARY KEY (catalog_name))",
+        ] {
+            // Nodes starting together can race on CREATE TABLE IF NOT
+            // EXISTS (PostgreSQL); the loser's retry finds the table.
+            for attempt in 0.. {
+                match sqlx::query(create).execute(&table.pool).await {
+                    Ok(_) => break,
+                    Err(_) if attempt < 3 => {
+                        tokio::time::sleep(std::time::Duration::from_millis(100 * (attempt + 1)))
+                            .await
+                    }
+                    Err(e) => return Err(db_error("creating the token tables", e)),
+                }
+            }
+        }
+        Ok(table)
+    }
+
+    /// `sql` with `?` placeholders rewritten for PostgreSQL.
+    fn sql(&self, sql: &str) -> String {
+        if !self.postgres {
+            return sql.to_string();
+        }
+        let mut out = String::with_capacity(sql.len() + 8);
+        let mut n = 0;
+        for c in sql.chars() {
+            if c == '?' {
+                n += 1;
+                out.push_str(&format!("${n}"));
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// The key of lookup ids, if one was created yet.
+    pub async fn key(&self) -> Result<Option<Vec<u8>>> {
+        let sql = self.sql("SELECT key_hex FROM raindrop_token_keys WHERE catalog_name = ?");
+        let row: Option<(String,)> = sqlx::query_as(&sql)
+            .bind(&self.catalog_name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error("reading the token key", e))?;
+        row.map(|(k,)| {
+            hex::decode(k.trim())
+                .map_err(|e| Error::InvalidArgument(format!("token key is not hex: {e}")))
+        })
+        .transpose()
+    }
+
+    /// The key of lookup ids, created from `fresh` if there is none yet
+    /// (a key another node created first wins).
+    pub async fn ensure_key(&self, fresh: &[u8]) -> Result<Vec<u8>> {
+        let sql = self.sql(
+            "INSERT INTO raindrop_token_keys (catalog_name, key_hex) VALUES (?, ?) \
+             ON CONFLICT (catalog_name) DO NOTHING",
+        );
+        sqlx::query(&sql)
+            .bind(&self.catalog_name)
+            .bind(hex::encode(fresh))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error("storing the token key", e))?;
+        self.key()
+            .await?
+            .ok_or_else(|| Error::Internal("token key vanished".into()))
+    }
+
+    /// Every token record.
+    pub async fn records(&self) -> Result<Vec<TokenRecord>> {
+        let sql = self.sql("SELECT record FROM raindrop_tokens WHERE catalog_name = ? ORDER BY id");
+        let rows: Vec<(String,)> = sqlx::query_as(&sql)
+            .bind(&self.catalog_name)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("reading tokens", e))?;
+        rows.into_iter()
+            .map(|(json,)| {
+                serde_json::from_str(&json)
+                    .map_err(|e| Error::InvalidArgument(format!("stored token record: {e}")))
+            })
+            .collect()
+    }
+
+    /// Add a record.
+    pub async fn insert(&self, record: &TokenRecord) -> Result<()> {
+        let json = serde_json::to_string(record).map_err(|e| Error::Internal(e.to_string()))?;
+        let sql =
+            self.sql("INSERT INTO raindrop_tokens (catalog_name, id, record) VALUES (?, ?, ?)");
+        sqlx::query(&sql)
+            .bind(&self.catalog_name)
+            .bind(&record.id)
+            .bind(json)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error("storing a token", e))?;
+        Ok(())
+    }
+
+    /// Remove a record by id; `false` if there was none.
+    pub async fn delete(&self, id: &str) -> Result<bool> {
+        let sql = self.sql("DELETE FROM raindrop_tokens WHERE catalog_name = ? AND id = ?");
+        let done = sqlx::query(&sql)
+            .bind(&self.catalog_name)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error("revoking a token", e))?;
+        Ok(done.rows_affected() > 0)
+    }
+}
