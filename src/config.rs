@@ -183,6 +183,8 @@ pub mod limits {
     pub const COMPACT_INTERVAL_SECS: u64 = 300;
     /// Default of `--snapshot-retention-hours`.
     pub const SNAPSHOT_RETENTION_HOURS: u64 = 24;
+    /// Default of `--data-cache-mib`.
+    pub const DATA_CACHE_MIB: u64 = 512;
     /// Default of `--maintenance-lease-secs`.
     pub const MAINTENANCE_LEASE_SECS: u64 = 30;
     /// Default of `--query-memory-mib`.
@@ -275,6 +277,12 @@ pub struct LimitsConfig {
     /// `ResourceExhausted`, in seconds.
     #[clap(long, env = "RAINDROP_QUERY_QUEUE_WAIT_SECS", default_value_t = limits::QUERY_QUEUE_WAIT_SECS)]
     pub query_queue_wait_secs: u64,
+    /// Memory for data read from an S3 warehouse, in MiB: small files are
+    /// kept whole, larger ones by the ranges read, so hot queries make no
+    /// requests. 0 disables it. Unused on local warehouses (the OS page
+    /// cache does this there).
+    #[clap(long, env = "RAINDROP_DATA_CACHE_MIB", default_value_t = limits::DATA_CACHE_MIB)]
+    pub data_cache_mib: u64,
     /// Query parallelism (DataFusion target partitions); 0 = number of cores.
     #[clap(long, env = "RAINDROP_QUERY_PARTITIONS", default_value_t = limits::QUERY_PARTITIONS)]
     pub query_partitions: usize,
@@ -291,6 +299,7 @@ impl Default for LimitsConfig {
             compact_min_files: compact::BACKGROUND_MIN_FILES,
             snapshot_retention_hours: limits::SNAPSHOT_RETENTION_HOURS,
             maintenance_lease_secs: limits::MAINTENANCE_LEASE_SECS,
+            data_cache_mib: limits::DATA_CACHE_MIB,
             query_memory_mib: limits::QUERY_MEMORY_MIB,
             query_timeout_secs: limits::QUERY_TIMEOUT_SECS,
             max_result_mib: limits::MAX_RESULT_MIB,

@@ -43,7 +43,8 @@ pub struct StorageOp {
 /// A cache lookup's result.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheResult {
-    /// `table` (table metadata) or `footer` (Parquet footers).
+    /// `table` (table metadata), `footer` (Parquet footers) or `data`
+    /// (data bytes from object storage).
     pub cache: &'static str,
     /// `hit` or `miss`.
     pub result: &'static str,

@@ -76,6 +76,7 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
         timeout: Duration::from_secs(limits.query_timeout_secs),
         max_result_bytes: limits.max_result_mib * MIB,
         admission: admission_config(limits),
+        data_cache_bytes: limits.data_cache_mib * MIB as u64,
     };
     Ok(Arc::new(Services {
         tokens,

@@ -16,15 +16,15 @@
 use std::time::Duration;
 
 use sqlx::AnyPool;
-use sqlx::any::AnyPoolOptions;
 
-use crate::error::{Error, Result};
+use super::db::{self, db_error};
+use crate::error::Result;
 
 /// The lease of background maintenance on one catalog.
 #[derive(Debug)]
 pub struct Lease {
     pool: AnyPool,
-    postgres: bool,
+    uri: String,
     catalog_name: String,
     name: String,
     holder: String,
@@ -33,10 +33,6 @@ pub struct Lease {
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-fn db_error(what: &str, e: sqlx::Error) -> Error {
-    Error::Unavailable(format!("{what}: {e}"))
 }
 
 impl Lease {
@@ -50,35 +46,27 @@ impl Lease {
         holder: String,
         ttl: Duration,
     ) -> Result<Self> {
-        sqlx::any::install_default_drivers();
-        let pool = AnyPoolOptions::new()
-            .max_connections(1)
-            .connect(uri)
-            .await
-            .map_err(|e| db_error("connecting to the catalog database for leases", e))?;
-        let create = "CREATE TABLE IF NOT EXISTS raindrop_leases (\
+        let pool = db::connect(uri, 1, "leases").await?;
+        db::create_table(
+            &pool,
+            "CREATE TABLE IF NOT EXISTS raindrop_leases (\
              catalog_name VARCHAR(255) NOT NULL, lease_name VARCHAR(255) NOT NULL, \
              holder VARCHAR(255) NOT NULL, expires_at BIGINT NOT NULL, \
-             PRIMARY KEY (catalog_name, lease_name))";
-        // Nodes starting together can race on CREATE TABLE IF NOT EXISTS
-        // (PostgreSQL); the loser finds the table on its retry.
-        for attempt in 0.. {
-            match sqlx::query(create).execute(&pool).await {
-                Ok(_) => break,
-                Err(_) if attempt < 3 => {
-                    tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await
-                }
-                Err(e) => return Err(db_error("creating raindrop_leases", e)),
-            }
-        }
+             PRIMARY KEY (catalog_name, lease_name))",
+        )
+        .await?;
         Ok(Self {
             pool,
-            postgres: uri.starts_with("postgres"),
+            uri: uri.to_string(),
             catalog_name: catalog_name.to_string(),
             name: name.to_string(),
             holder,
             ttl,
         })
+    }
+
+    fn sql(&self, sql: &str) -> String {
+        db::placeholders(&self.uri, sql)
     }
 
     /// This process's holder id.
@@ -99,18 +87,13 @@ impl Lease {
 
     /// [`Self::try_acquire`] as if the clock read `now` (ms).
     async fn acquire_at(&self, now: i64) -> Result<bool> {
-        let sql = if self.postgres {
-            "INSERT INTO raindrop_leases (catalog_name, lease_name, holder, expires_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (catalog_name, lease_name) DO UPDATE \
-             SET holder = excluded.holder, expires_at = excluded.expires_at \
-             WHERE raindrop_leases.holder = excluded.holder OR raindrop_leases.expires_at < $5"
-        } else {
+        let sql = self.sql(
             "INSERT INTO raindrop_leases (catalog_name, lease_name, holder, expires_at) \
              VALUES (?, ?, ?, ?) ON CONFLICT (catalog_name, lease_name) DO UPDATE \
              SET holder = excluded.holder, expires_at = excluded.expires_at \
-             WHERE raindrop_leases.holder = excluded.holder OR raindrop_leases.expires_at < ?"
-        };
-        let done = sqlx::query(sql)
+             WHERE raindrop_leases.holder = excluded.holder OR raindrop_leases.expires_at < ?",
+        );
+        let done = sqlx::query(&sql)
             .bind(&self.catalog_name)
             .bind(&self.name)
             .bind(&self.holder)
@@ -124,12 +107,10 @@ impl Lease {
 
     /// Give the lease up (on shutdown), so another node takes over at once.
     pub async fn release(&self) -> Result<()> {
-        let sql = if self.postgres {
-            "DELETE FROM raindrop_leases WHERE catalog_name = $1 AND lease_name = $2 AND holder = $3"
-        } else {
-            "DELETE FROM raindrop_leases WHERE catalog_name = ? AND lease_name = ? AND holder = ?"
-        };
-        sqlx::query(sql)
+        let sql = self.sql(
+            "DELETE FROM raindrop_leases WHERE catalog_name = ? AND lease_name = ? AND holder = ?",
+        );
+        sqlx::query(&sql)
             .bind(&self.catalog_name)
             .bind(&self.name)
             .bind(&self.holder)
@@ -145,12 +126,9 @@ impl Lease {
     }
 
     async fn current_at(&self, now: i64) -> Result<Option<(String, bool)>> {
-        let sql = if self.postgres {
-            "SELECT holder, expires_at FROM raindrop_leases WHERE catalog_name = $1 AND lease_name = $2"
-        } else {
-            "SELECT holder, expires_at FROM raindrop_leases WHERE catalog_name = ? AND lease_name = ?"
-        };
-        let row: Option<(String, i64)> = sqlx::query_as(sql)
+        let sql = self
+            .sql("SELECT holder, expires_at FROM raindrop_leases WHERE catalog_name = ? AND lease_name = ?");
+        let row: Option<(String, i64)> = sqlx::query_as(&sql)
             .bind(&self.catalog_name)
             .bind(&self.name)
             .fetch_optional(&self.pool)

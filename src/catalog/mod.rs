@@ -6,6 +6,7 @@
 //! `Arc<dyn iceberg::Catalog>`.
 
 pub mod cache;
+pub mod db;
 pub mod lease;
 
 use std::collections::{BTreeMap, HashMap};

@@ -25,6 +25,8 @@ pub struct QueryLimits {
     pub max_result_bytes: usize,
     /// How many queries run at once, and how long the rest wait.
     pub admission: AdmissionConfig,
+    /// Memory for data bytes read from object storage (0: no cache).
+    pub data_cache_bytes: u64,
 }
 
 /// A result stream that enforces the timeout and result size, and holds

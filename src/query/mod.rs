@@ -120,6 +120,9 @@ const MANIFEST_LIST_CACHE_ENTRIES: usize = 256;
 pub struct ScanCaches {
     /// Parsed Parquet footers of data files.
     pub footers: Arc<FooterCache>,
+    /// Data bytes, on object storage only (local reads have the OS page
+    /// cache, which this would only duplicate).
+    pub data: Option<Arc<reader::DataCache>>,
     /// Parsed manifest lists of snapshots.
     pub manifest_lists: ManifestLists,
 }
@@ -172,6 +175,8 @@ impl QueryEngine {
         } else {
             target_partitions
         };
+        let on_object_storage = !warehouse.warehouse.starts_with("file:");
+        let access_log = warehouse.access_log.clone();
         Ok(Self {
             base: base_state(&warehouse, target_partitions)?,
             warehouse,
@@ -179,6 +184,8 @@ impl QueryEngine {
             admission: Admission::new(limits.admission),
             caches: Arc::new(ScanCaches {
                 footers: Arc::new(reader::footer_cache(FOOTER_CACHE_BYTES)),
+                data: (on_object_storage && limits.data_cache_bytes > 0)
+                    .then(|| Arc::new(reader::DataCache::new(limits.data_cache_bytes, access_log))),
                 manifest_lists: ManifestLists::new(MANIFEST_LIST_CACHE_ENTRIES),
             }),
         })

@@ -27,6 +27,8 @@ use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::errors::{ParquetError, Result as ParquetResult};
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 
+use crate::storage::AccessLog;
+
 /// Bytes fetched from the end of a file on a footer miss: most footers
 /// (with page indexes) of Raindrop's files fit, so one read suffices.
 const FOOTER_PREFETCH: usize = 64 * 1024;
@@ -55,17 +57,63 @@ pub fn footer_cache(bytes: u64) -> FooterCache {
         .build()
 }
 
+/// Data bytes of immutable files kept in memory, for object storage, where
+/// every read is a request with a first-byte latency: whole files up to
+/// [`WHOLE_FILE_MAX`] (one GET serves every later range of that file), and
+/// the exact ranges read from larger ones. Weighed by bytes.
+///
+/// A read served from here is still recorded in the storage access log:
+/// the log answers "which files did this query touch", cached or not.
+#[derive(Debug)]
+pub struct DataCache {
+    bytes: moka::sync::Cache<String, Bytes>,
+    log: Arc<AccessLog>,
+}
+
+/// Files up to this size are fetched and cached whole on their first read.
+pub const WHOLE_FILE_MAX: u64 = 16 * 1024 * 1024;
+
+impl DataCache {
+    /// A data cache holding at most `bytes`, recording reads in `log`.
+    pub fn new(bytes: u64, log: Arc<AccessLog>) -> Self {
+        Self {
+            bytes: moka::sync::Cache::builder()
+                .max_capacity(bytes)
+                .weigher(|key: &String, value: &Bytes| {
+                    u32::try_from(key.len() + value.len()).unwrap_or(u32::MAX)
+                })
+                .build(),
+            log,
+        }
+    }
+
+    fn get(&self, location: &str, key: &str) -> Option<Bytes> {
+        let hit = self.bytes.get(key);
+        crate::metrics::metrics().cache("data", hit.is_some());
+        if hit.is_some() {
+            self.log.record(location);
+        }
+        hit
+    }
+}
+
 /// Builds Parquet readers over a table's `FileIO`.
 #[derive(Debug)]
 pub struct FileIoReaderFactory {
     file_io: FileIO,
     footers: Arc<FooterCache>,
+    data: Option<Arc<DataCache>>,
 }
 
 impl FileIoReaderFactory {
-    /// Readers over `file_io`, sharing `footers`.
-    pub fn new(file_io: FileIO, footers: Arc<FooterCache>) -> Self {
-        Self { file_io, footers }
+    /// Readers over `file_io`, sharing `footers` and, on object storage,
+    /// the `data` cache.
+    pub fn new(file_io: FileIO, footers: Arc<FooterCache>, data: Option<Arc<DataCache>>) -> Self {
+        Self {
+            file_io,
+            footers,
+            data,
+        }
     }
 }
 
@@ -96,6 +144,7 @@ impl ParquetFileReaderFactory for FileIoReaderFactory {
             input,
             reader: None,
             footers: self.footers.clone(),
+            data: self.data.clone(),
         }))
     }
 }
@@ -107,6 +156,7 @@ struct FileIoReader {
     input: InputFile,
     reader: Option<Box<dyn FileRead>>,
     footers: Arc<FooterCache>,
+    data: Option<Arc<DataCache>>,
     metrics: ParquetFileMetrics,
 }
 
@@ -116,6 +166,29 @@ fn external(e: iceberg::Error) -> ParquetError {
 
 impl FileIoReader {
     async fn read(&mut self, range: Range<u64>) -> ParquetResult<Bytes> {
+        let Some(cache) = self.data.clone() else {
+            return self.read_through(range).await;
+        };
+        let (key, fetch) = if self.size <= WHOLE_FILE_MAX {
+            (self.location.clone(), 0..self.size)
+        } else {
+            let key = format!("{}#{}-{}", self.location, range.start, range.end);
+            (key, range.clone())
+        };
+        let bytes = match cache.get(&self.location, &key) {
+            Some(bytes) => bytes,
+            None => {
+                let bytes = self.read_through(fetch.clone()).await?;
+                cache.bytes.insert(key, bytes.clone());
+                bytes
+            }
+        };
+        let start = (range.start - fetch.start) as usize;
+        Ok(bytes.slice(start..start + (range.end - range.start) as usize))
+    }
+
+    /// Read from storage, bypassing the data cache.
+    async fn read_through(&mut self, range: Range<u64>) -> ParquetResult<Bytes> {
         if self.reader.is_none() {
             self.reader = Some(self.input.reader().await.map_err(external)?);
         }

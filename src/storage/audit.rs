@@ -41,7 +41,8 @@ impl AccessLog {
         self.syncs.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub(super) fn record(&self, location: &str) {
+    /// Record a read of `location` (from storage, or a cache of it).
+    pub fn record(&self, location: &str) {
         tracing::trace!(location, "storage read");
         if self.enabled.load(Ordering::Relaxed) {
             self.reads

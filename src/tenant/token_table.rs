@@ -8,78 +8,47 @@
 //! for guessing secrets.
 
 use sqlx::AnyPool;
-use sqlx::any::AnyPoolOptions;
 
 use super::tokens::TokenRecord;
+use crate::catalog::db::{self, db_error};
 use crate::error::{Error, Result};
 
 /// The token tables of one catalog in its database.
 #[derive(Debug)]
 pub struct TokenTable {
     pool: AnyPool,
-    postgres: bool,
+    uri: String,
     catalog_name: String,
-}
-
-fn db_error(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Unavailable(format!("{what}: {e}"))
 }
 
 impl TokenTable {
     /// Connect to the catalog database at `uri` and create the token
     /// tables if missing.
     pub async fn open(uri: &str, catalog_name: &str) -> Result<Self> {
-        sqlx::any::install_default_drivers();
-        let pool = AnyPoolOptions::new()
-            .max_connections(2)
-            .connect(uri)
-            .await
-            .map_err(|e| db_error("connecting to the catalog database for tokens", e))?;
-        let table = Self {
-            pool,
-            postgres: uri.starts_with("postgres"),
-            catalog_name: catalog_name.to_string(),
-        };
-        for create in [
+        let pool = db::connect(uri, 2, "tokens").await?;
+        db::create_table(
+            &pool,
             "CREATE TABLE IF NOT EXISTS raindrop_tokens (\
              catalog_name VARCHAR(255) NOT NULL, id VARCHAR(64) NOT NULL, record TEXT NOT NULL, \
              PRIMARY KEY (catalog_name, id))",
+        )
+        .await?;
+        db::create_table(
+            &pool,
             "CREATE TABLE IF NOT EXISTS raindrop_token_keys (\
              catalog_name VARCHAR(255) NOT NULL, key_hex VARCHAR(128) NOT NULL, \
              PRIMARY KEY (catalog_name))",
-        ] {
-            // Nodes starting together can race on CREATE TABLE IF NOT
-            // EXISTS (PostgreSQL); the loser's retry finds the table.
-            for attempt in 0.. {
-                match sqlx::query(create).execute(&table.pool).await {
-                    Ok(_) => break,
-                    Err(_) if attempt < 3 => {
-                        tokio::time::sleep(std::time::Duration::from_millis(100 * (attempt + 1)))
-                            .await
-                    }
-                    Err(e) => return Err(db_error("creating the token tables", e)),
-                }
-            }
-        }
-        Ok(table)
+        )
+        .await?;
+        Ok(Self {
+            pool,
+            uri: uri.to_string(),
+            catalog_name: catalog_name.to_string(),
+        })
     }
 
-    /// `sql` with `?` placeholders rewritten for PostgreSQL.
     fn sql(&self, sql: &str) -> String {
-        if !self.postgres {
-            return sql.to_string();
-        }
-        let mut out = String::with_capacity(sql.len() + 8);
-        let mut n = 0;
-        for c in sql.chars() {
-            if c == '?' {
-                n += 1;
-                out.push_str(&format!("${n}"));
-            } else {
-                out.push(c);
-            }
-        }
-        out
+        db::placeholders(&self.uri, sql)
     }
 
     /// The key of lookup ids, if one was created yet.

@@ -86,8 +86,7 @@ def connect(server, who):
     )
 
 
-@pytest.fixture(scope="session")
-def loaded(server):
+def load(server):
     """Both tenants' telemetry and outcomes, loaded with adbc_ingest."""
     for project, (events, outcomes) in DATA.items():
         with connect(server, project) as conn, conn.cursor() as cur:
@@ -95,3 +94,8 @@ def loaded(server):
             n = cur.adbc_ingest("user_outcomes", outcomes, mode="create", db_schema_name="warehouse")
             assert n == outcomes.num_rows
     return server
+
+
+@pytest.fixture(scope="session")
+def loaded(server):
+    return load(server)

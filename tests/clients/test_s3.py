@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from conftest import DATA, SEED_QUERY, Server, connect
+from conftest import DATA, SEED_QUERY, Server, connect, load
 
 S3 = os.environ.get("RAINDROP_TEST_S3_ENDPOINT")
 BUCKET = os.environ.get("RAINDROP_TEST_S3_BUCKET")
@@ -38,12 +38,7 @@ def s3_server(tmp_path_factory):
     token_args = ["--catalog-uri", PG, "--catalog-name", name]
     srv = Server(tmp_path_factory.mktemp("s3"), extra_args=args, token_args=token_args)
     srv.catalog_name = name
-    for project, (events, outcomes) in DATA.items():
-        with connect(srv, project) as conn, conn.cursor() as cur:
-            assert cur.adbc_ingest("raw_events", events, mode="append") == events.num_rows
-            n = cur.adbc_ingest("user_outcomes", outcomes, mode="create", db_schema_name="warehouse")
-            assert n == outcomes.num_rows
-    yield srv
+    yield load(srv)
     srv.stop()
 
 

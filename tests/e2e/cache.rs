@@ -51,3 +51,33 @@ async fn repeated_queries_read_no_metadata_and_commits_are_seen() {
     // first query after the commit is fresh without loading metadata.
     assert_eq!(cache.stats().1, misses2);
 }
+
+/// On object storage, a repeated query reads no data from the store: the
+/// data cache holds what the first run fetched. (S3 suite only: a local
+/// warehouse leaves this to the OS page cache.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_queries_on_object_storage_fetch_no_data() {
+    if s3pg().is_none() {
+        eprintln!("skipped: needs RAINDROP_TEST_BACKEND=s3pg");
+        return;
+    }
+    let server = loaded_server().await;
+    let mut acme = server.client("acme").await;
+    let sql = "SELECT count(*) AS n, count(DISTINCT session_id) AS s, max(duration_ms) AS m \
+               FROM wildedge.raw_events WHERE event_day >= current_date - interval '7 days'";
+    let first = arrow::util::pretty::pretty_format_batches(&acme.query(sql).await.unwrap())
+        .unwrap()
+        .to_string();
+    // Hide every data file from the S3 server: the same query must still
+    // be answered, from memory.
+    let data = server.raw_events_data();
+    let hidden = data.with_file_name("hidden-data");
+    std::fs::rename(&data, &hidden).unwrap();
+    let again = acme.query(sql).await;
+    std::fs::rename(&hidden, &data).unwrap();
+    let again =
+        arrow::util::pretty::pretty_format_batches(&again.expect("served from the data cache"))
+            .unwrap()
+            .to_string();
+    assert_eq!(again, first);
+}

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::Int64Type;
 use chrono::Utc;
 use raindrop::client::{IngestMode, RaindropClient};
@@ -261,4 +261,25 @@ pub async fn planned_files(client: &mut RaindropClient, sql: &str) -> Vec<usize>
         .collect();
     assert!(!files.is_empty(), "no IcebergScanExec in plan:\n{text}");
     files
+}
+
+/// `rows` events with ids `<id>-<n>`, all in one day (one partition): a
+/// batch whose presence, and completeness, a query can check by id.
+pub fn id_batch(id: &str, rows: usize) -> RecordBatch {
+    let ids: Vec<String> = (0..rows).map(|i| format!("{id}-{i}")).collect();
+    let ts: Vec<i64> = (0..rows as i64)
+        .map(|i| 1_780_000_000_000_000 + i * 1_000_000)
+        .collect();
+    RecordBatch::try_from_iter(vec![
+        ("event_id", Arc::new(StringArray::from(ids)) as ArrayRef),
+        (
+            "event_type",
+            Arc::new(StringArray::from(vec!["inference"; rows])),
+        ),
+        (
+            "event_timestamp",
+            Arc::new(TimestampMicrosecondArray::from(ts).with_timezone("UTC")),
+        ),
+    ])
+    .unwrap()
 }

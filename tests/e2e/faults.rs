@@ -6,10 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
 use raindrop::client::RaindropClient;
 
@@ -54,22 +53,7 @@ fn start_s3(port: u16, root: &Path) -> S3Process {
 }
 
 fn batch(id: &str) -> RecordBatch {
-    let ids: Vec<String> = (0..ROWS).map(|i| format!("{id}-{i}")).collect();
-    let ts: Vec<i64> = (0..ROWS as i64)
-        .map(|i| 1_780_000_000_000_000 + i * 1_000_000)
-        .collect();
-    RecordBatch::try_from_iter(vec![
-        ("event_id", Arc::new(StringArray::from(ids)) as ArrayRef),
-        (
-            "event_type",
-            Arc::new(StringArray::from(vec!["inference"; ROWS])),
-        ),
-        (
-            "event_timestamp",
-            Arc::new(TimestampMicrosecondArray::from(ts).with_timezone("UTC")),
-        ),
-    ])
-    .unwrap()
+    id_batch(id, ROWS)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

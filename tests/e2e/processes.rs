@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
 use raindrop::client::RaindropClient;
 use raindrop::tenant::{Role, tokens};
@@ -73,22 +73,7 @@ impl Drop for Server {
 }
 
 fn batch(id: &str) -> RecordBatch {
-    let ids: Vec<String> = (0..ROWS).map(|i| format!("{id}-{i}")).collect();
-    let ts: Vec<i64> = (0..ROWS as i64)
-        .map(|i| 1_780_000_000_000_000 + i * 1_000_000)
-        .collect();
-    RecordBatch::try_from_iter(vec![
-        ("event_id", Arc::new(StringArray::from(ids)) as ArrayRef),
-        (
-            "event_type",
-            Arc::new(StringArray::from(vec!["inference"; ROWS])),
-        ),
-        (
-            "event_timestamp",
-            Arc::new(TimestampMicrosecondArray::from(ts).with_timezone("UTC")),
-        ),
-    ])
-    .unwrap()
+    crate::common::id_batch(id, ROWS)
 }
 
 /// Rows per batch id ("c1b7") present in the table.

@@ -234,6 +234,7 @@ fn parquet_exec(
         .with_parquet_file_reader_factory(Arc::new(FileIoReaderFactory::new(
             table.file_io().clone(),
             request.caches.footers.clone(),
+            request.caches.data.clone(),
         )));
     if let Some(filter) = &request.row_filter {
         let df_schema = DFSchema::try_from(file_schema.as_ref().clone())?;

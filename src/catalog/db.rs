@@ -1,0 +1,76 @@
+//! Raindrop's own tables in the catalog database (leases, tokens), next to
+//! the Iceberg catalog's: one connection helper, one way to create a table
+//! that several starting nodes may race on, one placeholder style.
+
+use std::time::Duration;
+
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+
+use crate::error::{Error, Result};
+
+/// A failed catalog-database call: the database may come back, so clients
+/// are told to retry.
+pub fn db_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!("{what}: {e}"))
+}
+
+/// A small pool on the catalog database at `uri` (`what` names its use in
+/// errors).
+pub async fn connect(uri: &str, max_connections: u32, what: &str) -> Result<AnyPool> {
+    sqlx::any::install_default_drivers();
+    AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .connect(uri)
+        .await
+        .map_err(|e| db_error(&format!("connecting to the catalog database for {what}"), e))
+}
+
+/// Run `CREATE TABLE IF NOT EXISTS …`. On PostgreSQL it is not atomic:
+/// nodes starting together can collide on it, and the loser's retry finds
+/// the table.
+pub async fn create_table(pool: &AnyPool, ddl: &str) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        match sqlx::query(ddl).execute(pool).await {
+            Ok(_) => return Ok(()),
+            Err(_) if attempt < 3 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            Err(e) => return Err(db_error("creating a catalog table", e)),
+        }
+    }
+}
+
+/// `sql` written with `?` placeholders, as the database at `uri` wants
+/// them (`$1, $2, …` for PostgreSQL through sqlx's `Any` driver).
+pub fn placeholders(uri: &str, sql: &str) -> String {
+    if !uri.starts_with("postgres") {
+        return sql.to_string();
+    }
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn postgres_gets_numbered_placeholders() {
+        let sql = "UPDATE t SET a = ? WHERE b = ? AND c = ?";
+        assert_eq!(
+            super::placeholders("postgres://h/db", sql),
+            "UPDATE t SET a = $1 WHERE b = $2 AND c = $3"
+        );
+        assert_eq!(super::placeholders("sqlite:///x.db", sql), sql);
+    }
+}
