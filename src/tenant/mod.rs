@@ -8,6 +8,7 @@
 
 pub mod names;
 pub mod scope;
+pub mod token_source;
 pub mod token_table;
 pub mod tokens;
 
