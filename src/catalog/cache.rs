@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use iceberg::table::Table;
 use iceberg::{Catalog, TableIdent};
 use sqlx::AnyPool;
-use sqlx::any::AnyPoolOptions;
 
+use super::db;
 use crate::error::{Error, Result};
 
 /// Reads the current metadata location straight from a SQL catalog's
@@ -26,33 +26,29 @@ use crate::error::{Error, Result};
 pub struct MetadataPointer {
     pool: AnyPool,
     catalog_name: String,
-    postgres: bool,
+    uri: String,
 }
 
 impl MetadataPointer {
     /// Connect to the catalog database at `uri`.
     pub async fn connect(uri: &str, catalog_name: &str) -> Result<Self> {
-        sqlx::any::install_default_drivers();
-        let pool = AnyPoolOptions::new()
-            .max_connections(4)
-            .connect(uri)
-            .await
-            .map_err(|e| Error::Internal(format!("connecting to catalog database: {e}")))?;
         Ok(Self {
-            pool,
+            pool: db::connect(uri, 4, "reading table pointers").await?,
             catalog_name: catalog_name.to_string(),
-            postgres: uri.starts_with("postgres"),
+            uri: uri.to_string(),
         })
+    }
+
+    fn sql(&self, sql: &str) -> String {
+        db::placeholders(&self.uri, sql)
     }
 
     /// Current metadata location of `ident`, if the table exists.
     pub async fn current(&self, ident: &TableIdent) -> Result<Option<String>> {
-        let sql = if self.postgres {
-            "SELECT metadata_location FROM iceberg_tables WHERE catalog_name = $1 AND table_namespace = $2 AND table_name = $3"
-        } else {
-            "SELECT metadata_location FROM iceberg_tables WHERE catalog_name = ? AND table_namespace = ? AND table_name = ?"
-        };
-        let row: Option<(Option<String>,)> = sqlx::query_as(sql)
+        let sql = self.sql(
+            "SELECT metadata_location FROM iceberg_tables WHERE catalog_name = ? AND table_namespace = ? AND table_name = ?",
+        );
+        let row: Option<(Option<String>,)> = sqlx::query_as(&sql)
             .bind(&self.catalog_name)
             .bind(ident.namespace().join("."))
             .bind(ident.name())
@@ -69,14 +65,11 @@ impl MetadataPointer {
     /// the pointer, confirmed by reading it back: SQLite can report an
     /// update whose transaction did not commit.
     pub async fn swap(&self, ident: &TableIdent, old: &str, new: &str) -> Result<bool> {
-        let sql = if self.postgres {
-            "UPDATE iceberg_tables SET metadata_location = $1, previous_metadata_location = $2 \
-             WHERE catalog_name = $3 AND table_namespace = $4 AND table_name = $5 AND metadata_location = $6"
-        } else {
+        let sql = self.sql(
             "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
-             WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? AND metadata_location = ?"
-        };
-        let done = sqlx::query(sql)
+             WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? AND metadata_location = ?",
+        );
+        let done = sqlx::query(&sql)
             .bind(new)
             .bind(old)
             .bind(&self.catalog_name)
@@ -98,19 +91,14 @@ impl MetadataPointer {
     /// bounds select exactly the names starting with `parent.` (`/` sorts
     /// right after `.`), so other tenants' rows are never read.
     pub async fn children(&self, parent: &str) -> Result<Vec<(String, Option<String>)>> {
-        let sql = if self.postgres {
-            "SELECT table_namespace, table_name FROM iceberg_tables \
-             WHERE catalog_name = $1 AND table_namespace > $2 AND table_namespace < $3 \
-             UNION ALL SELECT namespace, CAST(NULL AS TEXT) FROM iceberg_namespace_properties \
-             WHERE catalog_name = $4 AND namespace > $5 AND namespace < $6"
-        } else {
+        let sql = self.sql(
             "SELECT table_namespace, table_name FROM iceberg_tables \
              WHERE catalog_name = ? AND table_namespace > ? AND table_namespace < ? \
              UNION ALL SELECT namespace, CAST(NULL AS TEXT) FROM iceberg_namespace_properties \
-             WHERE catalog_name = ? AND namespace > ? AND namespace < ?"
-        };
+             WHERE catalog_name = ? AND namespace > ? AND namespace < ?",
+        );
         let (lo, hi) = (format!("{parent}."), format!("{parent}/"));
-        let rows: Vec<(String, Option<String>)> = sqlx::query_as(sql)
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(&sql)
             .bind(&self.catalog_name)
             .bind(&lo)
             .bind(&hi)

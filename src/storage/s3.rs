@@ -152,9 +152,7 @@ impl S3Store {
 
     async fn check(&self, prefix: &str) -> Result<()> {
         use opendal::ErrorKind as K;
-        let dir = format!("{}/", prefix.trim_matches('/'));
-        let dir = if dir == "/" { String::new() } else { dir };
-        let Err(e) = self.op.list_with(&dir).limit(1).await else {
+        let Err(e) = self.op.list_with(&dir_of(prefix)).limit(1).await else {
             return Ok(());
         };
         let b = &self.bucket;
@@ -198,6 +196,14 @@ impl S3Store {
 
     fn location(&self, key: &str) -> String {
         format!("s3://{}/{}", self.bucket, key.trim_start_matches('/'))
+    }
+}
+
+/// A key prefix as opendal lists it: `a/b/`, or empty for the bucket root.
+fn dir_of(key: &str) -> String {
+    match key.trim_matches('/') {
+        "" => String::new(),
+        key => format!("{key}/"),
     }
 }
 
@@ -313,14 +319,8 @@ impl Backend for S3Store {
     }
 
     async fn probe(&self, location: &str) -> iceberg::Result<()> {
-        let key = self.key(location).unwrap_or_default().trim_matches('/');
-        let dir = if key.is_empty() {
-            String::new()
-        } else {
-            format!("{key}/")
-        };
         self.op
-            .list_with(&dir)
+            .list_with(&dir_of(self.key(location).unwrap_or_default()))
             .limit(1)
             .await
             .map(|_| ())
