@@ -68,6 +68,8 @@ services_start() {
   "$pgbin/psql" -q -h 127.0.0.1 -p "$pg_port" -U postgres -c 'CREATE DATABASE raindrop' >/dev/null
   export RAINDROP_TEST_PG_URI="postgres://postgres@127.0.0.1:$pg_port/raindrop"
   export RAINDROP_TEST_PSQL="$pgbin/psql"
+  # Fault tests start (and stop) a PostgreSQL cluster of their own.
+  export RAINDROP_TEST_PG_BIN="$pgbin"
 
   for _ in $(seq 50); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$s3_port") 2>/dev/null; then break; fi

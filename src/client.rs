@@ -193,21 +193,26 @@ impl RaindropClient {
         request_id: Option<&str>,
         batches: Vec<RecordBatch>,
     ) -> ClientResult<i64> {
-        let options = request_id
-            .map(|id| (crate::flight::REQUEST_ID_OPTION.to_string(), id.to_string()))
-            .into_iter()
-            .collect();
-        let cmd = CommandStatementIngest {
-            table_definition_options: Some(mode.options()),
-            table: table.to_string(),
-            schema: schema.map(str::to_string),
-            catalog: None,
-            temporary: false,
-            transaction_id: None,
-            options,
-        };
+        let cmd = ingest_command(schema, table, mode, request_id);
         let stream = futures::stream::iter(batches.into_iter().map(Ok));
         self.inner.execute_ingest(cmd, stream).await.map_err(status)
+    }
+
+    /// Append to `raw_events` the batches `stream` yields, as one `DoPut`
+    /// that stays open until the stream ends (a collector forwarding rows
+    /// as they come); idempotent by `request_id`.
+    pub async fn ingest_events_stream(
+        &mut self,
+        request_id: &str,
+        stream: impl futures::Stream<Item = RecordBatch> + Send + 'static,
+    ) -> ClientResult<i64> {
+        let table = crate::schema::RAW_EVENTS;
+        let cmd = ingest_command(None, table, IngestMode::Append, Some(request_id));
+        use futures::StreamExt;
+        self.inner
+            .execute_ingest(cmd, stream.map(Ok))
+            .await
+            .map_err(status)
     }
 
     /// Append telemetry rows to `raw_events` idempotently: retrying with the
@@ -226,5 +231,27 @@ impl RaindropClient {
     pub async fn ingest_events(&mut self, batches: Vec<RecordBatch>) -> ClientResult<i64> {
         self.ingest(None, crate::schema::RAW_EVENTS, IngestMode::Append, batches)
             .await
+    }
+}
+
+/// The `DoPut` command appending to (or creating) `schema.table`.
+fn ingest_command(
+    schema: Option<&str>,
+    table: &str,
+    mode: IngestMode,
+    request_id: Option<&str>,
+) -> CommandStatementIngest {
+    let options = request_id
+        .map(|id| (crate::flight::REQUEST_ID_OPTION.to_string(), id.to_string()))
+        .into_iter()
+        .collect();
+    CommandStatementIngest {
+        table_definition_options: Some(mode.options()),
+        table: table.to_string(),
+        schema: schema.map(str::to_string),
+        catalog: None,
+        temporary: false,
+        transaction_id: None,
+        options,
     }
 }

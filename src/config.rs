@@ -97,6 +97,11 @@ pub struct ServeConfig {
     /// `/readyz`); off unless set. Unauthenticated: keep it private.
     #[clap(long, env = "RAINDROP_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
+    /// On SIGTERM/Ctrl-C, how long in-flight calls (a `DoPut` being sent or
+    /// committed, a query streaming) may run before the process exits
+    /// anyway. New calls are refused and `/readyz` answers 503 meanwhile.
+    #[clap(long, env = "RAINDROP_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
     /// Storage options.
     #[clap(flatten)]
     pub storage: StorageConfig,
@@ -132,6 +137,7 @@ impl ServeConfig {
         Self {
             addr: "127.0.0.1:0".parse().expect("valid address"),
             http_addr: None,
+            shutdown_grace_secs: 30,
             storage: StorageConfig::in_dir(data_dir),
             tokens_file: None,
             limits: LimitsConfig::default(),

@@ -112,19 +112,56 @@ impl Error {
 }
 
 /// Whether `e`, or an error it wraps (iceberg wraps storage errors, e.g.
-/// "failed to finish parquet writer"), is a retryable storage failure.
+/// "failed to finish parquet writer", and catalog-database errors), is a
+/// retryable storage or catalog failure.
 fn retryable(e: &iceberg::Error) -> bool {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = current {
         if err
             .downcast_ref::<iceberg::Error>()
             .is_some_and(iceberg::Error::retryable)
+            || err.downcast_ref::<sqlx::Error>().is_some_and(transient)
         {
             return true;
         }
         current = err.source();
     }
     false
+}
+
+/// Whether a catalog-database error can go away by itself: the database is
+/// unreachable, restarting or out of connections, or the statement lost a
+/// serialization race. A syntax or constraint error cannot.
+pub fn transient(e: &sqlx::Error) -> bool {
+    use sqlx::Error as E;
+    match e {
+        E::Io(_)
+        | E::Tls(_)
+        | E::Protocol(_)
+        | E::PoolTimedOut
+        | E::PoolClosed
+        | E::WorkerCrashed => true,
+        // PostgreSQL SQLSTATE classes: 08 connection exception, 53
+        // insufficient resources, 57P0x shutdown/starting up, 40001 and
+        // 40P01 serialization failure and deadlock. SQLite: 5 busy, 6 locked.
+        E::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P0")
+                || matches!(code.as_ref(), "40001" | "40P01" | "5" | "6")
+        }),
+        _ => false,
+    }
+}
+
+/// A failed catalog-database call, named by `what`: `Unavailable` (retry)
+/// when the database may come back, else `Internal`.
+pub fn database_error(what: &str, e: sqlx::Error) -> Error {
+    if transient(&e) {
+        Error::Unavailable(format!("catalog database unavailable, retry: {what}: {e}"))
+    } else {
+        Error::Internal(format!("{what}: {e}"))
+    }
 }
 
 /// The message of a retryable storage failure.

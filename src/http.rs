@@ -1,6 +1,7 @@
 //! Operability endpoints on `--http-addr` (off unless set): Prometheus
 //! `/metrics`, `/healthz` (the process answers) and `/readyz` (the catalog
-//! database and the warehouse storage answer: route traffic here).
+//! database and the warehouse storage answer, and the server is not
+//! draining for shutdown: route traffic here).
 //!
 //! Plain HTTP with no authentication: the metrics carry no tenant names or
 //! data, but bind it to loopback or a private interface.
@@ -56,6 +57,12 @@ async fn scrape(State(services): State<Arc<Services>>) -> impl IntoResponse {
 /// 200 when the catalog database and the storage both answer, else 503
 /// naming what does not.
 async fn ready(State(services): State<Arc<Services>>) -> impl IntoResponse {
+    if services.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down, in-flight calls are draining\n".to_string(),
+        );
+    }
     let warehouse = services.query.warehouse();
     let catalog = async {
         warehouse

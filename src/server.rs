@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
@@ -94,6 +95,7 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
         prepared: Default::default(),
         planned: Default::default(),
         maintenance,
+        draining: Default::default(),
     }))
 }
 
@@ -144,8 +146,12 @@ fn tls_config(tls: &TlsConfig) -> Result<Option<ServerTlsConfig>> {
 }
 
 /// Serve Flight SQL on `listener`, and the HTTP endpoints on `http` if
-/// given, until `shutdown` resolves. In-flight calls (a `DoPut` being
-/// committed, a query streaming) finish before this returns.
+/// given, until `shutdown` resolves. Then new calls are refused (and
+/// `/readyz` says so) while in-flight ones (a `DoPut` being sent or
+/// committed, a query streaming) finish, for up to
+/// `config.shutdown_grace_secs`. A call still running then is cut off
+/// without an answer (a `DoPut` cut off while committing may have landed:
+/// clients retry with its request id).
 pub async fn run(
     listener: TcpListener,
     http: Option<TcpListener>,
@@ -159,7 +165,26 @@ pub async fn run(
             http_stopped.await.ok();
         }))
     });
-    let served = serve_flight(listener, services, config, shutdown).await;
+    let draining = tokio::sync::Notify::new();
+    let flagged = services.clone();
+    let shutdown = async {
+        shutdown.await;
+        flagged.draining.store(true, Ordering::Release);
+        draining.notify_one();
+        tracing::info!("draining in-flight calls");
+    };
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let deadline = async {
+        draining.notified().await;
+        tokio::time::sleep(grace).await;
+    };
+    let served = tokio::select! {
+        served = serve_flight(listener, services, config, shutdown) => served,
+        () = deadline => {
+            tracing::warn!(grace_secs = grace.as_secs(), "calls still running after the shutdown grace period; exiting without them");
+            Ok(())
+        }
+    };
     http_stop.send(()).ok();
     if let Some(task) = http_task {
         task.await

@@ -17,7 +17,7 @@ use iceberg::{Catalog, TableIdent};
 use sqlx::AnyPool;
 
 use super::db;
-use crate::error::{Error, Result};
+use crate::error::{Result, database_error};
 
 /// Reads the current metadata location straight from a SQL catalog's
 /// `iceberg_tables` row (the layout shared with PyIceberg and Java's
@@ -54,7 +54,7 @@ impl MetadataPointer {
             .bind(ident.name())
             .fetch_optional(&self.pool)
             .await
-            .map_err(|e| Error::Internal(format!("reading catalog pointer: {e}")))?;
+            .map_err(|e| database_error("reading catalog pointer", e))?;
         Ok(row.and_then(|(loc,)| loc))
     }
 }
@@ -78,7 +78,7 @@ impl MetadataPointer {
             .bind(old)
             .execute(&self.pool)
             .await
-            .map_err(|e| Error::Internal(format!("updating catalog pointer: {e}")))?;
+            .map_err(|e| database_error("updating catalog pointer", e))?;
         if done.rows_affected() == 0 {
             return Ok(false);
         }
@@ -107,7 +107,7 @@ impl MetadataPointer {
             .bind(&hi)
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| Error::Internal(format!("listing catalog entries: {e}")))?;
+            .map_err(|e| database_error("listing catalog entries", e))?;
         Ok(rows)
     }
 }

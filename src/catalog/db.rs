@@ -7,13 +7,7 @@ use std::time::Duration;
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
-use crate::error::{Error, Result};
-
-/// A failed catalog-database call: the database may come back, so clients
-/// are told to retry.
-pub fn db_error(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Unavailable(format!("{what}: {e}"))
-}
+use crate::error::{Result, database_error};
 
 /// A small pool on the catalog database at `uri` (`what` names its use in
 /// errors).
@@ -23,7 +17,7 @@ pub async fn connect(uri: &str, max_connections: u32, what: &str) -> Result<AnyP
         .max_connections(max_connections)
         .connect(uri)
         .await
-        .map_err(|e| db_error(&format!("connecting to the catalog database for {what}"), e))
+        .map_err(|e| database_error(&format!("connecting to the catalog database for {what}"), e))
 }
 
 /// Run `CREATE TABLE IF NOT EXISTS …`. On PostgreSQL it is not atomic:
@@ -38,7 +32,7 @@ pub async fn create_table(pool: &AnyPool, ddl: &str) -> Result<()> {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
             }
-            Err(e) => return Err(db_error("creating a catalog table", e)),
+            Err(e) => return Err(database_error("creating a catalog table", e)),
         }
     }
 }

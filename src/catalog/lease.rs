@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use sqlx::AnyPool;
 
-use super::db::{self, db_error};
-use crate::error::Result;
+use super::db;
+use crate::error::{Result, database_error};
 
 /// The lease of background maintenance on one catalog.
 #[derive(Debug)]
@@ -101,7 +101,7 @@ impl Lease {
             .bind(now)
             .execute(&self.pool)
             .await
-            .map_err(|e| db_error("renewing the maintenance lease", e))?;
+            .map_err(|e| database_error("renewing the maintenance lease", e))?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -116,7 +116,7 @@ impl Lease {
             .bind(&self.holder)
             .execute(&self.pool)
             .await
-            .map_err(|e| db_error("releasing the maintenance lease", e))?;
+            .map_err(|e| database_error("releasing the maintenance lease", e))?;
         Ok(())
     }
 
@@ -133,7 +133,7 @@ impl Lease {
             .bind(&self.name)
             .fetch_optional(&self.pool)
             .await
-            .map_err(|e| db_error("reading the maintenance lease", e))?;
+            .map_err(|e| database_error("reading the maintenance lease", e))?;
         Ok(row.map(|(holder, expires)| (holder, expires >= now)))
     }
 }

@@ -54,6 +54,9 @@ pub struct Services {
     pub planned: planned::PlannedQueries,
     /// Background maintenance, stopped with the services.
     pub maintenance: Background,
+    /// Set once shutdown began: `/readyz` then tells load balancers to
+    /// send new calls elsewhere while in-flight ones finish.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// Flight SQL service over [`Services`].

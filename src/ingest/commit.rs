@@ -1,8 +1,11 @@
 //! Group commit: one committer task per table gathers the prepared rows
 //! of every concurrent stream into one set of files and one fast-append
 //! snapshot, and answers each stream only after the catalog accepted that
-//! commit (files of a failed commit are deleted). Request ids committed
-//! with a snapshot make client retries idempotent, across restarts.
+//! commit. Files of a commit that certainly failed are deleted; when the
+//! catalog database went away mid-commit, the outcome is looked up by the
+//! snapshot's commit id, and if it cannot be, the files are left to orphan
+//! cleanup. Request ids committed with a snapshot make client retries
+//! idempotent, across restarts and across nodes.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -59,6 +62,8 @@ impl Default for CommitConfig {
 /// as `id=rows` pairs separated by `,`: committed atomically with the data,
 /// so deduplication survives restarts.
 pub const REQUEST_IDS_PROPERTY: &str = "raindrop.request-ids";
+/// Snapshot summary property naming the commit that made the snapshot.
+pub const COMMIT_ID_PROPERTY: &str = "raindrop.commit-id";
 /// Committed request ids remembered per table for deduplication.
 pub const DEDUP_WINDOW: usize = 100_000;
 /// Snapshots scanned for request ids when a table's committer starts.
@@ -73,33 +78,47 @@ struct Pending {
 }
 
 /// Remembered request ids: (rows, snapshot) per committed id, the least
-/// recently used forgotten first beyond [`DEDUP_WINDOW`].
+/// recently used forgotten first beyond [`DEDUP_WINDOW`]. Learned from the
+/// table's snapshots before every group, so ids committed by another node,
+/// or by a commit of ours whose answer was lost, are known too.
 #[derive(Clone)]
-struct Dedup(moka::sync::Cache<String, (u64, i64)>);
+struct Dedup {
+    ids: moka::sync::Cache<String, (u64, i64)>,
+    /// Highest snapshot sequence number whose ids are learned.
+    learned: Arc<std::sync::atomic::AtomicI64>,
+}
 
 impl Dedup {
     fn new() -> Self {
-        Self(
-            moka::sync::Cache::builder()
+        Self {
+            ids: moka::sync::Cache::builder()
                 .max_capacity(DEDUP_WINDOW as u64)
                 // LRU admits every id: a frequency filter could drop a new one.
                 .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .build(),
-        )
+            learned: Arc::new(std::sync::atomic::AtomicI64::new(-1)),
+        }
     }
 
     fn insert(&self, id: String, rows: u64, snapshot: i64) {
-        self.0.insert(id, (rows, snapshot));
+        self.ids.insert(id, (rows, snapshot));
     }
 
     fn get(&self, id: &str) -> Option<(u64, i64)> {
-        self.0.get(id)
+        self.ids.get(id)
     }
 
-    /// Learn the ids recorded in a table's recent snapshots.
-    fn load(&self, table: &Table) {
-        let mut snapshots: Vec<_> = table.metadata().snapshots().collect();
-        snapshots.sort_by_key(|s| s.timestamp_ms());
+    /// Learn the ids recorded in the table's snapshots not learned yet (at
+    /// most the newest [`DEDUP_HISTORY_SNAPSHOTS`] on the first call).
+    fn learn(&self, table: &Table) {
+        use std::sync::atomic::Ordering;
+        let after = self.learned.load(Ordering::Acquire);
+        let mut snapshots: Vec<_> = table
+            .metadata()
+            .snapshots()
+            .filter(|s| s.sequence_number() > after)
+            .collect();
+        snapshots.sort_by_key(|s| s.sequence_number());
         let skip = snapshots.len().saturating_sub(DEDUP_HISTORY_SNAPSHOTS);
         for snap in snapshots.into_iter().skip(skip) {
             if let Some(ids) = snap
@@ -117,6 +136,11 @@ impl Dedup {
                     }
                 }
             }
+        }
+        // Format v1 has no sequence numbers: always scan the history.
+        if table.metadata().format_version() >= iceberg::spec::FormatVersion::V2 {
+            self.learned
+                .fetch_max(table.metadata().last_sequence_number(), Ordering::AcqRel);
         }
     }
 }
@@ -202,7 +226,7 @@ impl TableWriter {
         }
         let table = self.tables.load(self.catalog.as_ref(), ident).await?;
         let dedup = Dedup::new();
-        dedup.load(&table);
+        dedup.learn(&table);
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run_committer(
             self.catalog.clone(),
@@ -302,6 +326,20 @@ async fn run_committer(
                 }
             }
         }
+        // The group's base: the current table, whose snapshots also tell
+        // which ids were committed meanwhile (by another node, or by our own
+        // commit whose answer the catalog database never sent).
+        let table = match tables.load(catalog.as_ref(), &ident).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(table = %ident, error = %e, requests = group.len(), "cannot load the table to commit");
+                for p in group {
+                    p.reply.send(Err(e.for_waiter())).ok();
+                }
+                continue;
+            }
+        };
+        dedup.learn(&table);
         // A retry may sit in the same group as its original, or arrive while
         // the original was being committed by the previous group: commit
         // each id once.
@@ -319,7 +357,15 @@ async fn run_committer(
             }
             continue;
         }
-        let result = commit_group(catalog.as_ref(), &tables, &ident, &group, &commit_times).await;
+        let result = commit_group(
+            catalog.as_ref(),
+            &tables,
+            &table,
+            &ident,
+            &group,
+            &commit_times,
+        )
+        .await;
         let m = crate::metrics::metrics();
         m.commits
             .get_or_create(&crate::metrics::outcome(result.is_ok()))
@@ -386,13 +432,13 @@ fn answer_duplicate(p: Pending, dedup: &Dedup, failure: Option<&Error>) {
 async fn commit_group(
     catalog: &dyn Catalog,
     tables: &TableCache,
+    table: &Table,
     ident: &TableIdent,
     group: &[Pending],
     commit_times: &CommitTimes,
 ) -> Result<(i64, Vec<String>)> {
-    let table = tables.load(catalog, ident).await?;
     let prepared = group.iter().map(|p| p.prepared.clone()).collect();
-    let data_files = write_prepared(&table, prepared).await?;
+    let data_files = write_prepared(table, prepared).await?;
     let paths: Vec<String> = data_files
         .iter()
         .map(|f| f.file_path().to_string())
@@ -401,36 +447,53 @@ async fn commit_group(
         .iter()
         .filter_map(|p| p.request_id.as_ref().map(|id| format!("{id}={}", p.rows)))
         .collect();
-    let tx = Transaction::new(&table);
+    let tx = Transaction::new(table);
+    // Names the snapshot, so a commit whose answer was lost can be found.
+    let commit_id = uuid::Uuid::now_v7().to_string();
+    let mut properties = HashMap::from([(COMMIT_ID_PROPERTY.to_string(), commit_id.clone())]);
+    if !ids.is_empty() {
+        properties.insert(REQUEST_IDS_PROPERTY.to_string(), ids.join(","));
+    }
     // Names are unique (UUID v7 prefix), so skip the duplicate check
     // that would re-read every manifest on every commit.
-    let mut action = tx
+    let action = tx
         .fast_append()
         .with_check_duplicate(false)
-        .add_data_files(data_files);
-    if !ids.is_empty() {
-        action = action.set_snapshot_properties(HashMap::from([(
-            REQUEST_IDS_PROPERTY.to_string(),
-            ids.join(","),
-        )]));
-    }
+        .add_data_files(data_files)
+        .set_snapshot_properties(properties);
     let started = std::time::Instant::now();
     let committed = async {
         let tx = action.apply(tx)?;
         tx.commit(catalog).await
     }
     .await;
-    let committed = match committed {
-        Ok(t) => t,
+    let (committed, snapshot_id) = match committed {
+        Ok(t) => {
+            let id = t.metadata().current_snapshot_id().unwrap_or_default();
+            (t, id)
+        }
         Err(e) => {
-            delete_files(&table, &paths).await;
-            return Err(e.into());
+            // A lost race is a definite "not committed". Any other failure
+            // (the catalog database went away mid-commit) may have landed:
+            // look before deleting files a committed snapshot would need.
+            let landed = if e.kind() == iceberg::ErrorKind::CatalogCommitConflicts {
+                Ok(None)
+            } else {
+                find_commit(catalog, ident, table, &commit_id).await
+            };
+            match landed {
+                Ok(Some(found)) => found,
+                Ok(None) => {
+                    delete_files(table, &paths).await;
+                    return Err(e.into());
+                }
+                Err(check) => {
+                    tracing::warn!(table = %ident, error = %e, check = %check, "commit outcome unknown; its files are left to orphan cleanup");
+                    return Err(e.into());
+                }
+            }
         }
     };
-    let snapshot_id = committed
-        .metadata()
-        .current_snapshot_id()
-        .unwrap_or_default();
     // Confirm before acknowledging: the SQL catalog can report success for
     // a compare-and-swap whose database COMMIT failed (e.g. SQLITE_BUSY).
     // Usually the pointer still names our metadata (one row read); if
@@ -453,10 +516,35 @@ async fn commit_group(
             .observe(started.elapsed().as_secs_f64());
         tables.insert(&committed);
     } else {
-        delete_files(&table, &paths).await;
+        delete_files(table, &paths).await;
         return Err(Error::Aborted(format!(
             "commit of snapshot {snapshot_id} to {ident} was not confirmed by the catalog; nothing was written, retry"
         )));
     }
     Ok((snapshot_id, paths))
+}
+
+/// The current table and the snapshot that `commit_id` names, if a failed
+/// commit landed after all (its snapshot would be newer than `base`); `Err`
+/// when the catalog cannot be read to tell.
+async fn find_commit(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    base: &Table,
+    commit_id: &str,
+) -> Result<Option<(Table, i64)>> {
+    let current = catalog.load_table(ident).await?;
+    let after = base.metadata().last_sequence_number();
+    let landed = current
+        .metadata()
+        .snapshots()
+        .find(|s| {
+            s.sequence_number() > after
+                && s.summary()
+                    .additional_properties
+                    .get(COMMIT_ID_PROPERTY)
+                    .is_some_and(|id| id == commit_id)
+        })
+        .map(|s| s.snapshot_id());
+    Ok(landed.map(|id| (current, id)))
 }

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod manifests;
 pub mod params;
 pub mod policy;
+pub mod predicate;
 pub mod pruning;
 pub mod reader;
 pub mod scan;

@@ -23,12 +23,12 @@ use iceberg::scan::FileScanTask;
 use iceberg::spec::Transform;
 use iceberg::table::Table;
 use iceberg::{NamespaceIdent, TableIdent};
-use iceberg_datafusion::physical_plan::convert_filters_to_predicate;
 
 use super::ScanCaches;
+use super::predicate::implied_by_all;
 use super::pruning::{event_day_predicate, only_event_day, references_event_day};
 use super::scan::{IcebergScanExec, ScanRequest};
-use super::views::{plain_literals, scan_schema};
+use super::views::scan_schema;
 use crate::catalog::Warehouse;
 use crate::schema::col;
 use crate::schema::partition::only_spec;
@@ -175,8 +175,7 @@ impl TableProvider for RaindropTable {
                 plain_filters.push(f.clone());
             }
         }
-        let iceberg_filters: Vec<Expr> = plain_filters.iter().map(plain_literals).collect();
-        optional.extend(convert_filters_to_predicate(&iceberg_filters));
+        optional.extend(implied_by_all(&plain_filters));
         // Row groups and pages are pruned by the same filters. The scope is
         // not repeated there: it is enforced per file (`check_file_scope`),
         // and every row of an identity-partitioned file has its value.

@@ -9,8 +9,6 @@
 //! plan casts views back, and catalog listings show the base types.
 
 use arrow::datatypes::{DataType, Field, Schema};
-use datafusion::common::ScalarValue;
-use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::{Expr, cast, col};
 
@@ -82,22 +80,6 @@ pub fn without_views(df: DataFrame) -> Result<DataFrame> {
         })
         .collect();
     Ok(df.select(columns)?)
-}
-
-/// `expr` with view-typed string literals as plain strings, for converting
-/// filters into Iceberg predicates (which know only plain strings).
-pub fn plain_literals(expr: &Expr) -> Expr {
-    expr.clone()
-        .transform(|e| {
-            Ok(match e {
-                Expr::Literal(ScalarValue::Utf8View(v), m) => {
-                    Transformed::yes(Expr::Literal(ScalarValue::Utf8(v), m))
-                }
-                other => Transformed::no(other),
-            })
-        })
-        .map(|t| t.data)
-        .unwrap_or_else(|_| expr.clone())
 }
 
 #[cfg(test)]

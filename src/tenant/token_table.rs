@@ -10,8 +10,8 @@
 use sqlx::AnyPool;
 
 use super::tokens::TokenRecord;
-use crate::catalog::db::{self, db_error};
-use crate::error::{Error, Result};
+use crate::catalog::db;
+use crate::error::{Error, Result, database_error};
 
 /// The token tables of one catalog in its database.
 #[derive(Debug)]
@@ -58,7 +58,7 @@ impl TokenTable {
             .bind(&self.catalog_name)
             .fetch_optional(&self.pool)
             .await
-            .map_err(|e| db_error("reading the token key", e))?;
+            .map_err(|e| database_error("reading the token key", e))?;
         row.map(|(k,)| {
             hex::decode(k.trim())
                 .map_err(|e| Error::InvalidArgument(format!("token key is not hex: {e}")))
@@ -78,7 +78,7 @@ impl TokenTable {
             .bind(hex::encode(fresh))
             .execute(&self.pool)
             .await
-            .map_err(|e| db_error("storing the token key", e))?;
+            .map_err(|e| database_error("storing the token key", e))?;
         self.key()
             .await?
             .ok_or_else(|| Error::Internal("token key vanished".into()))
@@ -91,7 +91,7 @@ impl TokenTable {
             .bind(&self.catalog_name)
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| db_error("reading tokens", e))?;
+            .map_err(|e| database_error("reading tokens", e))?;
         rows.into_iter()
             .map(|(json,)| {
                 serde_json::from_str(&json)
@@ -111,7 +111,7 @@ impl TokenTable {
             .bind(json)
             .execute(&self.pool)
             .await
-            .map_err(|e| db_error("storing a token", e))?;
+            .map_err(|e| database_error("storing a token", e))?;
         Ok(())
     }
 
@@ -123,7 +123,7 @@ impl TokenTable {
             .bind(id)
             .execute(&self.pool)
             .await
-            .map_err(|e| db_error("revoking a token", e))?;
+            .map_err(|e| database_error("revoking a token", e))?;
         Ok(done.rows_affected() > 0)
     }
 }

@@ -162,6 +162,34 @@ async fn two_servers_share_one_catalog() {
     }
 }
 
+/// A client that retries on another node (its first node timed out, or a
+/// load balancer moved it) must not get its batch committed twice: every
+/// node learns the ids other nodes committed before it commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_on_another_node_is_not_committed_twice() {
+    let dir = setup().await;
+    let (a, b) = (Server::start(dir.path()), Server::start(dir.path()));
+    let mut on_a = RaindropClient::connect(&a.url, TOKEN).await.unwrap();
+    let mut on_b = RaindropClient::connect(&b.url, TOKEN).await.unwrap();
+    // Node b is already writing (its id memory is loaded) before a commits.
+    on_b.ingest_events_once("w", vec![batch("w")])
+        .await
+        .unwrap();
+    on_a.ingest_events_once("x", vec![batch("x")])
+        .await
+        .unwrap();
+    let again = on_b
+        .ingest_events_once("x", vec![batch("x")])
+        .await
+        .unwrap();
+    assert_eq!(again as usize, ROWS, "the retry reports the original rows");
+    let want = BTreeMap::from([
+        ("w".to_string(), ROWS as i64),
+        ("x".to_string(), ROWS as i64),
+    ]);
+    assert_eq!(batches_present(&b.url).await, want);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_loses_no_acknowledged_row() {
     let dir = setup().await;
@@ -465,4 +493,93 @@ async fn tokens_created_or_revoked_once_reach_every_node() {
     for node in &nodes {
         accepted(&node.url, false).await;
     }
+}
+
+/// The status line and body of `GET path` on `addr`, over plain HTTP/1.0.
+fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// SIGTERM while a `DoPut` is mid-stream: the stream is allowed to finish
+/// and is acknowledged, `/readyz` answers 503 meanwhile, no new call is
+/// served, the process exits 0, and the rows are there after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_put_finish() {
+    let dir = setup().await;
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut server = Server::start_with(dir.path(), &["--http-addr", &http]);
+    assert!(
+        http_get(&http, "/readyz")
+            .unwrap()
+            .starts_with("HTTP/1.0 200")
+    );
+
+    let (tx, rx) = futures::channel::mpsc::unbounded::<RecordBatch>();
+    tx.unbounded_send(batch("d0")).unwrap();
+    let mut client = RaindropClient::connect(&server.url, TOKEN).await.unwrap();
+    let put = tokio::spawn(async move { client.ingest_events_stream("drain", rx).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!put.is_finished(), "the DoPut ended before its stream did");
+
+    let pid = server.child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let mut draining = String::new();
+    for _ in 0..100 {
+        draining = http_get(&http, "/readyz").unwrap_or_default();
+        if draining.starts_with("HTTP/1.0 503") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        draining.starts_with("HTTP/1.0 503") && draining.contains("shutting down"),
+        "/readyz while draining: {draining}"
+    );
+    let fresh = tokio::time::timeout(Duration::from_secs(3), async {
+        let mut c = RaindropClient::connect(&server.url, TOKEN).await?;
+        c.query("SELECT 1").await
+    })
+    .await;
+    assert!(
+        !matches!(fresh, Ok(Ok(_))),
+        "a new call was served while draining"
+    );
+
+    // The open stream still delivers, and is committed and acknowledged.
+    tx.unbounded_send(batch("d1")).unwrap();
+    drop(tx);
+    let rows = tokio::time::timeout(Duration::from_secs(30), put)
+        .await
+        .expect("the in-flight DoPut was not answered")
+        .unwrap()
+        .expect("the in-flight DoPut failed");
+    assert_eq!(rows as usize, 2 * ROWS);
+    let exited = tokio::task::spawn_blocking(move || {
+        let status = server.child.wait().unwrap();
+        (server, status)
+    });
+    let (_server, status) = tokio::time::timeout(Duration::from_secs(30), exited)
+        .await
+        .expect("the server did not exit after draining")
+        .unwrap();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+
+    let restarted = Server::start(dir.path());
+    let present = batches_present(&restarted.url).await;
+    let want = BTreeMap::from([
+        ("d0".to_string(), ROWS as i64),
+        ("d1".to_string(), ROWS as i64),
+    ]);
+    assert_eq!(present, want);
 }
