@@ -132,7 +132,7 @@ fn retryable(e: &iceberg::Error) -> bool {
 /// Whether a catalog-database error can go away by itself: the database is
 /// unreachable, restarting or out of connections, or the statement lost a
 /// serialization race. A syntax or constraint error cannot.
-pub fn transient(e: &sqlx::Error) -> bool {
+fn transient(e: &sqlx::Error) -> bool {
     use sqlx::Error as E;
     match e {
         E::Io(_)

@@ -54,8 +54,8 @@ async fn scrape(State(services): State<Arc<Services>>) -> impl IntoResponse {
     )
 }
 
-/// 200 when the catalog database and the storage both answer, else 503
-/// naming what does not.
+/// 200 when the server is not shutting down and the catalog database and
+/// the storage both answer, else 503 naming why.
 async fn ready(State(services): State<Arc<Services>>) -> impl IntoResponse {
     if services.draining.load(std::sync::atomic::Ordering::Acquire) {
         return (

@@ -502,11 +502,8 @@ async fn commit_group(
     let location = committed.metadata_location().unwrap_or_default();
     let confirmed = match tables.points_at(ident, location).await? {
         Some(true) => true,
-        _ => catalog
-            .load_table(ident)
+        _ => find_commit(catalog, ident, table, &commit_id)
             .await?
-            .metadata()
-            .snapshot_by_id(snapshot_id)
             .is_some(),
     };
     if confirmed {

@@ -1,6 +1,6 @@
 //! Test fixture: a server over a temp dir with tokens for two tenants.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -282,4 +282,38 @@ pub fn id_batch(id: &str, rows: usize) -> RecordBatch {
         ),
     ])
     .unwrap()
+}
+
+/// Rows per batch id (the `<id>` of [`id_batch`]'s `<id>-<n>` event ids)
+/// in `raw_events`, as `client` sees them; panics on duplicate rows.
+pub async fn rows_per_batch(client: &mut RaindropClient) -> BTreeMap<String, i64> {
+    let rows = client
+        .query("SELECT split_part(event_id, '-', 1) AS b, count(*) AS n, count(DISTINCT event_id) AS d FROM wildedge.raw_events GROUP BY 1")
+        .await
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for r in &rows {
+        let b = r.column(0).as_string::<i32>();
+        let n = r.column(1).as_primitive::<Int64Type>();
+        let d = r.column(2).as_primitive::<Int64Type>();
+        for i in 0..r.num_rows() {
+            assert_eq!(
+                n.value(i),
+                d.value(i),
+                "duplicate rows in batch {}",
+                b.value(i)
+            );
+            out.insert(b.value(i).to_string(), n.value(i));
+        }
+    }
+    out
+}
+
+/// A TCP port free on loopback right now (for servers started by a test).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

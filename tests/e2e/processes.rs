@@ -9,8 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::Int64Type;
+use arrow::array::RecordBatch;
 use raindrop::client::RaindropClient;
 use raindrop::tenant::{Role, tokens};
 
@@ -76,29 +75,11 @@ fn batch(id: &str) -> RecordBatch {
     crate::common::id_batch(id, ROWS)
 }
 
-/// Rows per batch id ("c1b7") present in the table.
+/// Rows per batch id ("c1b7") present in the table, as the server at
+/// `url` sees them; panics on duplicate rows.
 async fn batches_present(url: &str) -> BTreeMap<String, i64> {
     let mut c = RaindropClient::connect(url, TOKEN).await.unwrap();
-    let rows = c
-        .query("SELECT split_part(event_id, '-', 1) AS b, count(*) AS n, count(DISTINCT event_id) AS d FROM wildedge.raw_events GROUP BY 1")
-        .await
-        .unwrap();
-    let mut out = BTreeMap::new();
-    for r in &rows {
-        let b = r.column(0).as_string::<i32>();
-        let n = r.column(1).as_primitive::<Int64Type>();
-        let d = r.column(2).as_primitive::<Int64Type>();
-        for i in 0..r.num_rows() {
-            assert_eq!(
-                n.value(i),
-                d.value(i),
-                "duplicate rows in batch {}",
-                b.value(i)
-            );
-            out.insert(b.value(i).to_string(), n.value(i));
-        }
-    }
-    out
+    crate::common::rows_per_batch(&mut c).await
 }
 
 /// Ingest `batches` for `client`, each with its id as request id; stop at
@@ -512,11 +493,7 @@ fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_an_in_flight_put_finish() {
     let dir = setup().await;
-    let http = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let http = format!("127.0.0.1:{}", crate::common::free_port());
     let mut server = Server::start_with(dir.path(), &["--http-addr", &http]);
     assert!(
         http_get(&http, "/readyz")
