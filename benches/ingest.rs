@@ -17,12 +17,10 @@
 //! RAINDROP_BENCH_EVENTS=500000 RAINDROP_BENCH_CLIENTS=2 cargo bench --bench ingest
 //! ```
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::Field;
+use arrow::array::RecordBatch;
 use chrono::Utc;
 use parquet::arrow::ArrowWriter;
 use raindrop::client::RaindropClient;
@@ -31,74 +29,8 @@ use raindrop::demo::generate::{GenConfig, generate_project, project_ids};
 use raindrop::server::ServerHandle;
 use raindrop::tenant::{Role, tokens};
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-/// The client batches, with `project_id` added and `attributes` dropped
-/// (so every peer ingests identical, simply-typed columns).
-fn with_project(project: &str, batch: &RecordBatch) -> RecordBatch {
-    let keep: Vec<usize> = (0..batch.num_columns())
-        .filter(|&i| batch.schema().field(i).name() != "attributes")
-        .collect();
-    let b = batch.project(&keep).unwrap();
-    let mut fields: Vec<Arc<Field>> = vec![Arc::new(Field::new(
-        "project_id",
-        arrow::datatypes::DataType::Utf8,
-        false,
-    ))];
-    fields.extend(b.schema().fields().iter().cloned());
-    let mut cols =
-        vec![Arc::new(arrow::array::StringArray::from(vec![project; b.num_rows()])) as _];
-    cols.extend(b.columns().iter().cloned());
-    RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), cols).unwrap()
-}
-
-fn data_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            total += if p.is_dir() {
-                data_bytes(&p)
-            } else {
-                e.metadata().map(|m| m.len()).unwrap_or(0)
-            };
-        }
-    }
-    total
-}
-
-/// A project's events in time order, cut into batches of `batch_rows`.
-fn live_order(
-    project: &str,
-    batches: &[RecordBatch],
-    batch_rows: usize,
-) -> Vec<(i64, String, RecordBatch)> {
-    let all = arrow::compute::concat_batches(&batches[0].schema(), batches).unwrap();
-    let ts = all.column_by_name("event_timestamp").unwrap().clone();
-    let order = arrow::compute::sort_to_indices(&ts, None, None).unwrap();
-    let sorted = arrow::compute::take_record_batch(&all, &order).unwrap();
-    (0..sorted.num_rows())
-        .step_by(batch_rows)
-        .map(|start| {
-            let b = sorted.slice(start, batch_rows.min(sorted.num_rows() - start));
-            let last = b
-                .column_by_name("event_timestamp")
-                .unwrap()
-                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
-                .value(b.num_rows() - 1);
-            (last, project.to_string(), b)
-        })
-        .collect()
-}
+mod common;
+use common::*;
 
 /// What one arrival order measured.
 struct Run {
@@ -270,7 +202,7 @@ fn run(batches: &[(String, RecordBatch)], clients: usize, ids: &[String]) -> Run
             .snapshots()
             .count();
         let data_dir = dir.join("warehouse/wildedge/raw_events/data");
-        let written = (data_bytes(&data_dir), count_files(&data_dir));
+        let written = (tree_bytes(&data_dir), count_files(&data_dir));
         let compacted = compact(server.services.query.warehouse()).await;
         server.stop().await.unwrap();
         (secs, all, commits, snaps, (written, compacted))
@@ -281,38 +213,12 @@ fn run(batches: &[(String, RecordBatch)], clients: usize, ids: &[String]) -> Run
 
     // PyIceberg and DuckDB on the same batches.
     let ipc_path = work.path().join("batches.arrow");
-    let mut ipc = arrow::ipc::writer::FileWriter::try_new(
-        std::fs::File::create(&ipc_path).unwrap(),
-        &batches[0].1.schema(),
-    )
-    .unwrap();
-    for (_, b) in batches {
-        ipc.write(b).unwrap();
-    }
-    ipc.finish().unwrap();
-    let python = std::env::var("RAINDROP_PYTHON").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/raindrop/venv/bin/python",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    });
+    write_ipc(&ipc_path, batches.iter().map(|(_, b)| b));
     settle_disk();
-    let peer = std::process::Command::new(&python)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers/pyiceberg_peer.py"))
-        .arg(&ipc_path)
-        .arg(work.path().join("pyiceberg"))
-        .output();
-    let peer: Option<serde_json::Value> = match peer {
-        Ok(out) if out.status.success() => serde_json::from_slice(&out.stdout).ok(),
-        Ok(out) => {
-            eprintln!("peer failed: {}", String::from_utf8_lossy(&out.stderr));
-            None
-        }
-        Err(e) => {
-            eprintln!("peer not run ({python}): {e}");
-            None
-        }
-    };
+    let peer = run_peer(
+        "pyiceberg_peer.py",
+        &[&ipc_path, &work.path().join("pyiceberg")],
+    );
     Run {
         rows,
         batches: batches.len(),
@@ -334,7 +240,6 @@ fn run(batches: &[(String, RecordBatch)], clients: usize, ids: &[String]) -> Run
 /// Compact `raw_events` once; seconds taken, and the live data files and
 /// bytes afterwards (the replaced files stay on disk for older snapshots).
 async fn compact(warehouse: &raindrop::catalog::Warehouse) -> (f64, usize, u64) {
-    use futures::TryStreamExt;
     use raindrop::maintenance::compact::{CompactOptions, compact_table};
     let t = Instant::now();
     let ident = warehouse.raw_events_ident();
@@ -342,43 +247,9 @@ async fn compact(warehouse: &raindrop::catalog::Warehouse) -> (f64, usize, u64) 
         .await
         .unwrap();
     let secs = t.elapsed().as_secs_f64();
-    let tasks: Vec<_> = warehouse
-        .raw_events()
-        .await
-        .unwrap()
-        .scan()
-        .build()
-        .unwrap()
-        .plan_files()
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let tasks = live_files(&warehouse.raw_events().await.unwrap()).await;
     let bytes = tasks.iter().map(|t| t.file_size_in_bytes).sum();
     (secs, tasks.len(), bytes)
-}
-
-/// Write back all dirty pages (`sync(1)`), so each measurement starts with
-/// the same disk state whatever ran before it.
-fn settle_disk() {
-    if let Err(e) = std::process::Command::new("sync").status() {
-        eprintln!("sync not run: {e}");
-    }
-}
-
-fn count_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| {
-                    let p = e.path();
-                    if p.is_dir() { count_files(&p) } else { 1 }
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 fn print_table(runs: &[(&str, Run)]) {

@@ -189,6 +189,8 @@ pub mod limits {
     pub const COMPACT_INTERVAL_SECS: u64 = 300;
     /// Default of `--snapshot-retention-hours`.
     pub const SNAPSHOT_RETENTION_HOURS: u64 = 24;
+    /// Default of `--snapshot-retention-count`.
+    pub const SNAPSHOT_RETENTION_COUNT: usize = 1000;
     /// Default of `--data-cache-mib`.
     pub const DATA_CACHE_MIB: u64 = 512;
     /// Default of `--maintenance-lease-secs`.
@@ -251,12 +253,20 @@ pub struct LimitsConfig {
     #[clap(long, env = "RAINDROP_COMPACT_MIN_FILES", default_value_t = compact::BACKGROUND_MIN_FILES)]
     pub compact_min_files: usize,
     /// With background compaction: snapshots of `raw_events` older than
-    /// this many hours are expired, and data files no remaining snapshot
-    /// references (replaced by compaction, or left by failed commits) are
-    /// deleted once an hour old. 0 keeps every snapshot. Retries are
+    /// this many hours are expired (checked every minute), with the
+    /// manifests and manifest lists only they referenced; data and metadata
+    /// files no remaining snapshot references (replaced by compaction, or
+    /// left by failed commits) are deleted once an hour old. 0 = no age
+    /// limit. Retries are
     /// deduplicated across restarts only within the retained snapshots.
     #[clap(long, env = "RAINDROP_SNAPSHOT_RETENTION_HOURS", default_value_t = limits::SNAPSHOT_RETENTION_HOURS)]
     pub snapshot_retention_hours: u64,
+    /// With background compaction: at most this many snapshots of
+    /// `raw_events` are kept (the newest), whatever their age; 0 = no
+    /// limit, and at least 100 are kept. Every snapshot adds to the `metadata.json` each commit
+    /// rewrites, so this bounds commit cost under a high commit rate.
+    #[clap(long, env = "RAINDROP_SNAPSHOT_RETENTION_COUNT", default_value_t = limits::SNAPSHOT_RETENTION_COUNT)]
+    pub snapshot_retention_count: usize,
     /// Memory one query may use (joins, aggregations, sorts), in MiB.
     #[clap(long, env = "RAINDROP_QUERY_MEMORY_MIB", default_value_t = limits::QUERY_MEMORY_MIB)]
     pub query_memory_mib: usize,
@@ -304,6 +314,7 @@ impl Default for LimitsConfig {
             compact_interval_secs: limits::COMPACT_INTERVAL_SECS,
             compact_min_files: compact::BACKGROUND_MIN_FILES,
             snapshot_retention_hours: limits::SNAPSHOT_RETENTION_HOURS,
+            snapshot_retention_count: limits::SNAPSHOT_RETENTION_COUNT,
             maintenance_lease_secs: limits::MAINTENANCE_LEASE_SECS,
             data_cache_mib: limits::DATA_CACHE_MIB,
             query_memory_mib: limits::QUERY_MEMORY_MIB,

@@ -26,7 +26,7 @@ pub struct Outcome {
 /// A background job and how it ended.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobOutcome {
-    /// `compaction` or `expiry`.
+    /// `compaction`, `expiry` or `manifest-merge`.
     pub job: &'static str,
     /// `ok` or `error`.
     pub outcome: &'static str,

@@ -19,7 +19,9 @@ use crate::error::{Error, Result};
 use crate::flight::{RaindropFlightService, Services};
 use crate::ingest::Ingestor;
 use crate::ingest::commit::CommitConfig;
+use crate::maintenance::Retention;
 use crate::maintenance::compact::CompactOptions;
+use crate::maintenance::expire::MIN_RETAINED_SNAPSHOTS;
 use crate::maintenance::schedule::{self, Schedule};
 use crate::query::QueryEngine;
 use crate::query::admission::AdmissionConfig;
@@ -44,7 +46,6 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
         );
     }
     let limits = &config.limits;
-    let hours = |h: u64| Duration::from_secs(h * 3600);
     let lease = match limits.compact_interval_secs {
         0 => None,
         _ => Some(
@@ -67,8 +68,7 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
                 min_files: limits.compact_min_files,
                 ..CompactOptions::default()
             },
-            retention: (limits.snapshot_retention_hours > 0)
-                .then(|| hours(limits.snapshot_retention_hours)),
+            retention: retention(limits),
         },
         lease,
     );
@@ -110,6 +110,17 @@ fn node_id() -> String {
 }
 
 /// Admission sizes from the flags, with 0 meaning "derive from the cores".
+/// Snapshot retention from the flags; `None` when both limits are off.
+fn retention(limits: &LimitsConfig) -> Option<Retention> {
+    let hours = limits.snapshot_retention_hours;
+    let count = limits.snapshot_retention_count;
+    (hours > 0 || count > 0).then(|| Retention {
+        max_age: (hours > 0).then(|| Duration::from_secs(hours * 3600)),
+        max_snapshots: (count > 0).then_some(count.max(MIN_RETAINED_SNAPSHOTS)),
+        min_file_age: Duration::from_secs(3600),
+    })
+}
+
 fn admission_config(limits: &LimitsConfig) -> AdmissionConfig {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let max_running = match limits.max_queries {

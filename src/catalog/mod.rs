@@ -7,7 +7,9 @@
 
 pub mod cache;
 pub mod db;
+pub mod files;
 pub mod lease;
+pub mod rewrite;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -244,7 +246,7 @@ impl Warehouse {
         self.ensure_namespace(&self.namespace).await?;
         let ident = self.raw_events_ident();
         if self.catalog.table_exists(&ident).await? {
-            return self.raw_events().await;
+            return self.upgrade_properties(&ident).await;
         }
         let creation = TableCreation::builder()
             .name(schema::RAW_EVENTS.to_string())
@@ -260,6 +262,29 @@ impl Warehouse {
             Err(e) if e.kind() == ErrorKind::TableAlreadyExists => self.raw_events().await,
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Give a table made by an older Raindrop the metadata properties it
+    /// lacks (see [`schema::metadata_properties`]); another node doing the
+    /// same at once is harmless.
+    async fn upgrade_properties(&self, ident: &TableIdent) -> Result<Table> {
+        use iceberg::transaction::{ApplyTransactionAction, Transaction};
+        let table = self.load_table(ident).await?;
+        let missing: Vec<(String, String)> = schema::metadata_properties()
+            .into_iter()
+            .filter(|(k, _)| !table.metadata().properties().contains_key(k))
+            .collect();
+        if missing.is_empty() {
+            return Ok(table);
+        }
+        let tx = Transaction::new(&table);
+        let mut action = tx.update_table_properties();
+        for (k, v) in missing {
+            action = action.set(k, v);
+        }
+        let table = action.apply(tx)?.commit(self.catalog.as_ref()).await?;
+        tracing::info!(table = %ident, "set metadata-cleanup properties");
+        Ok(table)
     }
 
     /// Create a namespace unless it exists (tolerating a concurrent creator).

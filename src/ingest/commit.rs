@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::write::{Prepared, delete_files, prepare, write_prepared};
 use crate::catalog::cache::TableCache;
+use crate::catalog::rewrite::{self, MERGE_AFTER_APPENDS};
 use crate::error::{Error, Result};
 use crate::schema;
 
@@ -395,6 +396,7 @@ async fn run_committer(
                 for p in duplicates {
                     answer_duplicate(p, &dedup, None);
                 }
+                merge_if_due(catalog.as_ref(), &tables, &ident).await;
             }
             Err(e) => {
                 tracing::warn!(table = %ident, error = %e, requests = group.len(), "group commit failed");
@@ -405,6 +407,44 @@ async fn run_committer(
                     answer_duplicate(p, &dedup, Some(&e));
                 }
             }
+        }
+    }
+}
+
+/// After a commit (whose requests are answered already): merge the
+/// table's manifests once [`MERGE_AFTER_APPENDS`] appends have each added
+/// one, so queries open a bounded number of manifests. Requests arriving
+/// meanwhile wait and form the next group. A merge that keeps losing to
+/// other nodes' commits is retried after the next commit.
+async fn merge_if_due(catalog: &dyn Catalog, tables: &TableCache, ident: &TableIdent) {
+    let Ok(table) = tables.load(catalog, ident).await else {
+        return;
+    };
+    if rewrite::appends_since_merge(&table) < MERGE_AFTER_APPENDS {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let merged = rewrite::merge_manifests(catalog, tables, ident, 3).await;
+    let m = crate::metrics::metrics();
+    m.maintenance_runs
+        .get_or_create(&crate::metrics::JobOutcome {
+            job: "manifest-merge",
+            outcome: crate::metrics::outcome(matches!(merged, Ok(Some(_)))).outcome,
+        })
+        .inc();
+    match merged {
+        Ok(Some(snapshot_id)) => {
+            tracing::debug!(table = %ident, snapshot_id, ms = started.elapsed().as_millis() as u64, "manifests merged")
+        }
+        Ok(None) => {
+            tracing::debug!(table = %ident, "manifest merge lost to concurrent commits; retrying after the next commit")
+        }
+        // E.g. a table another engine gave delete files: nothing to fix here.
+        Err(e @ Error::Unsupported(_)) => {
+            tracing::debug!(table = %ident, error = %e, "manifests not merged")
+        }
+        Err(e) => {
+            tracing::warn!(table = %ident, error = %e, "manifest merge failed; retrying after the next commit")
         }
     }
 }
@@ -498,7 +538,8 @@ async fn commit_group(
     // a compare-and-swap whose database COMMIT failed (e.g. SQLITE_BUSY).
     // Usually the pointer still names our metadata (one row read); if
     // another writer moved on since, look for our snapshot in its history.
-    // Snapshots are never removed here, so absence means not committed.
+    // Expiry keeps the newest 100 snapshots at least, so absence means
+    // not committed.
     let location = committed.metadata_location().unwrap_or_default();
     let confirmed = match tables.points_at(ident, location).await? {
         Some(true) => true,
@@ -512,6 +553,7 @@ async fn commit_group(
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
         tables.insert(&committed);
+        crate::catalog::files::delete_retired(table, &committed);
     } else {
         delete_files(table, &paths).await;
         return Err(Error::Aborted(format!(

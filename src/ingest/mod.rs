@@ -11,6 +11,7 @@ pub mod layout;
 pub mod validate;
 pub mod write;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -376,10 +377,15 @@ impl Ingestor {
         let creation = TableCreation::builder()
             .name(table.to_string())
             .schema(schema)
-            .properties([(
-                "write.parquet.compression-codec".to_string(),
-                "zstd".to_string(),
-            )])
+            .properties(
+                schema::metadata_properties()
+                    .into_iter()
+                    .chain([(
+                        "write.parquet.compression-codec".to_string(),
+                        "zstd".to_string(),
+                    )])
+                    .collect::<HashMap<_, _>>(),
+            )
             .build();
         match self.warehouse.catalog.create_table(ns, creation).await {
             Ok(_) => Ok(()),

@@ -9,7 +9,7 @@
 //! the ingest writer (same sort, encodings and compression) and commits a
 //! `replace` snapshot: same rows, fewer files.
 //!
-//! The snapshot is committed by [`super::replace`] (hand-built, as iceberg
+//! The snapshot is committed by [`crate::catalog::rewrite`] (hand-built, as iceberg
 //! 0.10.1 has no replace action). An append that lands first makes the
 //! swap fail; compaction then rebuilds the snapshot on the new metadata,
 //! reusing the files it wrote. Nothing is lost or duplicated either way:
@@ -31,8 +31,8 @@ use iceberg::scan::FileScanTask;
 use iceberg::spec::{DataFile, FormatVersion, ManifestContentType, Struct};
 use iceberg::table::Table;
 
-use super::replace::{Manifests, Swap, commit_replace};
 use crate::catalog::Warehouse;
+use crate::catalog::rewrite::{Manifests, Rewrite, Swap, commit_rewrite};
 use crate::error::{Error, Result};
 use crate::ingest::write::{delete_files, write_data_files};
 use crate::schema;
@@ -237,7 +237,13 @@ async fn rewrite(
             Some(t) => t,
             None => warehouse.catalog.load_table(ident).await?,
         };
-        match commit_replace(warehouse, ident, &base, files, &added, manifests).await? {
+        // Merging as well: the manifests are being rewritten anyway.
+        let change = Rewrite {
+            removed: files,
+            added: &added,
+            merge: true,
+        };
+        match commit_rewrite(&warehouse.tables, ident, &base, change, manifests).await? {
             Swap::Committed(id) => Ok(id),
             Swap::Moved => Err(Attempt::Moved),
             Swap::Moot(n) => Err(Attempt::Failed(Error::Aborted(format!(

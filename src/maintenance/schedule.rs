@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::compact::{CompactOptions, compact_table};
+use super::expire::{Retention, expiring};
 use crate::catalog::Warehouse;
 use crate::catalog::lease::Lease;
 
@@ -19,10 +20,15 @@ pub struct Schedule {
     pub every: Option<Duration>,
     /// Which partitions to compact.
     pub compact: CompactOptions,
-    /// Expire snapshots older than this (and delete what only they
-    /// referenced); `None` keeps every snapshot.
-    pub retention: Option<Duration>,
+    /// Which snapshots to keep (what only expired ones referenced is
+    /// deleted); `None` keeps every snapshot.
+    pub retention: Option<Retention>,
 }
+
+/// How often expiry looks for snapshots to expire. Checking costs no I/O
+/// (the table metadata is cached); expiring soon after a snapshot falls out
+/// of the retention keeps `metadata.json` and the files behind it flat.
+const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 
 /// Background maintenance; stops when dropped (with the server).
 #[derive(Debug)]
@@ -142,8 +148,9 @@ async fn report_orphans(warehouse: Warehouse) {
     }
 }
 
-/// Compact `raw_events` every `every`, then expire snapshots older than the
-/// retention and delete the files nothing references any more.
+/// Compact `raw_events` every `every`; expire snapshots (and delete the
+/// files nothing references any more) every [`EXPIRE_EVERY`] or `every`,
+/// whichever is shorter.
 async fn compact_periodically(
     warehouse: Warehouse,
     every: Duration,
@@ -154,13 +161,16 @@ async fn compact_periodically(
     let ident = warehouse.raw_events_ident();
     // The snapshot the last compaction left: an idle table is not re-read.
     let mut compacted: Option<i64> = None;
+    let tick = every.min(EXPIRE_EVERY);
+    let mut next_compaction = Instant::now() + every;
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(tick).await;
         if holding.as_ref().is_some_and(|h| !h.held()) {
             continue;
         }
         let now = warehouse.raw_events().await.ok().and_then(current);
-        if now.is_none() || now != compacted {
+        if Instant::now() >= next_compaction && (now.is_none() || now != compacted) {
+            next_compaction = Instant::now() + every;
             let compacted_now = compact_table(&warehouse, &ident, &schedule.compact).await;
             count_run("compaction", compacted_now.is_ok());
             match compacted_now {
@@ -177,16 +187,24 @@ async fn compact_periodically(
             compacted = warehouse.raw_events().await.ok().and_then(current);
         }
         // Snapshots age out even while the table is idle.
-        let Some(retain) = schedule.retention else {
+        let Some(retention) = schedule.retention else {
             continue;
         };
-        let hour = Duration::from_secs(3600);
-        let expired = super::expire_and_clean(&warehouse, &ident, retain, 1, hour).await;
+        let due = warehouse
+            .raw_events()
+            .await
+            .is_ok_and(|t| !expiring(&t, &retention).is_empty());
+        if !due {
+            continue;
+        }
+        let expired = super::expire_and_clean(&warehouse, &ident, &retention).await;
         count_run("expiry", expired.is_ok());
         match expired {
             Ok(r) if r.snapshots_expired > 0 => tracing::info!(
                 snapshots_expired = r.snapshots_expired,
                 files_deleted = r.files_deleted,
+                manifests_deleted = r.manifests_deleted,
+                metadata_files_deleted = r.metadata_files_deleted,
                 "raw_events snapshots expired"
             ),
             Ok(_) => {}

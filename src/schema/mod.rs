@@ -129,7 +129,31 @@ pub fn raw_events_properties() -> HashMap<String, String> {
             "truncate(16)".into(),
         ),
     ])
+    .into_iter()
+    .chain(metadata_properties())
+    .collect()
 }
+
+/// Table properties that keep a table's metadata files from piling up:
+/// every commit writes a new `metadata.json`, and only the newest few are
+/// kept (deleted after the commit that retires them, as Iceberg's Java
+/// writers do). Set on every table Raindrop creates.
+pub fn metadata_properties() -> HashMap<String, String> {
+    HashMap::from([
+        (
+            "write.metadata.previous-versions-max".into(),
+            PREVIOUS_METADATA_VERSIONS.to_string(),
+        ),
+        (
+            "write.metadata.delete-after-commit.enabled".into(),
+            "true".into(),
+        ),
+    ])
+}
+
+/// Previous `metadata.json` files a table's log keeps (Iceberg's default
+/// is 100): enough for a reader that loaded a version a few commits ago.
+pub const PREVIOUS_METADATA_VERSIONS: usize = 10;
 
 /// Rows per Parquet row group: large enough for efficient scans, small
 /// enough that min/max statistics still prune inside a day's file.

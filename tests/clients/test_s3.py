@@ -111,6 +111,21 @@ def test_seed_query_on_s3_matches_the_local_warehouse(s3_server, loaded):
         assert on_s3.to_pylist() == local.to_pylist()
 
 
+def test_loaded_table_has_merged_manifests(s3_server):
+    """What the readers here read: the committer merged the manifests of
+    the first 8 appends into one per tenant (a `replace` snapshot), and
+    later appends added their own."""
+    table = pyiceberg_catalog(s3_server).load_table("wildedge.raw_events")
+    merges = [s for s in table.snapshots() if "raindrop.manifests-merged" in s.summary.additional_properties]
+    assert len(merges) == 1
+    assert merges[0].summary.operation.value == "replace"
+    manifests = table.inspect.manifests()
+    appended_since = sum(
+        1 for s in table.snapshots() if s.sequence_number > merges[0].sequence_number and s.summary.operation.value == "append"
+    )
+    assert manifests.num_rows == len(DATA) + appended_since
+
+
 def test_duckdb_iceberg_reader_over_s3_agrees_with_raindrop(s3_server, tmp_path):
     """DuckDB's own Iceberg reader (iceberg + httpfs + avro extensions, in
     a venv of its own: tests/clients/duckdb_s3.py says why) reads the table

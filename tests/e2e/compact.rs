@@ -12,6 +12,15 @@ const FINGERPRINT: &str = "SELECT count(*) AS n, count(DISTINCT event_id) AS ids
      CAST(min(event_timestamp) AS VARCHAR) AS lo, CAST(max(event_timestamp) AS VARCHAR) AS hi \
      FROM wildedge.raw_events";
 
+/// Expire snapshots older than `max_age`; files go at once.
+fn retain(max_age: Option<std::time::Duration>) -> raindrop::maintenance::Retention {
+    raindrop::maintenance::Retention {
+        max_age,
+        max_snapshots: None,
+        min_file_age: std::time::Duration::ZERO,
+    }
+}
+
 async fn fingerprint(client: &mut RaindropClient) -> String {
     let batches = client.query(FINGERPRINT).await.unwrap();
     arrow::util::pretty::pretty_format_batches(&batches)
@@ -239,7 +248,7 @@ async fn expiry_deletes_only_the_files_compaction_replaced() {
     // Everything stays on disk while the older snapshots are retained.
     let zero = std::time::Duration::ZERO;
     let hour = std::time::Duration::from_secs(3600);
-    let kept = raindrop::maintenance::expire_and_clean(warehouse, &ident, hour, 1, zero)
+    let kept = raindrop::maintenance::expire_and_clean(warehouse, &ident, &retain(Some(hour)))
         .await
         .unwrap();
     assert_eq!((kept.snapshots_expired, kept.files_deleted), (0, 0));
@@ -249,7 +258,7 @@ async fn expiry_deletes_only_the_files_compaction_replaced() {
     );
 
     // Expire all but the current snapshot: exactly the replaced files go.
-    let done = raindrop::maintenance::expire_and_clean(warehouse, &ident, zero, 1, zero)
+    let done = raindrop::maintenance::expire_and_clean(warehouse, &ident, &retain(Some(zero)))
         .await
         .unwrap();
     assert!(done.snapshots_expired > 0);

@@ -1,0 +1,362 @@
+//! Many-tenant stream benchmark (#15): telemetry as it really arrives, all
+//! day, from many tenants at once, in small batches.
+//!
+//! - ≥ 50 tenants with Zipf-skewed volumes (`RAINDROP_BENCH_TENANTS`), uuid
+//!   `event_id`s, events sent in arrival (time) order: each tenant's events
+//!   sorted by time and cut into `DoPut`s of 1k, 10k and 50k rows, all
+//!   tenants' batches interleaved by time;
+//! - 4 and 16 concurrent clients, each holding one connection per tenant
+//!   (its SDK token);
+//! - reported per run: rows/s, `DoPut` p50/p99, bytes per event, metadata
+//!   bytes as a share of data bytes, the most live files of one tenant-day,
+//!   snapshots and manifests; DuckDB's partitioned `COPY` of the same rows
+//!   (rows/s and bytes per event) in the same run.
+//!
+//! `RAINDROP_BENCH_SOAK_MINS=30` adds a soak: one day of events, near now,
+//! sent in 1k-row batches by 16 clients for that long with background
+//! compaction every minute, sampled every minute (latency, metadata share,
+//! files per tenant-day): are they flat?
+//!
+//! ```text
+//! cargo bench --bench stream
+//! RAINDROP_BENCH_BATCHES=1000 RAINDROP_BENCH_CLIENTS=16 RAINDROP_BENCH_SOAK_MINS=30 cargo bench --bench stream
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use chrono::Utc;
+use raindrop::client::RaindropClient;
+use raindrop::config::ServeConfig;
+use raindrop::demo::generate::{GenConfig, generate_project, project_ids};
+use raindrop::server::ServerHandle;
+use raindrop::tenant::{Role, tokens};
+
+mod common;
+use common::*;
+
+/// One tenant's batch, ready to send.
+type Batch = (String, RecordBatch);
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("stream benchmark: run with `cargo bench --bench stream`");
+        return;
+    }
+    raindrop::disable_library_backtraces();
+    let events = env_usize("RAINDROP_BENCH_EVENTS", 2_000_000);
+    let tenants = env_usize("RAINDROP_BENCH_TENANTS", 50);
+    let batch_sizes = env_list("RAINDROP_BENCH_BATCHES", &[1_000, 10_000, 50_000]);
+    let client_counts = env_list("RAINDROP_BENCH_CLIENTS", &[4, 16]);
+    let soak_mins = env_usize("RAINDROP_BENCH_SOAK_MINS", 0);
+    let ids = project_ids(tenants);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    let history = generate(&ids, events, 30);
+    println!(
+        "{events} events, {tenants} tenants (Zipf-skewed), 30 days, arrival order, one DoPut per batch\n"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let ipc = work.path().join("rows.arrow");
+    write_ipc(&ipc, arrival_order(&history, 50_000).iter().map(|(_, b)| b));
+    settle_disk();
+    let peer = run_peer("stream_peer.py", &[&ipc, &work.path().join("duckdb")]);
+    let mut runs = vec![];
+    for &batch_rows in &batch_sizes {
+        let batches = arrival_order(&history, batch_rows);
+        for &clients in &client_counts {
+            settle_disk();
+            let run = rt.block_on(run_once(&ids, &batches, clients));
+            runs.push((batch_rows, clients, run));
+        }
+    }
+    print_runs(&runs, peer.as_ref());
+    if soak_mins > 0 {
+        let day = generate(&ids, events.min(2_000_000), 1);
+        let batch_rows = batch_sizes.first().copied().unwrap_or(1_000);
+        let clients = client_counts.last().copied().unwrap_or(16);
+        let batches = arrival_order(&day, batch_rows);
+        rt.block_on(soak(
+            &ids,
+            &batches,
+            clients,
+            Duration::from_secs(60 * soak_mins as u64),
+        ));
+    }
+}
+
+/// Each tenant's events over `days` days ending now (Zipf-skewed volumes).
+fn generate(ids: &[String], events: usize, days: u32) -> Vec<(String, Vec<RecordBatch>)> {
+    let cfg = GenConfig {
+        projects: ids.len(),
+        days,
+        events,
+        batch_rows: 50_000,
+        seed: 23,
+        end: Utc::now(),
+    };
+    ids.iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let events = generate_project(&cfg, i)
+                .events
+                .iter()
+                .map(|b| with_project(p, b))
+                .collect();
+            (p.clone(), events)
+        })
+        .collect()
+}
+
+/// Every tenant's events cut into `batch_rows` batches in time order, and
+/// the batches of all tenants interleaved in the order they fill up.
+fn arrival_order(tenants: &[(String, Vec<RecordBatch>)], batch_rows: usize) -> Vec<Batch> {
+    let mut all: Vec<(i64, String, RecordBatch)> = tenants
+        .iter()
+        .filter(|(_, bs)| !bs.is_empty())
+        .flat_map(|(p, bs)| live_order(p, bs, batch_rows))
+        .collect();
+    all.sort_by_key(|(t, _, _)| *t);
+    all.into_iter().map(|(_, p, b)| (p, b)).collect()
+}
+
+/// A server over `dir` with an ingest token per tenant.
+async fn start(
+    dir: &Path,
+    ids: &[String],
+    compact_every: Option<Duration>,
+) -> (ServerHandle, HashMap<String, String>) {
+    let mut serve = ServeConfig::in_dir(dir);
+    serve.limits.compact_interval_secs = compact_every.map_or(0, |d| d.as_secs());
+    let mut secrets = HashMap::new();
+    for p in ids {
+        let s = tokens::generate_secret();
+        tokens::create_token(&serve.tokens_file(), &s, Some(p), Role::Ingest, "bench").unwrap();
+        secrets.insert(p.clone(), s);
+    }
+    (ServerHandle::start(serve).await.unwrap(), secrets)
+}
+
+/// `DoPut` latencies: (seconds since the start, milliseconds).
+type Latencies = Arc<Mutex<Vec<(f64, f64)>>>;
+
+/// Send `batches` from `clients` concurrent clients until they run out
+/// (or, cycling through them, until `until`).
+async fn drive(
+    url: &str,
+    secrets: &HashMap<String, String>,
+    batches: Arc<Vec<Batch>>,
+    clients: usize,
+    until: Option<Instant>,
+    latencies: Latencies,
+) -> usize {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = vec![];
+    for _ in 0..clients {
+        let (url, secrets, batches) = (url.to_string(), secrets.clone(), batches.clone());
+        let (next, latencies) = (next.clone(), latencies.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conns: HashMap<String, RaindropClient> = HashMap::new();
+            let mut rows = 0;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (project, batch) = match until {
+                    None if i >= batches.len() => break,
+                    Some(t) if Instant::now() >= t => break,
+                    _ => &batches[i % batches.len()],
+                };
+                if !conns.contains_key(project) {
+                    let c = RaindropClient::connect(&url, &secrets[project])
+                        .await
+                        .unwrap();
+                    conns.insert(project.clone(), c);
+                }
+                let c = conns.get_mut(project).unwrap();
+                let s = Instant::now();
+                c.ingest_events(vec![batch.clone()]).await.unwrap();
+                let ms = s.elapsed().as_secs_f64() * 1000.0;
+                latencies
+                    .lock()
+                    .unwrap()
+                    .push((started.elapsed().as_secs_f64(), ms));
+                rows += batch.num_rows();
+            }
+            rows
+        }));
+    }
+    let mut rows = 0;
+    for t in tasks {
+        rows += t.await.unwrap();
+    }
+    rows
+}
+
+/// The table as storage holds it right now.
+#[derive(Debug, Clone, Default)]
+struct TableState {
+    data_bytes: u64,
+    metadata_bytes: u64,
+    metadata_files: usize,
+    live_files: usize,
+    /// Most live data files of one (tenant, day) partition.
+    max_files_per_partition: usize,
+    snapshots: usize,
+    manifests: usize,
+}
+
+async fn table_state(dir: &Path, warehouse: &raindrop::catalog::Warehouse) -> TableState {
+    let root: PathBuf = dir.join("warehouse/wildedge/raw_events");
+    let table = warehouse.raw_events().await.unwrap();
+    let mut state = TableState {
+        data_bytes: tree_bytes(&root.join("data")),
+        metadata_bytes: tree_bytes(&root.join("metadata")),
+        metadata_files: count_files(&root.join("metadata")),
+        snapshots: table.metadata().snapshots().count(),
+        ..TableState::default()
+    };
+    let Some(snapshot) = table.metadata().current_snapshot() else {
+        return state;
+    };
+    state.manifests = table
+        .manifest_list_reader(snapshot)
+        .load()
+        .await
+        .unwrap()
+        .entries()
+        .len();
+    let tasks = live_files(&table).await;
+    let mut per_partition: HashMap<String, usize> = HashMap::new();
+    for t in &tasks {
+        let partition = t.data_file_path.rsplit_once('/').map_or("", |(dir, _)| dir);
+        *per_partition.entry(partition.to_string()).or_default() += 1;
+    }
+    state.live_files = tasks.len();
+    state.max_files_per_partition = per_partition.values().copied().max().unwrap_or(0);
+    state
+}
+
+/// What one (batch size, clients) run measured.
+struct Run {
+    rows: usize,
+    secs: f64,
+    latencies: Vec<f64>,
+    state: TableState,
+}
+
+async fn run_once(ids: &[String], batches: &[Batch], clients: usize) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, secrets) = start(dir.path(), ids, None).await;
+    let latencies: Latencies = Arc::default();
+    let t = Instant::now();
+    let rows = drive(
+        &server.url(),
+        &secrets,
+        Arc::new(batches.to_vec()),
+        clients,
+        None,
+        latencies.clone(),
+    )
+    .await;
+    let secs = t.elapsed().as_secs_f64();
+    let state = table_state(dir.path(), server.services.query.warehouse()).await;
+    server.stop().await.unwrap();
+    let mut latencies: Vec<f64> = latencies.lock().unwrap().iter().map(|l| l.1).collect();
+    latencies.sort_by(f64::total_cmp);
+    Run {
+        rows,
+        secs,
+        latencies,
+        state,
+    }
+}
+
+fn print_runs(runs: &[(usize, usize, Run)], peer: Option<&serde_json::Value>) {
+    println!(
+        "| batch rows | clients | rows/s | DoPut p50 / p99 ms | bytes/event | metadata / data | most files in a tenant-day | live files | snapshots | manifests |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (batch, clients, r) in runs {
+        let s = &r.state;
+        println!(
+            "| {batch} | {clients} | {:.0} | {:.1} / {:.1} | {:.1} | {:.1}% ({:.1} MB in {} files) | {} | {} | {} | {} |",
+            r.rows as f64 / r.secs,
+            percentile(&r.latencies, 0.5),
+            percentile(&r.latencies, 0.99),
+            s.data_bytes as f64 / r.rows as f64,
+            100.0 * s.metadata_bytes as f64 / s.data_bytes.max(1) as f64,
+            s.metadata_bytes as f64 / 1e6,
+            s.metadata_files,
+            s.max_files_per_partition,
+            s.live_files,
+            s.snapshots,
+            s.manifests,
+        );
+    }
+    if let Some(p) = peer {
+        println!(
+            "\nDuckDB partitioned COPY of the same rows (threads=2): {:.0} rows/s, {:.1} bytes/event",
+            p["duckdb_rows_per_s"].as_f64().unwrap_or(f64::NAN),
+            p["duckdb_bytes_per_event"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+}
+
+/// Stream `batches` for `length` with background compaction every minute,
+/// printing a row per minute.
+async fn soak(ids: &[String], batches: &[Batch], clients: usize, length: Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let minute = Duration::from_secs(60);
+    let (server, secrets) = start(dir.path(), ids, Some(minute)).await;
+    let latencies: Latencies = Arc::default();
+    let until = Instant::now() + length;
+    let driver = {
+        let (url, batches, latencies) =
+            (server.url(), Arc::new(batches.to_vec()), latencies.clone());
+        tokio::spawn(async move {
+            drive(&url, &secrets, batches, clients, Some(until), latencies).await
+        })
+    };
+    println!(
+        "\nsoak: {clients} clients, DoPuts of {} rows, {} tenants, compaction every minute\n",
+        batches.first().map_or(0, |b| b.1.num_rows()),
+        ids.len()
+    );
+    println!(
+        "| minute | rows/s | DoPut p50 / p99 ms | metadata / data | metadata files | most files in a tenant-day | snapshots | manifests |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let started = Instant::now();
+    let mut seen = 0;
+    let mut m = 0;
+    while Instant::now() < until {
+        tokio::time::sleep(minute.min(until - Instant::now())).await;
+        m += 1;
+        let window: Vec<(f64, f64)> = latencies.lock().unwrap()[seen..].to_vec();
+        seen += window.len();
+        let mut ms: Vec<f64> = window.iter().map(|l| l.1).collect();
+        ms.sort_by(f64::total_cmp);
+        let rows = ms.len() * batches.first().map_or(0, |b| b.1.num_rows());
+        let s = table_state(dir.path(), server.services.query.warehouse()).await;
+        println!(
+            "| {m} | {:.0} | {:.1} / {:.1} | {:.1}% | {} | {} | {} | {} |",
+            rows as f64 / 60.0,
+            percentile(&ms, 0.5),
+            percentile(&ms, 0.99),
+            100.0 * s.metadata_bytes as f64 / s.data_bytes.max(1) as f64,
+            s.metadata_files,
+            s.max_files_per_partition,
+            s.snapshots,
+            s.manifests,
+        );
+    }
+    let rows = driver.await.unwrap();
+    println!(
+        "\nsoak total: {rows} rows in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    server.stop().await.unwrap();
+}
