@@ -201,11 +201,27 @@ struct TableState {
     data_bytes: u64,
     metadata_bytes: u64,
     metadata_files: usize,
+    /// Of `metadata_bytes`: `metadata.json` files, manifest lists, manifests.
+    json_bytes: u64,
+    list_bytes: u64,
+    manifest_bytes: u64,
     live_files: usize,
     /// Most live data files of one (tenant, day) partition.
     max_files_per_partition: usize,
     snapshots: usize,
     manifests: usize,
+}
+
+impl TableState {
+    fn breakdown(&self) -> String {
+        let mb = |b: u64| b as f64 / 1e6;
+        format!(
+            "{:.1} / {:.1} / {:.1}",
+            mb(self.json_bytes),
+            mb(self.list_bytes),
+            mb(self.manifest_bytes)
+        )
+    }
 }
 
 async fn table_state(dir: &Path, warehouse: &raindrop::catalog::Warehouse) -> TableState {
@@ -218,6 +234,17 @@ async fn table_state(dir: &Path, warehouse: &raindrop::catalog::Warehouse) -> Ta
         snapshots: table.metadata().snapshots().count(),
         ..TableState::default()
     };
+    for e in std::fs::read_dir(root.join("metadata")).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let len = e.metadata().map_or(0, |m| m.len());
+        if name.ends_with(".metadata.json") {
+            state.json_bytes += len;
+        } else if name.starts_with("snap-") {
+            state.list_bytes += len;
+        } else {
+            state.manifest_bytes += len;
+        }
+    }
     let Some(snapshot) = table.metadata().current_snapshot() else {
         return state;
     };
@@ -276,13 +303,13 @@ async fn run_once(ids: &[String], batches: &[Batch], clients: usize) -> Run {
 
 fn print_runs(runs: &[(usize, usize, Run)], peer: Option<&serde_json::Value>) {
     println!(
-        "| batch rows | clients | rows/s | DoPut p50 / p99 ms | bytes/event | metadata / data | most files in a tenant-day | live files | snapshots | manifests |"
+        "| batch rows | clients | rows/s | DoPut p50 / p99 ms | bytes/event | metadata / data | json / lists / manifests MB | most files in a tenant-day | live files | snapshots | manifests |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (batch, clients, r) in runs {
         let s = &r.state;
         println!(
-            "| {batch} | {clients} | {:.0} | {:.1} / {:.1} | {:.1} | {:.1}% ({:.1} MB in {} files) | {} | {} | {} | {} |",
+            "| {batch} | {clients} | {:.0} | {:.1} / {:.1} | {:.1} | {:.1}% ({:.1} MB in {} files) | {} | {} | {} | {} | {} |",
             r.rows as f64 / r.secs,
             percentile(&r.latencies, 0.5),
             percentile(&r.latencies, 0.99),
@@ -290,6 +317,7 @@ fn print_runs(runs: &[(usize, usize, Run)], peer: Option<&serde_json::Value>) {
             100.0 * s.metadata_bytes as f64 / s.data_bytes.max(1) as f64,
             s.metadata_bytes as f64 / 1e6,
             s.metadata_files,
+            s.breakdown(),
             s.max_files_per_partition,
             s.live_files,
             s.snapshots,
@@ -326,9 +354,9 @@ async fn soak(ids: &[String], batches: &[Batch], clients: usize, length: Duratio
         ids.len()
     );
     println!(
-        "| minute | rows/s | DoPut p50 / p99 ms | metadata / data | metadata files | most files in a tenant-day | snapshots | manifests |"
+        "| minute | rows/s | DoPut p50 / p99 ms | data MB | metadata / data | json / lists / manifests MB | metadata files | most files in a tenant-day | snapshots | manifests |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let started = Instant::now();
     let mut seen = 0;
     let mut m = 0;
@@ -342,11 +370,13 @@ async fn soak(ids: &[String], batches: &[Batch], clients: usize, length: Duratio
         let rows = ms.len() * batches.first().map_or(0, |b| b.1.num_rows());
         let s = table_state(dir.path(), server.services.query.warehouse()).await;
         println!(
-            "| {m} | {:.0} | {:.1} / {:.1} | {:.1}% | {} | {} | {} | {} |",
+            "| {m} | {:.0} | {:.1} / {:.1} | {:.0} | {:.1}% | {} | {} | {} | {} | {} |",
             rows as f64 / 60.0,
             percentile(&ms, 0.5),
             percentile(&ms, 0.99),
+            s.data_bytes as f64 / 1e6,
             100.0 * s.metadata_bytes as f64 / s.data_bytes.max(1) as f64,
+            s.breakdown(),
             s.metadata_files,
             s.max_files_per_partition,
             s.snapshots,

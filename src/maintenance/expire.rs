@@ -75,10 +75,11 @@ pub fn expiring(table: &Table, retention: &Retention) -> Vec<i64> {
 }
 
 /// Expire `ident`'s snapshots as `retention` says, then delete what no
-/// retained snapshot references: the expired snapshots' manifest lists and
-/// manifests at once, anything else unreferenced under the table's
-/// `metadata/` and `data/` once `min_file_age` old, and `metadata.json`
-/// files older than the metadata log.
+/// retained snapshot references: what the expired snapshots referenced
+/// (manifest lists, manifests, data files) at once, anything else
+/// unreferenced under the table's `metadata/` (and with `sweep_data`, its
+/// `data/`) once `min_file_age` old, and `metadata.json` files older than
+/// the metadata log.
 ///
 /// Compaction leaves the files it replaced to the older snapshots; this is
 /// what finally removes them. Request ids used for deduplication live in
@@ -88,6 +89,7 @@ pub async fn expire_and_clean(
     warehouse: &Warehouse,
     ident: &TableIdent,
     retention: &Retention,
+    sweep_data: bool,
 ) -> Result<ExpireReport> {
     let table = warehouse.catalog.load_table(ident).await?;
     let ids = expiring(&table, retention);
@@ -114,25 +116,42 @@ pub async fn expire_and_clean(
 
     let store = &warehouse.store;
     let reachable = orphans::reachable(&after).await?;
-    // What the expired snapshots referenced is garbage now unless a
-    // retained snapshot still lists it: no age guard needed for those.
+    // What the expired snapshots referenced and no retained snapshot does
+    // is garbage now: committed once, so no commit in flight needs it, and
+    // no age guard is needed. Their manifest lists, their manifests, and the
+    // data files those list (live or replaced) that no retained snapshot
+    // lists as live.
     let expired_lists: Vec<_> = table
         .metadata()
         .snapshots()
         .filter(|s| expired.contains(&s.snapshot_id()))
+        .cloned()
         .collect();
     let mut garbage: HashSet<String> = expired_lists
         .iter()
         .map(|s| object_key(s.manifest_list()).to_string())
         .collect();
-    let expired_lists = expired_lists.into_iter().cloned().collect();
+    let mut dead_manifests = vec![];
     for list in orphans::load_lists(&table, expired_lists).await? {
-        garbage.extend(
-            list.entries()
-                .iter()
-                .map(|m| object_key(&m.manifest_path).to_string()),
-        );
+        for m in list.entries() {
+            let key = object_key(&m.manifest_path);
+            if !reachable.manifests.contains(key) && garbage.insert(key.to_string()) {
+                dead_manifests.push(m.clone());
+            }
+        }
     }
+    let mut dead_data: HashSet<String> = HashSet::new();
+    let mut data_files = vec![];
+    for manifest in orphans::load_manifests(&table, dead_manifests).await? {
+        for entry in manifest.entries() {
+            let key = object_key(entry.file_path());
+            if !reachable.data.contains(key) && dead_data.insert(key.to_string()) {
+                data_files.push(entry.file_path().to_string());
+            }
+        }
+    }
+    // The rest of metadata/ (a bounded directory) is listed every time:
+    // retired metadata.json files, and .avro files of failed commits.
     let oldest = oldest_listed_version(&after).filter(|_| deletes_after_commit(&after));
     let mut manifests = vec![];
     let mut metadata_files = vec![];
@@ -150,10 +169,19 @@ pub async fn expire_and_clean(
             manifests.push(object.location);
         }
     }
+    // data/ can be large: listed only when asked (files of failed commits).
+    if sweep_data {
+        let orphans =
+            orphans::orphan_data_files(store, &after, &reachable, retention.min_file_age).await?;
+        data_files.extend(
+            orphans
+                .orphans
+                .into_iter()
+                .filter(|o| !dead_data.contains(object_key(o))),
+        );
+    }
     report.manifests_deleted = delete_all(store, manifests).await?;
     report.metadata_files_deleted = delete_all(store, metadata_files).await?;
-    let data =
-        orphans::orphan_data_files(store, &after, &reachable, retention.min_file_age).await?;
-    report.files_deleted = orphans::delete_orphans(store, &data).await?;
+    report.files_deleted = delete_all(store, data_files).await?;
     Ok(report)
 }

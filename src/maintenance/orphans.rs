@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
-use iceberg::spec::{ManifestList, SnapshotRef};
+use iceberg::spec::{Manifest, ManifestFile, ManifestList, SnapshotRef};
 use iceberg::table::Table;
 
 use crate::error::Result;
@@ -50,15 +50,7 @@ pub async fn reachable(table: &Table) -> Result<Reachable> {
             }
         }
     }
-    let io = table.file_io().clone();
-    // Owned futures: a spawned task needs them `Send` for any lifetime.
-    let mut manifests = futures::stream::iter(manifest_files)
-        .map(move |m| {
-            let io = io.clone();
-            async move { m.load_manifest(&io).await }
-        })
-        .buffer_unordered(READ_CONCURRENCY);
-    while let Some(manifest) = manifests.try_next().await? {
+    for manifest in load_manifests(table, manifest_files).await? {
         // A `deleted` entry (a file compaction replaced) does not keep its
         // file alive: only snapshots listing it as live do.
         for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
@@ -66,6 +58,23 @@ pub async fn reachable(table: &Table) -> Result<Reachable> {
         }
     }
     Ok(out)
+}
+
+/// The manifests `files` name, read concurrently.
+pub(super) async fn load_manifests(
+    table: &Table,
+    files: Vec<ManifestFile>,
+) -> Result<Vec<Manifest>> {
+    let io = table.file_io().clone();
+    // Owned futures: a spawned task needs them `Send` for any lifetime.
+    Ok(futures::stream::iter(files)
+        .map(move |m| {
+            let io = io.clone();
+            async move { m.load_manifest(&io).await }
+        })
+        .buffer_unordered(READ_CONCURRENCY)
+        .try_collect()
+        .await?)
 }
 
 /// The manifest lists of `snapshots` of `table`, read concurrently.

@@ -163,6 +163,7 @@ async fn compact_periodically(
     let mut compacted: Option<i64> = None;
     let tick = every.min(EXPIRE_EVERY);
     let mut next_compaction = Instant::now() + every;
+    let mut last_sweep: Option<Instant> = None;
     loop {
         tokio::time::sleep(tick).await;
         if holding.as_ref().is_some_and(|h| !h.held()) {
@@ -197,7 +198,13 @@ async fn compact_periodically(
         if !due {
             continue;
         }
-        let expired = super::expire_and_clean(&warehouse, &ident, &retention).await;
+        // Listing data/ (for files of failed commits) is the costly part on
+        // a big table: at most hourly.
+        let sweep = last_sweep.is_none_or(|t: Instant| t.elapsed() >= retention.min_file_age);
+        let expired = super::expire_and_clean(&warehouse, &ident, &retention, sweep).await;
+        if sweep && expired.is_ok() {
+            last_sweep = Some(Instant::now());
+        }
         count_run("expiry", expired.is_ok());
         match expired {
             Ok(r) if r.snapshots_expired > 0 => tracing::info!(

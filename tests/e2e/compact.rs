@@ -248,9 +248,10 @@ async fn expiry_deletes_only_the_files_compaction_replaced() {
     // Everything stays on disk while the older snapshots are retained.
     let zero = std::time::Duration::ZERO;
     let hour = std::time::Duration::from_secs(3600);
-    let kept = raindrop::maintenance::expire_and_clean(warehouse, &ident, &retain(Some(hour)))
-        .await
-        .unwrap();
+    let kept =
+        raindrop::maintenance::expire_and_clean(warehouse, &ident, &retain(Some(hour)), true)
+            .await
+            .unwrap();
     assert_eq!((kept.snapshots_expired, kept.files_deleted), (0, 0));
     assert_eq!(
         parquet_files(&server.raw_events_data()).len(),
@@ -258,9 +259,10 @@ async fn expiry_deletes_only_the_files_compaction_replaced() {
     );
 
     // Expire all but the current snapshot: exactly the replaced files go.
-    let done = raindrop::maintenance::expire_and_clean(warehouse, &ident, &retain(Some(zero)))
-        .await
-        .unwrap();
+    let done =
+        raindrop::maintenance::expire_and_clean(warehouse, &ident, &retain(Some(zero)), true)
+            .await
+            .unwrap();
     assert!(done.snapshots_expired > 0);
     assert_eq!(done.files_deleted, report.files_removed);
     let (files, days) = files_and_days(&mut acme).await;

@@ -177,7 +177,7 @@ async fn expiry_deletes_what_only_expired_snapshots_referenced() {
         max_snapshots: Some(2),
         min_file_age: std::time::Duration::ZERO,
     };
-    let report = expire_and_clean(warehouse, &warehouse.raw_events_ident(), &retention)
+    let report = expire_and_clean(warehouse, &warehouse.raw_events_ident(), &retention, true)
         .await
         .unwrap();
     let table = raw_events(&server).await;
@@ -227,4 +227,44 @@ async fn expiry_deletes_what_only_expired_snapshots_referenced() {
     expected.insert(format!("b{commits}x0"), 3);
     expected.insert(format!("b{commits}x1"), 3);
     assert_eq!(rows_per_batch(&mut admin).await, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_compaction_replaced_go_when_their_snapshots_expire() {
+    use raindrop::maintenance::compact::{CompactOptions, compact_table};
+    let server = TestServer::start().await;
+    let commits = MERGE_AFTER_APPENDS + 2;
+    ingest_small_commits(&server, 0..commits, 10).await;
+    let warehouse = server.handle.as_ref().unwrap().services.query.warehouse();
+    let ident = warehouse.raw_events_ident();
+    let compacted = compact_table(warehouse, &ident, &CompactOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        compacted.files_removed > compacted.files_added,
+        "{compacted:?}"
+    );
+    let on_disk = parquet_files(&server.raw_events_data()).len();
+
+    // The replaced files are an hour younger than the guard that protects
+    // unknown files, but the expired snapshots vouch for them: they go now,
+    // and only they (no data/ listing here).
+    let retention = Retention {
+        max_age: None,
+        max_snapshots: Some(1),
+        min_file_age: std::time::Duration::from_secs(3600),
+    };
+    let report = expire_and_clean(warehouse, &ident, &retention, false)
+        .await
+        .unwrap();
+    assert_eq!(report.files_deleted, compacted.files_removed);
+    let left = parquet_files(&server.raw_events_data()).len();
+    assert_eq!(left, on_disk - compacted.files_removed);
+    let table = raw_events(&server).await;
+    let reachable = raindrop::maintenance::orphans::reachable(&table)
+        .await
+        .unwrap();
+    assert_eq!(reachable.data.len(), left);
+    let mut admin = server.client("admin").await;
+    assert_eq!(rows_per_batch(&mut admin).await, expected_rows(commits, 10));
 }
