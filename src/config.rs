@@ -108,6 +108,11 @@ pub struct ServeConfig {
     /// Token file (hashed tokens); default `<data-dir>/tokens.json`.
     #[clap(long, env = "RAINDROP_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
+    /// Write-ahead log of acknowledged `raw_events` rows not yet committed;
+    /// default `<data-dir>/wal`. On local disk that survives restarts, one
+    /// per node (a second process opening it is refused).
+    #[clap(long, env = "RAINDROP_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
     /// Limits.
     #[clap(flatten)]
     pub limits: LimitsConfig,
@@ -140,9 +145,17 @@ impl ServeConfig {
             shutdown_grace_secs: 30,
             storage: StorageConfig::in_dir(data_dir),
             tokens_file: None,
+            wal_dir: None,
             limits: LimitsConfig::default(),
             tls: TlsConfig::default(),
         }
+    }
+
+    /// Effective write-ahead log directory.
+    pub fn wal_dir(&self) -> PathBuf {
+        self.wal_dir
+            .clone()
+            .unwrap_or_else(|| self.storage.data_dir.join("wal"))
     }
 
     /// Effective token file.
@@ -185,6 +198,10 @@ pub mod limits {
     pub const MAX_MESSAGE_MIB: usize = 64;
     /// Default of `--commit-max-delay-ms`.
     pub const COMMIT_MAX_DELAY_MS: u64 = 0;
+    /// Default of `--flush-interval-ms`.
+    pub const FLUSH_INTERVAL_MS: u64 = 2000;
+    /// Default of `--flush-mib`.
+    pub const FLUSH_MIB: usize = 256;
     /// Default of `--compact-interval-secs`.
     pub const COMPACT_INTERVAL_SECS: u64 = 300;
     /// Default of `--snapshot-retention-hours`.
@@ -241,6 +258,16 @@ pub struct LimitsConfig {
     /// larger files at the cost of ingest latency.
     #[clap(long, env = "RAINDROP_COMMIT_MAX_DELAY_MS", default_value_t = limits::COMMIT_MAX_DELAY_MS)]
     pub commit_max_delay_ms: u64,
+    /// `raw_events` ingest is acknowledged once durable in the write-ahead
+    /// log, and what is buffered is committed to the table this often, in
+    /// ms: other engines see rows this much later (Flight SQL queries on
+    /// this node at once). 0 = no log: each `DoPut` commits before it is
+    /// answered (one snapshot and set of files per request group).
+    #[clap(long, env = "RAINDROP_FLUSH_INTERVAL_MS", default_value_t = limits::FLUSH_INTERVAL_MS)]
+    pub flush_interval_ms: u64,
+    /// Commit buffered rows sooner once this many MiB are buffered.
+    #[clap(long, env = "RAINDROP_FLUSH_MIB", default_value_t = limits::FLUSH_MIB)]
+    pub flush_mib: usize,
     /// How often the server compacts `raw_events` (rewrites each
     /// partition's small files as one), in seconds; 0 disables it. With
     /// several nodes on one catalog, one at a time does it (the holder of
@@ -314,6 +341,8 @@ impl Default for LimitsConfig {
             max_buffered_mib: limits::MAX_BUFFERED_MIB,
             max_message_mib: limits::MAX_MESSAGE_MIB,
             commit_max_delay_ms: limits::COMMIT_MAX_DELAY_MS,
+            flush_interval_ms: limits::FLUSH_INTERVAL_MS,
+            flush_mib: limits::FLUSH_MIB,
             compact_interval_secs: limits::COMPACT_INTERVAL_SECS,
             compact_min_files: compact::BACKGROUND_MIN_FILES,
             snapshot_retention_hours: limits::SNAPSHOT_RETENTION_HOURS,

@@ -26,7 +26,7 @@ pub struct Outcome {
 /// A background job and how it ended.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobOutcome {
-    /// `compaction`, `expiry` or `manifest-merge`.
+    /// `compaction`, `expiry`, `manifest-merge` or `flush`.
     pub job: &'static str,
     /// `ok` or `error`.
     pub outcome: &'static str,
@@ -78,6 +78,12 @@ pub struct Metrics {
     pub maintenance_lease_held: Gauge,
     /// Cache lookups.
     pub cache_lookups: Family<CacheResult, Counter>,
+    /// Rows acknowledged but not yet committed to the table (held in the
+    /// write-ahead log and the ingest buffer).
+    pub ingest_buffered_rows: Gauge,
+    /// Age of the oldest such row, in milliseconds: how far behind the
+    /// table external Iceberg readers are.
+    pub ingest_buffered_age_ms: Gauge,
     /// Storage requests (object store or local files) by operation.
     pub storage_requests: Family<StorageOp, Counter>,
     /// Failed storage requests by operation.
@@ -104,6 +110,8 @@ impl Metrics {
             queries_queued: Gauge::default(),
             maintenance_runs: Family::default(),
             maintenance_lease_held: Gauge::default(),
+            ingest_buffered_rows: Gauge::default(),
+            ingest_buffered_age_ms: Gauge::default(),
             cache_lookups: Family::default(),
             storage_requests: Family::default(),
             storage_errors: Family::default(),
@@ -131,6 +139,16 @@ impl Metrics {
             "Time of successful commits",
             Unit::Seconds,
             m.commit_seconds.clone(),
+        );
+        r.register(
+            "ingest_buffered_rows",
+            "Rows acknowledged but not yet committed to the table",
+            m.ingest_buffered_rows.clone(),
+        );
+        r.register(
+            "ingest_buffered_age_ms",
+            "Age of the oldest acknowledged row not yet committed, in ms",
+            m.ingest_buffered_age_ms.clone(),
         );
         r.register("queries", "Queries by outcome", m.queries.clone());
         r.register_with_unit(

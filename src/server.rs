@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::flight::{RaindropFlightService, Services};
 use crate::ingest::Ingestor;
 use crate::ingest::commit::CommitConfig;
+use crate::ingest::log::LogConfig;
 use crate::maintenance::Retention;
 use crate::maintenance::compact::CompactOptions;
 use crate::maintenance::expire::MIN_RETAINED_SNAPSHOTS;
@@ -79,19 +80,32 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
         admission: admission_config(limits),
         data_cache_bytes: limits.data_cache_mib * MIB as u64,
     };
+    let mut ingest = Ingestor::new(
+        warehouse.clone(),
+        limits.max_ingest_mib * MIB,
+        limits.max_buffered_mib * MIB,
+        INGEST_BUFFER_WAIT,
+        CommitConfig {
+            max_delay: Duration::from_millis(limits.commit_max_delay_ms),
+            ..CommitConfig::default()
+        },
+    );
+    if limits.flush_interval_ms > 0 {
+        ingest
+            .start_log(LogConfig {
+                dir: config.wal_dir(),
+                flush_interval: Duration::from_millis(limits.flush_interval_ms),
+                // Below the ingest budget, so a full buffer flushes before
+                // it refuses new rows.
+                flush_bytes: (limits.flush_mib * MIB).min(limits.max_buffered_mib * MIB / 2),
+            })
+            .await?;
+    }
     Ok(Arc::new(Services {
         tokens,
-        query: QueryEngine::new(warehouse.clone(), limits.query_partitions, query_limits)?,
-        ingest: Ingestor::new(
-            warehouse,
-            limits.max_ingest_mib * MIB,
-            limits.max_buffered_mib * MIB,
-            INGEST_BUFFER_WAIT,
-            CommitConfig {
-                max_delay: Duration::from_millis(limits.commit_max_delay_ms),
-                ..CommitConfig::default()
-            },
-        ),
+        query: QueryEngine::new(warehouse, limits.query_partitions, query_limits)?
+            .with_buffer(ingest.buffer()),
+        ingest,
         prepared: Default::default(),
         planned: Default::default(),
         maintenance,
@@ -189,6 +203,7 @@ pub async fn run(
         draining.notified().await;
         tokio::time::sleep(grace).await;
     };
+    let flushed = services.clone();
     let served = tokio::select! {
         served = serve_flight(listener, services, config, shutdown) => served,
         () = deadline => {
@@ -196,6 +211,12 @@ pub async fn run(
             Ok(())
         }
     };
+    // Not needed for durability (the log is replayed on start), but other
+    // engines then see every acknowledged row without waiting for it.
+    if let Err(e) = flushed.ingest.flush().await {
+        tracing::warn!(error = %e, "final flush failed; the write-ahead log keeps the rows for the next start");
+    }
+    drop(flushed);
     http_stop.send(()).ok();
     if let Some(task) = http_task {
         task.await

@@ -265,8 +265,15 @@ impl FlightSqlService for RaindropFlightService {
         &self,
         request: Request<Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
-        self.principal(&request)?;
+        let principal = self.principal(&request)?;
         let body = match request.get_ref().r#type.as_str() {
+            // Commit every acknowledged row now, so other engines see it
+            // without waiting for the flush interval (e.g. before a dbt run).
+            "Flush" => {
+                principal.require_write()?;
+                self.services.ingest.flush().await?;
+                vec![]
+            }
             // Nothing runs between calls (results stream from DoGet, which
             // the client cancels by dropping it), so there is nothing to cancel.
             "CancelFlightInfo" => {
@@ -291,6 +298,10 @@ impl FlightSqlService for RaindropFlightService {
             Ok(arrow_flight::ActionType {
                 r#type: "CancelFlightInfo".into(),
                 description: "Answers NOT_CANCELLABLE: cancel by dropping the DoGet stream".into(),
+            }),
+            Ok(arrow_flight::ActionType {
+                r#type: "Flush".into(),
+                description: "Commits every row this node has acknowledged, so other engines reading the Iceberg table see it now (needs a role that may ingest)".into(),
             }),
             Ok(arrow_flight::ActionType {
                 r#type: "CloseSession".into(),

@@ -6,9 +6,12 @@
 //! the Iceberg namespace `tenants.<project>.<schema>` derived from the token,
 //! so no name a client sends can reach another tenant's tables.
 
+pub mod buffer;
 pub mod commit;
 pub mod layout;
+pub mod log;
 pub mod validate;
+pub mod wal;
 pub mod write;
 
 use std::collections::HashMap;
@@ -25,7 +28,9 @@ use crate::catalog::Warehouse;
 use crate::error::{Error, Result};
 use crate::schema;
 use crate::tenant::{Principal, names};
+use buffer::Buffer;
 use commit::{AppendOutcome, CommitConfig, TableWriter};
+use log::{Log, LogConfig};
 
 /// Where an ingest stream goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +64,9 @@ pub enum Mode {
 pub struct Ingestor {
     warehouse: Warehouse,
     writer: Arc<TableWriter>,
+    /// Buffered ingest of `raw_events` (write-ahead log and flusher);
+    /// `None`: every `DoPut` commits before it is answered.
+    log: Option<Arc<Log>>,
     max_stream_bytes: usize,
     budget: Budget,
 }
@@ -78,6 +86,10 @@ struct Budget {
 struct Reservation(Option<OwnedSemaphorePermit>);
 
 impl Reservation {
+    fn into_permit(self) -> Option<OwnedSemaphorePermit> {
+        self.0
+    }
+
     fn add(&mut self, permit: OwnedSemaphorePermit) {
         match &mut self.0 {
             Some(p) => p.merge(permit),
@@ -120,12 +132,35 @@ impl Ingestor {
         Self {
             warehouse,
             writer,
+            log: None,
             max_stream_bytes,
             budget: Budget {
                 kib: Arc::new(Semaphore::new(total_kib)),
                 total_kib,
                 wait,
             },
+        }
+    }
+
+    /// Acknowledge `raw_events` rows once they are in the write-ahead log
+    /// and commit them in the background ([`log`]); replays what the log
+    /// holds that the table does not.
+    pub async fn start_log(&mut self, config: LogConfig) -> Result<()> {
+        self.log = Some(Log::open(config, self.warehouse.clone(), self.writer.clone()).await?);
+        Ok(())
+    }
+
+    /// Rows acknowledged and not yet committed, for queries (`None` when
+    /// ingest is not buffered).
+    pub fn buffer(&self) -> Option<Arc<Buffer>> {
+        self.log.as_ref().map(|l| l.buffer().clone())
+    }
+
+    /// Commit every acknowledged row now (no-op when not buffered).
+    pub async fn flush(&self) -> Result<()> {
+        match &self.log {
+            Some(log) => log.flush().await,
+            None => Ok(()),
         }
     }
 
@@ -275,11 +310,17 @@ impl Ingestor {
         let rule = principal.project_rule()?;
         let target_schema = schema::raw_events_arrow_schema();
         let now = chrono::Utc::now().timestamp_micros();
-        let (batches, _reservation) = self
+        let (batches, reservation) = self
             .collect(batches, |b| {
                 validate::normalize_raw_events(b, &target_schema, rule, now)
             })
             .await?;
+        if let Some(log) = &self.log {
+            // The rows keep their share of the ingest budget until flushed.
+            return log
+                .append(batches, request_id, reservation.into_permit())
+                .await;
+        }
         self.writer
             .append(&self.warehouse.raw_events_ident(), batches, request_id)
             .await

@@ -9,6 +9,7 @@
 //! read, and names of other tenants resolve to nothing.
 
 pub mod admission;
+pub mod buffered;
 pub mod functions;
 pub mod limits;
 pub mod manifests;
@@ -48,6 +49,8 @@ use limits::{LimitedStream, QueryLimits};
 use manifests::ManifestLists;
 use reader::FooterCache;
 use table::{RaindropTable, TenantSchema};
+
+use crate::ingest::buffer::Buffer;
 
 /// Table type of the tables users create and `raw_events`.
 pub const TABLE: &str = "TABLE";
@@ -138,6 +141,9 @@ pub struct QueryEngine {
     limits: QueryLimits,
     admission: Arc<Admission>,
     caches: Arc<ScanCaches>,
+    /// Acknowledged `raw_events` rows not committed yet, when ingest is
+    /// buffered.
+    buffer: Option<Arc<Buffer>>,
 }
 
 /// The state sessions are cloned from: DataFusion's own `DATAFUSION_*`
@@ -189,7 +195,14 @@ impl QueryEngine {
                     .then(|| Arc::new(reader::DataCache::new(limits.data_cache_bytes, access_log))),
                 manifest_lists: ManifestLists::new(MANIFEST_LIST_CACHE_ENTRIES),
             }),
+            buffer: None,
         })
+    }
+
+    /// Read `buffer`'s rows with the table (read-your-writes).
+    pub fn with_buffer(mut self, buffer: Option<Arc<Buffer>>) -> Self {
+        self.buffer = buffer;
+        self
     }
 
     /// Run a planned query as `principal`, within the query limits: waits
@@ -245,11 +258,12 @@ impl QueryEngine {
         } else {
             Some(principal.project()?.to_string())
         };
-        let raw_events = RaindropTable::raw_events(
-            self.warehouse.raw_events().await?,
-            scope,
-            self.caches.clone(),
-        )?;
+        // Buffered rows first, the table second: `not_in` then drops what
+        // a flush committed in between (see `ingest::buffer`).
+        let taken = self.buffer.as_ref().map(|b| b.take(scope.as_deref()));
+        let table = self.warehouse.raw_events().await?;
+        let buffered = taken.map(|t| t.not_in(&table)).unwrap_or_default();
+        let raw_events = RaindropTable::raw_events(table, scope, self.caches.clone(), buffered)?;
         events.register_table(schema::RAW_EVENTS.to_string(), Arc::new(raw_events))?;
         let events_schema = self.warehouse.namespace.to_url_string();
         catalog.register_schema(&events_schema, Arc::new(events))?;

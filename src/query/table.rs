@@ -10,6 +10,7 @@
 use std::any::Any;
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
@@ -18,6 +19,7 @@ use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::union::UnionExec;
 use iceberg::expr::Predicate;
 use iceberg::scan::FileScanTask;
 use iceberg::spec::Transform;
@@ -51,14 +53,18 @@ pub struct RaindropTable {
     exact_days: bool,
     /// Caches shared by every scan of the engine.
     caches: Arc<ScanCaches>,
+    /// Acknowledged rows the table does not hold yet (in scope already).
+    buffered: Vec<RecordBatch>,
 }
 
 impl RaindropTable {
-    /// `raw_events` as seen by one project (`None` = admin, all projects).
+    /// `raw_events` as seen by one project (`None` = admin, all projects),
+    /// with that scope's `buffered` rows not committed yet.
     pub fn raw_events(
         table: Table,
         scope: Option<String>,
         caches: Arc<ScanCaches>,
+        buffered: Vec<RecordBatch>,
     ) -> DFResult<Self> {
         let mut schema = table_arrow_schema(&table)?;
         let mut fields = schema.fields().to_vec();
@@ -77,6 +83,7 @@ impl RaindropTable {
             virtual_day: true,
             exact_days,
             caches,
+            buffered,
         })
     }
 
@@ -90,6 +97,7 @@ impl RaindropTable {
             virtual_day: false,
             exact_days: false,
             caches,
+            buffered: vec![],
         })
     }
 }
@@ -220,7 +228,12 @@ impl TableProvider for RaindropTable {
                 }
                 Err(e) => return Err(e),
             };
-        Ok(Arc::new(exec))
+        if self.buffered.is_empty() {
+            return Ok(Arc::new(exec));
+        }
+        let buffered =
+            super::buffered::plan(state, &self.buffered, &self.schema, projection, filters)?;
+        UnionExec::try_new(vec![Arc::new(exec), buffered])
     }
 }
 

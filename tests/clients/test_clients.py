@@ -3,6 +3,7 @@ Flight, PyIceberg on the same SQLite catalog, and DuckDB as an independent
 engine recomputing the seed query."""
 
 import subprocess
+import time
 
 import adbc_driver_flightsql.dbapi as flightsql
 import duckdb
@@ -237,7 +238,8 @@ def test_compaction_is_invisible_to_readers(tmp_path):
     """`raindrop compact` on a live server's data dir rewrites each
     partition's small files as one (a `replace` snapshot). PyIceberg, DuckDB
     and Raindrop read exactly the rows they read before."""
-    srv = Server(tmp_path)
+    # One commit per DoPut, so the days have several files to compact.
+    srv = Server(tmp_path, extra_args=["--flush-interval-ms", "0"])
     try:
         events, _ = DATA["acme"]
         query = "SELECT count(*), count(DISTINCT event_id), sum(duration_ms) FROM wildedge.raw_events"
@@ -273,5 +275,44 @@ def test_compaction_is_invisible_to_readers(tmp_path):
             cur.execute(query)
             after = cur.fetchone()
         assert after[:2] == before[:2] and abs(after[2] - before[2]) < 1e-6 * abs(before[2])
+    finally:
+        srv.stop()
+
+
+def test_large_batches_need_the_raised_message_limit(tmp_path):
+    """The ADBC driver refuses to send a message over 16 MiB; with
+    `with_max_msg_size` raised to the server's 64 MiB, the same batch is
+    accepted whole (docs/clients.md, "Batch size")."""
+    n = 250_000
+    now = int(time.time() * 1_000_000)
+    big = pa.table(
+        {
+            "event_id": [f"big-{i:08d}-{'x' * 24}" for i in range(n)],
+            "event_type": ["inference"] * n,
+            "event_timestamp": pa.array([now - i for i in range(n)], pa.timestamp("us", tz="UTC")),
+            "model_name": [f"model-{i % 7}" for i in range(n)],
+            "session_id": [f"session-{i // 4:08d}" for i in range(n)],
+            "confidence": [0.5] * n,
+            "duration_ms": [12.5] * n,
+        }
+    ).combine_chunks()
+    assert big.nbytes > 16 << 20
+    srv = Server(tmp_path)
+    try:
+        with connect(srv, "acme") as conn, conn.cursor() as cur:
+            with pytest.raises(Exception, match=r"(?i)resource.?exhausted|larger than max"):
+                cur.adbc_ingest("raw_events", big, mode="append")
+        raised = flightsql.connect(
+            srv.uri,
+            db_kwargs={
+                "adbc.flight.sql.authorization_header": f"Bearer {srv.tokens['acme']}",
+                "adbc.flight.sql.client_option.with_max_msg_size": str(64 << 20),
+            },
+            autocommit=True,
+        )
+        with raised, raised.cursor() as cur:
+            assert cur.adbc_ingest("raw_events", big, mode="append") == n
+            cur.execute("SELECT count(*), count(DISTINCT event_id) FROM wildedge.raw_events")
+            assert cur.fetchone() == (n, n)
     finally:
         srv.stop()

@@ -28,7 +28,15 @@ fn fixture_config(dir: &Path) -> ServeConfig {
     let mut cfg = ServeConfig::in_dir(dir);
     use_backend(&mut cfg.storage, dir);
     cfg.limits.query_partitions = 2;
+    unbuffered(&mut cfg);
     cfg
+}
+
+/// Each `DoPut` commits before it is answered, as most tests here assume
+/// (file layouts, snapshots, compaction); buffered ingest, the default,
+/// is tested in `wal.rs` and by the process tests, which run the binary.
+pub fn unbuffered(cfg: &mut ServeConfig) {
+    cfg.limits.flush_interval_ms = 0;
 }
 
 /// A running server plus its data dir and tokens by name.
@@ -122,6 +130,7 @@ pub async fn custom_server(
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = ServeConfig::in_dir(dir.path());
     use_backend(&mut cfg.storage, dir.path());
+    unbuffered(&mut cfg);
     adjust(&mut cfg);
     for (token, project) in [(ACME_TOKEN, ACME), (GLOBEX_TOKEN, GLOBEX)] {
         tokens::create(

@@ -23,3 +23,4 @@ mod pruning;
 mod seed_query;
 mod slt;
 mod tls;
+mod wal;

@@ -1,0 +1,344 @@
+//! Rows acknowledged (durable in the write-ahead log) but not yet in the
+//! Iceberg table, kept in memory by project so Flight SQL queries read
+//! them together with the table (read-your-writes on the node that took
+//! them).
+//!
+//! Rows arrive in the *active* generation, whose rows are logged in one
+//! segment. A flush *seals* it (the log moves to a new segment), commits
+//! its rows, and removes it once the commit is confirmed. A query takes
+//! the buffered rows first and the table second, then drops every sealed
+//! generation the table already holds (the table's per-node mark, see
+//! [`committed_mark`]): rows are seen exactly once whichever way the race
+//! with a flush goes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use iceberg::table::Table;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::batch::batch_bytes;
+use crate::error::Result;
+use crate::schema::col;
+
+/// Table property prefix: `raindrop.wal.<node>` = the last log segment of
+/// that node whose rows the table holds. Set in the same commit as the
+/// rows, so it survives snapshot expiry and tells replay what to skip.
+pub const MARK_PROPERTY_PREFIX: &str = "raindrop.wal.";
+
+/// Name of `node`'s mark property.
+pub fn mark_property(node: &str) -> String {
+    format!("{MARK_PROPERTY_PREFIX}{node}")
+}
+
+/// The last segment of `node` that `table` holds, if any.
+pub fn committed_mark(table: &Table, node: &str) -> Option<u64> {
+    table
+        .metadata()
+        .properties()
+        .get(&mark_property(node))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Rows of one log segment.
+#[derive(Debug)]
+pub struct Generation {
+    /// The segment holding these rows.
+    pub seq: u64,
+    /// Each request's rows, with its id: a flush leaves out requests
+    /// another node committed meanwhile (a client's retry sent there).
+    requests: Vec<(Option<String>, Vec<RecordBatch>)>,
+    /// The same rows by project, for queries.
+    by_project: HashMap<String, Vec<RecordBatch>>,
+    /// Request ids carried, with their row counts.
+    pub ids: HashMap<String, u64>,
+    /// Rows held.
+    pub rows: u64,
+    /// Arrow bytes held.
+    pub bytes: usize,
+    /// When the first row arrived.
+    pub since: Option<Instant>,
+    /// The ingest-memory budget these rows hold until they are committed.
+    _permits: Vec<OwnedSemaphorePermit>,
+}
+
+impl Generation {
+    fn new(seq: u64) -> Self {
+        Self {
+            seq,
+            requests: vec![],
+            by_project: HashMap::new(),
+            ids: HashMap::new(),
+            rows: 0,
+            bytes: 0,
+            since: None,
+            _permits: vec![],
+        }
+    }
+
+    /// Every row, all projects.
+    pub fn batches(&self) -> Vec<RecordBatch> {
+        self.by_project.values().flatten().cloned().collect()
+    }
+
+    /// Each request's id and rows, in log order.
+    pub fn requests(&self) -> Vec<(Option<String>, Vec<RecordBatch>)> {
+        self.requests.clone()
+    }
+
+    fn project(&self, project: Option<&str>) -> Vec<RecordBatch> {
+        match project {
+            Some(p) => self.by_project.get(p).cloned().unwrap_or_default(),
+            None => self.batches(),
+        }
+    }
+
+    /// Add rows (one request's) to this generation.
+    pub fn add(
+        &mut self,
+        batches: Vec<RecordBatch>,
+        request_id: Option<String>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<()> {
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        for batch in &batches {
+            self.bytes += batch_bytes(batch);
+            for (project, part) in split_by_project(batch.clone())? {
+                self.by_project.entry(project).or_default().push(part);
+            }
+        }
+        if let Some(id) = &request_id {
+            self.ids.insert(id.clone(), rows);
+        }
+        self.requests.push((request_id, batches));
+        self.rows += rows;
+        self.since.get_or_insert_with(Instant::now);
+        self._permits.extend(permit);
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    active: Generation,
+    sealed: Vec<Arc<Generation>>,
+}
+
+/// The buffer of one node's log for `raw_events`.
+#[derive(Debug)]
+pub struct Buffer {
+    node: String,
+    state: Mutex<State>,
+}
+
+/// Buffered rows taken for one query, before the table is loaded.
+#[derive(Debug, Default)]
+pub struct Taken {
+    node: String,
+    /// (segment, rows) of each generation, the active one included: it may
+    /// be sealed and committed before the query loads the table.
+    parts: Vec<(u64, Vec<RecordBatch>)>,
+}
+
+impl Taken {
+    /// The rows `table` does not hold yet.
+    pub fn not_in(self, table: &Table) -> Vec<RecordBatch> {
+        let mark = committed_mark(table, &self.node);
+        self.parts
+            .into_iter()
+            .filter(|(seq, _)| mark.is_none_or(|m| *seq > m))
+            .flat_map(|(_, b)| b)
+            .collect()
+    }
+}
+
+impl Buffer {
+    /// An empty buffer whose active generation is logged in segment `seq`.
+    pub fn new(node: String, seq: u64) -> Self {
+        Self {
+            node,
+            state: Mutex::new(State {
+                active: Generation::new(seq),
+                sealed: vec![],
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("ingest buffer lock")
+    }
+
+    /// Run `f` on the active generation (the log does, in log order).
+    pub fn with_active<T>(&self, f: impl FnOnce(&mut Generation) -> T) -> T {
+        f(&mut self.state().active)
+    }
+
+    /// Add a generation recovered from the log, sealed (to flush first).
+    pub fn push_sealed(&self, generation: Generation) {
+        self.state().sealed.push(Arc::new(generation));
+    }
+
+    /// A recovered generation for segment `seq`.
+    pub fn recovered(seq: u64) -> Generation {
+        Generation::new(seq)
+    }
+
+    /// Seal the active generation (if it holds rows) and start a new one
+    /// logged in segment `next`.
+    pub fn seal(&self, next: u64) -> Option<Arc<Generation>> {
+        let mut s = self.state();
+        if s.active.rows == 0 {
+            return None;
+        }
+        let sealed = Arc::new(std::mem::replace(&mut s.active, Generation::new(next)));
+        s.sealed.push(sealed.clone());
+        Some(sealed)
+    }
+
+    /// The sealed generations, oldest first.
+    pub fn sealed(&self) -> Vec<Arc<Generation>> {
+        self.state().sealed.clone()
+    }
+
+    /// Forget sealed generation `seq` (its rows are in the table).
+    pub fn remove(&self, seq: u64) {
+        self.state().sealed.retain(|g| g.seq != seq);
+    }
+
+    /// Rows of a request id still buffered, if it is.
+    pub fn pending_id(&self, id: &str) -> Option<u64> {
+        let s = self.state();
+        s.active
+            .ids
+            .get(id)
+            .or_else(|| s.sealed.iter().find_map(|g| g.ids.get(id)))
+            .copied()
+    }
+
+    /// Take `project`'s buffered rows (all projects for `None`).
+    pub fn take(&self, project: Option<&str>) -> Taken {
+        let s = self.state();
+        let mut parts: Vec<_> = s
+            .sealed
+            .iter()
+            .map(|g| (g.seq, g.project(project)))
+            .collect();
+        parts.push((s.active.seq, s.active.project(project)));
+        parts.retain(|(_, b)| !b.is_empty());
+        Taken {
+            node: self.node.clone(),
+            parts,
+        }
+    }
+
+    /// (rows, bytes, age of the oldest row) held, all generations.
+    pub fn held(&self) -> (u64, usize, Option<std::time::Duration>) {
+        let s = self.state();
+        let gens = s.sealed.iter().map(|g| g.as_ref()).chain([&s.active]);
+        let (mut rows, mut bytes, mut since) = (0, 0, None::<Instant>);
+        for g in gens {
+            rows += g.rows;
+            bytes += g.bytes;
+            since = match (since, g.since) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        (rows, bytes, since.map(|s| s.elapsed()))
+    }
+}
+
+/// Split a `raw_events` batch by `project_id` (one slice per project; the
+/// common single-project batch is not copied).
+fn split_by_project(batch: RecordBatch) -> Result<Vec<(String, RecordBatch)>> {
+    let Some(column) = batch.column_by_name(col::PROJECT_ID) else {
+        return Ok(vec![]);
+    };
+    let ids = column.as_string::<i32>();
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let first = ids.value(0);
+    if ids.iter().all(|v| v == Some(first)) {
+        return Ok(vec![(first.to_string(), batch)]);
+    }
+    let order = arrow::compute::sort_to_indices(column, None, None)?;
+    let sorted = arrow::compute::take_record_batch(&batch, &order)?;
+    let column = sorted
+        .column_by_name(col::PROJECT_ID)
+        .expect("project_id")
+        .clone();
+    let ranges = arrow::compute::partition(std::slice::from_ref(&column))?.ranges();
+    let ids = column.as_string::<i32>();
+    Ok(ranges
+        .into_iter()
+        .map(|r| {
+            (
+                ids.value(r.start).to_string(),
+                sorted.slice(r.start, r.end - r.start),
+            )
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn batch(projects: &[&str]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(col::PROJECT_ID, DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let n = Int64Array::from_iter_values(0..projects.len() as i64);
+        RecordBatch::try_new(
+            schema,
+            vec![Arc::new(StringArray::from(projects.to_vec())), Arc::new(n)],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn rows_are_kept_by_project_and_sealing_starts_a_new_generation() {
+        let buffer = Buffer::new("node".into(), 3);
+        buffer
+            .with_active(|g| g.add(vec![batch(&["b", "a", "b"])], Some("a:1".into()), None))
+            .unwrap();
+        buffer
+            .with_active(|g| g.add(vec![batch(&["a"])], None, None))
+            .unwrap();
+        let rows = |p: Option<&str>| -> usize {
+            buffer
+                .take(p)
+                .parts
+                .iter()
+                .flat_map(|(_, b)| b)
+                .map(|b| b.num_rows())
+                .sum()
+        };
+        assert_eq!(
+            (rows(Some("a")), rows(Some("b")), rows(Some("c"))),
+            (2, 2, 0)
+        );
+        assert_eq!(rows(None), 4);
+        assert_eq!(buffer.pending_id("a:1"), Some(3));
+        let sealed = buffer.seal(4).expect("rows to seal");
+        assert_eq!(
+            (sealed.seq, sealed.rows, sealed.requests().len()),
+            (3, 4, 2)
+        );
+        assert!(buffer.seal(5).is_none(), "nothing new to seal");
+        // Sealed rows stay readable and their ids known until removed.
+        assert_eq!(rows(Some("a")), 2);
+        buffer.remove(3);
+        assert_eq!(rows(None), 0);
+        assert_eq!(buffer.pending_id("a:1"), None);
+    }
+}

@@ -1,0 +1,425 @@
+//! Buffered ingest for `raw_events`: a `DoPut` is acknowledged once its
+//! rows are fsync'd in the write-ahead log ([`super::wal`]) and held in
+//! the [`Buffer`]; a flusher commits everything buffered as one set of
+//! well-sized files and one snapshot every interval (or sooner when the
+//! buffer is large), so file size and commit rate no longer follow the
+//! client's batch size.
+//!
+//! One log task appends in order: it groups concurrent requests into one
+//! write and one fsync, adds their rows to the buffer, and seals the
+//! buffer's active generation when the flusher asks, switching segments in
+//! the same step, so a segment holds exactly one generation's rows. A
+//! flush commit sets this node's mark (`raindrop.wal.<node>` = segment)
+//! in the table; only then is the segment deleted. On start, segments the
+//! mark covers are deleted and the rest are replayed and flushed first:
+//! nothing acknowledged is lost, nothing is committed twice.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use iceberg::TableIdent;
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
+
+use super::buffer::{Buffer, Generation, committed_mark, mark_property};
+use super::commit::{AppendOutcome, Flush, TableWriter};
+use super::wal::{self, Segment, Wal};
+use crate::catalog::Warehouse;
+use crate::error::{Error, Result};
+
+/// Buffered-ingest settings.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Directory of the write-ahead log (one per node).
+    pub dir: PathBuf,
+    /// Commit buffered rows at least this often.
+    pub flush_interval: Duration,
+    /// Commit sooner once this many bytes are buffered.
+    pub flush_bytes: usize,
+}
+
+struct Append {
+    record: Vec<u8>,
+    batches: Vec<RecordBatch>,
+    rows: u64,
+    request_id: Option<String>,
+    permit: Option<OwnedSemaphorePermit>,
+    /// `Some(rows)` when the id was seen before (nothing written).
+    reply: oneshot::Sender<Result<Option<u64>>>,
+}
+
+enum Op {
+    Append(Append),
+    Seal(oneshot::Sender<Option<Arc<Generation>>>),
+}
+
+/// The write-ahead log, buffer and flusher of `raw_events` on this node.
+pub struct Log {
+    ops: mpsc::UnboundedSender<Op>,
+    buffer: Arc<Buffer>,
+    wal: Arc<Wal>,
+    writer: Arc<TableWriter>,
+    warehouse: Warehouse,
+    ident: TableIdent,
+    flush_now: Arc<Notify>,
+    flush_bytes: usize,
+    /// One flush at a time (the timer's, or an explicit one).
+    flushing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("wal", &self.wal)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Log {
+    /// Open the log, recover what it holds that the table does not, and
+    /// start the log and flusher tasks.
+    pub async fn open(
+        config: LogConfig,
+        warehouse: Warehouse,
+        writer: Arc<TableWriter>,
+    ) -> Result<Arc<Self>> {
+        let dir = config.dir.clone();
+        let wal = Arc::new(blocking(move || Wal::open(&dir)).await?);
+        let ident = warehouse.raw_events_ident();
+        let table = warehouse.load_table(&ident).await?;
+        let mark = committed_mark(&table, wal.node());
+        let segments = {
+            let wal = wal.clone();
+            blocking(move || wal.segments()).await?
+        };
+        let mut recovered = vec![];
+        let mut replayed_rows = 0;
+        for &seq in &segments {
+            if mark.is_some_and(|m| seq <= m) {
+                continue;
+            }
+            let w = wal.clone();
+            let records = blocking(move || w.read(seq)).await?;
+            let mut generation = Buffer::recovered(seq);
+            for r in records {
+                generation.add(r.batches, r.request_id, None)?;
+            }
+            replayed_rows += generation.rows;
+            recovered.push(generation);
+        }
+        // A new segment numbered at or below the mark would read as
+        // committed on the next start.
+        let next = segments.iter().copied().chain(mark).max().unwrap_or(0) + 1;
+        if let Some(m) = mark {
+            let w = wal.clone();
+            blocking(move || w.delete_through(m)).await?;
+        }
+        let w = wal.clone();
+        let segment = blocking(move || w.create(next)).await?;
+        let buffer = Arc::new(Buffer::new(wal.node().to_string(), next));
+        for g in recovered.into_iter().filter(|g| g.rows > 0) {
+            buffer.push_sealed(g);
+        }
+        if replayed_rows > 0 {
+            tracing::info!(
+                rows = replayed_rows,
+                segments = buffer.sealed().len(),
+                "replaying acknowledged rows from the write-ahead log"
+            );
+        }
+        let (ops, rx) = mpsc::unbounded_channel();
+        let log = Arc::new(Self {
+            ops,
+            buffer,
+            wal,
+            writer,
+            warehouse,
+            ident,
+            flush_now: Arc::new(Notify::new()),
+            flush_bytes: config.flush_bytes,
+            flushing: tokio::sync::Mutex::new(()),
+        });
+        tokio::spawn(run_log(Arc::downgrade(&log), rx, segment, next));
+        tokio::spawn(run_flusher(Arc::downgrade(&log), config.flush_interval));
+        Ok(log)
+    }
+
+    /// The rows acknowledged and not yet committed.
+    pub fn buffer(&self) -> &Arc<Buffer> {
+        &self.buffer
+    }
+
+    /// Log `batches` (validated `raw_events` rows) durably and buffer them.
+    /// A request id already committed or buffered writes nothing.
+    pub async fn append(
+        &self,
+        batches: Vec<RecordBatch>,
+        request_id: Option<String>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<AppendOutcome> {
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        if rows == 0 {
+            return Ok(AppendOutcome::default());
+        }
+        // Encoding here, in the caller's task, lets concurrent requests
+        // encode in parallel; the log task only writes bytes.
+        let record = wal::encode(request_id.as_deref(), &batches)?;
+        let (reply, answer) = oneshot::channel();
+        self.ops
+            .send(Op::Append(Append {
+                record,
+                batches,
+                rows,
+                request_id,
+                permit,
+                reply,
+            }))
+            .map_err(|_| Error::Unavailable("the write-ahead log stopped".into()))?;
+        let seen = answer
+            .await
+            .map_err(|_| Error::Unavailable("the write-ahead log stopped".into()))??;
+        Ok(AppendOutcome {
+            rows: seen.unwrap_or(rows),
+            files: vec![],
+            snapshot_id: None,
+            deduplicated: seen.is_some(),
+        })
+    }
+
+    /// Commit everything acknowledged so far (what the timer does), e.g.
+    /// before shutdown or so that other engines see it now.
+    pub async fn flush(&self) -> Result<()> {
+        let _one = self.flushing.lock().await;
+        let (reply, sealed) = oneshot::channel();
+        self.ops
+            .send(Op::Seal(reply))
+            .map_err(|_| Error::Unavailable("the write-ahead log stopped".into()))?;
+        sealed
+            .await
+            .map_err(|_| Error::Unavailable("the write-ahead log stopped".into()))?;
+        for generation in self.buffer.sealed() {
+            self.flush_generation(&generation).await?;
+        }
+        self.report();
+        Ok(())
+    }
+
+    async fn flush_generation(&self, generation: &Generation) -> Result<()> {
+        let started = std::time::Instant::now();
+        let table = self.warehouse.load_table(&self.ident).await?;
+        let node = self.wal.node().to_string();
+        // An earlier attempt whose answer was lost may have landed.
+        if committed_mark(&table, &node).is_none_or(|m| m < generation.seq) {
+            let flush = Flush {
+                requests: generation.requests(),
+                table_properties: vec![(mark_property(&node), generation.seq.to_string())],
+            };
+            let result = self.writer.commit_flush(&self.ident, flush).await;
+            crate::metrics::metrics()
+                .maintenance_runs
+                .get_or_create(&crate::metrics::JobOutcome {
+                    job: "flush",
+                    outcome: crate::metrics::outcome(result.is_ok()).outcome,
+                })
+                .inc();
+            let snapshot_id = result?;
+            tracing::debug!(
+                rows = generation.rows,
+                segment = generation.seq,
+                snapshot_id,
+                ms = started.elapsed().as_millis() as u64,
+                "buffered rows committed"
+            );
+        }
+        self.buffer.remove(generation.seq);
+        let (wal, seq) = (self.wal.clone(), generation.seq);
+        if let Err(e) = blocking(move || wal.delete_through(seq)).await {
+            // Harmless: the mark says it is committed; the next start skips it.
+            tracing::warn!(error = %e, "cannot delete a flushed write-ahead log segment");
+        }
+        Ok(())
+    }
+
+    fn report(&self) {
+        let (rows, _, age) = self.buffer.held();
+        let m = crate::metrics::metrics();
+        m.ingest_buffered_rows.set(rows as i64);
+        m.ingest_buffered_age_ms
+            .set(age.map_or(0, |a| a.as_millis() as i64));
+    }
+}
+
+/// The log task: appends in order, one write and fsync per group.
+async fn run_log(
+    log: std::sync::Weak<Log>,
+    mut rx: mpsc::UnboundedReceiver<Op>,
+    segment: Segment,
+    mut seq: u64,
+) {
+    let mut segment = Some(segment);
+    let mut failed: Option<String> = None;
+    while let Some(op) = rx.recv().await {
+        let Some(log) = log.upgrade() else { return };
+        let mut group = vec![];
+        let mut seal = None;
+        match op {
+            Op::Append(a) => group.push(a),
+            Op::Seal(reply) => seal = Some(reply),
+        }
+        while seal.is_none() {
+            match rx.try_recv() {
+                Ok(Op::Append(a)) => group.push(a),
+                Ok(Op::Seal(reply)) => seal = Some(reply),
+                Err(_) => break,
+            }
+        }
+        if !group.is_empty() {
+            if let Some(reason) = &failed {
+                for a in group {
+                    a.reply.send(Err(Error::Unavailable(reason.clone()))).ok();
+                }
+            } else if let Err(e) = log.write_group(group, &mut segment).await {
+                // The segment's tail is unknown now: refuse everything
+                // until a restart replays what is certainly complete.
+                tracing::error!(error = %e, "write-ahead log write failed; refusing ingest until restart");
+                failed = Some(format!(
+                    "the write-ahead log cannot be written ({e}); the server must be restarted"
+                ));
+            }
+        }
+        if let Some(reply) = seal {
+            reply.send(log.seal(&mut segment, &mut seq).await).ok();
+        }
+        if log.buffer.with_active(|g| g.bytes) >= log.flush_bytes {
+            log.flush_now.notify_one();
+        }
+    }
+}
+
+impl Log {
+    async fn write_group(&self, group: Vec<Append>, segment: &mut Option<Segment>) -> Result<()> {
+        // Ids committed or buffered already, or repeated in this group.
+        let mut ids: HashMap<String, u64> = HashMap::new();
+        let mut keep = vec![];
+        for a in group {
+            let seen = match &a.request_id {
+                None => None,
+                Some(id) => match ids.get(id).copied().or_else(|| self.buffer.pending_id(id)) {
+                    Some(rows) => Some(rows),
+                    // Buffer first, then the table: a flush adds ids to the
+                    // table's before it takes them out of the buffer.
+                    None => match self.writer.committed_id(&self.ident, id).await {
+                        Ok(found) => found.map(|(rows, _)| rows),
+                        Err(e) => {
+                            a.reply.send(Err(e.for_waiter())).ok();
+                            continue;
+                        }
+                    },
+                },
+            };
+            match seen {
+                Some(rows) => {
+                    a.reply.send(Ok(Some(rows))).ok();
+                }
+                None => {
+                    if let Some(id) = &a.request_id {
+                        ids.insert(id.clone(), a.rows);
+                    }
+                    keep.push(a);
+                }
+            }
+        }
+        if keep.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<Vec<u8>> = keep
+            .iter_mut()
+            .map(|a| std::mem::take(&mut a.record))
+            .collect();
+        let mut seg = segment
+            .take()
+            .ok_or_else(|| Error::Internal("no open log segment".into()))?;
+        let (seg, written) = tokio::task::spawn_blocking(move || {
+            let r = seg.append(&records);
+            (seg, r)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("log write panicked: {e}")))?;
+        *segment = Some(seg);
+        if let Err(e) = written {
+            for a in keep {
+                a.reply.send(Err(e.for_waiter())).ok();
+            }
+            return Err(e);
+        }
+        let mut answers = vec![];
+        self.buffer.with_active(|g| {
+            for a in keep {
+                let added = g.add(a.batches, a.request_id, a.permit);
+                answers.push((a.reply, added.map(|_| None)));
+            }
+        });
+        for (reply, answer) in answers {
+            reply.send(answer).ok();
+        }
+        Ok(())
+    }
+
+    /// Seal the active generation and move the log to a new segment.
+    async fn seal(&self, segment: &mut Option<Segment>, seq: &mut u64) -> Option<Arc<Generation>> {
+        if self.buffer.with_active(|g| g.rows) == 0 {
+            return None;
+        }
+        let next = *seq + 1;
+        let wal = self.wal.clone();
+        match blocking(move || wal.create(next)).await {
+            Ok(s) => {
+                *segment = Some(s);
+                *seq = next;
+                self.buffer.seal(next)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a new write-ahead log segment; flushing later");
+                None
+            }
+        }
+    }
+}
+
+/// The flusher: every interval, or when the buffer is large.
+async fn run_flusher(log: std::sync::Weak<Log>, interval: Duration) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let Some(l) = log.upgrade() else { return };
+        // Recovered generations are flushed at once; then on the timer.
+        if l.buffer.sealed().is_empty() {
+            let wake = l.flush_now.clone();
+            drop(l);
+            let notified = wake.notified();
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = notified => {}
+            }
+        } else {
+            drop(l);
+        }
+        let Some(l) = log.upgrade() else { return };
+        match l.flush().await {
+            Ok(()) => backoff = Duration::from_millis(250),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "flush of buffered rows failed; they stay buffered and durable");
+                drop(l);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+}
