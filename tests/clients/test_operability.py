@@ -5,7 +5,7 @@ import re
 import urllib.error
 import urllib.request
 
-from conftest import DATA, Server, connect
+from conftest import DATA, Server, connect, flush
 
 
 def scrape(url: str) -> dict:
@@ -50,6 +50,8 @@ def test_metrics_count_ingest_queries_and_storage(tmp_path):
                 cur.execute("SELECT no_such_column FROM wildedge.raw_events")
             except Exception:
                 pass
+        # Rows are counted when committed: the flush commits them now.
+        flush(srv)
         after = scrape(srv.metrics_url)
 
         def delta(name):
@@ -57,6 +59,8 @@ def test_metrics_count_ingest_queries_and_storage(tmp_path):
 
         assert delta("raindrop_ingest_rows_total") == events.num_rows
         assert delta("raindrop_ingest_bytes_total") > 0
+        assert delta('raindrop_maintenance_runs_total{job="flush",outcome="ok"}') >= 1
+        assert after["raindrop_ingest_buffered_rows"] == 0
         assert delta('raindrop_commits_total{outcome="ok"}') >= 1
         assert delta("raindrop_commit_duration_seconds_count") >= 1
         assert delta('raindrop_queries_total{outcome="ok"}') >= 1
