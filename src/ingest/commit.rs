@@ -17,6 +17,7 @@ use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, TableIdent};
 use tokio::sync::{mpsc, oneshot};
 
+use super::dedup::{Dedup, REQUEST_IDS_PROPERTY};
 use super::write::{Prepared, delete_files, prepare, write_prepared};
 use crate::catalog::cache::TableCache;
 use crate::catalog::rewrite::{self, MERGE_AFTER_APPENDS};
@@ -59,16 +60,8 @@ impl Default for CommitConfig {
     }
 }
 
-/// Snapshot summary property listing the request ids a commit carried,
-/// as `id=rows` pairs separated by `,`: committed atomically with the data,
-/// so deduplication survives restarts.
-pub const REQUEST_IDS_PROPERTY: &str = "raindrop.request-ids";
 /// Snapshot summary property naming the commit that made the snapshot.
 pub const COMMIT_ID_PROPERTY: &str = "raindrop.commit-id";
-/// Committed request ids remembered per table for deduplication.
-pub const DEDUP_WINDOW: usize = 100_000;
-/// Snapshots scanned for request ids when a table's committer starts.
-const DEDUP_HISTORY_SNAPSHOTS: usize = 1_000;
 
 struct Pending {
     prepared: Prepared,
@@ -76,74 +69,6 @@ struct Pending {
     bytes: usize,
     request_id: Option<String>,
     reply: oneshot::Sender<Result<AppendOutcome>>,
-}
-
-/// Remembered request ids: (rows, snapshot) per committed id, the least
-/// recently used forgotten first beyond [`DEDUP_WINDOW`]. Learned from the
-/// table's snapshots before every group, so ids committed by another node,
-/// or by a commit of ours whose answer was lost, are known too.
-#[derive(Clone)]
-struct Dedup {
-    ids: moka::sync::Cache<String, (u64, i64)>,
-    /// Highest snapshot sequence number whose ids are learned.
-    learned: Arc<std::sync::atomic::AtomicI64>,
-}
-
-impl Dedup {
-    fn new() -> Self {
-        Self {
-            ids: moka::sync::Cache::builder()
-                .max_capacity(DEDUP_WINDOW as u64)
-                // LRU admits every id: a frequency filter could drop a new one.
-                .eviction_policy(moka::policy::EvictionPolicy::lru())
-                .build(),
-            learned: Arc::new(std::sync::atomic::AtomicI64::new(-1)),
-        }
-    }
-
-    fn insert(&self, id: String, rows: u64, snapshot: i64) {
-        self.ids.insert(id, (rows, snapshot));
-    }
-
-    fn get(&self, id: &str) -> Option<(u64, i64)> {
-        self.ids.get(id)
-    }
-
-    /// Learn the ids recorded in the table's snapshots not learned yet (at
-    /// most the newest [`DEDUP_HISTORY_SNAPSHOTS`] on the first call).
-    fn learn(&self, table: &Table) {
-        use std::sync::atomic::Ordering;
-        let after = self.learned.load(Ordering::Acquire);
-        let mut snapshots: Vec<_> = table
-            .metadata()
-            .snapshots()
-            .filter(|s| s.sequence_number() > after)
-            .collect();
-        snapshots.sort_by_key(|s| s.sequence_number());
-        let skip = snapshots.len().saturating_sub(DEDUP_HISTORY_SNAPSHOTS);
-        for snap in snapshots.into_iter().skip(skip) {
-            if let Some(ids) = snap
-                .summary()
-                .additional_properties
-                .get(REQUEST_IDS_PROPERTY)
-            {
-                for pair in ids.split(',') {
-                    if let Some((id, rows)) = pair.rsplit_once('=') {
-                        self.insert(
-                            id.to_string(),
-                            rows.parse().unwrap_or(0),
-                            snap.snapshot_id(),
-                        );
-                    }
-                }
-            }
-        }
-        // Format v1 has no sequence numbers: always scan the history.
-        if table.metadata().format_version() >= iceberg::spec::FormatVersion::V2 {
-            self.learned
-                .fetch_max(table.metadata().last_sequence_number(), Ordering::AcqRel);
-        }
-    }
 }
 
 /// Recent catalog-commit latencies (applying the append, the catalog's
@@ -184,11 +109,11 @@ struct Committer {
 /// table gathers the batches of all concurrent streams into one set of
 /// files and one snapshot, and answers each stream only after that commit.
 pub struct TableWriter {
-    catalog: Arc<dyn Catalog>,
-    tables: Arc<TableCache>,
+    pub(super) catalog: Arc<dyn Catalog>,
+    pub(super) tables: Arc<TableCache>,
     config: CommitConfig,
     committers: tokio::sync::Mutex<HashMap<TableIdent, Committer>>,
-    commit_times: Arc<CommitTimes>,
+    pub(super) commit_times: Arc<CommitTimes>,
 }
 
 impl std::fmt::Debug for TableWriter {
@@ -215,6 +140,11 @@ impl TableWriter {
     /// Latencies of recent catalog commits, across tables.
     pub fn commit_times(&self) -> &CommitTimes {
         &self.commit_times
+    }
+
+    /// The request ids committed to `ident` that this node knows.
+    pub(super) async fn dedup(&self, ident: &TableIdent) -> Result<Dedup> {
+        Ok(self.committer(ident).await?.1)
     }
 
     async fn committer(
@@ -296,98 +226,6 @@ impl TableWriter {
         answer
             .await
             .map_err(|_| Error::Internal("committer dropped the request".into()))?
-    }
-}
-
-/// A flush of the write-ahead log: its requests (id and rows, in the
-/// table's Arrow schema) and the table properties to set in the same
-/// commit (the node's mark).
-#[derive(Debug)]
-pub struct Flush {
-    /// Each request's id and rows.
-    pub requests: Vec<(Option<String>, Vec<RecordBatch>)>,
-    /// Table properties set atomically with the rows.
-    pub table_properties: Vec<(String, String)>,
-}
-
-impl TableWriter {
-    /// Whether request `id` is committed to the table, as far as this node
-    /// knows: (rows, snapshot).
-    pub async fn committed_id(&self, ident: &TableIdent, id: &str) -> Result<Option<(u64, i64)>> {
-        let (_, dedup) = self.committer(ident).await?;
-        Ok(dedup.get(id))
-    }
-
-    /// Commit a flush of the log as one snapshot, directly (the log's
-    /// flusher is the only writer of its rows; other commits to the table
-    /// race through the catalog's compare-and-swap). Requests whose ids
-    /// the table already holds (a retry another node committed first) are
-    /// left out. Returns the snapshot.
-    pub async fn commit_flush(&self, ident: &TableIdent, flush: Flush) -> Result<i64> {
-        let (_, dedup) = self.committer(ident).await?;
-        let table = self.tables.load(self.catalog.as_ref(), ident).await?;
-        dedup.learn(&table);
-        let mut ids = vec![];
-        let mut batches = vec![];
-        for (id, rows) in flush.requests {
-            match id {
-                Some(id) if dedup.get(&id).is_some() => {
-                    tracing::debug!(request_id = %id, "left out of the flush: another node committed it");
-                }
-                Some(id) => {
-                    ids.push((id, rows.iter().map(|b| b.num_rows() as u64).sum()));
-                    batches.extend(rows);
-                }
-                None => batches.extend(rows),
-            }
-        }
-        if batches.is_empty() {
-            // Only the mark: the log's segment may then be deleted.
-            let tx = Transaction::new(&table);
-            let set = flush
-                .table_properties
-                .into_iter()
-                .fold(tx.update_table_properties(), |a, (k, v)| a.set(k, v));
-            let committed = set.apply(tx)?.commit(self.catalog.as_ref()).await?;
-            self.tables.insert(&committed);
-            return Ok(committed
-                .metadata()
-                .current_snapshot_id()
-                .unwrap_or_default());
-        }
-        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        let bytes: usize = batches.iter().map(crate::batch::batch_bytes).sum();
-        let table_for_prepare = table.clone();
-        // Sorting a whole flush takes a while: keep it off the runtime's
-        // worker threads.
-        let prepared = tokio::task::spawn_blocking(move || prepare(&table_for_prepare, batches))
-            .await
-            .map_err(|e| Error::Internal(format!("flush preparation failed: {e}")))??;
-        let result = commit_group(
-            self.catalog.as_ref(),
-            &self.tables,
-            &table,
-            ident,
-            Commit {
-                prepared: vec![prepared],
-                ids: ids.clone(),
-                table_properties: flush.table_properties,
-            },
-            &self.commit_times,
-        )
-        .await;
-        let m = crate::metrics::metrics();
-        m.commits
-            .get_or_create(&crate::metrics::outcome(result.is_ok()))
-            .inc();
-        let (snapshot_id, _) = result?;
-        m.ingest_rows.inc_by(rows);
-        m.ingest_bytes.inc_by(bytes as u64);
-        for (id, rows) in ids {
-            dedup.insert(id, rows, snapshot_id);
-        }
-        merge_if_due(self.catalog.as_ref(), &self.tables, ident).await;
-        Ok(snapshot_id)
     }
 }
 
@@ -517,7 +355,7 @@ async fn run_committer(
 /// one, so queries open a bounded number of manifests. Requests arriving
 /// meanwhile wait and form the next group. A merge that keeps losing to
 /// other nodes' commits is retried after the next commit.
-async fn merge_if_due(catalog: &dyn Catalog, tables: &TableCache, ident: &TableIdent) {
+pub(super) async fn merge_if_due(catalog: &dyn Catalog, tables: &TableCache, ident: &TableIdent) {
     let Ok(table) = tables.load(catalog, ident).await else {
         return;
     };
@@ -570,16 +408,16 @@ fn answer_duplicate(p: Pending, dedup: &Dedup, failure: Option<&Error>) {
 }
 
 /// What one commit carries.
-struct Commit {
-    prepared: Vec<Prepared>,
+pub(super) struct Commit {
+    pub(super) prepared: Vec<Prepared>,
     /// Request ids and their rows, recorded in the snapshot summary.
-    ids: Vec<(String, u64)>,
+    pub(super) ids: Vec<(String, u64)>,
     /// Table properties set in the same commit.
-    table_properties: Vec<(String, String)>,
+    pub(super) table_properties: Vec<(String, String)>,
 }
 
 /// Write the rows as one set of files and commit one snapshot.
-async fn commit_group(
+pub(super) async fn commit_group(
     catalog: &dyn Catalog,
     tables: &TableCache,
     table: &Table,

@@ -24,7 +24,8 @@ use iceberg::TableIdent;
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
 
 use super::buffer::{Buffer, Generation, committed_mark, mark_property};
-use super::commit::{AppendOutcome, Flush, TableWriter};
+use super::commit::{AppendOutcome, TableWriter};
+use super::flush::Flush;
 use super::wal::{self, Segment, Wal};
 use crate::catalog::Warehouse;
 use crate::error::{Error, Result};

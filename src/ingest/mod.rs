@@ -8,6 +8,8 @@
 
 pub mod buffer;
 pub mod commit;
+pub mod dedup;
+pub mod flush;
 pub mod layout;
 pub mod log;
 pub mod validate;

@@ -1,19 +1,6 @@
 //! Group commit and idempotent retries.
 
-use raindrop::server::ServerHandle;
-
 use crate::common::*;
-
-async fn snapshots(server: &ServerHandle) -> usize {
-    let t = server
-        .services
-        .query
-        .warehouse()
-        .raw_events()
-        .await
-        .unwrap();
-    t.metadata().snapshots().count()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_streams_share_commits() {

@@ -326,3 +326,15 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Snapshots of `raw_events` as `server` sees it now.
+pub async fn snapshots(server: &ServerHandle) -> usize {
+    let table = server
+        .services
+        .query
+        .warehouse()
+        .raw_events()
+        .await
+        .unwrap();
+    table.metadata().snapshots().count()
+}

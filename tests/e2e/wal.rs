@@ -27,17 +27,6 @@ pub fn segments(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-async fn snapshots(server: &ServerHandle) -> usize {
-    let table = server
-        .services
-        .query
-        .warehouse()
-        .raw_events()
-        .await
-        .unwrap();
-    table.metadata().snapshots().count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_rows_are_read_at_once_and_committed_by_one_flush() {
     let (server, dir) = unflushed_server().await;
