@@ -15,7 +15,12 @@
 //! `RAINDROP_BENCH_SOAK_MINS=30` adds a soak: one day of events, near now,
 //! sent in 1k-row batches by 16 clients for that long with background
 //! compaction every minute, sampled every minute (latency, metadata share,
-//! files per tenant-day): are they flat?
+//! files per tenant-day): are they flat? It ends with the background
+//! jobs' counters (flushes, merges, compactions).
+//!
+//! The server runs with its defaults (buffered ingest: rows/s are given
+//! until the last acknowledgement and until the final flush committed
+//! everything); `RAINDROP_BENCH_FLUSH_MS=0` measures unbuffered ingest.
 //!
 //! ```text
 //! cargo bench --bench stream
@@ -414,5 +419,13 @@ async fn soak(ids: &[String], batches: &[Batch], clients: usize, length: Duratio
         "\nsoak total: {rows} rows in {:.0} s",
         started.elapsed().as_secs_f64()
     );
+    // How the background jobs fared (compaction keeping up or not).
+    for line in raindrop::metrics::metrics().encode().lines() {
+        if line.starts_with("raindrop_maintenance_runs_total")
+            || line.starts_with("raindrop_commits_total")
+        {
+            println!("{line}");
+        }
+    }
     server.stop().await.unwrap();
 }
