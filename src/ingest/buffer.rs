@@ -65,7 +65,8 @@ pub struct Generation {
 }
 
 impl Generation {
-    fn new(seq: u64) -> Self {
+    /// An empty generation whose rows are logged in segment `seq`.
+    pub fn new(seq: u64) -> Self {
         Self {
             seq,
             requests: vec![],
@@ -180,11 +181,6 @@ impl Buffer {
         self.state().sealed.push(Arc::new(generation));
     }
 
-    /// A recovered generation for segment `seq`.
-    pub fn recovered(seq: u64) -> Generation {
-        Generation::new(seq)
-    }
-
     /// Seal the active generation (if it holds rows) and start a new one
     /// logged in segment `next`.
     pub fn seal(&self, next: u64) -> Option<Arc<Generation>> {
@@ -233,20 +229,13 @@ impl Buffer {
         }
     }
 
-    /// (rows, bytes, age of the oldest row) held, all generations.
-    pub fn held(&self) -> (u64, usize, Option<std::time::Duration>) {
+    /// Rows held in all generations, and the age of the oldest.
+    pub fn held(&self) -> (u64, Option<std::time::Duration>) {
         let s = self.state();
-        let gens = s.sealed.iter().map(|g| g.as_ref()).chain([&s.active]);
-        let (mut rows, mut bytes, mut since) = (0, 0, None::<Instant>);
-        for g in gens {
-            rows += g.rows;
-            bytes += g.bytes;
-            since = match (since, g.since) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
-        (rows, bytes, since.map(|s| s.elapsed()))
+        let gens = || s.sealed.iter().map(|g| g.as_ref()).chain([&s.active]);
+        let rows = gens().map(|g| g.rows).sum();
+        let oldest = gens().filter_map(|g| g.since).min();
+        (rows, oldest.map(|t| t.elapsed()))
     }
 }
 

@@ -22,13 +22,6 @@ pub struct Flush {
 }
 
 impl TableWriter {
-    /// Whether request `id` is committed to the table, as far as this node
-    /// knows: (rows, snapshot).
-    pub async fn committed_id(&self, ident: &TableIdent, id: &str) -> Result<Option<(u64, i64)>> {
-        let dedup = self.dedup(ident).await?;
-        Ok(dedup.get(id))
-    }
-
     /// Commit a flush of the log as one snapshot, directly (the log's
     /// flusher is the only writer of its rows; other commits to the table
     /// race through the catalog's compare-and-swap). Requests whose ids

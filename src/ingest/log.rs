@@ -103,7 +103,7 @@ impl Log {
             }
             let w = wal.clone();
             let records = blocking(move || w.read(seq)).await?;
-            let mut generation = Buffer::recovered(seq);
+            let mut generation = Generation::new(seq);
             for r in records {
                 generation.add(r.batches, r.request_id, None)?;
             }
@@ -244,7 +244,7 @@ impl Log {
     }
 
     fn report(&self) {
-        let (rows, _, age) = self.buffer.held();
+        let (rows, age) = self.buffer.held();
         let m = crate::metrics::metrics();
         m.ingest_buffered_rows.set(rows as i64);
         m.ingest_buffered_age_ms
@@ -301,33 +301,39 @@ async fn run_log(
 
 impl Log {
     async fn write_group(&self, group: Vec<Append>, segment: &mut Option<Segment>) -> Result<()> {
-        // Ids committed or buffered already, or repeated in this group.
+        // Leave out ids committed or buffered already, or repeated in this
+        // group; the table's ids are fetched once, and only if needed.
+        let mut committed = None;
         let mut ids: HashMap<String, u64> = HashMap::new();
         let mut keep = vec![];
         for a in group {
-            let seen = match &a.request_id {
-                None => None,
-                Some(id) => match ids.get(id).copied().or_else(|| self.buffer.pending_id(id)) {
-                    Some(rows) => Some(rows),
-                    // Buffer first, then the table: a flush adds ids to the
-                    // table's before it takes them out of the buffer.
-                    None => match self.writer.committed_id(&self.ident, id).await {
-                        Ok(found) => found.map(|(rows, _)| rows),
-                        Err(e) => {
-                            a.reply.send(Err(e.for_waiter())).ok();
-                            continue;
-                        }
-                    },
-                },
+            let Some(id) = &a.request_id else {
+                keep.push(a);
+                continue;
             };
+            if committed.is_none() {
+                committed = Some(self.writer.dedup(&self.ident).await);
+            }
+            let committed = match committed.as_ref().expect("just looked up") {
+                Ok(dedup) => dedup,
+                Err(e) => {
+                    a.reply.send(Err(e.for_waiter())).ok();
+                    continue;
+                }
+            };
+            // Buffer first, then the table: a flush adds ids to the
+            // table's before it takes them out of the buffer.
+            let seen = ids
+                .get(id)
+                .copied()
+                .or_else(|| self.buffer.pending_id(id))
+                .or_else(|| committed.get(id).map(|(rows, _)| rows));
             match seen {
                 Some(rows) => {
                     a.reply.send(Ok(Some(rows))).ok();
                 }
                 None => {
-                    if let Some(id) = &a.request_id {
-                        ids.insert(id.clone(), a.rows);
-                    }
+                    ids.insert(id.clone(), a.rows);
                     keep.push(a);
                 }
             }
