@@ -65,10 +65,7 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
         Schedule {
             every: (limits.compact_interval_secs > 0)
                 .then(|| Duration::from_secs(limits.compact_interval_secs)),
-            compact: CompactOptions {
-                min_files: limits.compact_min_files,
-                ..CompactOptions::default()
-            },
+            compact: CompactOptions::background(limits.compact_min_files),
             retention: retention(limits),
         },
         lease,

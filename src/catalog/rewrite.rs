@@ -72,6 +72,16 @@ impl Manifests {
             .insert(file.manifest_path.clone(), m.clone());
         Ok(m)
     }
+
+    /// Forget every manifest but `listed` (the current snapshot's): those
+    /// are all a long-lived cache needs.
+    pub fn retain(&self, listed: &[ManifestFile]) {
+        let keep: HashSet<&str> = listed.iter().map(|m| m.manifest_path.as_str()).collect();
+        self.0
+            .lock()
+            .expect("manifests lock")
+            .retain(|path, _| keep.contains(path.as_str()));
+    }
 }
 
 /// What a rewrite snapshot changes.

@@ -18,6 +18,17 @@
 //! The replaced files stay on disk while older snapshots reference them
 //! (time travel); [`super::expire_and_clean`] deletes them once those
 //! snapshots expire.
+//!
+//! Background compaction runs every few seconds against partitions that
+//! gain a file per flush, so it is *tiered*: merging a partition's small
+//! files all together each time would rewrite its growing newest file
+//! again and again (a 30 KB-per-flush tenant-day would rewrite each byte
+//! ~180 times before reaching the target size). Files are grouped in size
+//! tiers (4x apart); a merge takes the lowest tier that has gathered
+//! `min_files` files, plus the smaller files below it, so each byte is
+//! rewritten about once per tier. Once a partition holds twice
+//! `min_files` small files, they are merged whatever their tiers, which
+//! bounds the small files a hot tenant-day can collect between runs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -48,6 +59,12 @@ pub struct CompactOptions {
     /// partition per run. Bounds memory: a commit's input is decoded and
     /// sorted in memory, about 10x its Parquet size at peak.
     pub max_commit_bytes: u64,
+    /// Pick files by size tier (background) instead of merging all of a
+    /// partition's small files (`raindrop compact`).
+    pub tiered: bool,
+    /// Input bytes of one run: partitions left over wait for the next run,
+    /// so a run stays short and its commits do not pile up behind flushes.
+    pub max_run_bytes: u64,
 }
 
 /// Small files a partition needs before `raindrop compact` rewrites it.
@@ -61,9 +78,70 @@ impl Default for CompactOptions {
         Self {
             min_files: MIN_FILES,
             small_file_bytes: schema::TARGET_FILE_SIZE as u64 / 2,
-            max_commit_bytes: 64 * 1024 * 1024,
+            max_commit_bytes: 128 * 1024 * 1024,
+            tiered: false,
+            max_run_bytes: u64::MAX,
         }
     }
+}
+
+impl CompactOptions {
+    /// What the server runs in the background.
+    pub fn background(min_files: usize) -> Self {
+        Self {
+            min_files,
+            tiered: true,
+            max_run_bytes: 512 * 1024 * 1024,
+            ..Self::default()
+        }
+    }
+}
+
+/// Size of the smallest tier's files; each tier above holds files 4x
+/// larger than the one below.
+const TIER_BASE_BYTES: u64 = 64 * 1024;
+const TIER_FANOUT: u64 = 4;
+
+fn tier(bytes: u64) -> u32 {
+    let mut tier = 0;
+    let mut bound = TIER_BASE_BYTES * TIER_FANOUT;
+    while bytes >= bound {
+        tier += 1;
+        bound = bound.saturating_mul(TIER_FANOUT);
+    }
+    tier
+}
+
+/// How many of a partition's small files (sizes ascending) to merge: all
+/// of them once there are `min_files` (`tiered == false`); tiered, the
+/// files up to the lowest tier holding `min_files` files, or all once
+/// there are twice that many. 0: leave the partition alone.
+fn files_to_merge(ascending: &[u64], min_files: usize, tiered: bool) -> usize {
+    let min_files = min_files.max(2);
+    if !tiered {
+        return if ascending.len() >= min_files {
+            ascending.len()
+        } else {
+            0
+        };
+    }
+    if ascending.len() >= 2 * min_files {
+        return ascending.len();
+    }
+    let mut start = 0;
+    while start < ascending.len() {
+        let t = tier(ascending[start]);
+        let end = start
+            + ascending[start..]
+                .iter()
+                .take_while(|&&b| tier(b) == t)
+                .count();
+        if end - start >= min_files {
+            return end;
+        }
+        start = end;
+    }
+    0
 }
 
 /// What a compaction run did.
@@ -97,6 +175,7 @@ async fn files_by_partition(
         return Ok(vec![]);
     };
     let list = table.manifest_list_reader(snapshot).load().await?;
+    manifests.retain(list.entries());
     let mut groups: HashMap<Struct, Vec<DataFile>> = HashMap::new();
     for manifest_file in list.entries() {
         let manifest = manifests.get(manifest_file, table.file_io()).await?;
@@ -122,6 +201,18 @@ pub async fn compact_table(
     ident: &TableIdent,
     options: &CompactOptions,
 ) -> Result<CompactReport> {
+    compact_table_with(warehouse, ident, options, &Manifests::default()).await
+}
+
+/// [`compact_table`] reading manifests through `manifests`, which a
+/// periodic job keeps between runs: manifests never change, and a run
+/// every few seconds would otherwise re-read every tenant's.
+pub async fn compact_table_with(
+    warehouse: &Warehouse,
+    ident: &TableIdent,
+    options: &CompactOptions,
+    manifests: &Manifests,
+) -> Result<CompactReport> {
     let table = warehouse.catalog.load_table(ident).await?;
     if table.metadata().format_version() != FormatVersion::V2 {
         return Err(Error::Unsupported(format!(
@@ -134,8 +225,7 @@ pub async fn compact_table(
             "{ident} has several partition specs; compaction supports one"
         )));
     }
-    let manifests = Manifests::default();
-    let mut candidates: Vec<Vec<DataFile>> = files_by_partition(&table, &manifests)
+    let mut candidates: Vec<Vec<DataFile>> = files_by_partition(&table, manifests)
         .await?
         .into_iter()
         .map(|(_, files)| {
@@ -146,19 +236,29 @@ pub async fn compact_table(
                 .filter(|f| f.file_size_in_bytes() < options.small_file_bytes)
                 .collect();
             small.sort_by_key(|f| f.file_size_in_bytes());
+            let sizes: Vec<u64> = small.iter().map(|f| f.file_size_in_bytes()).collect();
+            let n = files_to_merge(&sizes, options.min_files, options.tiered);
             let mut total = 0;
             small
                 .into_iter()
+                .take(n)
                 .take_while(|f| {
                     total += f.file_size_in_bytes();
                     total <= options.max_commit_bytes
                 })
                 .collect::<Vec<_>>()
         })
-        .filter(|files| files.len() >= options.min_files.max(2))
+        .filter(|files| files.len() >= 2)
         .collect();
-    // Most files first: they gain the most.
+    // Most files first: they gain the most. A run takes what fits.
     candidates.sort_by_key(|files| std::cmp::Reverse(files.len()));
+    let mut budget = options.max_run_bytes;
+    candidates.retain(|files| {
+        let bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
+        let fits = bytes <= budget;
+        budget = budget.saturating_sub(bytes);
+        fits
+    });
 
     // Whole partitions per commit, at most `max_commit_bytes` of input each
     // (a single larger partition gets a commit of its own).
@@ -178,7 +278,7 @@ pub async fn compact_table(
     }
     let mut report = CompactReport::default();
     for (files, parts, _) in commits {
-        rewrite(warehouse, ident, &files, parts, &manifests, &mut report).await?;
+        rewrite(warehouse, ident, &files, parts, manifests, &mut report).await?;
     }
     Ok(report)
 }
@@ -342,4 +442,61 @@ async fn read_files(table: &Table, files: &[DataFile]) -> Result<Vec<RecordBatch
             Ok(RecordBatch::try_new(target.clone(), columns)?)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KB: u64 = 1024;
+    const MB: u64 = 1024 * 1024;
+
+    #[test]
+    fn tiers_are_four_times_apart() {
+        assert_eq!(tier(1), 0);
+        assert_eq!(tier(255 * KB), 0);
+        assert_eq!(tier(256 * KB), 1);
+        assert_eq!(tier(MB - 1), 1);
+        assert_eq!(tier(MB), 2);
+        assert_eq!(tier(63 * MB), 4);
+    }
+
+    #[test]
+    fn untiered_merges_every_small_file_once_there_are_enough() {
+        assert_eq!(files_to_merge(&[KB, 2 * KB, 60 * MB], 2, false), 3);
+        assert_eq!(files_to_merge(&[KB], 2, false), 0);
+    }
+
+    #[test]
+    fn tiered_leaves_a_grown_file_alone_until_its_tier_fills() {
+        // Three flushes and one earlier merge: the merge's output is not
+        // rewritten for three more small files.
+        assert_eq!(
+            files_to_merge(&[30 * KB, 30 * KB, 30 * KB, 2 * MB], 4, true),
+            0
+        );
+        // A fourth small file fills the lowest tier: only that tier merges.
+        assert_eq!(
+            files_to_merge(&[30 * KB, 30 * KB, 30 * KB, 40 * KB, 2 * MB], 4, true),
+            4
+        );
+        // Smaller files join a merge of the tier above them.
+        assert_eq!(
+            files_to_merge(&[30 * KB, 2 * MB, 2 * MB, 3 * MB, 3 * MB], 4, true),
+            5
+        );
+        // Twice `min_files` small files merge whatever their tiers.
+        let spread = [
+            10 * KB,
+            100 * KB,
+            300 * KB,
+            600 * KB,
+            2 * MB,
+            5 * MB,
+            20 * MB,
+            30 * MB,
+        ];
+        assert_eq!(files_to_merge(&spread, 4, true), spread.len());
+        assert_eq!(files_to_merge(&spread[..7], 4, true), 0);
+    }
 }

@@ -8,10 +8,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::compact::{CompactOptions, compact_table};
+use super::compact::{CompactOptions, compact_table_with};
 use super::expire::{Retention, expiring};
 use crate::catalog::Warehouse;
 use crate::catalog::lease::Lease;
+use crate::catalog::rewrite::Manifests;
 
 /// What runs in the background, and how often.
 #[derive(Debug, Clone, Copy)]
@@ -164,6 +165,7 @@ async fn compact_periodically(
     let tick = every.min(EXPIRE_EVERY);
     let mut next_compaction = Instant::now() + every;
     let mut last_sweep: Option<Instant> = None;
+    let manifests = Manifests::default();
     loop {
         tokio::time::sleep(tick).await;
         if holding.as_ref().is_some_and(|h| !h.held()) {
@@ -172,7 +174,8 @@ async fn compact_periodically(
         let now = warehouse.raw_events().await.ok().and_then(current);
         if Instant::now() >= next_compaction && (now.is_none() || now != compacted) {
             next_compaction = Instant::now() + every;
-            let compacted_now = compact_table(&warehouse, &ident, &schedule.compact).await;
+            let compacted_now =
+                compact_table_with(&warehouse, &ident, &schedule.compact, &manifests).await;
             count_run("compaction", compacted_now.is_ok());
             match compacted_now {
                 Ok(r) if r.files_removed > 0 => tracing::info!(

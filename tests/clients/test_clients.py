@@ -239,7 +239,7 @@ def test_compaction_is_invisible_to_readers(tmp_path):
     partition's small files as one (a `replace` snapshot). PyIceberg, DuckDB
     and Raindrop read exactly the rows they read before."""
     # One commit per DoPut, so the days have several files to compact.
-    srv = Server(tmp_path, extra_args=["--flush-interval-ms", "0"])
+    srv = Server(tmp_path, extra_args=["--flush-interval-ms", "0", "--compact-interval-secs", "0"])
     try:
         events, _ = DATA["acme"]
         query = "SELECT count(*), count(DISTINCT event_id), sum(duration_ms) FROM wildedge.raw_events"

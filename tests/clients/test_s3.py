@@ -33,8 +33,10 @@ def s3_server(tmp_path_factory):
         "--catalog-name", name,
         "--s3-endpoint", S3,
         "--s3-path-style",
-        # One commit per DoPut: the manifest-merge test below counts them.
+        # One commit per DoPut, none by compaction: the manifest-merge test
+        # below counts them.
         "--flush-interval-ms", "0",
+        "--compact-interval-secs", "0",
     ]  # fmt: skip
     # Tokens live in the PostgreSQL catalog, shared by every node.
     token_args = ["--catalog-uri", PG, "--catalog-name", name]

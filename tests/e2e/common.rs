@@ -28,6 +28,8 @@ fn fixture_config(dir: &Path) -> ServeConfig {
     let mut cfg = ServeConfig::in_dir(dir);
     use_backend(&mut cfg.storage, dir);
     cfg.limits.query_partitions = 2;
+    // Tests that count files or snapshots compact when they choose to.
+    cfg.limits.compact_interval_secs = 0;
     unbuffered(&mut cfg);
     cfg
 }

@@ -283,3 +283,94 @@ async fn expiry_deletes_only_the_files_compaction_replaced() {
             + 10
     );
 }
+
+/// `rows` events with random ids in [`id_batch`]'s day: a file too large
+/// for the smallest compaction tier (ids do not compress).
+fn random_id_batch(rows: usize) -> arrow::array::RecordBatch {
+    use arrow::array::{ArrayRef, StringArray, TimestampMicrosecondArray};
+    let ids: Vec<String> = (0..rows)
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .collect();
+    let ts: Vec<i64> = (0..rows as i64)
+        .map(|i| 1_780_000_000_000_000 + i * 1_000)
+        .collect();
+    arrow::array::RecordBatch::try_from_iter(vec![
+        (
+            "event_id",
+            std::sync::Arc::new(StringArray::from(ids)) as ArrayRef,
+        ),
+        (
+            "event_type",
+            std::sync::Arc::new(StringArray::from(vec!["inference"; rows])),
+        ),
+        (
+            "event_timestamp",
+            std::sync::Arc::new(TimestampMicrosecondArray::from(ts).with_timezone("UTC")),
+        ),
+    ])
+    .unwrap()
+}
+
+/// Live data files of raw_events: path and size.
+async fn live_files(warehouse: &raindrop::catalog::Warehouse) -> Vec<(String, u64)> {
+    use futures::TryStreamExt;
+    let table = warehouse.raw_events().await.unwrap();
+    let tasks: Vec<_> = table
+        .scan()
+        .build()
+        .unwrap()
+        .plan_files()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    tasks
+        .into_iter()
+        .map(|t| (t.data_file_path, t.file_size_in_bytes))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_compaction_merges_small_files_by_tier() {
+    let server = TestServer::start().await;
+    let mut acme = server.client("acme").await;
+    let warehouse = server.handle.as_ref().unwrap().services.query.warehouse();
+    let ident = warehouse.raw_events_ident();
+    let background = CompactOptions::background(4);
+
+    acme.ingest_events(vec![random_id_batch(20_000)])
+        .await
+        .unwrap();
+    let large = live_files(warehouse).await;
+    assert_eq!(large.len(), 1);
+    assert!(
+        large[0].1 >= 256 * 1024,
+        "the first file must sit above the smallest tier: {large:?}"
+    );
+    for i in 0..3 {
+        acme.ingest_events(vec![id_batch(&format!("s{i}"), 50)])
+            .await
+            .unwrap();
+    }
+    // Four small files in one tenant-day, but only three in the smallest
+    // tier: the larger file is not rewritten for them.
+    let r = compact_table(warehouse, &ident, &background).await.unwrap();
+    assert_eq!(r.files_removed, 0, "{r:?}");
+
+    acme.ingest_events(vec![id_batch("s3", 50)]).await.unwrap();
+    let r = compact_table(warehouse, &ident, &background).await.unwrap();
+    assert_eq!((r.files_removed, r.files_added), (4, 1), "{r:?}");
+    let live = live_files(warehouse).await;
+    assert_eq!(live.len(), 2);
+    assert!(live.contains(&large[0]), "the larger file was rewritten");
+
+    // `raindrop compact` merges every small file of the partition.
+    let r = compact_raw_events(warehouse).await;
+    assert_eq!((r.files_removed, r.files_added), (2, 1), "{r:?}");
+    assert_eq!(live_files(warehouse).await.len(), 1);
+    let rows = "SELECT count(*) FROM wildedge.raw_events";
+    let ids = "SELECT count(DISTINCT event_id) FROM wildedge.raw_events";
+    assert_eq!(count(&mut acme, rows).await, 20_000 + 4 * 50);
+    assert_eq!(count(&mut acme, ids).await, 20_000 + 4 * 50);
+}
