@@ -24,76 +24,12 @@ use datafusion::datasource::listing::{
 use datafusion::prelude::{SessionConfig, SessionContext};
 use raindrop::client::{IngestMode, RaindropClient};
 use raindrop::config::ServeConfig;
-use raindrop::demo::SEED_QUERY;
 use raindrop::demo::generate::{GenConfig, generate_project, project_ids, project_sizes};
 use raindrop::server::ServerHandle;
 use raindrop::tenant::{Role, tokens};
 
-struct Query {
-    name: &'static str,
-    sql: String,
-    admin: bool,
-}
-
-fn queries() -> Vec<Query> {
-    let q = |name, sql: &str, admin| Query {
-        name,
-        sql: sql.to_string(),
-        admin,
-    };
-    vec![
-        q("seed query (join outcomes, 30 days)", SEED_QUERY, false),
-        q(
-            "hourly p95 + mean confidence, 1 day",
-            "SELECT date_trunc('hour', event_timestamp) AS hour, model_name, avg(confidence) AS mean_confidence, \
-             percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95_ms, count(*) AS n \
-             FROM wildedge.raw_events WHERE event_type = 'inference' AND event_day = current_date - interval '1 day' \
-             GROUP BY 1, 2 ORDER BY 1, 2",
-            false,
-        ),
-        q(
-            "error rate by model version, 7 days",
-            "SELECT model_version, avg(CASE WHEN event_type = 'error' THEN 1.0 ELSE 0.0 END) AS error_rate, count(*) AS n \
-             FROM wildedge.raw_events WHERE event_day >= current_date - interval '7 days' GROUP BY 1 ORDER BY 1",
-            false,
-        ),
-        q(
-            "confidence histogram per model, 30 days",
-            "SELECT model_name, least(floor(confidence * 10), 9) AS bucket, count(*) AS n \
-             FROM wildedge.raw_events WHERE event_type = 'inference' AND event_day >= current_date - interval '30 days' \
-             GROUP BY 1, 2 ORDER BY 1, 2",
-            false,
-        ),
-        q(
-            "top 20 sessions, last day",
-            "SELECT session_id, count(*) AS events, avg(duration_ms) AS mean_ms FROM wildedge.raw_events \
-             WHERE event_day >= current_date - interval '1 day' GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20",
-            false,
-        ),
-        q(
-            "admin: events per project, 7 days",
-            "SELECT project_id, count(*) AS events, avg(confidence) AS mean_confidence FROM wildedge.raw_events \
-             WHERE event_day >= current_date - interval '7 days' GROUP BY 1 ORDER BY 1",
-            true,
-        ),
-    ]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-/// Median wall time of `runs` calls, in milliseconds.
-async fn hot_median(runs: usize, mut f: impl AsyncFnMut()) -> f64 {
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let t = Instant::now();
-        f().await;
-        times.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
-    median(times)
-}
+mod common;
+use common::queries::{duckdb_run, hot_median, queries, raindrop_run};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -155,64 +91,6 @@ async fn prepare(dir: &Path, cfg: &GenConfig) -> (HashMap<String, String>, Strin
     )
     .unwrap();
     (project_tokens, admin)
-}
-
-/// Sum of a `key=<n>` field over every scan line of an `EXPLAIN`.
-fn explain_sum(text: &str, key: &str) -> usize {
-    text.split("IcebergScanExec: ")
-        .skip(1)
-        .filter_map(|s| {
-            s.split(key)
-                .nth(1)?
-                .split([',', '/'])
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
-        .sum()
-}
-
-/// Median hot ms, rows, files planned and manifests overlapping/total.
-async fn raindrop_run(
-    url: &str,
-    token: &str,
-    sql: &str,
-    runs: usize,
-) -> (f64, usize, usize, (usize, usize)) {
-    let mut c = RaindropClient::connect(url, token).await.unwrap();
-    let plan = c.query(&format!("EXPLAIN {sql}")).await.unwrap();
-    let text = arrow::util::pretty::pretty_format_batches(&plan)
-        .unwrap()
-        .to_string();
-    let files = explain_sum(&text, " files=");
-    let manifests = (
-        explain_sum(&text, "manifests="),
-        text.split("IcebergScanExec: ")
-            .skip(1)
-            .filter_map(|s| {
-                s.split("manifests=")
-                    .nth(1)?
-                    .split('/')
-                    .nth(1)?
-                    .split(',')
-                    .next()?
-                    .parse::<usize>()
-                    .ok()
-            })
-            .sum(),
-    );
-    let rows: usize = c
-        .query(sql)
-        .await
-        .unwrap()
-        .iter()
-        .map(|b| b.num_rows())
-        .sum();
-    let ms = hot_median(runs, async || {
-        c.query(sql).await.unwrap();
-    })
-    .await;
-    (ms, rows, files, manifests)
 }
 
 /// A ListingTable over the Parquet files under `root`.
@@ -282,41 +160,6 @@ async fn datafusion_run(ctx: &SessionContext, sql: &str, runs: usize) -> (f64, u
     (ms, rows)
 }
 
-fn duckdb_run(
-    python: &str,
-    data: &Path,
-    project: &str,
-    outcomes: &Path,
-    runs: usize,
-    qs: &[Query],
-) -> Option<serde_json::Value> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers/duckdb_peer.py");
-    let req = serde_json::json!({
-        "data": data, "project": project, "outcomes": format!("{}/*.parquet", outcomes.display()), "runs": runs,
-        "queries": qs.iter().map(|q| serde_json::json!({"name": q.name, "sql": q.sql, "admin": q.admin})).collect::<Vec<_>>(),
-    });
-    let mut child = std::process::Command::new(python)
-        .arg(script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| eprintln!("DuckDB peer not run ({python}): {e}"))
-        .ok()?;
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(req.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    if !out.status.success() {
-        eprintln!("DuckDB peer failed");
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
-}
-
 fn main() {
     // `cargo test --all-targets` builds and runs benches as tests: do nothing then.
     if !std::env::args().any(|a| a == "--bench") {
@@ -355,10 +198,8 @@ fn main() {
         let df_tenant = datafusion_ctx(&data, Some(&tenant), &outcomes).await;
         let df_admin = datafusion_ctx(&data, None, &outcomes).await;
         let qs = queries();
-        let python = std::env::var("RAINDROP_PYTHON").unwrap_or_else(|_| {
-            format!("{}/.cache/raindrop/venv/bin/python", std::env::var("HOME").unwrap_or_default())
-        });
-        let duck = duckdb_run(&python, &data, &tenant, &outcomes, runs, &qs);
+        let python = common::python();
+        let duck = duckdb_run(&python, &data, &tenant, Some(&outcomes), false, runs, &qs);
 
         println!("| query | Raindrop ms | manifests | files read | DataFusion ms | DuckDB ms | Raindrop/DataFusion | Raindrop/DuckDB | rows |");
         println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");

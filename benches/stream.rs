@@ -14,7 +14,7 @@
 //!
 //! `RAINDROP_BENCH_SOAK_MINS=30` adds a soak: one day of events, near now,
 //! sent in 1k-row batches by 16 clients for that long with background
-//! compaction every minute, sampled every minute (latency, metadata share,
+//! compaction and expiry at the server's defaults, sampled every minute (latency, metadata share,
 //! files per tenant-day): are they flat? It ends with the background
 //! jobs' counters (flushes, merges, compactions).
 //!
@@ -79,15 +79,31 @@ fn main() {
         }
     }
     print_runs(&runs, peer.as_ref());
+    if env_usize("RAINDROP_BENCH_QUERIES", 0) > 0 {
+        let batches = arrival_order(&history, batch_sizes.first().copied().unwrap_or(1_000));
+        let clients = client_counts.last().copied().unwrap_or(16);
+        settle_disk();
+        let rate = env_usize("RAINDROP_BENCH_QUERY_RATE", 100_000) as f64;
+        rt.block_on(live_vs_compacted(
+            &ids,
+            &batches,
+            clients,
+            rate,
+            &work.path().join("duckdb/duckdb-partitioned"),
+        ));
+    }
     if soak_mins > 0 {
         let day = generate(&ids, events.min(2_000_000), 1);
         let batch_rows = batch_sizes.first().copied().unwrap_or(1_000);
         let clients = client_counts.last().copied().unwrap_or(16);
         let batches = arrival_order(&day, batch_rows);
+        // 0: as fast as answered (a capacity test, not a steady state).
+        let rate = env_usize("RAINDROP_BENCH_SOAK_RATE", 0);
         rt.block_on(soak(
             &ids,
             &batches,
             clients,
+            (rate > 0).then_some(rate as f64),
             Duration::from_secs(60 * soak_mins as u64),
         ));
     }
@@ -128,12 +144,12 @@ fn arrival_order(tenants: &[(String, Vec<RecordBatch>)], batch_rows: usize) -> V
     all.into_iter().map(|(_, p, b)| (p, b)).collect()
 }
 
-/// A server over `dir` with an ingest token per tenant.
+/// A server over `dir` with a token per tenant, and an admin token.
 async fn start(
     dir: &Path,
     ids: &[String],
     compact_every: Option<Duration>,
-) -> (ServerHandle, HashMap<String, String>) {
+) -> (ServerHandle, HashMap<String, String>, String) {
     let mut serve = ServeConfig::in_dir(dir);
     serve.limits.compact_interval_secs = compact_every.map_or(0, |d| d.as_secs());
     // 0 = unbuffered (each DoPut group commits before it is answered).
@@ -143,10 +159,12 @@ async fn start(
     let mut secrets = HashMap::new();
     for p in ids {
         let s = tokens::generate_secret();
-        tokens::create_token(&serve.tokens_file(), &s, Some(p), Role::Ingest, "bench").unwrap();
+        tokens::create_token(&serve.tokens_file(), &s, Some(p), Role::ReadWrite, "bench").unwrap();
         secrets.insert(p.clone(), s);
     }
-    (ServerHandle::start(serve).await.unwrap(), secrets)
+    let admin = tokens::generate_secret();
+    tokens::create_token(&serve.tokens_file(), &admin, None, Role::Admin, "bench").unwrap();
+    (ServerHandle::start(serve).await.unwrap(), secrets, admin)
 }
 
 /// `DoPut` latencies: (seconds since the start, milliseconds).
@@ -156,13 +174,15 @@ type Latencies = Arc<Mutex<Vec<(f64, f64)>>>;
 static REJECTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Send `batches` from `clients` concurrent clients until they run out
-/// (or, cycling through them, until `until`).
+/// (or, cycling through them, until `until`): as fast as they are answered,
+/// or paced to `rate` rows/s (batch `i` is sent no sooner than its turn).
 async fn drive(
     url: &str,
     secrets: &HashMap<String, String>,
     batches: Arc<Vec<Batch>>,
     clients: usize,
     until: Option<Instant>,
+    rate: Option<f64>,
     latencies: Latencies,
 ) -> usize {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -188,6 +208,11 @@ async fn drive(
                     conns.insert(project.clone(), c);
                 }
                 let c = conns.get_mut(project).unwrap();
+                if let Some(rate) = rate {
+                    let turn = i as f64 * batch.num_rows() as f64 / rate;
+                    let at = started + Duration::from_secs_f64(turn);
+                    tokio::time::sleep_until(at.into()).await;
+                }
                 let s = Instant::now();
                 // A full ingest buffer answers ResourceExhausted: back off
                 // and resend, as a client should (counted, not timed).
@@ -227,6 +252,12 @@ struct TableState {
     live_files: usize,
     /// Most live data files of one (tenant, day) partition.
     max_files_per_partition: usize,
+    /// Most live files below compaction's small-file size (half the
+    /// target file size) in one partition: what compaction still owes.
+    max_small_files_per_partition: usize,
+    /// Bytes of the largest partition: at the target file size, it needs
+    /// this / 128 MiB files however well compacted.
+    max_partition_bytes: u64,
     snapshots: usize,
     manifests: usize,
 }
@@ -275,13 +306,22 @@ async fn table_state(dir: &Path, warehouse: &raindrop::catalog::Warehouse) -> Ta
         .entries()
         .len();
     let tasks = live_files(&table).await;
-    let mut per_partition: HashMap<String, usize> = HashMap::new();
+    // (files, small files, bytes) per partition.
+    let mut per_partition: HashMap<String, (usize, usize, u64)> = HashMap::new();
+    let small = raindrop::schema::TARGET_FILE_SIZE as u64 / 2;
     for t in &tasks {
         let partition = t.data_file_path.rsplit_once('/').map_or("", |(dir, _)| dir);
-        *per_partition.entry(partition.to_string()).or_default() += 1;
+        let p = per_partition.entry(partition.to_string()).or_default();
+        p.0 += 1;
+        p.1 += usize::from(t.file_size_in_bytes < small);
+        p.2 += t.file_size_in_bytes;
     }
     state.live_files = tasks.len();
-    state.max_files_per_partition = per_partition.values().copied().max().unwrap_or(0);
+    let most =
+        |f: fn(&(usize, usize, u64)) -> u64| per_partition.values().map(f).max().unwrap_or(0);
+    state.max_files_per_partition = most(|p| p.0 as u64) as usize;
+    state.max_small_files_per_partition = most(|p| p.1 as u64) as usize;
+    state.max_partition_bytes = most(|p| p.2);
     state
 }
 
@@ -298,7 +338,7 @@ struct Run {
 
 async fn run_once(ids: &[String], batches: &[Batch], clients: usize) -> Run {
     let dir = tempfile::tempdir().unwrap();
-    let (server, secrets) = start(dir.path(), ids, None).await;
+    let (server, secrets, _) = start(dir.path(), ids, None).await;
     let latencies: Latencies = Arc::default();
     let t = Instant::now();
     let rows = drive(
@@ -306,6 +346,7 @@ async fn run_once(ids: &[String], batches: &[Batch], clients: usize) -> Run {
         &secrets,
         Arc::new(batches.to_vec()),
         clients,
+        None,
         None,
         latencies.clone(),
     )
@@ -359,30 +400,50 @@ fn print_runs(runs: &[(usize, usize, Run)], peer: Option<&serde_json::Value>) {
     }
 }
 
-/// Stream `batches` for `length` with background compaction every minute,
-/// printing a row per minute.
-async fn soak(ids: &[String], batches: &[Batch], clients: usize, length: Duration) {
+/// Stream `batches` for `length` with the server's default background
+/// compaction and expiry, printing a row per minute.
+async fn soak(
+    ids: &[String],
+    batches: &[Batch],
+    clients: usize,
+    rate: Option<f64>,
+    length: Duration,
+) {
     let dir = tempfile::tempdir().unwrap();
     let minute = Duration::from_secs(60);
-    let (server, secrets) = start(dir.path(), ids, Some(minute)).await;
+    let every = Duration::from_secs(raindrop::config::limits::COMPACT_INTERVAL_SECS);
+    let (server, secrets, _) = start(dir.path(), ids, Some(every)).await;
     let latencies: Latencies = Arc::default();
     let until = Instant::now() + length;
     let driver = {
         let (url, batches, latencies) =
             (server.url(), Arc::new(batches.to_vec()), latencies.clone());
         tokio::spawn(async move {
-            drive(&url, &secrets, batches, clients, Some(until), latencies).await
+            drive(
+                &url,
+                &secrets,
+                batches,
+                clients,
+                Some(until),
+                rate,
+                latencies,
+            )
+            .await
         })
     };
     println!(
-        "\nsoak: {clients} clients, DoPuts of {} rows, {} tenants, compaction every minute\n",
+        "\nsoak: {clients} clients, DoPuts of {} rows, {} tenants, {}, compaction every {} s\n",
         batches.first().map_or(0, |b| b.1.num_rows()),
-        ids.len()
+        ids.len(),
+        rate.map_or("as fast as answered".into(), |r| format!(
+            "paced to {r:.0} rows/s"
+        )),
+        every.as_secs()
     );
     println!(
-        "| minute | rows/s acked | DoPut p50 / p99 ms | refused (buffer full) | rows not yet committed | data MB | metadata / data | json / lists / manifests MB | metadata files | most files in a tenant-day | snapshots | manifests |"
+        "| minute | rows/s acked | DoPut p50 / p99 ms | refused (buffer full) | rows not yet committed | data MB | metadata / data | json / lists / manifests MB | metadata files | most files (small) in a tenant-day | largest tenant-day MB | snapshots | manifests |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let started = Instant::now();
     let mut seen = 0;
     let mut m = 0;
@@ -399,7 +460,7 @@ async fn soak(ids: &[String], batches: &[Batch], clients: usize, length: Duratio
         sampled = Instant::now();
         let s = table_state(dir.path(), server.services.query.warehouse()).await;
         println!(
-            "| {m} | {:.0} | {:.1} / {:.1} | {} | {} | {:.0} | {:.1}% | {} | {} | {} | {} | {} |",
+            "| {m} | {:.0} | {:.1} / {:.1} | {} | {} | {:.0} | {:.1}% | {} | {} | {} ({}) | {:.0} | {} | {} |",
             rows as f64 / since,
             percentile(&ms, 0.5),
             percentile(&ms, 0.99),
@@ -410,6 +471,8 @@ async fn soak(ids: &[String], batches: &[Batch], clients: usize, length: Duratio
             s.breakdown(),
             s.metadata_files,
             s.max_files_per_partition,
+            s.max_small_files_per_partition,
+            s.max_partition_bytes as f64 / 1e6,
             s.snapshots,
             s.manifests,
         );
@@ -426,6 +489,116 @@ async fn soak(ids: &[String], batches: &[Batch], clients: usize, length: Duratio
         {
             println!("{line}");
         }
+    }
+    server.stop().await.unwrap();
+}
+
+/// Hot runs per query (median) in the query comparison.
+const QUERY_RUNS: usize = 5;
+
+/// The dashboard queries of `benches/query.rs` (all but the seed query,
+/// which needs the tenant's outcomes table) on a table as streaming at
+/// `rate` rows/s left it (buffered ingest and background compaction at
+/// the server's defaults, just after the last `DoPut`), then on the same
+/// table fully compacted (`raindrop compact`), and DuckDB over its own
+/// partitioned files of the same rows. Tenant queries run as the largest
+/// tenant.
+async fn live_vs_compacted(
+    ids: &[String],
+    batches: &[Batch],
+    clients: usize,
+    rate: f64,
+    duckdb: &Path,
+) {
+    use common::queries::{duckdb_run, queries, raindrop_run};
+    use raindrop::maintenance::compact::{CompactOptions, compact_table};
+    let dir = tempfile::tempdir().unwrap();
+    let every = Duration::from_secs(raindrop::config::limits::COMPACT_INTERVAL_SECS);
+    let (server, secrets, admin) = start(dir.path(), ids, Some(every)).await;
+    let t = Instant::now();
+    let rows = drive(
+        &server.url(),
+        &secrets,
+        Arc::new(batches.to_vec()),
+        clients,
+        None,
+        Some(rate),
+        Latencies::default(),
+    )
+    .await;
+    let secs = t.elapsed().as_secs_f64();
+    let tenant = &ids[0];
+    let qs: Vec<_> = queries()
+        .into_iter()
+        .filter(|q| !q.sql.contains("user_outcomes"))
+        .collect();
+    let warehouse = server.services.query.warehouse();
+    let time_all = async |label: &str| {
+        let state = table_state(dir.path(), warehouse).await;
+        println!(
+            "{label}: {} live files, most in a tenant-day {} ({} small), {} rows buffered",
+            state.live_files,
+            state.max_files_per_partition,
+            state.max_small_files_per_partition,
+            server.services.ingest.buffer().map_or(0, |b| b.held().0)
+        );
+        let mut out = vec![];
+        for q in &qs {
+            let token = if q.admin { &admin } else { &secrets[tenant] };
+            out.push(raindrop_run(&server.url(), token, &q.sql, QUERY_RUNS).await);
+        }
+        out
+    };
+    println!(
+        "\nqueries: {rows} rows streamed in {secs:.1} s ({clients} clients, {}-row DoPuts, paced to {rate:.0} rows/s); tenant '{tenant}' (the largest); {QUERY_RUNS} hot runs, median",
+        batches.first().map_or(0, |b| b.1.num_rows())
+    );
+    let live = time_all("live").await;
+    server.services.ingest.flush().await.unwrap();
+    // Background compaction may replace some files first: run until a
+    // pass finds nothing left to merge.
+    let ident = warehouse.raw_events_ident();
+    for _ in 0..10 {
+        match compact_table(warehouse, &ident, &CompactOptions::default()).await {
+            Ok(r) if r.files_removed == 0 => break,
+            Ok(_) => {}
+            Err(e) => eprintln!("compaction raced the background: {e}"),
+        }
+    }
+    let compacted = time_all("compacted").await;
+    let python = python();
+    let duck = duckdb_run(&python, duckdb, tenant, None, true, QUERY_RUNS, &qs);
+    println!(
+        "\n| query | live ms | files | compacted ms | files | live / compacted | DuckDB ms | live / DuckDB | rows |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for ((q, l), c) in qs.iter().zip(&live).zip(&compacted) {
+        let (dk, dk_rows) = duck
+            .as_ref()
+            .and_then(|d| d.get(q.name))
+            .map(|v| {
+                (
+                    v["median_ms"].as_f64().unwrap(),
+                    v["rows"].as_u64().unwrap() as usize,
+                )
+            })
+            .unwrap_or((f64::NAN, 0));
+        let check = if l.1 == c.1 && (dk.is_nan() || l.1 == dk_rows) {
+            ""
+        } else {
+            " (row counts differ!)"
+        };
+        println!(
+            "| {} | {:.1} | {} | {:.1} | {} | {:.2} | {dk:.1} | {:.2} | {}{check} |",
+            q.name,
+            l.0,
+            l.2,
+            c.0,
+            c.2,
+            l.0 / c.0,
+            l.0 / dk,
+            l.1
+        );
     }
     server.stop().await.unwrap();
 }

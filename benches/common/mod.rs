@@ -1,6 +1,8 @@
-//! Helpers shared by the ingest benchmarks (`ingest`, `stream`): each bench
-//! is its own crate, so not every helper is used by every one.
+//! Helpers shared by the benchmarks: each bench is its own crate, so not
+//! every helper is used by every one.
 #![allow(dead_code)]
+
+pub mod queries;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,7 +1,10 @@
-"""DuckDB peer for benches/query.rs: runs the same SQL over the same Parquet
-files Raindrop wrote, with threads=2, and reports median hot latency.
+"""DuckDB peer for benches/query.rs and benches/stream.rs: runs the same SQL
+over Parquet files laid out `project_id=<p>/event_day=<d>/`, with threads=2,
+and reports median hot latency.
 
-stdin: {"data": <raw_events data dir>, "project": <id>, "outcomes": <glob>,
+stdin: {"data": <data dir>, "project": <id>, "outcomes": <glob> | null,
+        "hive": <bool: the files lack project_id (DuckDB's own partitioned
+                 COPY), so the admin view takes both columns from paths>,
         "runs": N, "queries": [{"name", "sql", "admin"}]}
 stdout: {"<name>": {"median_ms": float, "rows": int}}
 """
@@ -24,12 +27,19 @@ con.execute(
     f"CREATE VIEW wildedge.tenant_events AS SELECT * FROM read_parquet("
     f"'{data}/project_id={req['project']}/*/*.parquet', hive_partitioning = true, hive_types = {{'event_day': DATE}})"
 )
-# Admin view: every file; event_day computed (project_id is in the files).
-con.execute(
-    f"CREATE VIEW wildedge.all_events AS SELECT *, CAST(event_timestamp AS DATE) AS event_day "
-    f"FROM read_parquet('{data}/*/*/*.parquet', hive_partitioning = false)"
-)
-con.execute(f"CREATE VIEW warehouse.user_outcomes AS SELECT * FROM read_parquet('{req['outcomes']}')")
+if req.get("hive"):
+    con.execute(
+        f"CREATE VIEW wildedge.all_events AS SELECT * FROM read_parquet("
+        f"'{data}/*/*/*.parquet', hive_partitioning = true, hive_types = {{'event_day': DATE}})"
+    )
+else:
+    # Admin view: every file; event_day computed (project_id is in the files).
+    con.execute(
+        f"CREATE VIEW wildedge.all_events AS SELECT *, CAST(event_timestamp AS DATE) AS event_day "
+        f"FROM read_parquet('{data}/*/*/*.parquet', hive_partitioning = false)"
+    )
+if req.get("outcomes"):
+    con.execute(f"CREATE VIEW warehouse.user_outcomes AS SELECT * FROM read_parquet('{req['outcomes']}')")
 
 out = {}
 for q in req["queries"]:

@@ -90,7 +90,11 @@ pub fn prepare(table: &Table, batches: Vec<RecordBatch>) -> Result<Prepared> {
 /// Write batches as Parquet data files of `table`, one per partition (more
 /// only past the target file size), each sorted by the layout keys.
 pub async fn write_data_files(table: &Table, batches: Vec<RecordBatch>) -> Result<Vec<DataFile>> {
-    let prepared = prepare(table, batches)?;
+    // Sorting never yields: off the runtime workers that answer requests.
+    let for_prepare = table.clone();
+    let prepared = tokio::task::spawn_blocking(move || prepare(&for_prepare, batches))
+        .await
+        .map_err(|e| Error::Internal(format!("sorting rows to write failed: {e}")))??;
     write_prepared(table, vec![prepared]).await
 }
 

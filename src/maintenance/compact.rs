@@ -421,7 +421,14 @@ async fn read_files(table: &Table, files: &[DataFile]) -> Result<Vec<RecordBatch
         .with_data_file_concurrency_limit(2)
         .build()
         .read(Box::pin(futures::stream::iter(tasks.into_iter().map(Ok))))?;
-    let batches: Vec<RecordBatch> = stream.stream().try_collect().await?;
+    // Decoding happens where the stream is polled: on a blocking thread,
+    // so a large rewrite does not stall the runtime workers that answer
+    // DoPuts and queries.
+    let runtime = tokio::runtime::Handle::current();
+    let batches: Vec<RecordBatch> =
+        tokio::task::spawn_blocking(move || runtime.block_on(stream.stream().try_collect()))
+            .await
+            .map_err(|e| Error::Internal(format!("reading files to compact failed: {e}")))??;
     // The reader may hand identity-partition columns back run-end encoded
     // (a constant per file): bring every column to the table's type.
     batches

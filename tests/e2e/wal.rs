@@ -94,6 +94,16 @@ async fn acknowledged_rows_are_read_at_once_and_committed_by_one_flush() {
         .await,
         0
     );
+    // A column read, another only filtered on: buffered rows are shaped
+    // to just those two.
+    assert_eq!(
+        count(
+            &mut acme,
+            "SELECT count(DISTINCT event_id) FROM wildedge.raw_events WHERE event_day = DATE '2026-05-28' AND event_type = 'inference'"
+        )
+        .await,
+        300
+    );
     assert_eq!(
         count(
             &mut acme,
