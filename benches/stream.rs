@@ -412,7 +412,8 @@ async fn soak(
     let dir = tempfile::tempdir().unwrap();
     let minute = Duration::from_secs(60);
     let every = Duration::from_secs(raindrop::config::limits::COMPACT_INTERVAL_SECS);
-    let (server, secrets, _) = start(dir.path(), ids, Some(every)).await;
+    let (server, secrets, admin) = start(dir.path(), ids, Some(every)).await;
+    let tenant_token = secrets[&ids[0]].clone();
     let latencies: Latencies = Arc::default();
     let until = Instant::now() + length;
     let driver = {
@@ -490,19 +491,152 @@ async fn soak(
             println!("{line}");
         }
     }
+    // Today's partitions as the stream left them, then compacted.
+    println!(
+        "\nqueries after the soak, tenant '{}' (the largest), {QUERY_RUNS} hot runs, median:",
+        ids[0]
+    );
+    let qs = stream_queries();
+    let live = time_queries("live", &server, dir.path(), &tenant_token, &admin, &qs).await;
+    // Once the last flush committed and background compaction had 30 s
+    // to catch up: the tiered layout alone, no buffered rows, no rewrite
+    // running.
+    server.services.ingest.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let settled = time_queries("settled", &server, dir.path(), &tenant_token, &admin, &qs).await;
+    compact_fully(&server).await;
+    let compacted =
+        time_queries("compacted", &server, dir.path(), &tenant_token, &admin, &qs).await;
+    print_timings(
+        &qs,
+        &[
+            ("live", &live),
+            ("settled", &settled),
+            ("compacted", &compacted),
+        ],
+        None,
+    );
     server.stop().await.unwrap();
 }
 
-/// Hot runs per query (median) in the query comparison.
+/// Hot runs per query (median) in the query comparisons.
 const QUERY_RUNS: usize = 5;
 
-/// The dashboard queries of `benches/query.rs` (all but the seed query,
-/// which needs the tenant's outcomes table) on a table as streaming at
-/// `rate` rows/s left it (buffered ingest and background compaction at
-/// the server's defaults, just after the last `DoPut`), then on the same
-/// table fully compacted (`raindrop compact`), and DuckDB over its own
-/// partitioned files of the same rows. Tenant queries run as the largest
-/// tenant.
+/// The dashboard queries of `benches/query.rs` but the seed query (it
+/// needs the tenant's outcomes table), plus the all-tenant query over 30
+/// days.
+fn stream_queries() -> Vec<common::queries::Query> {
+    let mut qs: Vec<_> = common::queries::queries()
+        .into_iter()
+        .filter(|q| !q.sql.contains("user_outcomes"))
+        .collect();
+    qs.push(common::queries::Query {
+        name: "admin: events per project, 30 days",
+        sql: "SELECT project_id, count(*) AS events, avg(confidence) AS mean_confidence FROM wildedge.raw_events \
+              WHERE event_day >= current_date - interval '30 days' GROUP BY 1 ORDER BY 1"
+            .into(),
+        admin: true,
+    });
+    qs
+}
+
+/// Per query: median ms, rows, files planned.
+type Timings = Vec<(f64, usize, usize)>;
+
+/// Time `qs` on `server` (tenant queries as `tenant`), after printing the
+/// table's layout.
+async fn time_queries(
+    label: &str,
+    server: &ServerHandle,
+    dir: &Path,
+    token: &str,
+    admin: &str,
+    qs: &[common::queries::Query],
+) -> Timings {
+    let state = table_state(dir, server.services.query.warehouse()).await;
+    println!(
+        "{label}: {} live files, most in a tenant-day {} ({} small), {} rows buffered",
+        state.live_files,
+        state.max_files_per_partition,
+        state.max_small_files_per_partition,
+        server.services.ingest.buffer().map_or(0, |b| b.held().0)
+    );
+    let mut out = vec![];
+    for q in qs {
+        let token = if q.admin { admin } else { token };
+        let (ms, rows, files, _) =
+            common::queries::raindrop_run(&server.url(), token, &q.sql, QUERY_RUNS).await;
+        out.push((ms, rows, files));
+    }
+    out
+}
+
+/// Commit what is buffered and compact the table fully (`raindrop
+/// compact`), racing the background compaction until a pass finds
+/// nothing left to merge.
+async fn compact_fully(server: &ServerHandle) {
+    use raindrop::maintenance::compact::{CompactOptions, compact_table};
+    server.services.ingest.flush().await.unwrap();
+    let warehouse = server.services.query.warehouse();
+    let ident = warehouse.raw_events_ident();
+    for _ in 0..10 {
+        match compact_table(warehouse, &ident, &CompactOptions::default()).await {
+            Ok(r) if r.files_removed == 0 => break,
+            Ok(_) => {}
+            Err(e) => eprintln!("compaction raced the background: {e}"),
+        }
+    }
+}
+
+/// Each state's timings, the last one (fully compacted) the reference
+/// every other is divided by, and DuckDB when it ran.
+fn print_timings(
+    qs: &[common::queries::Query],
+    states: &[(&str, &Timings)],
+    duck: Option<&serde_json::Value>,
+) {
+    let (reference, compacted) = states.last().expect("a compacted state");
+    let mut head = String::from("| query |");
+    for (label, _) in states {
+        head += &format!(" {label} ms | files |");
+    }
+    for (label, _) in &states[..states.len() - 1] {
+        head += &format!(" {label} / {reference} |");
+    }
+    head += " DuckDB ms | first / DuckDB | rows |";
+    println!("\n{head}");
+    println!("|---|{}", "---:|".repeat(head.matches('|').count() - 2));
+    for (i, q) in qs.iter().enumerate() {
+        let (dk, dk_rows) = duck
+            .and_then(|d| d.get(q.name))
+            .map(|v| {
+                (
+                    v["median_ms"].as_f64().unwrap(),
+                    v["rows"].as_u64().unwrap() as usize,
+                )
+            })
+            .unwrap_or((f64::NAN, 0));
+        let first = &states[0].1[i];
+        let agree =
+            states.iter().all(|(_, t)| t[i].1 == first.1) && (dk.is_nan() || first.1 == dk_rows);
+        let mut row = format!("| {} |", q.name);
+        for (_, t) in states {
+            row += &format!(" {:.1} | {} |", t[i].0, t[i].2);
+        }
+        for (_, t) in &states[..states.len() - 1] {
+            row += &format!(" {:.2} |", t[i].0 / compacted[i].0);
+        }
+        let check = if agree { "" } else { " (row counts differ!)" };
+        row += &format!(" {dk:.1} | {:.2} | {}{check} |", first.0 / dk, first.1);
+        println!("{row}");
+    }
+}
+
+/// The queries on a table as streaming at `rate` rows/s left it
+/// (buffered ingest and background compaction at the server's defaults,
+/// just after the last `DoPut`), then on the same table fully compacted,
+/// and DuckDB over its own partitioned files of the same rows. Tenant
+/// queries run as the largest tenant.
 async fn live_vs_compacted(
     ids: &[String],
     batches: &[Batch],
@@ -510,8 +644,6 @@ async fn live_vs_compacted(
     rate: f64,
     duckdb: &Path,
 ) {
-    use common::queries::{duckdb_run, queries, raindrop_run};
-    use raindrop::maintenance::compact::{CompactOptions, compact_table};
     let dir = tempfile::tempdir().unwrap();
     let every = Duration::from_secs(raindrop::config::limits::COMPACT_INTERVAL_SECS);
     let (server, secrets, admin) = start(dir.path(), ids, Some(every)).await;
@@ -528,77 +660,27 @@ async fn live_vs_compacted(
     .await;
     let secs = t.elapsed().as_secs_f64();
     let tenant = &ids[0];
-    let qs: Vec<_> = queries()
-        .into_iter()
-        .filter(|q| !q.sql.contains("user_outcomes"))
-        .collect();
-    let warehouse = server.services.query.warehouse();
-    let time_all = async |label: &str| {
-        let state = table_state(dir.path(), warehouse).await;
-        println!(
-            "{label}: {} live files, most in a tenant-day {} ({} small), {} rows buffered",
-            state.live_files,
-            state.max_files_per_partition,
-            state.max_small_files_per_partition,
-            server.services.ingest.buffer().map_or(0, |b| b.held().0)
-        );
-        let mut out = vec![];
-        for q in &qs {
-            let token = if q.admin { &admin } else { &secrets[tenant] };
-            out.push(raindrop_run(&server.url(), token, &q.sql, QUERY_RUNS).await);
-        }
-        out
-    };
+    let qs = stream_queries();
     println!(
-        "\nqueries: {rows} rows streamed in {secs:.1} s ({clients} clients, {}-row DoPuts, paced to {rate:.0} rows/s); tenant '{tenant}' (the largest); {QUERY_RUNS} hot runs, median",
+        "\nqueries, 30 days: {rows} rows streamed in {secs:.1} s ({clients} clients, {}-row DoPuts, paced to {rate:.0} rows/s); tenant '{tenant}' (the largest); {QUERY_RUNS} hot runs, median",
         batches.first().map_or(0, |b| b.1.num_rows())
     );
-    let live = time_all("live").await;
-    server.services.ingest.flush().await.unwrap();
-    // Background compaction may replace some files first: run until a
-    // pass finds nothing left to merge.
-    let ident = warehouse.raw_events_ident();
-    for _ in 0..10 {
-        match compact_table(warehouse, &ident, &CompactOptions::default()).await {
-            Ok(r) if r.files_removed == 0 => break,
-            Ok(_) => {}
-            Err(e) => eprintln!("compaction raced the background: {e}"),
-        }
-    }
-    let compacted = time_all("compacted").await;
-    let python = python();
-    let duck = duckdb_run(&python, duckdb, tenant, None, true, QUERY_RUNS, &qs);
-    println!(
-        "\n| query | live ms | files | compacted ms | files | live / compacted | DuckDB ms | live / DuckDB | rows |"
+    let live = time_queries("live", &server, dir.path(), &secrets[tenant], &admin, &qs).await;
+    compact_fully(&server).await;
+    let compacted = time_queries(
+        "compacted",
+        &server,
+        dir.path(),
+        &secrets[tenant],
+        &admin,
+        &qs,
+    )
+    .await;
+    let duck = common::queries::duckdb_run(&python(), duckdb, tenant, None, true, QUERY_RUNS, &qs);
+    print_timings(
+        &qs,
+        &[("live", &live), ("compacted", &compacted)],
+        duck.as_ref(),
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for ((q, l), c) in qs.iter().zip(&live).zip(&compacted) {
-        let (dk, dk_rows) = duck
-            .as_ref()
-            .and_then(|d| d.get(q.name))
-            .map(|v| {
-                (
-                    v["median_ms"].as_f64().unwrap(),
-                    v["rows"].as_u64().unwrap() as usize,
-                )
-            })
-            .unwrap_or((f64::NAN, 0));
-        let check = if l.1 == c.1 && (dk.is_nan() || l.1 == dk_rows) {
-            ""
-        } else {
-            " (row counts differ!)"
-        };
-        println!(
-            "| {} | {:.1} | {} | {:.1} | {} | {:.2} | {dk:.1} | {:.2} | {}{check} |",
-            q.name,
-            l.0,
-            l.2,
-            c.0,
-            c.2,
-            l.0 / c.0,
-            l.0 / dk,
-            l.1
-        );
-    }
     server.stop().await.unwrap();
 }

@@ -197,8 +197,11 @@ async fn kill_dash_nine_loses_no_acknowledged_row() {
     let dir = setup().await;
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     let mut next = [0usize; 3];
+    // Flushes every 300 ms, so the kills below land before, during and
+    // after flushes, and during the replay of the previous kill's log.
+    let flushing = ["--flush-interval-ms", "300"];
     for round in 0..4u64 {
-        let server = Server::start(dir.path());
+        let server = Server::start_with(dir.path(), &flushing);
         let mut tasks = vec![];
         for (client, from) in next.iter().enumerate() {
             tasks.push(tokio::spawn(ingest_loop(
@@ -224,7 +227,7 @@ async fn kill_dash_nine_loses_no_acknowledged_row() {
         }
     }
     // Final round: finish the in-doubt batches, then check.
-    let server = Server::start(dir.path());
+    let server = Server::start_with(dir.path(), &flushing);
     for (client, n) in next.iter().enumerate() {
         ingest_loop(server.url.clone(), client, *n..*n + 1, acked.clone()).await;
     }
