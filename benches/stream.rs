@@ -43,6 +43,10 @@ use raindrop::tenant::{Role, tokens};
 mod common;
 use common::*;
 
+/// The server binary's allocator (`src/main.rs` says why).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One tenant's batch, ready to send.
 type Batch = (String, RecordBatch);
 
@@ -564,6 +568,19 @@ async fn time_queries(
     let mut out = vec![];
     for q in qs {
         let token = if q.admin { admin } else { token };
+        // Where the time goes, operator by operator.
+        if env_usize("RAINDROP_BENCH_ANALYZE", 0) > 0 {
+            let mut c = RaindropClient::connect(&server.url(), token).await.unwrap();
+            let plan = c
+                .query(&format!("EXPLAIN ANALYZE {}", q.sql))
+                .await
+                .unwrap();
+            println!(
+                "{label}, {}:\n{}",
+                q.name,
+                arrow::util::pretty::pretty_format_batches(&plan).unwrap()
+            );
+        }
         let (ms, rows, files, _) =
             common::queries::raindrop_run(&server.url(), token, &q.sql, QUERY_RUNS).await;
         out.push((ms, rows, files));
