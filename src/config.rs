@@ -274,8 +274,8 @@ pub struct LimitsConfig {
     /// Commit buffered rows sooner once this many MiB are buffered.
     #[clap(long, env = "RAINDROP_FLUSH_MIB", default_value_t = limits::FLUSH_MIB)]
     pub flush_mib: usize,
-    /// How often the server compacts `raw_events` (rewrites each
-    /// partition's small files as one), in seconds; 0 disables it. With
+    /// How often the server compacts `raw_events` (merges each
+    /// partition's small files of similar size), in seconds; 0 disables it. With
     /// several nodes on one catalog, one at a time does it (the holder of
     /// the maintenance lease).
     #[clap(long, env = "RAINDROP_COMPACT_INTERVAL_SECS", default_value_t = limits::COMPACT_INTERVAL_SECS)]
@@ -284,8 +284,8 @@ pub struct LimitsConfig {
     /// seconds: when its holder dies, another node takes over after this.
     #[clap(long, env = "RAINDROP_MAINTENANCE_LEASE_SECS", default_value_t = limits::MAINTENANCE_LEASE_SECS)]
     pub maintenance_lease_secs: u64,
-    /// Background compaction rewrites a partition once it has this many
-    /// small files.
+    /// Background compaction merges a partition's small files of one size
+    /// tier (4x apart) once the tier has this many.
     #[clap(long, env = "RAINDROP_COMPACT_MIN_FILES", default_value_t = compact::BACKGROUND_MIN_FILES)]
     pub compact_min_files: usize,
     /// With background compaction: snapshots of `raw_events` older than

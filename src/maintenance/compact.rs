@@ -72,8 +72,8 @@ pub struct CompactOptions {
 
 /// Small files a partition needs before `raindrop compact` rewrites it.
 pub const MIN_FILES: usize = 2;
-/// The same for background compaction, which waits for more: a partition
-/// that receives a steady trickle is then not rewritten on every run.
+/// Files of one size tier that background compaction waits for before
+/// merging them (so a partition holds at most 3 per tier between runs).
 pub const BACKGROUND_MIN_FILES: usize = 4;
 
 impl Default for CompactOptions {
