@@ -13,7 +13,7 @@ import sys
 
 # Top to bottom: a module may depend only on modules listed after it.
 LAYERS = [
-    "main", "demo", "server", "config", "client",
+    "main", "cli", "demo", "server", "config", "client",
     "http", "flight",
     "maintenance", "query", "ingest",
     "tenant",

@@ -57,6 +57,7 @@
 
 pub mod batch;
 pub mod catalog;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;

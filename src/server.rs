@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
+use futures::future::BoxFuture;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
@@ -174,12 +175,15 @@ fn tls_config(tls: &TlsConfig) -> Result<Option<ServerTlsConfig>> {
 /// `config.shutdown_grace_secs`. A call still running then is cut off
 /// without an answer (a `DoPut` cut off while committing may have landed:
 /// clients retry with its request id).
+///
+/// `shutdown` is boxed so this function is not generic: callers (the binary,
+/// tests) would otherwise each compile the whole server stack again.
 pub async fn run(
     listener: TcpListener,
     http: Option<TcpListener>,
     services: Arc<Services>,
     config: &ServeConfig,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: BoxFuture<'static, ()>,
 ) -> Result<()> {
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = http.map(|listener| {
@@ -273,6 +277,24 @@ pub struct ServerHandle {
     task: Option<tokio::task::JoinHandle<Result<()>>>,
 }
 
+/// Serve in a task until `stop` fires. A plain function, not inline in the
+/// async `start`: the server's future is then compiled with the library,
+/// not in every crate that awaits `start` (the e2e tests).
+fn spawn_run(
+    listener: TcpListener,
+    http: Option<TcpListener>,
+    services: Arc<Services>,
+    config: ServeConfig,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<Result<()>> {
+    tokio::spawn(async move {
+        let shutdown = async {
+            stop.await.ok();
+        };
+        run(listener, http, services, &config, Box::pin(shutdown)).await
+    })
+}
+
 impl ServerHandle {
     /// Bind `config.addr` (use port 0 for any) and serve in a task.
     pub async fn start(config: ServeConfig) -> Result<Self> {
@@ -285,13 +307,7 @@ impl ServerHandle {
         };
         let http_addr = http.as_ref().map(|l| l.local_addr()).transpose()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task_services = services.clone();
-        let task = tokio::spawn(async move {
-            run(listener, http, task_services, &config, async {
-                rx.await.ok();
-            })
-            .await
-        });
+        let task = spawn_run(listener, http, services.clone(), config, rx);
         Ok(Self {
             addr,
             http_addr,

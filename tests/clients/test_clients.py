@@ -140,6 +140,33 @@ def test_pyarrow_flight_raw_doget_and_doput(loaded):
         client.authenticate_basic_token("acme", "wrong-token-0123456789")
 
 
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+def test_pyarrow_flight_doput_with_compressed_ipc(loaded, codec):
+    """Clients may compress IPC bodies to save bandwidth; the server decodes both codecs Arrow defines."""
+    client = flight.FlightClient(f"grpc+tcp://{loaded.addr}")
+    header = (b"authorization", f"Bearer {loaded.tokens['acme']}".encode())
+    compressed = flight.FlightCallOptions(headers=[header], write_options=pa.ipc.IpcWriteOptions(compression=codec))
+    n = 1000
+    batch = pa.table(
+        {
+            "event_id": [f"ipc-{codec}-{i}" for i in range(n)],
+            "event_type": ["inference"] * n,
+            "event_timestamp": pa.array([1_780_000_000_000_000 + i for i in range(n)], pa.timestamp("us", tz="UTC")),
+            "confidence": pa.array([i / n for i in range(n)], pa.float64()),
+        }
+    )
+    writer, reader = client.do_put(flight.FlightDescriptor.for_path("raw_events"), batch.schema, compressed)
+    writer.write_table(batch)
+    writer.done_writing()
+    reader.read()
+    writer.close()
+    with connect(loaded, "acme") as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT count(*), sum(confidence) FROM wildedge.raw_events WHERE event_id LIKE 'ipc-{codec}-%'")
+        count, total = cur.fetchone()
+    assert count == n
+    assert total == pytest.approx(sum(i / n for i in range(n)))
+
+
 def open_pyiceberg(server):
     from pyiceberg.catalog.sql import SqlCatalog
 

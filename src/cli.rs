@@ -1,0 +1,183 @@
+//! What the `raindrop` binary does for each subcommand.
+//!
+//! This lives in the library rather than in `main.rs` so that the async code
+//! it drives is compiled once, here: an `async fn` is compiled in the crate
+//! that polls it, and awaiting the server from `main` made the binary
+//! recompile the whole server stack (150 s of a release build).
+
+use anyhow::Context;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Cli, Command, LogConfig, TokenCommand};
+use crate::tenant::tokens;
+
+/// Run the parsed command line to completion on a multi-threaded runtime.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    init_logging(&cli.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve(config) => serve(config).await,
+            Command::Token(cmd) => token(cmd).await,
+            Command::Demo(config) => Ok(crate::demo::run(config).await?),
+            Command::Orphans(config) => orphans(config).await,
+            Command::Compact(config) => compact(config).await,
+        }
+    })
+}
+
+fn init_logging(log: &LogConfig) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| log.filter.clone());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if log.json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(config: crate::config::ServeConfig) -> anyhow::Result<()> {
+    let services = crate::server::build_services(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("binding {}", config.addr))?;
+    let addr = listener.local_addr()?;
+    let http = match config.http_addr {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding --http-addr {a}"))?,
+        ),
+        None => None,
+    };
+    println!(
+        "Raindrop {} listening on grpc://{addr}",
+        env!("CARGO_PKG_VERSION")
+    );
+    if let Some(l) = &http {
+        println!("  metrics  : http://{}/metrics", l.local_addr()?);
+    }
+    println!("  warehouse: {}", services.query.warehouse().warehouse);
+    println!("  data dir : {}", config.storage.data_dir.display());
+    println!(
+        "  tokens   : {} ({} configured)",
+        services.tokens.source(),
+        services.tokens.len()
+    );
+    println!("Connect with any Flight SQL client, e.g. Python ADBC:");
+    println!(
+        "  adbc_driver_flightsql.dbapi.connect(\"grpc://{addr}\", db_kwargs={{\"adbc.flight.sql.authorization_header\": \"Bearer <token>\"}})"
+    );
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+    };
+    crate::server::run(
+        listener,
+        http,
+        services.clone(),
+        &config,
+        Box::pin(shutdown),
+    )
+    .await?;
+    services.maintenance.stop().await;
+    Ok(())
+}
+
+async fn orphans(config: crate::config::OrphansConfig) -> anyhow::Result<()> {
+    let warehouse = crate::catalog::open(&config.storage).await?;
+    let table = warehouse.raw_events().await?;
+    let min_age = std::time::Duration::from_secs(config.min_age_mins * 60);
+    let report = crate::maintenance::find_orphan_files(&warehouse.store, &table, min_age).await?;
+    for location in &report.orphans {
+        println!("{location}");
+    }
+    eprintln!(
+        "raw_events: {} data files on disk, {} referenced, {} orphaned (older than {} min)",
+        report.on_disk,
+        report.referenced,
+        report.orphans.len(),
+        config.min_age_mins
+    );
+    if config.delete {
+        let n = crate::maintenance::delete_orphans(&warehouse.store, &report).await?;
+        eprintln!("deleted {n} orphan files");
+    }
+    Ok(())
+}
+
+async fn compact(config: crate::config::CompactConfig) -> anyhow::Result<()> {
+    use crate::maintenance::compact::{CompactOptions, compact_table};
+    let warehouse = crate::catalog::open(&config.storage).await?;
+    let options = CompactOptions {
+        min_files: config.min_files,
+        ..CompactOptions::default()
+    };
+    let r = compact_table(&warehouse, &warehouse.raw_events_ident(), &options).await?;
+    eprintln!(
+        "raw_events: {} partitions compacted, {} files ({} bytes) replaced by {} files ({} bytes), {} rows, {} snapshots",
+        r.partitions,
+        r.files_removed,
+        r.bytes_removed,
+        r.files_added,
+        r.bytes_added,
+        r.rows,
+        r.snapshots.len()
+    );
+    Ok(())
+}
+
+async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create {
+            project,
+            role,
+            token,
+            label,
+            file,
+        } => {
+            let secret = token.unwrap_or_else(tokens::generate_secret);
+            let source = file.source();
+            let rec = tokens::create(&source, &secret, project.as_deref(), role, &label).await?;
+            eprintln!(
+                "created token {} (project {}, role {}) in {}; the secret is shown only once:",
+                rec.id,
+                rec.project_id.as_deref().unwrap_or("*"),
+                rec.role,
+                source
+            );
+            println!("{secret}");
+        }
+        TokenCommand::List { file } => {
+            println!(
+                "{:<14} {:<20} {:<11} {:<26} label",
+                "id", "project", "role", "created"
+            );
+            for t in tokens::list(&file.source()).await? {
+                println!(
+                    "{:<14} {:<20} {:<11} {:<26} {}",
+                    t.id,
+                    t.project_id.as_deref().unwrap_or("*"),
+                    t.role,
+                    t.created_at,
+                    t.label
+                );
+            }
+        }
+        TokenCommand::Revoke { id, file } => {
+            tokens::revoke(&file.source(), &id).await?;
+            eprintln!("revoked {id}");
+        }
+    }
+    Ok(())
+}
