@@ -32,6 +32,7 @@ fn init_logging(log: &LogConfig) {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| log.filter.clone());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
+        // Colours only for a terminal: log files and collectors get text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if log.json {
