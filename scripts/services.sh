@@ -17,12 +17,15 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# Fail early (before the long build) when a server cannot be had.
-services_check() {
+# Fail early (before the long build) when PostgreSQL is missing.
+services_require_postgres() {
   if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     echo "PostgreSQL server not found: install it (Debian: apt-get install postgresql)" >&2
     return 1
   fi
+}
+
+services_install_s3s() {
   if [ ! -x "$S3S_BIN" ] || [ "$("$S3S_BIN" --version 2>/dev/null | awk '{print $2}')" != "$S3S_VERSION" ]; then
     echo "== installing s3s-fs $S3S_VERSION into $S3S_ROOT"
     # Its own build dir, not CARGO_TARGET_DIR: nothing of it is shared.

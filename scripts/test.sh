@@ -21,64 +21,101 @@ if ! command -v npm >/dev/null; then
   exit 1
 fi
 source scripts/services.sh
-services_check
+services_require_postgres
+
+started=$SECONDS
+phase() { echo "-- $1: $((SECONDS - started)) s since start"; }
+
+# Everything the suites need besides Raindrop's own build: the S3 server,
+# the Python venvs and the Node client. It downloads and mostly waits on the
+# network, so it runs while cargo compiles the test targets (whose last
+# minutes keep only one of two cores busy) rather than after them.
+VENV="${RAINDROP_VENV:-$HOME/.cache/raindrop/venv}"
+DUCKDB_VENV="${RAINDROP_DUCKDB_VENV:-$HOME/.cache/raindrop/venv-duckdb}"
+NODE_PREFIX="${RAINDROP_NODE_PREFIX:-$HOME/.cache/raindrop/node}"
+PREPARE_LOG="$(mktemp /tmp/raindrop-prepare.XXXXXX.log)"
+prepare_clients() {
+  services_install_s3s
+
+  local req=tests/clients/requirements.txt nodeps=tests/clients/requirements-nodeps.txt
+  if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+  fi
+  # Reinstall only when the requirements change.
+  local stamp="$VENV/.requirements.sha256" want
+  want="$(cat "$req" "$nodeps" | sha256sum | cut -d' ' -f1)"
+  if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+    echo "== installing the Python client suite into $VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+    # Packages whose declared pins conflict with the above (see the file).
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$nodeps"
+    echo "$want" > "$stamp"
+  fi
+
+  # DuckDB's Iceberg reader over S3 needs extension wheels that pin an older
+  # DuckDB than the main venv's: a venv of its own (tests/clients/duckdb_s3.py).
+  local duckdb_req=tests/clients/requirements-duckdb.txt
+  if [ ! -x "$DUCKDB_VENV/bin/python" ]; then
+    python3 -m venv "$DUCKDB_VENV"
+  fi
+  local duckdb_stamp="$DUCKDB_VENV/.requirements.sha256" duckdb_want
+  duckdb_want="$(sha256sum "$duckdb_req" | cut -d' ' -f1)"
+  if [ "$(cat "$duckdb_stamp" 2>/dev/null || true)" != "$duckdb_want" ]; then
+    echo "== installing DuckDB with its Iceberg extensions into $DUCKDB_VENV"
+    "$DUCKDB_VENV/bin/pip" install --quiet --disable-pip-version-check -r "$duckdb_req"
+    echo "$duckdb_want" > "$duckdb_stamp"
+  fi
+
+  # The Node client for test_matrix.py, from the lockfile, outside the clone.
+  # `npm install` rather than `npm ci`: the client lists a freebsd build that
+  # was never published, and npm 11 ci rejects the lockfile npm itself wrote
+  # for it (npm/cli#9846). With --no-save it still installs the locked versions.
+  local node_stamp="$NODE_PREFIX/.package-lock.sha256" node_want
+  node_want="$(cat tests/clients/node/package.json tests/clients/node/package-lock.json | sha256sum | cut -d' ' -f1)"
+  if [ "$(cat "$node_stamp" 2>/dev/null || true)" != "$node_want" ]; then
+    echo "== installing the Node client into $NODE_PREFIX"
+    mkdir -p "$NODE_PREFIX"
+    cp tests/clients/node/package.json tests/clients/node/package-lock.json "$NODE_PREFIX/"
+    npm install --prefix "$NODE_PREFIX" --no-save --no-audit --no-fund --loglevel=error
+    echo "$node_want" > "$node_stamp"
+  fi
+}
+echo "== preparing the S3 server and the client suites in the background (log: $PREPARE_LOG)"
+prepare_clients >"$PREPARE_LOG" 2>&1 &
+PREPARE_PID=$!
+trap 'kill "$PREPARE_PID" 2>/dev/null || true' EXIT
+
+# The e2e tests mostly wait on servers (S3, PostgreSQL, child processes), so
+# four at a time finish sooner than one per core: 75 s instead of 122 s on
+# S3 + PostgreSQL here.
+TEST_THREADS="${RAINDROP_TEST_THREADS:-4}"
 
 echo "== cargo test --release (SQLite catalog, local warehouse)"
 # Unit tests, the binary and the e2e suite; not the 4 benchmark binaries
 # (4 min of compiling and linking here): `cargo clippy --all-targets`
 # checks that they build, and they are run with `cargo bench`.
-cargo test --release --locked --lib --bins --tests
+cargo test --release --locked --lib --bins --tests -- --test-threads "$TEST_THREADS"
+phase "Rust tests, local"
+
+if ! wait "$PREPARE_PID"; then
+  cat "$PREPARE_LOG" >&2
+  echo "preparing the S3 server or the client suites failed (log above: $PREPARE_LOG)" >&2
+  exit 1
+fi
+trap - EXIT
+cat "$PREPARE_LOG"
+rm -f "$PREPARE_LOG"
+phase "S3 server and client suites ready"
 
 services_start
 echo "== cargo test --release --test e2e (PostgreSQL catalog, S3 warehouse)"
-RAINDROP_TEST_BACKEND=s3pg cargo test --release --locked --test e2e
+RAINDROP_TEST_BACKEND=s3pg cargo test --release --locked --test e2e -- --test-threads "$TEST_THREADS"
+phase "Rust e2e, S3 + PostgreSQL"
 
 echo "== Client suite (Python, Node)"
-VENV="${RAINDROP_VENV:-$HOME/.cache/raindrop/venv}"
-REQ=tests/clients/requirements.txt
-NODEPS=tests/clients/requirements-nodeps.txt
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-fi
-# Reinstall only when the requirements change.
-STAMP="$VENV/.requirements.sha256"
-WANT="$(cat "$REQ" "$NODEPS" | sha256sum | cut -d' ' -f1)"
-if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQ"
-  # Packages whose declared pins conflict with the above (see the file).
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$NODEPS"
-  echo "$WANT" > "$STAMP"
-fi
-
-# DuckDB's Iceberg reader over S3 needs extension wheels that pin an older
-# DuckDB than the main venv's: a venv of its own (tests/clients/duckdb_s3.py).
-DUCKDB_VENV="${RAINDROP_DUCKDB_VENV:-$HOME/.cache/raindrop/venv-duckdb}"
-DUCKDB_REQ=tests/clients/requirements-duckdb.txt
-if [ ! -x "$DUCKDB_VENV/bin/python" ]; then
-  python3 -m venv "$DUCKDB_VENV"
-fi
-DUCKDB_STAMP="$DUCKDB_VENV/.requirements.sha256"
-DUCKDB_WANT="$(sha256sum "$DUCKDB_REQ" | cut -d' ' -f1)"
-if [ "$(cat "$DUCKDB_STAMP" 2>/dev/null || true)" != "$DUCKDB_WANT" ]; then
-  "$DUCKDB_VENV/bin/pip" install --quiet --disable-pip-version-check -r "$DUCKDB_REQ"
-  echo "$DUCKDB_WANT" > "$DUCKDB_STAMP"
-fi
 export RAINDROP_DUCKDB_PYTHON="$DUCKDB_VENV/bin/python"
-
-# The Node client for test_matrix.py, from the lockfile, outside the clone.
-# `npm install` rather than `npm ci`: the client lists a freebsd build that
-# was never published, and npm 11 ci rejects the lockfile npm itself wrote
-# for it (npm/cli#9846). With --no-save it still installs the locked versions.
-NODE_PREFIX="${RAINDROP_NODE_PREFIX:-$HOME/.cache/raindrop/node}"
-NODE_STAMP="$NODE_PREFIX/.package-lock.sha256"
-NODE_WANT="$(cat tests/clients/node/package.json tests/clients/node/package-lock.json | sha256sum | cut -d' ' -f1)"
-if [ "$(cat "$NODE_STAMP" 2>/dev/null || true)" != "$NODE_WANT" ]; then
-  mkdir -p "$NODE_PREFIX"
-  cp tests/clients/node/package.json tests/clients/node/package-lock.json "$NODE_PREFIX/"
-  npm install --prefix "$NODE_PREFIX" --no-save --no-audit --no-fund --loglevel=error
-  echo "$NODE_WANT" > "$NODE_STAMP"
-fi
 export RAINDROP_NODE_MODULES="$NODE_PREFIX/node_modules"
 cargo build --release --locked --bin raindrop
 export RAINDROP_BIN="$TARGET_DIR/release/raindrop"
 "$VENV/bin/python" -m pytest -q tests/clients
+phase "client suite"
