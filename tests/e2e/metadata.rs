@@ -90,8 +90,9 @@ async fn manifests_and_metadata_files_stay_bounded() {
     let commits = 4 * MERGE_AFTER_APPENDS;
     ingest_small_commits(&server, 0..commits, 20).await;
 
-    // The merge after the last append may still be under way.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // The merge after the last append may still be under way (a liveness
+    // check, not a speed target: other tests share the cores).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut table = raw_events(&server).await;
     while raindrop::catalog::rewrite::appends_since_merge(&table) > 0
         && std::time::Instant::now() < deadline
@@ -125,7 +126,7 @@ async fn manifests_and_metadata_files_stay_bounded() {
     assert_eq!(pinned.len(), TENANTS);
 
     // The retired metadata.json files are deleted in the background.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let json = loop {
         let json: Vec<String> = metadata_files(&server)
             .into_iter()
