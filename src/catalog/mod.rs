@@ -117,6 +117,19 @@ fn absolute(path: &Path) -> Result<PathBuf> {
     }
 }
 
+/// The normalised form of a local table `location`, when it is spelled
+/// otherwise. Older builds of Raindrop wrote the data dir as given, e.g.
+/// `file:///home/u/./raindrop-data/warehouse/...` for the default relative
+/// dir, and Polars' Iceberg reader refuses such paths. Object-store
+/// locations are left alone: their keys are literal.
+fn repaired_location(location: &str) -> Option<String> {
+    if !location.starts_with("file:") {
+        return None;
+    }
+    let normalised = WarehouseLocation::parse(location).ok()?.uri();
+    (normalised != location).then_some(normalised)
+}
+
 /// Put a SQLite catalog file in WAL mode (a persistent property of the
 /// file; sqlx connections wait up to 5 s on a busy database), so one
 /// writer and many readers (this server, PyIceberg, a second node) coexist.
@@ -246,7 +259,15 @@ impl Warehouse {
         self.ensure_namespace(&self.namespace).await?;
         let ident = self.raw_events_ident();
         if self.catalog.table_exists(&ident).await? {
-            return self.upgrade_properties(&ident).await;
+            let table = self.load_table(&ident).await?;
+            if repaired_location(table.metadata().location()).is_some() {
+                // The data dir was spelled this way when the tenants'
+                // tables were made too. They go first: a crash part-way
+                // leaves `raw_events` unrepaired, so the next start
+                // walks them again.
+                self.repair_tenant_locations().await?;
+            }
+            return self.upgrade_table(&ident, true).await;
         }
         let creation = TableCreation::builder()
             .name(schema::RAW_EVENTS.to_string())
@@ -264,27 +285,62 @@ impl Warehouse {
         }
     }
 
-    /// Give a table made by an older Raindrop the metadata properties it
-    /// lacks (see [`schema::metadata_properties`]); another node doing the
-    /// same at once is harmless.
-    async fn upgrade_properties(&self, ident: &TableIdent) -> Result<Table> {
+    /// Bring a table made by an older Raindrop up to date: the metadata
+    /// properties it lacks (see [`schema::metadata_properties`], only for
+    /// `raw_events`) and a normalised location (see [`repaired_location`]),
+    /// so files and metadata written from now on open in every reader.
+    /// Another node doing the same at once is harmless.
+    async fn upgrade_table(&self, ident: &TableIdent, add_properties: bool) -> Result<Table> {
         use iceberg::transaction::{ApplyTransactionAction, Transaction};
         let table = self.load_table(ident).await?;
         let missing: Vec<(String, String)> = schema::metadata_properties()
             .into_iter()
-            .filter(|(k, _)| !table.metadata().properties().contains_key(k))
+            .filter(|(k, _)| add_properties && !table.metadata().properties().contains_key(k))
             .collect();
-        if missing.is_empty() {
+        let location = repaired_location(table.metadata().location());
+        if missing.is_empty() && location.is_none() {
             return Ok(table);
         }
-        let tx = Transaction::new(&table);
-        let mut action = tx.update_table_properties();
-        for (k, v) in missing {
-            action = action.set(k, v);
+        let mut tx = Transaction::new(&table);
+        if !missing.is_empty() {
+            let mut action = tx.update_table_properties();
+            for (k, v) in missing {
+                action = action.set(k, v);
+            }
+            tx = action.apply(tx)?;
         }
-        let table = action.apply(tx)?.commit(self.catalog.as_ref()).await?;
-        tracing::info!(table = %ident, "set metadata-cleanup properties");
+        if let Some(location) = &location {
+            tx = tx
+                .update_location()
+                .set_location(location.clone())
+                .apply(tx)?;
+        }
+        let table = tx.commit(self.catalog.as_ref()).await?;
+        match location {
+            Some(location) => tracing::info!(
+                table = %ident, %location,
+                "normalised the table location: files written from now on open in every reader"
+            ),
+            None => tracing::info!(table = %ident, "set metadata-cleanup properties"),
+        }
         Ok(table)
+    }
+
+    /// Normalise the location of every tenant table (see
+    /// [`Self::upgrade_table`]).
+    async fn repair_tenant_locations(&self) -> Result<()> {
+        let root = NamespaceIdent::from_strs([TENANTS_NAMESPACE]).expect("non-empty namespace");
+        if !self.catalog.namespace_exists(&root).await? {
+            return Ok(());
+        }
+        // A SQL catalog lists every namespace below `tenants`, not only
+        // its children.
+        for ns in self.catalog.list_namespaces(Some(&root)).await? {
+            for ident in self.catalog.list_tables(&ns).await? {
+                self.upgrade_table(&ident, false).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Create a namespace unless it exists (tolerating a concurrent creator).
@@ -376,5 +432,20 @@ mod tests {
             super::redact("sqlite:///x/catalog.db"),
             "sqlite:///x/catalog.db"
         );
+    }
+
+    #[test]
+    fn only_misspelled_local_locations_are_repaired() {
+        use super::repaired_location;
+        assert_eq!(
+            repaired_location("file:///home/u/./data/warehouse/wildedge/raw_events").as_deref(),
+            Some("file:///home/u/data/warehouse/wildedge/raw_events")
+        );
+        assert_eq!(
+            repaired_location("file:///w/x/../wildedge/raw_events").as_deref(),
+            Some("file:///w/wildedge/raw_events")
+        );
+        assert_eq!(repaired_location("file:///w/wildedge/raw_events"), None);
+        assert_eq!(repaired_location("s3://bkt/./w/raw_events"), None);
     }
 }

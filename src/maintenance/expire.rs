@@ -129,13 +129,13 @@ pub async fn expire_and_clean(
         .collect();
     let mut garbage: HashSet<String> = expired_lists
         .iter()
-        .map(|s| object_key(s.manifest_list()).to_string())
+        .map(|s| object_key(s.manifest_list()).into_owned())
         .collect();
     let mut dead_manifests = vec![];
     for list in orphans::load_lists(&table, expired_lists).await? {
         for m in list.entries() {
             let key = object_key(&m.manifest_path);
-            if !reachable.manifests.contains(key) && garbage.insert(key.to_string()) {
+            if !reachable.manifests.contains(key.as_ref()) && garbage.insert(key.into_owned()) {
                 dead_manifests.push(m.clone());
             }
         }
@@ -145,7 +145,7 @@ pub async fn expire_and_clean(
     for manifest in orphans::load_manifests(&table, dead_manifests).await? {
         for entry in manifest.entries() {
             let key = object_key(entry.file_path());
-            if !reachable.data.contains(key) && dead_data.insert(key.to_string()) {
+            if !reachable.data.contains(key.as_ref()) && dead_data.insert(key.into_owned()) {
                 data_files.push(entry.file_path().to_string());
             }
         }
@@ -157,6 +157,7 @@ pub async fn expire_and_clean(
     let mut metadata_files = vec![];
     for object in orphans::list(store, &after, "metadata").await? {
         let key = object_key(&object.location);
+        let key = key.as_ref();
         if let Some(version) = metadata_version(&object.location) {
             if oldest.is_some_and(|oldest| version < oldest) {
                 metadata_files.push(object.location);
@@ -177,7 +178,7 @@ pub async fn expire_and_clean(
             orphans
                 .orphans
                 .into_iter()
-                .filter(|o| !dead_data.contains(object_key(o))),
+                .filter(|o| !dead_data.contains(object_key(o).as_ref())),
         );
     }
     report.manifests_deleted = delete_all(store, manifests).await?;

@@ -38,13 +38,13 @@ pub async fn reachable(table: &Table) -> Result<Reachable> {
     let mut manifest_files = vec![];
     for snapshot in table.metadata().snapshots() {
         out.lists
-            .insert(object_key(snapshot.manifest_list()).to_string());
+            .insert(object_key(snapshot.manifest_list()).into_owned());
     }
     for list in &lists {
         for m in list.entries() {
             if out
                 .manifests
-                .insert(object_key(&m.manifest_path).to_string())
+                .insert(object_key(&m.manifest_path).into_owned())
             {
                 manifest_files.push(m.clone());
             }
@@ -54,7 +54,7 @@ pub async fn reachable(table: &Table) -> Result<Reachable> {
         // A `deleted` entry (a file compaction replaced) does not keep its
         // file alive: only snapshots listing it as live do.
         for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
-            out.data.insert(object_key(entry.file_path()).to_string());
+            out.data.insert(object_key(entry.file_path()).into_owned());
         }
     }
     Ok(out)
@@ -130,7 +130,7 @@ pub(super) async fn orphan_data_files(
         .collect();
     let orphans = on_disk
         .iter()
-        .filter(|o| !reachable.data.contains(object_key(&o.location)))
+        .filter(|o| !reachable.data.contains(object_key(&o.location).as_ref()))
         .filter(|o| old_enough(o, min_age))
         .map(|o| o.location.clone())
         .collect();

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod local;
 pub mod s3;
 
+use std::borrow::Cow;
 use std::fmt::Debug;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -171,16 +172,28 @@ pub async fn connect(
 
 /// A location's path inside its store (`file:///a/b` → `/a/b`,
 /// `s3://bucket/a/b` → `a/b`): what two spellings of one object share.
-pub fn object_key(location: &str) -> &str {
-    if let Some(rest) = location.strip_prefix("file://") {
-        return rest;
-    }
-    if let Some(rest) = location.strip_prefix("file:") {
-        return rest;
-    }
-    match location.split_once("://") {
-        Some((_, rest)) => rest.split_once('/').map_or("", |(_, key)| key),
-        None => location,
+/// Local paths are normalised (`/a/./b` → `/a/b`): tables made by an older
+/// Raindrop reference files under such a spelling, and maintenance must
+/// not mistake them for orphans once the table's location is normalised.
+pub fn object_key(location: &str) -> Cow<'_, str> {
+    let path = if let Some(rest) = location.strip_prefix("file://") {
+        rest
+    } else if let Some(rest) = location.strip_prefix("file:") {
+        rest
+    } else if let Some((_, rest)) = location.split_once("://") {
+        // Object-store keys are literal: `a/./b` is its own key there.
+        return Cow::Borrowed(rest.split_once('/').map_or("", |(_, key)| key));
+    } else {
+        location
+    };
+    if path.contains("/.") || path.contains("//") {
+        Cow::Owned(
+            normalize(std::path::Path::new(path))
+                .to_string_lossy()
+                .into_owned(),
+        )
+    } else {
+        Cow::Borrowed(path)
     }
 }
 
@@ -334,5 +347,8 @@ mod tests {
         assert_eq!(object_key("/a/b.parquet"), "/a/b.parquet");
         assert_eq!(object_key("s3://bkt/a/b.parquet"), "a/b.parquet");
         assert_eq!(object_key("s3a://bkt/a/b.parquet"), "a/b.parquet");
+        assert_eq!(object_key("file:///a/./w/../b.parquet"), "/a/b.parquet");
+        assert_eq!(object_key("file:///a//b/.hidden"), "/a/b/.hidden");
+        assert_eq!(object_key("s3://bkt/a/./b.parquet"), "a/./b.parquet");
     }
 }

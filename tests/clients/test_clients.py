@@ -2,6 +2,7 @@
 Flight, PyIceberg on the same SQLite catalog, and DuckDB as an independent
 engine recomputing the seed query."""
 
+import os
 import subprocess
 import time
 
@@ -9,10 +10,11 @@ import adbc_driver_flightsql.dbapi as flightsql
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import polars as pl
 import pyarrow.flight as flight
 import pytest
 
-from conftest import BIN, DATA, SEED_QUERY, Server, connect
+from conftest import BIN, DATA, SEED_QUERY, Server, connect, flush
 
 
 def duckdb_seed(events: pa.Table, outcomes: pa.Table) -> pa.Table:
@@ -189,6 +191,41 @@ def test_pyiceberg_reads_what_raindrop_wrote(loaded):
     assert sorted(mine.column("event_id").to_pylist()) == sorted(events.column("event_id").to_pylist())
     assert pc.sum(mine.column("confidence")).as_py() == pytest.approx(pc.sum(events.column("confidence")).as_py())
     assert set(acme.column("project_id").to_pylist()) == {"acme"}
+
+
+def test_polars_scan_iceberg_with_a_relative_data_dir(tmp_path):
+    """Started with a relative `--data-dir` (`./../..`-style), Raindrop writes
+    plain absolute locations into the table metadata: Polars' Iceberg
+    reader, which refuses `.` and `..` path segments, reads every row."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    data_dir = tmp_path / "data"
+    relative = "./" + os.path.relpath(data_dir)
+    assert "/../" in relative or relative.startswith("./..")
+    server = Server(relative)
+    try:
+        events = DATA["acme"][0]
+        with connect(server, "acme") as conn, conn.cursor() as cur:
+            assert cur.adbc_ingest("raw_events", events, mode="append") == events.num_rows
+        flush(server)
+        catalog = SqlCatalog(
+            "raindrop",
+            uri=f"sqlite:///{data_dir.resolve()}/catalog.db",
+            warehouse=f"file://{data_dir.resolve()}/warehouse",
+        )
+        table = catalog.load_table("wildedge.raw_events")
+        location = table.metadata.location
+        assert location == f"file://{data_dir.resolve()}/warehouse/wildedge/raw_events"
+        got = (
+            pl.scan_iceberg(table)
+            .filter(pl.col("project_id") == "acme")
+            .select("event_id", "confidence")
+            .collect()
+        )
+    finally:
+        server.stop()
+    assert sorted(got["event_id"].to_list()) == sorted(events.column("event_id").to_pylist())
+    assert got["confidence"].sum() == pytest.approx(pc.sum(events.column("confidence")).as_py())
 
 
 def test_raindrop_reads_what_pyiceberg_wrote(loaded):

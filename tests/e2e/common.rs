@@ -340,3 +340,18 @@ pub async fn snapshots(server: &ServerHandle) -> usize {
         .unwrap();
     table.metadata().snapshots().count()
 }
+
+/// The scan tasks of `table`'s current snapshot: one per live data file.
+pub async fn scan_tasks(table: &iceberg::table::Table) -> Vec<iceberg::scan::FileScanTask> {
+    use futures::TryStreamExt;
+    table
+        .scan()
+        .build()
+        .unwrap()
+        .plan_files()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
+}

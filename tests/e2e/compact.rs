@@ -314,19 +314,9 @@ fn random_id_batch(rows: usize) -> arrow::array::RecordBatch {
 
 /// Live data files of raw_events: path and size.
 async fn live_files(warehouse: &raindrop::catalog::Warehouse) -> Vec<(String, u64)> {
-    use futures::TryStreamExt;
     let table = warehouse.raw_events().await.unwrap();
-    let tasks: Vec<_> = table
-        .scan()
-        .build()
-        .unwrap()
-        .plan_files()
+    scan_tasks(&table)
         .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
-    tasks
         .into_iter()
         .map(|t| (t.data_file_path, t.file_size_in_bytes))
         .collect()

@@ -17,6 +17,7 @@ mod flight_sql;
 mod ingest;
 mod isolation;
 mod limits;
+mod locations;
 mod metadata;
 mod processes;
 mod pruning;

@@ -277,7 +277,7 @@ fn parquet_exec(
 /// storage location for [`FileIoReaderFactory`].
 fn partitioned_file(task: &FileScanTask) -> PartitionedFile {
     let path = crate::storage::object_key(&task.data_file_path);
-    let mut file = PartitionedFile::new(path, task.file_size_in_bytes)
+    let mut file = PartitionedFile::new(path.into_owned(), task.file_size_in_bytes)
         .with_extensions(Arc::new(FileLocation(task.data_file_path.clone())));
     if task.start != 0 || task.length != task.file_size_in_bytes {
         file = file.with_range(task.start as i64, (task.start + task.length) as i64);
