@@ -34,7 +34,7 @@ phase() { echo "-- $1: $((SECONDS - started)) s since start"; }
 VENV="${RAINDROP_VENV:-$HOME/.cache/raindrop/venv}"
 DUCKDB_VENV="${RAINDROP_DUCKDB_VENV:-$HOME/.cache/raindrop/venv-duckdb}"
 NODE_PREFIX="${RAINDROP_NODE_PREFIX:-$HOME/.cache/raindrop/node}"
-prepare_clients() {
+install_suite_deps() {
   services_install_s3s
 
   local req=tests/clients/requirements.txt nodeps=tests/clients/requirements-nodeps.txt
@@ -81,7 +81,7 @@ prepare_clients() {
   fi
 }
 echo "== S3 server and client suites (installed on first use)"
-prepare_clients
+install_suite_deps
 phase "S3 server and client suites ready"
 
 # On S3 + PostgreSQL the e2e tests mostly wait on the servers, so four at a

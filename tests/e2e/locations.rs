@@ -62,7 +62,7 @@ fn labels(ids: &[&str]) -> RecordBatch {
 }
 
 fn exists(location: &str) -> bool {
-    std::path::Path::new(location.strip_prefix("file://").unwrap()).exists()
+    std::path::Path::new(raindrop::storage::object_key(location).as_ref()).exists()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
