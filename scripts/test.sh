@@ -53,7 +53,7 @@ install_suite_deps() {
   fi
 
   # DuckDB's Iceberg reader over S3 needs extension wheels that pin an older
-  # DuckDB than the main venv's: a venv of its own (tests/clients/duckdb_s3.py).
+  # DuckDB than the main venv's: a venv of its own (tests/clients/duckdb_iceberg.py).
   local duckdb_req=tests/clients/requirements-duckdb.txt
   if [ ! -x "$DUCKDB_VENV/bin/python" ]; then
     python3 -m venv "$DUCKDB_VENV"

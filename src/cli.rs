@@ -8,7 +8,7 @@
 use anyhow::Context;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Cli, Command, LogConfig, TokenCommand};
+use crate::config::{Cli, Command, LogConfig, ProjectArgs, ProjectCommand, TokenCommand};
 use crate::tenant::tokens;
 
 /// Run the parsed command line to completion on a multi-threaded runtime.
@@ -24,6 +24,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Demo(config) => Ok(crate::demo::run(config).await?),
             Command::Orphans(config) => orphans(config).await,
             Command::Compact(config) => compact(config).await,
+            Command::Project(cmd) => project(cmd).await,
         }
     })
 }
@@ -181,4 +182,97 @@ async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn project(cmd: ProjectCommand) -> anyhow::Result<()> {
+    use crate::maintenance::{offboard, retention};
+    use crate::tenant::projects::{ProjectTable, validate_retention_days};
+    let open = |args: &ProjectArgs| {
+        let storage = args.storage.clone();
+        async move {
+            let warehouse = crate::catalog::open(&storage).await?;
+            let projects =
+                ProjectTable::open(&warehouse.catalog_uri, &warehouse.catalog_name).await?;
+            anyhow::Ok((warehouse, projects))
+        }
+    };
+    match cmd {
+        ProjectCommand::SetRetention {
+            project,
+            days,
+            forever: _,
+            args,
+        } => {
+            let days = days.map(validate_retention_days).transpose()?;
+            let (warehouse, projects) = open(&args).await?;
+            offboard::require_project(&warehouse, &projects, &args.token_source(), &project)
+                .await?;
+            projects.set_retention(&project, days).await?;
+            match days {
+                Some(d) => eprintln!(
+                    "project {project}: events kept {d} days; older event_day partitions are dropped at the next maintenance run (hourly, or `raindrop project enforce-retention`)"
+                ),
+                None => eprintln!("project {project}: events kept forever"),
+            }
+        }
+        ProjectCommand::List { args } => {
+            let (_, projects) = open(&args).await?;
+            println!("{:<24} {:<12} deleted", "project", "retention");
+            for p in projects.list().await? {
+                let retention = p
+                    .retention_days
+                    .map_or("forever".to_string(), |d| format!("{d} days"));
+                let deleted = p
+                    .deleted_at_ms
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .map_or(String::new(), |t| t.to_rfc3339());
+                println!("{:<24} {:<12} {}", p.project_id, retention, deleted);
+            }
+        }
+        ProjectCommand::EnforceRetention { args } => {
+            let (warehouse, projects) = open(&args).await?;
+            let reports = retention::enforce(&warehouse, &projects).await?;
+            for r in &reports {
+                print_drop(r);
+            }
+            eprintln!(
+                "{} projects lost partitions; their files leave storage when the snapshots before the drop expire",
+                reports.len()
+            );
+        }
+        ProjectCommand::Delete { project, yes, args } => {
+            if !yes {
+                anyhow::bail!(
+                    "deleting project {project} removes its events, tables and tokens for good; run again with --yes"
+                );
+            }
+            let (warehouse, projects) = open(&args).await?;
+            let r = offboard::delete_project(&warehouse, &projects, &args.token_source(), &project)
+                .await?;
+            print_drop(&r.raw_events);
+            for t in &r.tables {
+                println!("{project}: table {t} dropped, files deleted");
+            }
+            for id in &r.tokens_revoked {
+                println!("{project}: token {id} revoked");
+            }
+            eprintln!(
+                "project {project} deleted; raw_events files leave storage when the snapshots before the drop expire"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_drop(r: &crate::maintenance::retention::DropReport) {
+    println!(
+        "{}: raw_events {} partitions, {} files, {} rows, {} bytes dropped{}",
+        r.project_id,
+        r.partitions,
+        r.files,
+        r.rows,
+        r.bytes,
+        r.snapshot_id
+            .map_or(String::new(), |id| format!(" (snapshot {id})"))
+    );
 }

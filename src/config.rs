@@ -43,6 +43,76 @@ pub enum Command {
     Orphans(OrphansConfig),
     /// Maintenance: rewrite each partition's small data files as one file.
     Compact(CompactConfig),
+    /// Project lifecycle: retention, deletion (works while the server runs).
+    #[command(subcommand)]
+    Project(ProjectCommand),
+}
+
+/// `raindrop project …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ProjectCommand {
+    /// Keep a project's events for this many days (whole UTC days of
+    /// `event_day`); older partitions are dropped by maintenance, hourly.
+    SetRetention {
+        /// Project id.
+        project: String,
+        /// Days to keep (1-36500).
+        #[clap(long, conflicts_with = "forever", required_unless_present = "forever")]
+        days: Option<i64>,
+        /// Keep the project's events forever (the default).
+        #[clap(long)]
+        forever: bool,
+        /// Where the project's settings and tokens live.
+        #[clap(flatten)]
+        args: ProjectArgs,
+    },
+    /// List projects with settings: retention, deletion.
+    List {
+        /// Where the project settings live.
+        #[clap(flatten)]
+        args: ProjectArgs,
+    },
+    /// Apply every project's retention now (the server does it hourly).
+    EnforceRetention {
+        /// Where the table and the project settings live.
+        #[clap(flatten)]
+        args: ProjectArgs,
+    },
+    /// Delete a project: its events, its own tables, its tokens. Irreversible.
+    Delete {
+        /// Project id.
+        project: String,
+        /// Confirm: without it, nothing is deleted.
+        #[clap(long)]
+        yes: bool,
+        /// Where the table, the project settings and tokens live.
+        #[clap(flatten)]
+        args: ProjectArgs,
+    },
+}
+
+/// The storage and token options of `raindrop project`: those `serve` was
+/// started with.
+#[derive(Debug, Clone, Args)]
+pub struct ProjectArgs {
+    /// Storage options.
+    #[clap(flatten)]
+    pub storage: StorageConfig,
+    /// Token file (default `<data-dir>/tokens.json`, or the catalog
+    /// database when it is PostgreSQL).
+    #[clap(long, env = "RAINDROP_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+}
+
+impl ProjectArgs {
+    /// Where tokens live, as `serve` with the same flags reads them.
+    pub fn token_source(&self) -> TokenSource {
+        let file = self
+            .tokens_file
+            .clone()
+            .unwrap_or_else(|| self.storage.data_dir.join(tokens::FILE_NAME));
+        token_source(&self.tokens_file, &self.storage, file)
+    }
 }
 
 /// `raindrop compact`.

@@ -1,5 +1,7 @@
 //! `replace` snapshots built by hand, for compaction (swap small files for
-//! one) and manifest merging (regroup manifests by tenant). iceberg 0.10.1
+//! one) and manifest merging (regroup manifests by tenant), and `delete`
+//! snapshots, for dropping whole partitions (retention, offboarding): the
+//! same manifest rewrite with nothing added. iceberg 0.10.1
 //! has no rewrite action and its `TableCommit` builder is crate-private, so
 //! the snapshot is assembled from public parts (manifest writer,
 //! manifest-list writer, metadata builder) and swapped in with the SQL
@@ -84,10 +86,12 @@ impl Manifests {
     }
 }
 
-/// What a rewrite snapshot changes.
+/// What a rewrite snapshot changes. With files removed and none added it
+/// is a metadata-only `delete` (whole partitions leave the table).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Rewrite<'a> {
-    /// Live data files to mark deleted (compaction's inputs).
+    /// Live data files to mark deleted (compaction's inputs, or the files
+    /// of dropped partitions).
     pub removed: &'a [DataFile],
     /// Data files to add (compaction's outputs).
     pub added: &'a [DataFile],
@@ -481,24 +485,26 @@ fn unique_snapshot_id(table: &Table) -> i64 {
     }
 }
 
-/// Summary of a replace snapshot: what it swapped, and the table totals
-/// carried over from `previous` (rows unchanged, files and bytes adjusted).
+/// Summary of a rewrite snapshot: what it swapped, and the table totals
+/// carried over from `previous` and adjusted. Totals stay exact: some
+/// engines (ClickHouse) answer `count(*)` from `total-records` alone.
 fn replace_summary(previous: &Summary, removed: &[DataFile], added: &[DataFile]) -> Summary {
     let rows: u64 = added.iter().map(|f| f.record_count()).sum();
+    let rows_removed: u64 = removed.iter().map(|f| f.record_count()).sum();
     let bytes_added: u64 = added.iter().map(|f| f.file_size_in_bytes()).sum();
     let bytes_removed: u64 = removed.iter().map(|f| f.file_size_in_bytes()).sum();
     let mut props = HashMap::from([
         ("added-data-files".to_string(), added.len().to_string()),
         ("deleted-data-files".to_string(), removed.len().to_string()),
         ("added-records".to_string(), rows.to_string()),
-        ("deleted-records".to_string(), rows.to_string()),
+        ("deleted-records".to_string(), rows_removed.to_string()),
         ("added-files-size".to_string(), bytes_added.to_string()),
         ("removed-files-size".to_string(), bytes_removed.to_string()),
     ]);
     let total =
         |key: &str| -> Option<i128> { previous.additional_properties.get(key)?.parse().ok() };
     let carried = [
-        ("total-records", 0),
+        ("total-records", rows as i128 - rows_removed as i128),
         (
             "total-data-files",
             added.len() as i128 - removed.len() as i128,
@@ -516,8 +522,14 @@ fn replace_summary(previous: &Summary, removed: &[DataFile], added: &[DataFile])
             props.insert(key.to_string(), (v + delta).max(0).to_string());
         }
     }
+    // Nothing added: whole partitions dropped, which changes the data.
+    let operation = if added.is_empty() && !removed.is_empty() {
+        Operation::Delete
+    } else {
+        Operation::Replace
+    };
     Summary {
-        operation: Operation::Replace,
+        operation,
         additional_properties: props,
     }
 }

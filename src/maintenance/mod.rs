@@ -1,11 +1,14 @@
 //! Table maintenance: compaction ([`compact`]), snapshot expiry and the
 //! cleanup of what expired snapshots referenced ([`expire`]), orphan files
-//! ([`orphans`]), and the background schedule that runs them
+//! ([`orphans`]), per-project retention ([`retention`]) and deletion
+//! ([`offboard`]), and the background schedule that runs them
 //! ([`schedule`]).
 
 pub mod compact;
 pub mod expire;
+pub mod offboard;
 pub mod orphans;
+pub mod retention;
 pub mod schedule;
 
 pub use expire::{ExpireReport, Retention, expire_and_clean};

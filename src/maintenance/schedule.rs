@@ -1,6 +1,7 @@
 //! Background maintenance of `raw_events` inside `raindrop serve`:
-//! periodic compaction, then snapshot expiry and deletion of the files no
-//! retained snapshot references, and a report of orphan files at start.
+//! periodic compaction, per-project retention (and finishing deleted
+//! projects), then snapshot expiry and deletion of the files no retained
+//! snapshot references, and a report of orphan files at start.
 //!
 //! With several nodes on one catalog, only the holder of the maintenance
 //! [`Lease`] runs it; the others take over when the holder stops renewing.
@@ -13,6 +14,7 @@ use super::expire::{Retention, expiring};
 use crate::catalog::Warehouse;
 use crate::catalog::lease::Lease;
 use crate::catalog::rewrite::Manifests;
+use crate::tenant::projects::ProjectTable;
 
 /// What runs in the background, and how often.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +32,11 @@ pub struct Schedule {
 /// (the table metadata is cached); expiring soon after a snapshot falls out
 /// of the retention keeps `metadata.json` and the files behind it flat.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+
+/// How often project retention is applied. Retention counts whole days;
+/// hourly keeps an expired day at most an hour past its deadline, and runs
+/// soon after a start.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
 /// Background maintenance; stops when dropped (with the server).
 #[derive(Debug)]
@@ -165,11 +172,20 @@ async fn compact_periodically(
     let tick = every.min(EXPIRE_EVERY);
     let mut next_compaction = Instant::now() + every;
     let mut last_sweep: Option<Instant> = None;
+    let mut last_retention: Option<Instant> = None;
     let manifests = Manifests::default();
     loop {
         tokio::time::sleep(tick).await;
         if holding.as_ref().is_some_and(|h| !h.held()) {
             continue;
+        }
+        if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
+            let enforced = enforce_retention(&warehouse).await;
+            count_run("retention", enforced.is_ok());
+            match enforced {
+                Ok(()) => last_retention = Some(Instant::now()),
+                Err(e) => tracing::warn!(error = %e, "project retention failed; will retry"),
+            }
         }
         let now = warehouse.raw_events().await.ok().and_then(current);
         if Instant::now() >= next_compaction && (now.is_none() || now != compacted) {
@@ -221,6 +237,13 @@ async fn compact_periodically(
             Err(e) => tracing::warn!(error = %e, "raw_events snapshot expiry failed; will retry"),
         }
     }
+}
+
+/// Apply every project's retention (see [`super::retention`]).
+async fn enforce_retention(warehouse: &Warehouse) -> crate::error::Result<()> {
+    let projects = ProjectTable::open(&warehouse.catalog_uri, &warehouse.catalog_name).await?;
+    super::retention::enforce(warehouse, &projects).await?;
+    Ok(())
 }
 
 fn count_run(job: &'static str, ok: bool) {

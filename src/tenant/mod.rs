@@ -7,6 +7,7 @@
 //! maps there.
 
 pub mod names;
+pub mod projects;
 pub mod scope;
 pub mod token_source;
 pub mod token_table;

@@ -137,7 +137,7 @@ def test_loaded_table_has_merged_manifests(s3_server):
 
 def test_duckdb_iceberg_reader_over_s3_agrees_with_raindrop(s3_server, tmp_path):
     """DuckDB's own Iceberg reader (iceberg + httpfs + avro extensions, in
-    a venv of its own: tests/clients/duckdb_s3.py says why) reads the table
+    a venv of its own: tests/clients/duckdb_iceberg.py says why) reads the table
     from the bucket, at the metadata the PostgreSQL catalog points to."""
     import pyarrow.parquet as pq
 
@@ -147,7 +147,7 @@ def test_duckdb_iceberg_reader_over_s3_agrees_with_raindrop(s3_server, tmp_path)
     out = tmp_path / "duckdb.parquet"
     subprocess.run(
         [
-            duckdb_python, os.path.join(os.path.dirname(__file__), "duckdb_s3.py"),
+            duckdb_python, os.path.join(os.path.dirname(__file__), "duckdb_iceberg.py"),
             "--metadata", table.metadata_location,
             "--sql", "SELECT * FROM raw_events",
             "--out", str(out),

@@ -16,6 +16,7 @@ mod faults;
 mod flight_sql;
 mod ingest;
 mod isolation;
+mod lifecycle;
 mod limits;
 mod locations;
 mod metadata;

@@ -1,4 +1,4 @@
-"""Runs one query through DuckDB's own Iceberg reader over S3; writes the result to a file.
+"""Runs one query through DuckDB's own Iceberg reader (over S3 or local files); writes the result to a file.
 
 Why a separate script and venv: DuckDB's iceberg, httpfs and avro extensions
 cannot be downloaded here (no extensions.duckdb.org). On PyPI they exist only as
@@ -7,14 +7,15 @@ main venv uses duckdb 2.0.1, which refuses 1.5.5 extensions. So the tests run
 this file with $HOME/.cache/raindrop/venv-duckdb/bin/python, a venv built from
 requirements-duckdb.txt. It uses only the standard library and duckdb.
 
-    python duckdb_s3.py --metadata s3://bucket/.../metadata/000NN-<uuid>.metadata.json \
+    python duckdb_iceberg.py --metadata s3://bucket/.../metadata/000NN-<uuid>.metadata.json \
         --sql 'SELECT project_id, count(*) AS n FROM raw_events GROUP BY 1 ORDER BY 1' \
         --out result.jsonl
 
 The query sees a view `raw_events` over `iceberg_scan('<metadata>')`. Pass the
 exact metadata location: then no version-hint guessing is needed.
 
-S3 settings come from the environment: RAINDROP_TEST_S3_ENDPOINT
+A `file://` or plain path reads a local table. For `s3://`, the S3 settings
+come from the environment: RAINDROP_TEST_S3_ENDPOINT
 (`http://127.0.0.1:9000`), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION
 (default us-east-1). Path-style addressing.
 
@@ -47,7 +48,7 @@ def extension_path(name: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--metadata", required=True, help="s3:// location of the table's metadata.json")
+    ap.add_argument("--metadata", required=True, help="s3:// or local location of the table's metadata.json")
     ap.add_argument("--sql", required=True, help="query over the view raw_events")
     ap.add_argument("--out", required=True, help="result file: .parquet, else JSON lines")
     args = ap.parse_args()
@@ -62,6 +63,16 @@ def main() -> None:
     except duckdb.Error:
         pass
 
+    metadata = args.metadata.removeprefix("file://")
+    if metadata.startswith("s3://"):
+        s3_secret(con)
+    con.execute(f"CREATE VIEW raw_events AS SELECT * FROM iceberg_scan({sql_str(metadata)})")
+    fmt = "parquet" if args.out.endswith(".parquet") else "json"
+    query = args.sql.strip().rstrip(";")
+    con.execute(f"COPY ({query}) TO {sql_str(args.out)} (FORMAT {fmt})")
+
+
+def s3_secret(con) -> None:
     endpoint = urlsplit(os.environ["RAINDROP_TEST_S3_ENDPOINT"])
     con.execute(
         f"""CREATE SECRET s3test (TYPE s3,
@@ -71,10 +82,6 @@ def main() -> None:
             ENDPOINT {sql_str(endpoint.netloc)},  -- host:port, no scheme
             URL_STYLE 'path', USE_SSL {str(endpoint.scheme == "https").lower()})"""
     )
-    con.execute(f"CREATE VIEW raw_events AS SELECT * FROM iceberg_scan({sql_str(args.metadata)})")
-    fmt = "parquet" if args.out.endswith(".parquet") else "json"
-    query = args.sql.strip().rstrip(";")
-    con.execute(f"COPY ({query}) TO {sql_str(args.out)} (FORMAT {fmt})")
 
 
 if __name__ == "__main__":

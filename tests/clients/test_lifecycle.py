@@ -1,0 +1,125 @@
+"""Project retention and deletion, run with the `raindrop project` CLI on a
+live server's data dir, as other engines see them: PyIceberg (on the same
+SQLite catalog) and DuckDB's own Iceberg reader read exactly the rows
+Raindrop answers, and another tenant's rows are untouched."""
+
+import datetime as dt
+import json
+import os
+import subprocess
+
+import pyarrow.compute as pc
+import pytest
+from pyiceberg.catalog.sql import SqlCatalog
+
+from conftest import BIN, DATA, Server, connect, flush
+
+
+def project_cli(server, *args):
+    return subprocess.run(
+        [BIN, "project", *args, "--data-dir", str(server.data_dir)], capture_output=True, text=True
+    )
+
+
+def catalog(server):
+    return SqlCatalog(
+        "raindrop",
+        uri=f"sqlite:///{server.data_dir}/catalog.db",
+        warehouse=f"file://{server.data_dir}/warehouse",
+    )
+
+
+def raindrop_ids(server, who):
+    with connect(server, who) as conn, conn.cursor() as cur:
+        cur.execute("SELECT event_id FROM wildedge.raw_events")
+        return sorted(r[0] for r in cur.fetchall())
+
+
+def pyiceberg_ids(server, project):
+    table = catalog(server).load_table("wildedge.raw_events")
+    got = table.scan(row_filter=f"project_id == '{project}'", selected_fields=("event_id",)).to_arrow()
+    return sorted(got.column("event_id").to_pylist())
+
+
+def duckdb_ids(server, tmp_path):
+    """Event ids per project, read by DuckDB's Iceberg reader at the
+    metadata the catalog points to."""
+    duckdb_python = os.environ.get("RAINDROP_DUCKDB_PYTHON")
+    assert duckdb_python, "RAINDROP_DUCKDB_PYTHON unset: run through scripts/test.sh"
+    table = catalog(server).load_table("wildedge.raw_events")
+    out = tmp_path / f"duckdb-{table.metadata.current_snapshot_id}.jsonl"
+    subprocess.run(
+        [
+            duckdb_python, os.path.join(os.path.dirname(__file__), "duckdb_iceberg.py"),
+            "--metadata", table.metadata_location,
+            "--sql", "SELECT project_id AS p, event_id AS id FROM raw_events",
+            "--out", str(out),
+        ],
+        check=True,
+    )  # fmt: skip
+    ids = {}
+    for line in out.read_text().splitlines():
+        row = json.loads(line)
+        ids.setdefault(row["p"], []).append(row["id"])
+    return {p: sorted(v) for p, v in ids.items()}
+
+
+def test_retention_and_project_deletion_as_every_reader_sees_them(tmp_path):
+    srv = Server(tmp_path, extra_args=["--compact-interval-secs", "0"])
+    try:
+        for who in ("acme", "globex"):
+            events, outcomes = DATA[who]
+            with connect(srv, who) as conn, conn.cursor() as cur:
+                cur.adbc_ingest("raw_events", events, mode="append")
+                cur.adbc_ingest("user_outcomes", outcomes, mode="create", db_schema_name="warehouse")
+            flush(srv, who)
+        acme_events = DATA["acme"][0]
+        globex_all = sorted(DATA["globex"][0].column("event_id").to_pylist())
+        today = dt.datetime.now(dt.timezone.utc).date()
+        first_kept = today - dt.timedelta(days=5)
+        days = pc.cast(acme_events.column("event_timestamp"), "date32")
+        kept = acme_events.filter(pc.greater_equal(days, first_kept))
+        acme_kept = sorted(kept.column("event_id").to_pylist())
+        assert 0 < len(acme_kept) < acme_events.num_rows, "fixture spans 10 days"
+
+        # Bad input changes nothing.
+        bad = project_cli(srv, "set-retention", "acme", "--days", "0")
+        assert bad.returncode != 0 and "between 1 and" in bad.stderr, bad.stderr
+        bad = project_cli(srv, "set-retention", "nosuch", "--days", "5")
+        assert bad.returncode != 0 and "not found" in bad.stderr, bad.stderr
+        bad = project_cli(srv, "delete", "acme")
+        assert bad.returncode != 0 and "--yes" in bad.stderr, bad.stderr
+        assert raindrop_ids(srv, "acme") == sorted(acme_events.column("event_id").to_pylist())
+
+        done = project_cli(srv, "set-retention", "acme", "--days", "5")
+        assert done.returncode == 0, done.stderr
+        done = project_cli(srv, "enforce-retention")
+        assert done.returncode == 0, done.stderr
+        dropped = acme_events.num_rows - len(acme_kept)
+        assert f"acme: raw_events" in done.stdout and f" {dropped} rows" in done.stdout, done.stdout
+        listed = project_cli(srv, "list")
+        assert "5 days" in listed.stdout, listed.stdout
+
+        table = catalog(srv).load_table("wildedge.raw_events")
+        assert table.current_snapshot().summary.operation.value == "delete"
+        assert raindrop_ids(srv, "acme") == acme_kept
+        assert pyiceberg_ids(srv, "acme") == acme_kept
+        assert pyiceberg_ids(srv, "globex") == globex_all
+        assert duckdb_ids(srv, tmp_path) == {"acme": acme_kept, "globex": globex_all}
+
+        done = project_cli(srv, "delete", "acme", "--yes")
+        assert done.returncode == 0, done.stderr
+        assert "table warehouse.user_outcomes dropped" in done.stdout, done.stdout
+        with pytest.raises(Exception, match="(?i)token"):
+            raindrop_ids(srv, "acme")
+        assert raindrop_ids(srv, "globex") == globex_all
+        assert pyiceberg_ids(srv, "acme") == []
+        assert duckdb_ids(srv, tmp_path) == {"globex": globex_all}
+        cat = catalog(srv)
+        assert not cat.table_exists("tenants.acme.warehouse.user_outcomes")
+        assert cat.table_exists("tenants.globex.warehouse.user_outcomes")
+        with connect(srv, "globex") as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM warehouse.user_outcomes")
+            assert cur.fetchone()[0] == DATA["globex"][1].num_rows
+    finally:
+        srv.stop()
