@@ -9,6 +9,8 @@ pub mod cache;
 pub mod db;
 pub mod files;
 pub mod lease;
+pub mod read;
+pub mod replace;
 pub mod rewrite;
 
 use std::collections::{BTreeMap, HashMap};
@@ -329,18 +331,25 @@ impl Warehouse {
     /// Normalise the location of every tenant table (see
     /// [`Self::upgrade_table`]).
     async fn repair_tenant_locations(&self) -> Result<()> {
+        for ident in self.all_tenant_tables().await? {
+            self.upgrade_table(&ident, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Every project's own tables (maintenance: expiry, repairs).
+    pub async fn all_tenant_tables(&self) -> Result<Vec<TableIdent>> {
         let root = NamespaceIdent::from_strs([TENANTS_NAMESPACE]).expect("non-empty namespace");
         if !self.catalog.namespace_exists(&root).await? {
-            return Ok(());
+            return Ok(vec![]);
         }
+        let mut out = vec![];
         // A SQL catalog lists every namespace below `tenants`, not only
         // its children.
         for ns in self.catalog.list_namespaces(Some(&root)).await? {
-            for ident in self.catalog.list_tables(&ns).await? {
-                self.upgrade_table(&ident, false).await?;
-            }
+            out.extend(self.catalog.list_tables(&ns).await?);
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Create a namespace unless it exists (tolerating a concurrent creator).

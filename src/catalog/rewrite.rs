@@ -29,7 +29,7 @@ use iceberg::io::FileIO;
 use iceberg::spec::{
     DataFile, FormatVersion, MAIN_BRANCH, Manifest, ManifestContentType, ManifestFile,
     ManifestListWriter, ManifestWriterBuilder, Operation, PrimitiveLiteral, Snapshot,
-    SnapshotReference, SnapshotRetention, Summary, Transform,
+    SnapshotReference, SnapshotRetention, Summary, TableMetadataBuilder, Transform,
 };
 use iceberg::table::Table;
 use iceberg::{Catalog, MetadataLocation, TableIdent, TableUpdate};
@@ -322,14 +322,35 @@ pub async fn commit_rewrite(
         .with_schema_id(metadata.current_schema_id())
         .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
         .build();
-    let old_location = base.metadata_location_result()?.to_string();
-    let mut builder = metadata.clone().into_builder(Some(old_location.clone()));
-    builder = TableUpdate::AddSnapshot { snapshot }.apply(builder)?;
-    builder = TableUpdate::SetSnapshotRef {
+    let builder = base
+        .metadata()
+        .clone()
+        .into_builder(Some(base.metadata_location_result()?.to_string()));
+    let builder = TableUpdate::AddSnapshot { snapshot }.apply(builder)?;
+    let builder = TableUpdate::SetSnapshotRef {
         ref_name: MAIN_BRANCH.to_string(),
         reference: SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)),
     }
     .apply(builder)?;
+    Ok(if swap_in(tables, ident, base, builder).await? {
+        Swap::Committed(snapshot_id)
+    } else {
+        Swap::Moved
+    })
+}
+
+/// Write the metadata `builder` (made from `base`'s) yields and swap the
+/// catalog pointer to it if it still points at `base`'s: `false` when
+/// another commit moved it first. On success the new table is cached and
+/// `base`'s retired metadata files deleted.
+pub async fn swap_in(
+    tables: &TableCache,
+    ident: &TableIdent,
+    base: &Table,
+    builder: TableMetadataBuilder,
+) -> Result<bool> {
+    let io = base.file_io();
+    let old_location = base.metadata_location_result()?.to_string();
     let new_metadata = builder.build()?.metadata;
     let new_location = MetadataLocation::from_str(&old_location)?
         .with_next_version()
@@ -342,7 +363,7 @@ pub async fn commit_rewrite(
         .swap(ident, &old_location, &new_location.to_string())
         .await?
     {
-        return Ok(Swap::Moved);
+        return Ok(false);
     }
     // Committed: nothing after this point may turn into an error, or the
     // caller would delete files the new snapshot references.
@@ -362,7 +383,37 @@ pub async fn commit_rewrite(
         }
         Err(e) => tracing::debug!(table = %ident, error = %e, "rewritten table not cached"),
     }
-    Ok(Swap::Committed(snapshot_id))
+    Ok(true)
+}
+
+/// The live data files of `table`'s current snapshot that `keep` selects,
+/// reading only the data manifests `may_hold` admits (by their partition
+/// summaries).
+pub async fn live_data_files(
+    table: &Table,
+    cache: &Manifests,
+    may_hold: impl Fn(&ManifestFile) -> bool,
+    keep: impl Fn(&DataFile) -> bool,
+) -> Result<Vec<DataFile>> {
+    let Some(current) = table.metadata().current_snapshot() else {
+        return Ok(vec![]);
+    };
+    let list = table.manifest_list_reader(current).load().await?;
+    let mut files = vec![];
+    for manifest_file in list.entries() {
+        if manifest_file.content != ManifestContentType::Data || !may_hold(manifest_file) {
+            continue;
+        }
+        let manifest = cache.get(manifest_file, table.file_io()).await?;
+        files.extend(
+            manifest
+                .entries()
+                .iter()
+                .filter(|e| e.is_alive() && keep(e.data_file()))
+                .map(|e| e.data_file().clone()),
+        );
+    }
+    Ok(files)
 }
 
 /// Appends committed since the newest snapshot whose manifests were merged
@@ -475,7 +526,7 @@ pub enum Swap {
 }
 
 /// A snapshot id not used by the table yet (positive, random).
-fn unique_snapshot_id(table: &Table) -> i64 {
+pub fn unique_snapshot_id(table: &Table) -> i64 {
     loop {
         let (hi, lo) = uuid::Uuid::new_v4().as_u64_pair();
         let id = ((hi ^ lo) >> 1) as i64;
@@ -522,9 +573,13 @@ fn replace_summary(previous: &Summary, removed: &[DataFile], added: &[DataFile])
             props.insert(key.to_string(), (v + delta).max(0).to_string());
         }
     }
-    // Nothing added: whole partitions dropped, which changes the data.
+    // Nothing added: whole partitions dropped. Fewer rows added than
+    // removed: rows erased (copy-on-write). Either changes the data, which
+    // incremental readers must not skip as they skip a `replace`.
     let operation = if added.is_empty() && !removed.is_empty() {
         Operation::Delete
+    } else if rows < rows_removed {
+        Operation::Overwrite
     } else {
         Operation::Replace
     };

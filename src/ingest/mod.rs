@@ -27,6 +27,7 @@ use iceberg::{ErrorKind, TableCreation, TableIdent};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::catalog::Warehouse;
+use crate::catalog::replace::{commit_replacement, staged_replacement};
 use crate::error::{Error, Result};
 use crate::schema;
 use crate::tenant::{Principal, names};
@@ -388,15 +389,14 @@ impl Ingestor {
             })
             .await?;
         if let Some(schema) = new_schema {
+            if exists {
+                return self
+                    .replace_table(&ident, &display, schema, normalized)
+                    .await;
+            }
             self.warehouse
                 .ensure_tenant_namespace(project, schema_name)
                 .await?;
-            if exists {
-                self.writer.forget(&ident).await;
-                // Replace: not atomic (iceberg 0.10 has no overwrite commit);
-                // the old table's files stay on disk.
-                self.warehouse.catalog.drop_table(&ident).await?;
-            }
             self.create_tenant_table(&ns, table, schema).await?;
             // The catalog may renumber field ids: bind batches to the table.
             let created = self.warehouse.catalog.load_table(&ident).await?;
@@ -409,6 +409,61 @@ impl Ingestor {
                 .collect::<Result<_>>()?;
         }
         self.writer.append(&ident, normalized, request_id).await
+    }
+
+    /// Replace an existing tenant table's schema and rows in one commit
+    /// (see [`crate::catalog::replace`]); the old rows stay readable until
+    /// that commit, and leave storage when its snapshots expire.
+    async fn replace_table(
+        &self,
+        ident: &TableIdent,
+        display: &str,
+        schema: iceberg::spec::Schema,
+        batches: Vec<RecordBatch>,
+    ) -> Result<AppendOutcome> {
+        let base = self.warehouse.load_table(ident).await?;
+        let staged = staged_replacement(&base, &schema)?;
+        let target: SchemaRef = Arc::new(iceberg::arrow::schema_to_arrow_schema(
+            staged.metadata().current_schema(),
+        )?);
+        let batches = batches
+            .into_iter()
+            .map(|b| validate::normalize_to_schema(&b, &target))
+            .collect::<Result<Vec<_>>>()?;
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let files = if rows == 0 {
+            vec![]
+        } else {
+            write::write_data_files(&staged, batches).await?
+        };
+        let paths: Vec<String> = files.iter().map(|f| f.file_path().to_string()).collect();
+        let committed =
+            commit_replacement(&self.warehouse.tables, ident, &base, &staged, &files).await;
+        // The committer of this table holds its old schema: start afresh.
+        self.writer.forget(ident).await;
+        match committed {
+            Ok(true) => Ok(AppendOutcome {
+                rows,
+                files: paths,
+                snapshot_id: self
+                    .warehouse
+                    .load_table(ident)
+                    .await?
+                    .metadata()
+                    .current_snapshot_id(),
+                deduplicated: false,
+            }),
+            Ok(false) => {
+                write::delete_files(&staged, &paths).await;
+                Err(Error::Aborted(format!(
+                    "table {display} changed while it was being replaced; nothing was changed, retry"
+                )))
+            }
+            Err(e) => {
+                write::delete_files(&staged, &paths).await;
+                Err(e)
+            }
+        }
     }
 
     async fn create_tenant_table(

@@ -34,18 +34,16 @@
 //! 2 cores, compaction then took more CPU than ingest.)
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
 use backon::{ExponentialBuilder, Retryable};
-use futures::TryStreamExt;
 use iceberg::TableIdent;
-use iceberg::scan::FileScanTask;
 use iceberg::spec::{DataFile, FormatVersion, ManifestContentType, Struct};
 use iceberg::table::Table;
 
 use crate::catalog::Warehouse;
+use crate::catalog::read::read_data_files;
 use crate::catalog::rewrite::{Manifests, Rewrite, Swap, commit_rewrite};
 use crate::error::{Error, Result};
 use crate::ingest::write::{delete_files, write_data_files};
@@ -317,7 +315,7 @@ async fn rewrite(
     report: &mut CompactReport,
 ) -> Result<()> {
     let table = warehouse.catalog.load_table(ident).await?;
-    let batches = read_files(&table, files).await?;
+    let batches = read_data_files(&table, files).await?;
     let added = write_data_files(&table, batches).await?;
     let added_paths: Vec<String> = added.iter().map(|f| f.file_path().to_string()).collect();
     let rows_in: u64 = files.iter().map(|f| f.record_count()).sum();
@@ -389,66 +387,6 @@ async fn rewrite(
     report.bytes_added += bytes_added;
     report.snapshots.push(snapshot_id);
     Ok(())
-}
-
-/// All rows of `files`, in the table's current schema.
-async fn read_files(table: &Table, files: &[DataFile]) -> Result<Vec<RecordBatch>> {
-    let schema = table.metadata().current_schema().clone();
-    let spec = table.metadata().default_partition_spec().clone();
-    let field_ids: Vec<i32> = schema.as_struct().fields().iter().map(|f| f.id).collect();
-    let tasks: Vec<FileScanTask> = files
-        .iter()
-        .map(|f| FileScanTask {
-            file_size_in_bytes: f.file_size_in_bytes(),
-            start: 0,
-            length: f.file_size_in_bytes(),
-            record_count: Some(f.record_count()),
-            data_file_path: f.file_path().to_string(),
-            data_file_format: f.file_format(),
-            schema: schema.clone(),
-            project_field_ids: field_ids.clone(),
-            predicate: None,
-            deletes: vec![],
-            partition: Some(f.partition().clone()),
-            partition_spec: Some(spec.clone()),
-            name_mapping: None,
-            case_sensitive: true,
-        })
-        .collect();
-    let target = Arc::new(iceberg::arrow::schema_to_arrow_schema(&schema)?);
-    let stream = table
-        .reader_builder()
-        .with_data_file_concurrency_limit(2)
-        .build()
-        .read(Box::pin(futures::stream::iter(tasks.into_iter().map(Ok))))?;
-    // Decoding happens where the stream is polled: on a blocking thread,
-    // so a large rewrite does not stall the runtime workers that answer
-    // DoPuts and queries.
-    let runtime = tokio::runtime::Handle::current();
-    let batches: Vec<RecordBatch> =
-        tokio::task::spawn_blocking(move || runtime.block_on(stream.stream().try_collect()))
-            .await
-            .map_err(|e| Error::Internal(format!("reading files to compact failed: {e}")))??;
-    // The reader may hand identity-partition columns back run-end encoded
-    // (a constant per file): bring every column to the table's type.
-    batches
-        .into_iter()
-        .map(|b| {
-            let columns = b
-                .columns()
-                .iter()
-                .zip(target.fields())
-                .map(|(c, f)| {
-                    if c.data_type() == f.data_type() {
-                        Ok(c.clone())
-                    } else {
-                        arrow::compute::cast(c, f.data_type())
-                    }
-                })
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            Ok(RecordBatch::try_new(target.clone(), columns)?)
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -9,11 +9,11 @@
 
 use std::collections::BTreeSet;
 
-use iceberg::spec::{DataFile, Literal, ManifestContentType, ManifestFile, PrimitiveLiteral};
+use iceberg::spec::{DataFile, Literal, ManifestFile, PrimitiveLiteral};
 use iceberg::table::Table;
 
 use crate::catalog::Warehouse;
-use crate::catalog::rewrite::{Manifests, Rewrite, Swap, commit_rewrite};
+use crate::catalog::rewrite::{Manifests, Rewrite, Swap, commit_rewrite, live_data_files};
 use crate::error::{Error, Result};
 use crate::schema::{EVENT_DAY_PARTITION, col};
 use crate::tenant::projects::ProjectTable;
@@ -128,11 +128,7 @@ async fn partition_files(
     first_kept_day: i32,
     cache: &Manifests,
 ) -> Result<(Vec<DataFile>, usize)> {
-    let metadata = table.metadata();
-    let Some(current) = metadata.current_snapshot() else {
-        return Ok((vec![], 0));
-    };
-    let spec = metadata.default_partition_spec();
+    let spec = table.metadata().default_partition_spec();
     let position = |name: &str| spec.fields().iter().position(|f| f.name == name);
     let (Some(project_at), Some(day_at)) =
         (position(col::PROJECT_ID), position(EVENT_DAY_PARTITION))
@@ -142,38 +138,26 @@ async fn partition_files(
             col::PROJECT_ID
         )));
     };
-    let list = table.manifest_list_reader(current).load().await?;
-    let mut files = vec![];
-    let mut days = BTreeSet::new();
-    for manifest_file in list.entries() {
-        if manifest_file.content != ManifestContentType::Data
-            || !may_hold(
-                manifest_file,
-                project_at,
-                day_at,
-                project_id,
-                first_kept_day,
-            )
-        {
-            continue;
-        }
-        let manifest = cache.get(manifest_file, table.file_io()).await?;
-        for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
-            let fields = entry.data_file().partition().fields();
-            let project = fields.get(project_at).cloned().flatten();
-            let day = fields.get(day_at).cloned().flatten();
-            if let (
+    let day_of = |f: &DataFile| -> Option<i32> {
+        let fields = f.partition().fields();
+        let project = fields.get(project_at).cloned().flatten();
+        let day = fields.get(day_at).cloned().flatten();
+        match (project, day) {
+            (
                 Some(Literal::Primitive(PrimitiveLiteral::String(p))),
                 Some(Literal::Primitive(PrimitiveLiteral::Int(d))),
-            ) = (project, day)
-                && p == project_id
-                && d < first_kept_day
-            {
-                days.insert(d);
-                files.push(entry.data_file().clone());
-            }
+            ) if p == project_id && d < first_kept_day => Some(d),
+            _ => None,
         }
-    }
+    };
+    let files = live_data_files(
+        table,
+        cache,
+        |m| may_hold(m, project_at, day_at, project_id, first_kept_day),
+        |f| day_of(f).is_some(),
+    )
+    .await?;
+    let days: BTreeSet<i32> = files.iter().filter_map(day_of).collect();
     Ok((files, days.len()))
 }
 

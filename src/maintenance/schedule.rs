@@ -186,6 +186,11 @@ async fn compact_periodically(
                 Ok(()) => last_retention = Some(Instant::now()),
                 Err(e) => tracing::warn!(error = %e, "project retention failed; will retry"),
             }
+            // Tenant tables change rarely (replaced, appended to): their
+            // old snapshots, and the files only those reference, go hourly.
+            if let Some(retention) = schedule.retention {
+                expire_tenant_tables(&warehouse, &retention).await;
+            }
         }
         let now = warehouse.raw_events().await.ok().and_then(current);
         if Instant::now() >= next_compaction && (now.is_none() || now != compacted) {
@@ -235,6 +240,30 @@ async fn compact_periodically(
             ),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "raw_events snapshot expiry failed; will retry"),
+        }
+    }
+}
+
+/// Expire every tenant table's old snapshots (a failure is logged; the
+/// next run retries).
+async fn expire_tenant_tables(warehouse: &Warehouse, retention: &Retention) {
+    let tables = match warehouse.all_tenant_tables().await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing tenant tables for expiry failed");
+            return;
+        }
+    };
+    for ident in tables {
+        let expired = super::expire_and_clean(warehouse, &ident, retention, false).await;
+        count_run("tenant_expiry", expired.is_ok());
+        match expired {
+            Ok(r) if r.snapshots_expired > 0 => tracing::info!(
+                table = %ident, snapshots_expired = r.snapshots_expired,
+                files_deleted = r.files_deleted, "tenant table snapshots expired"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(table = %ident, error = %e, "tenant table expiry failed"),
         }
     }
 }

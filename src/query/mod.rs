@@ -10,6 +10,7 @@
 
 pub mod admission;
 pub mod buffered;
+pub mod erase;
 pub mod functions;
 pub mod limits;
 pub mod manifests;
@@ -83,8 +84,8 @@ pub struct CatalogObjects {
     pub tables: Vec<TableEntry>,
 }
 
-/// Whether `sql` writes (CREATE TABLE, INSERT, DROP, CREATE VIEW) rather
-/// than reads. Unparsable SQL counts as a query, whose planner then reports
+/// Whether `sql` writes (CREATE TABLE, INSERT, DROP, CREATE VIEW, DELETE)
+/// rather than reads. Unparsable SQL counts as a query, whose planner then reports
 /// the syntax error.
 pub fn is_update(sql: &str) -> bool {
     let Ok(statements) = DFParserBuilder::new(sql)
@@ -97,7 +98,7 @@ pub fn is_update(sql: &str) -> bool {
         statements.front(),
         Some(DFStatement::Statement(s)) if matches!(
             s.as_ref(),
-            Statement::CreateTable(_) | Statement::Insert(_) | Statement::Drop { .. } | Statement::CreateView { .. }
+            Statement::CreateTable(_) | Statement::Insert(_) | Statement::Drop { .. } | Statement::CreateView { .. } | Statement::Delete(_)
         )
     )
 }

@@ -1,7 +1,9 @@
 //! SQL that writes: `CREATE TABLE … AS SELECT`, `CREATE TABLE (…)`,
 //! `INSERT INTO`, `DROP TABLE` — only in the caller's own schemas, and
 //! always through the same ingest path as `DoPut` (one writer, one set of
-//! validation rules). `raw_events` is written by ingest only.
+//! validation rules). `raw_events` is appended to by ingest only; its rows
+//! are removed by `DELETE … WHERE` (erasure, [`super::erase`]), only ever
+//! in one project's partitions.
 
 use std::sync::Arc;
 
@@ -11,7 +13,9 @@ use datafusion::common::TableReference;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::dml::InsertOp;
-use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{DdlStatement, DmlStatement, Expr, LogicalPlan, WriteOp};
+use datafusion::scalar::ScalarValue;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{ObjectType, Statement};
 use futures::{StreamExt, TryStreamExt};
@@ -26,12 +30,12 @@ use crate::tenant::Principal;
 fn check_update_statement(statement: &DFStatement) -> Result<()> {
     let DFStatement::Statement(s) = statement else {
         return Err(Error::PermissionDenied(
-            "only CREATE TABLE [AS SELECT], INSERT INTO and DROP TABLE are allowed as updates"
+            "only CREATE TABLE [AS SELECT], INSERT INTO, DROP TABLE and DELETE FROM raw_events are allowed as updates"
                 .into(),
         ));
     };
     match s.as_ref() {
-        Statement::CreateTable(_) | Statement::Insert(_) => Ok(()),
+        Statement::CreateTable(_) | Statement::Insert(_) | Statement::Delete(_) => Ok(()),
         Statement::Drop {
             object_type: ObjectType::Table,
             ..
@@ -44,9 +48,75 @@ fn check_update_statement(statement: &DFStatement) -> Result<()> {
                 .into(),
         )),
         _ => Err(Error::PermissionDenied(
-            "only CREATE TABLE [AS SELECT], INSERT INTO and DROP TABLE are allowed as updates"
+            "only CREATE TABLE [AS SELECT], INSERT INTO, DROP TABLE and DELETE FROM raw_events are allowed as updates"
                 .into(),
         )),
+    }
+}
+
+/// The project a `DELETE` on `raw_events` erases from, and its condition.
+/// A tenant erases in its own project only (naming another one is refused,
+/// not silently ignored); an admin must name exactly one project.
+fn delete_scope(principal: &Principal, input: &LogicalPlan) -> Result<(String, Expr)> {
+    let LogicalPlan::Filter(filter) = input else {
+        return Err(Error::InvalidArgument(
+            "DELETE needs a WHERE clause naming the rows to erase (e.g. WHERE session_id = '…'); to remove a whole project, an operator runs `raindrop project delete`".into(),
+        ));
+    };
+    let predicate = filter.predicate.clone();
+    let named: Vec<String> = split_conjunction(&predicate)
+        .into_iter()
+        .filter_map(project_equality)
+        .collect();
+    let project = if principal.is_admin() {
+        match named.as_slice() {
+            [one] => {
+                crate::tenant::names::validate_project_id(one)?;
+                one.clone()
+            }
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "an admin DELETE must name exactly one project: add AND project_id = '<project>' to the WHERE clause".into(),
+                ));
+            }
+        }
+    } else {
+        let own = principal.project()?.to_string();
+        if let Some(other) = named.iter().find(|p| **p != own) {
+            return Err(Error::PermissionDenied(format!(
+                "this token can only delete rows of project {own}, not {other}"
+            )));
+        }
+        own
+    };
+    Ok((project, predicate))
+}
+
+/// `x` of a conjunct `project_id = 'x'` (either side).
+fn project_equality(e: &Expr) -> Option<String> {
+    let Expr::BinaryExpr(b) = e else {
+        return None;
+    };
+    if b.op != datafusion::logical_expr::Operator::Eq {
+        return None;
+    }
+    let is_project =
+        |e: &Expr| matches!(e, Expr::Column(c) if c.name == crate::schema::col::PROJECT_ID);
+    let text = |e: &Expr| match e {
+        Expr::Literal(
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::LargeUtf8(Some(s))
+            | ScalarValue::Utf8View(Some(s)),
+            _,
+        ) => Some(s.clone()),
+        _ => None,
+    };
+    if is_project(&b.left) {
+        text(&b.right)
+    } else if is_project(&b.right) {
+        text(&b.left)
+    } else {
+        None
     }
 }
 
@@ -154,6 +224,27 @@ impl QueryEngine {
                 input,
                 ..
             }) => match op {
+                WriteOp::Delete => {
+                    let target = ingest.resolve_target(
+                        table_name.catalog(),
+                        table_name.schema(),
+                        table_name.table(),
+                    )?;
+                    if !matches!(target, Target::RawEvents) {
+                        return Err(Error::Unsupported(
+                            "DELETE erases rows of wildedge.raw_events; replace your own tables with CREATE OR REPLACE TABLE … AS SELECT".into(),
+                        ));
+                    }
+                    let (project, predicate) = delete_scope(principal, &input)?;
+                    let done =
+                        super::erase::erase(&self.warehouse, ingest, &project, predicate).await?;
+                    tracing::info!(
+                        project = %project, rows = done.rows, files_read = done.files_read,
+                        files_replaced = done.files_replaced, bytes_written = done.bytes_written,
+                        snapshot = ?done.snapshot_id, "rows erased from raw_events"
+                    );
+                    Ok(done.rows)
+                }
                 WriteOp::Insert(InsertOp::Append) => {
                     let target = target_of(ingest, &table_name)?;
                     let df = DataFrame::new(state.clone(), input.as_ref().clone());

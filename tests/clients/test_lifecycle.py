@@ -1,12 +1,14 @@
-"""Project retention and deletion, run with the `raindrop project` CLI on a
-live server's data dir, as other engines see them: PyIceberg (on the same
-SQLite catalog) and DuckDB's own Iceberg reader read exactly the rows
-Raindrop answers, and another tenant's rows are untouched."""
+"""Erasure (`DELETE … WHERE` over ADBC), project retention, replacing a
+tenant table, and project deletion (the `raindrop project` CLI on a live server's data dir), as other
+engines see them: PyIceberg (on the same SQLite catalog) and DuckDB's own
+Iceberg reader read exactly the rows Raindrop answers, and another tenant's
+rows are untouched."""
 
 import datetime as dt
 import json
 import os
 import subprocess
+import uuid
 
 import pyarrow.compute as pc
 import pytest
@@ -41,30 +43,34 @@ def pyiceberg_ids(server, project):
     return sorted(got.column("event_id").to_pylist())
 
 
-def duckdb_ids(server, tmp_path):
-    """Event ids per project, read by DuckDB's Iceberg reader at the
-    metadata the catalog points to."""
+def duckdb_rows(table, sql, tmp_path):
+    """`sql` over a view `raw_events` of `table` (a PyIceberg table, at the
+    metadata the catalog points to), run by DuckDB's Iceberg reader."""
     duckdb_python = os.environ.get("RAINDROP_DUCKDB_PYTHON")
     assert duckdb_python, "RAINDROP_DUCKDB_PYTHON unset: run through scripts/test.sh"
-    table = catalog(server).load_table("wildedge.raw_events")
-    out = tmp_path / f"duckdb-{table.metadata.current_snapshot_id}.jsonl"
+    out = tmp_path / f"duckdb-{uuid.uuid4().hex}.jsonl"
     subprocess.run(
         [
             duckdb_python, os.path.join(os.path.dirname(__file__), "duckdb_iceberg.py"),
             "--metadata", table.metadata_location,
-            "--sql", "SELECT project_id AS p, event_id AS id FROM raw_events",
+            "--sql", sql,
             "--out", str(out),
         ],
         check=True,
     )  # fmt: skip
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def duckdb_ids(server, tmp_path):
+    """Event ids per project in raw_events, as DuckDB reads them."""
+    table = catalog(server).load_table("wildedge.raw_events")
     ids = {}
-    for line in out.read_text().splitlines():
-        row = json.loads(line)
+    for row in duckdb_rows(table, "SELECT project_id AS p, event_id AS id FROM raw_events", tmp_path):
         ids.setdefault(row["p"], []).append(row["id"])
     return {p: sorted(v) for p, v in ids.items()}
 
 
-def test_retention_and_project_deletion_as_every_reader_sees_them(tmp_path):
+def test_erasure_retention_and_project_deletion_as_every_reader_sees_them(tmp_path):
     srv = Server(tmp_path, extra_args=["--compact-interval-secs", "0"])
     try:
         for who in ("acme", "globex"):
@@ -74,6 +80,14 @@ def test_retention_and_project_deletion_as_every_reader_sees_them(tmp_path):
                 cur.adbc_ingest("user_outcomes", outcomes, mode="create", db_schema_name="warehouse")
             flush(srv, who)
         acme_events = DATA["acme"][0]
+        # Erasure: one session's rows, nothing else.
+        erased = "acme-s3"
+        assert erased in acme_events.column("session_id").to_pylist()
+        with connect(srv, "acme") as conn, conn.cursor() as cur:
+            cur.execute(f"DELETE FROM wildedge.raw_events WHERE session_id = '{erased}'")
+            cur.fetchall()
+        acme_events = acme_events.filter(pc.not_equal(acme_events.column("session_id"), erased))
+        acme_all = sorted(acme_events.column("event_id").to_pylist())
         globex_all = sorted(DATA["globex"][0].column("event_id").to_pylist())
         today = dt.datetime.now(dt.timezone.utc).date()
         first_kept = today - dt.timedelta(days=5)
@@ -81,6 +95,12 @@ def test_retention_and_project_deletion_as_every_reader_sees_them(tmp_path):
         kept = acme_events.filter(pc.greater_equal(days, first_kept))
         acme_kept = sorted(kept.column("event_id").to_pylist())
         assert 0 < len(acme_kept) < acme_events.num_rows, "fixture spans 10 days"
+        table = catalog(srv).load_table("wildedge.raw_events")
+        assert table.current_snapshot().summary.operation.value == "overwrite"
+        assert raindrop_ids(srv, "acme") == acme_all
+        assert pyiceberg_ids(srv, "acme") == acme_all
+        assert pyiceberg_ids(srv, "globex") == globex_all
+        assert duckdb_ids(srv, tmp_path) == {"acme": acme_all, "globex": globex_all}
 
         # Bad input changes nothing.
         bad = project_cli(srv, "set-retention", "acme", "--days", "0")
@@ -89,7 +109,7 @@ def test_retention_and_project_deletion_as_every_reader_sees_them(tmp_path):
         assert bad.returncode != 0 and "not found" in bad.stderr, bad.stderr
         bad = project_cli(srv, "delete", "acme")
         assert bad.returncode != 0 and "--yes" in bad.stderr, bad.stderr
-        assert raindrop_ids(srv, "acme") == sorted(acme_events.column("event_id").to_pylist())
+        assert raindrop_ids(srv, "acme") == acme_all
 
         done = project_cli(srv, "set-retention", "acme", "--days", "5")
         assert done.returncode == 0, done.stderr
@@ -106,6 +126,24 @@ def test_retention_and_project_deletion_as_every_reader_sees_them(tmp_path):
         assert pyiceberg_ids(srv, "acme") == acme_kept
         assert pyiceberg_ids(srv, "globex") == globex_all
         assert duckdb_ids(srv, tmp_path) == {"acme": acme_kept, "globex": globex_all}
+
+        # Replacing a table of its own: one commit, read by every engine.
+        converted = sorted(
+            sid for sid, c in zip(*(DATA["acme"][1].column(n).to_pylist() for n in ("session_id", "converted"))) if c
+        )
+        with connect(srv, "acme") as conn, conn.cursor() as cur:
+            cur.execute(
+                "CREATE OR REPLACE TABLE warehouse.user_outcomes AS "
+                "SELECT session_id FROM warehouse.user_outcomes WHERE converted"
+            )
+            cur.fetchall()
+            cur.execute("SELECT session_id FROM warehouse.user_outcomes")
+            assert sorted(r[0] for r in cur.fetchall()) == converted
+        outcomes = catalog(srv).load_table("tenants.acme.warehouse.user_outcomes")
+        assert [f.name for f in outcomes.schema().fields] == ["session_id"]
+        assert sorted(outcomes.scan().to_arrow().column("session_id").to_pylist()) == converted
+        got = duckdb_rows(outcomes, "SELECT session_id FROM raw_events", tmp_path)
+        assert sorted(r["session_id"] for r in got) == converted
 
         done = project_cli(srv, "delete", "acme", "--yes")
         assert done.returncode == 0, done.stderr

@@ -255,3 +255,258 @@ async fn deleting_a_project_removes_its_events_tables_and_tokens_only() {
     assert_eq!(w.store.list(&data).await.unwrap().len(), 0);
     assert_eq!(fingerprint(&mut globex, FINGERPRINT).await, globex_before);
 }
+
+/// Live data files of `project` in `raw_events`.
+async fn project_files(w: &Warehouse, project: &str) -> Vec<String> {
+    let mut files: Vec<String> = live_files(w)
+        .await
+        .into_iter()
+        .filter(|f| f.contains(&format!("/project_id={project}/")))
+        .collect();
+    files.sort();
+    files
+}
+
+async fn update(client: &mut RaindropClient, sql: &str) -> Result<i64, String> {
+    client
+        .inner_mut()
+        .execute_update(sql.to_string(), None)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasing_a_session_removes_exactly_its_rows_in_its_project() {
+    let server = loaded_server().await;
+    let w = warehouse(&server);
+    let mut acme = server.client("acme").await;
+    let mut globex = server.client("globex").await;
+    let mut admin = server.client("admin").await;
+    let batches = acme
+        .query(
+            "SELECT session_id, count(*) AS n FROM wildedge.raw_events \
+             GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 1",
+        )
+        .await
+        .unwrap();
+    let session = strings(&batches, "session_id").remove(0);
+    let rows = count(
+        &mut acme,
+        &format!("SELECT count(*) FROM wildedge.raw_events WHERE session_id = '{session}'"),
+    )
+    .await;
+    assert!(rows > 1);
+    let others = format!("{FINGERPRINT} WHERE session_id IS DISTINCT FROM '{session}'");
+    let acme_others = fingerprint(&mut acme, &others).await;
+    let globex_before = fingerprint(&mut globex, FINGERPRINT).await;
+    let globex_files = project_files(w, GLOBEX).await;
+    let acme_files = project_files(w, ACME).await;
+    let snapshot = || async {
+        w.raw_events()
+            .await
+            .unwrap()
+            .metadata()
+            .current_snapshot_id()
+    };
+    let before = snapshot().await;
+
+    // Refused, with nothing changed: no WHERE, another project's rows, a
+    // token that cannot write, an admin naming no project, a tenant table.
+    let refusals = [
+        (
+            "acme",
+            "DELETE FROM wildedge.raw_events".to_string(),
+            "WHERE clause",
+        ),
+        (
+            "acme",
+            format!(
+                "DELETE FROM wildedge.raw_events WHERE project_id = 'globex' AND session_id = '{session}'"
+            ),
+            "only delete rows of project acme",
+        ),
+        (
+            "acme_read",
+            format!("DELETE FROM wildedge.raw_events WHERE session_id = '{session}'"),
+            "read_write",
+        ),
+        (
+            "admin",
+            format!("DELETE FROM wildedge.raw_events WHERE session_id = '{session}'"),
+            "exactly one project",
+        ),
+        (
+            "acme",
+            "DELETE FROM warehouse.user_outcomes WHERE converted".to_string(),
+            "raw_events",
+        ),
+    ];
+    for (who, sql, expected) in refusals {
+        let mut c = server.client(who).await;
+        let err = update(&mut c, &sql).await.expect_err(&sql);
+        assert!(err.contains(expected), "{sql}: {err}");
+    }
+    assert_eq!(snapshot().await, before);
+
+    let n = update(
+        &mut acme,
+        &format!("DELETE FROM wildedge.raw_events WHERE session_id = '{session}'"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, rows);
+    assert_eq!(
+        count(
+            &mut acme,
+            &format!("SELECT count(*) FROM wildedge.raw_events WHERE session_id = '{session}'"),
+        )
+        .await,
+        0
+    );
+    assert_eq!(fingerprint(&mut acme, &others).await, acme_others);
+    assert_eq!(fingerprint(&mut globex, FINGERPRINT).await, globex_before);
+
+    // One overwrite snapshot; globex's files untouched, acme's rewritten
+    // only where the session was.
+    let table = w.raw_events().await.unwrap();
+    let summary = table
+        .metadata()
+        .current_snapshot()
+        .unwrap()
+        .summary()
+        .clone();
+    assert_eq!(summary.operation, iceberg::spec::Operation::Overwrite);
+    let prop = |k: &str| -> i64 { summary.additional_properties[k].parse().unwrap() };
+    assert_eq!(prop("deleted-records") - prop("added-records"), rows);
+    assert_eq!(project_files(w, GLOBEX).await, globex_files);
+    let acme_after = project_files(w, ACME).await;
+    let replaced = acme_files
+        .iter()
+        .filter(|f| !acme_after.contains(f))
+        .count();
+    assert_eq!(replaced as i64, prop("deleted-data-files"));
+    assert!(
+        replaced < acme_files.len(),
+        "only the session's files are rewritten"
+    );
+
+    // An admin erases in the project it names; the same DELETE again
+    // matches nothing and commits nothing.
+    let globex_session = strings(
+        &globex
+            .query("SELECT min(session_id) AS s FROM wildedge.raw_events")
+            .await
+            .unwrap(),
+        "s",
+    )
+    .remove(0);
+    let globex_rows = count(
+        &mut globex,
+        &format!("SELECT count(*) FROM wildedge.raw_events WHERE session_id = '{globex_session}'"),
+    )
+    .await;
+    let sql = format!(
+        "DELETE FROM wildedge.raw_events WHERE project_id = 'globex' AND session_id = '{globex_session}'"
+    );
+    assert_eq!(update(&mut admin, &sql).await.unwrap(), globex_rows);
+    let after_admin = snapshot().await;
+    assert_eq!(update(&mut admin, &sql).await.unwrap(), 0);
+    assert_eq!(snapshot().await, after_admin);
+    assert_eq!(fingerprint(&mut acme, &others).await, acme_others);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_a_tenant_table_is_one_commit_and_expiry_removes_the_old_files() {
+    let server = loaded_server().await;
+    let w = warehouse(&server);
+    let mut acme = server.client("acme").await;
+    let mut globex = server.client("globex").await;
+    let ident = iceberg::TableIdent::new(
+        w.tenant_namespace(ACME, "warehouse"),
+        "user_outcomes".into(),
+    );
+    let before = w.load_table(&ident).await.unwrap();
+    let old_files: Vec<String> = scan_tasks(&before)
+        .await
+        .into_iter()
+        .map(|t| t.data_file_path)
+        .collect();
+    let converted = count(
+        &mut acme,
+        "SELECT count(*) FROM warehouse.user_outcomes WHERE converted",
+    )
+    .await;
+    let globex_outcomes = fingerprint(
+        &mut globex,
+        "SELECT count(*) AS n, count(DISTINCT session_id) AS s FROM warehouse.user_outcomes",
+    )
+    .await;
+
+    let n = update(
+        &mut acme,
+        "CREATE OR REPLACE TABLE warehouse.user_outcomes AS \
+         SELECT session_id, CAST(revenue * 100 AS BIGINT) AS cents \
+         FROM warehouse.user_outcomes WHERE converted",
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, converted);
+    let batches = acme
+        .query("SELECT * FROM warehouse.user_outcomes")
+        .await
+        .unwrap();
+    let names: Vec<String> = batches[0]
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(names, ["session_id", "cents"]);
+    assert_eq!(
+        batches.iter().map(|b| b.num_rows()).sum::<usize>() as i64,
+        converted
+    );
+
+    // The same table (uuid, history), one commit on top: a new schema with
+    // fresh field ids, a snapshot without parent, the old ones kept.
+    let after = w.load_table(&ident).await.unwrap();
+    let (old, new) = (before.metadata(), after.metadata());
+    assert_eq!(new.uuid(), old.uuid());
+    assert_eq!(new.snapshots().count(), old.snapshots().count() + 1);
+    let current = new.current_snapshot().unwrap();
+    assert_eq!(current.parent_snapshot_id(), None);
+    assert!(
+        new.current_schema()
+            .as_struct()
+            .fields()
+            .iter()
+            .all(|f| f.id > old.last_column_id())
+    );
+    assert_eq!(
+        fingerprint(
+            &mut globex,
+            "SELECT count(*) AS n, count(DISTINCT session_id) AS s FROM warehouse.user_outcomes",
+        )
+        .await,
+        globex_outcomes
+    );
+
+    // The old files stay until the old snapshots expire, then go.
+    for f in &old_files {
+        assert!(w.store.exists(f).await.unwrap(), "{f} deleted too early");
+    }
+    let keep_one = Retention {
+        max_age: None,
+        max_snapshots: Some(1),
+        min_file_age: Duration::ZERO,
+    };
+    let report = expire_and_clean(w, &ident, &keep_one, false).await.unwrap();
+    assert_eq!(report.files_deleted, old_files.len());
+    for f in &old_files {
+        assert!(!w.store.exists(f).await.unwrap(), "{f} still on storage");
+    }
+    assert_eq!(
+        count(&mut acme, "SELECT count(*) FROM warehouse.user_outcomes").await,
+        converted
+    );
+}

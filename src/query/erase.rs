@@ -1,0 +1,246 @@
+//! Erasure: `DELETE FROM wildedge.raw_events WHERE …`, for a user's right
+//! to be forgotten. Copy-on-write: every data file of the project holding a
+//! matching row is rewritten without those rows, and the swap is one
+//! `overwrite` snapshot (files left empty are just removed). Row-level
+//! delete files would be cheaper to write, but PyIceberg, Polars and Daft
+//! refuse equality deletes, DuckDB applies them to the wrong rows, and
+//! compaction would have to apply them (docs/design/17-lifecycle-research.md).
+//!
+//! Only the project's own files are ever read or rewritten: its partition is
+//! part of the predicate that picks the candidate files, and of the filter
+//! that picks the rows. The rows are invisible from the commit on; their
+//! bytes leave storage when the snapshots before it expire.
+
+use std::collections::HashSet;
+
+use arrow::datatypes::DataType;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::logical_expr::{Expr, cast, col, is_true, lit, not};
+use datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
+use iceberg::spec::DataFile;
+use iceberg::table::Table;
+
+use super::predicate::implied_by_all;
+use crate::catalog::Warehouse;
+use crate::catalog::read::read_data_files;
+use crate::catalog::rewrite::{Manifests, Rewrite, Swap, commit_rewrite, live_data_files};
+use crate::error::{Error, Result};
+use crate::ingest::Ingestor;
+use crate::ingest::write::{delete_files, write_data_files};
+use crate::schema::col as column;
+
+/// Plans tried before giving up: compaction replaced a candidate file
+/// meanwhile, so the erasure is planned again on the new files.
+const PLANS: usize = 4;
+/// Commits tried per plan: appends landing first move the table.
+const COMMITS: usize = 16;
+
+/// What an erasure did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Erasure {
+    /// Rows deleted.
+    pub rows: u64,
+    /// Files read because their statistics admit a matching row.
+    pub files_read: usize,
+    /// Files replaced (rewritten without the rows, or removed when every
+    /// row matched).
+    pub files_replaced: usize,
+    /// Bytes of the files read.
+    pub bytes_read: u64,
+    /// Bytes of the files written.
+    pub bytes_written: u64,
+    /// The `overwrite` (or `delete`) snapshot; `None` if nothing matched.
+    pub snapshot_id: Option<i64>,
+}
+
+/// Delete the rows of `project_id` in `raw_events` matching `predicate`
+/// (over the table's columns and `event_day`), as of every row
+/// acknowledged before the call.
+pub async fn erase(
+    warehouse: &Warehouse,
+    ingest: &Ingestor,
+    project_id: &str,
+    predicate: Expr,
+) -> Result<Erasure> {
+    let filter = col(column::PROJECT_ID)
+        .eq(lit(project_id))
+        .and(row_predicate(predicate)?);
+    // Rows still in the write-ahead log are committed first, so the
+    // erasure covers everything accepted before it.
+    ingest.flush().await?;
+    let ident = warehouse.raw_events_ident();
+    let cache = Manifests::default();
+    for _ in 0..PLANS {
+        let table = warehouse
+            .tables
+            .load(warehouse.catalog.as_ref(), &ident)
+            .await?;
+        let candidates = candidate_files(&table, &filter, project_id, &cache).await?;
+        let mut report = Erasure {
+            files_read: candidates.len(),
+            bytes_read: candidates.iter().map(|f| f.file_size_in_bytes()).sum(),
+            ..Erasure::default()
+        };
+        let mut removed = vec![];
+        let mut added = vec![];
+        for file in candidates {
+            match rewrite_without(&table, &file, &filter).await {
+                Ok(Some((rows, written))) => {
+                    report.rows += rows;
+                    removed.push(file);
+                    added.extend(written);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    discard(&table, &added).await;
+                    return Err(e);
+                }
+            }
+        }
+        if removed.is_empty() {
+            return Ok(report);
+        }
+        report.files_replaced = removed.len();
+        report.bytes_written = added.iter().map(|f| f.file_size_in_bytes()).sum();
+        let change = Rewrite {
+            removed: &removed,
+            added: &added,
+            merge: false,
+        };
+        let mut base = table.clone();
+        for _ in 0..COMMITS {
+            match commit_rewrite(&warehouse.tables, &ident, &base, change, &cache).await {
+                Ok(Swap::Committed(id)) => {
+                    report.snapshot_id = Some(id);
+                    return Ok(report);
+                }
+                Ok(Swap::Moved) => {
+                    base = warehouse
+                        .tables
+                        .load(warehouse.catalog.as_ref(), &ident)
+                        .await?;
+                }
+                Ok(Swap::Moot(_)) => break,
+                Err(e) => {
+                    discard(&table, &added).await;
+                    return Err(e);
+                }
+            }
+        }
+        // Compaction replaced some of the files (or the table kept moving):
+        // plan again on what is live now.
+        discard(&table, &added).await;
+    }
+    Err(Error::Aborted(format!(
+        "raw_events kept changing while erasing rows of project {project_id} ({PLANS} plans); nothing was deleted, retry"
+    )))
+}
+
+/// The predicate as rows of a data file see it: columns unqualified, and
+/// the virtual `event_day` computed from `event_timestamp` (UTC).
+fn row_predicate(predicate: Expr) -> Result<Expr> {
+    let mut subquery = false;
+    let rewritten = predicate
+        .transform(|e| {
+            Ok(match e {
+                Expr::Column(c) if c.name == column::EVENT_DAY => {
+                    Transformed::yes(cast(col(column::EVENT_TIMESTAMP), DataType::Date32))
+                }
+                Expr::Column(c) => Transformed::yes(Expr::Column(c.name.as_str().into())),
+                Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) => {
+                    subquery = true;
+                    Transformed::no(e)
+                }
+                other => Transformed::no(other),
+            })
+        })?
+        .data;
+    if subquery {
+        return Err(Error::Unsupported(
+            "DELETE takes a condition on raw_events' own columns (e.g. session_id = '…' or device_id IN ('…', '…')); subqueries are not supported".into(),
+        ));
+    }
+    Ok(rewritten)
+}
+
+/// The project's live files whose partition and column statistics admit a
+/// matching row.
+async fn candidate_files(
+    table: &Table,
+    filter: &Expr,
+    project_id: &str,
+    cache: &Manifests,
+) -> Result<Vec<DataFile>> {
+    if table.metadata().current_snapshot().is_none() {
+        return Ok(vec![]);
+    }
+    let mut scan = table.scan();
+    if let Some(p) = implied_by_all(std::slice::from_ref(filter)) {
+        scan = scan.with_filter(p);
+    }
+    let paths: HashSet<String> = scan
+        .build()?
+        .plan_files()
+        .await?
+        .map_ok(|t| t.data_file_path)
+        .try_collect()
+        .await?;
+    let project = project_id.as_bytes();
+    live_data_files(
+        table,
+        cache,
+        |m| {
+            m.partitions
+                .as_ref()
+                .and_then(|p| p.first())
+                .is_none_or(|s| {
+                    s.lower_bound
+                        .as_ref()
+                        .is_none_or(|lo| lo.as_ref() <= project)
+                        && s.upper_bound
+                            .as_ref()
+                            .is_none_or(|hi| project <= hi.as_ref())
+                })
+        },
+        |f| paths.contains(f.file_path()),
+    )
+    .await
+}
+
+/// `file` rewritten without the rows matching `filter`: the rows deleted
+/// and the files written (none when every row matched); `None` when no
+/// row matched (the file stays).
+async fn rewrite_without(
+    table: &Table,
+    file: &DataFile,
+    filter: &Expr,
+) -> Result<Option<(u64, Vec<DataFile>)>> {
+    let batches = read_data_files(table, std::slice::from_ref(file)).await?;
+    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if total == 0 {
+        return Ok(None);
+    }
+    let ctx = SessionContext::new();
+    let kept = ctx
+        .read_batches(batches)?
+        .filter(not(is_true(filter.clone())))?
+        .collect()
+        .await?;
+    let left: usize = kept.iter().map(|b| b.num_rows()).sum();
+    let deleted = (total - left) as u64;
+    if deleted == 0 {
+        return Ok(None);
+    }
+    let written = if left == 0 {
+        vec![]
+    } else {
+        write_data_files(table, kept).await?
+    };
+    Ok(Some((deleted, written)))
+}
+
+async fn discard(table: &Table, files: &[DataFile]) {
+    let paths: Vec<String> = files.iter().map(|f| f.file_path().to_string()).collect();
+    delete_files(table, &paths).await;
+}
