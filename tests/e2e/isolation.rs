@@ -190,12 +190,24 @@ async fn adversarial_sql_sees_only_own_rows() {
 async fn writes_and_escapes_are_refused() {
     let server = loaded_server().await;
     let mut acme = server.client("acme").await;
+    let mut globex = server.client("globex").await;
+    let all = "SELECT count(*) FROM wildedge.raw_events";
+    let (acme_rows, globex_rows) = (count(&mut acme, all).await, count(&mut globex, all).await);
     for (sql, code) in [
         (
             "INSERT INTO wildedge.raw_events (project_id) VALUES ('x')",
             Code::PermissionDenied,
         ),
-        ("DELETE FROM wildedge.raw_events", Code::PermissionDenied),
+        // Erasure needs a condition, and only ever touches acme's rows.
+        ("DELETE FROM wildedge.raw_events", Code::InvalidArgument),
+        (
+            "DELETE FROM wildedge.raw_events WHERE project_id = 'globex'",
+            Code::PermissionDenied,
+        ),
+        (
+            "DELETE FROM wildedge.raw_events WHERE session_id IN (SELECT session_id FROM wildedge.raw_events)",
+            Code::Unimplemented,
+        ),
         (
             "UPDATE wildedge.raw_events SET model_name = 'x'",
             Code::PermissionDenied,
@@ -227,6 +239,8 @@ async fn writes_and_escapes_are_refused() {
         assert_eq!(err.code(), code, "{sql}: {err:?}");
     }
     assert!(!std::path::Path::new("/tmp/raindrop-leak.parquet").exists());
+    assert_eq!(count(&mut acme, all).await, acme_rows);
+    assert_eq!(count(&mut globex, all).await, globex_rows);
     // Table functions that read files or URLs are not registered.
     for sql in [
         "SELECT * FROM read_parquet('/etc/passwd')",
