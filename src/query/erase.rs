@@ -18,10 +18,12 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::logical_expr::{Expr, cast, col, is_true, lit, not};
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
+use iceberg::expr::Predicate;
 use iceberg::spec::DataFile;
 use iceberg::table::Table;
 
 use super::predicate::implied_by_all;
+use super::pruning::event_day_predicate;
 use crate::catalog::Warehouse;
 use crate::catalog::read::read_data_files;
 use crate::catalog::rewrite::{Manifests, Rewrite, Swap, commit_rewrite, live_data_files};
@@ -63,6 +65,9 @@ pub async fn erase(
     project_id: &str,
     predicate: Expr,
 ) -> Result<Erasure> {
+    // `event_day` conditions prune whole days, as in queries: rows see
+    // the column computed from `event_timestamp`, which statistics cannot.
+    let days = event_day_predicate(&predicate);
     let filter = col(column::PROJECT_ID)
         .eq(lit(project_id))
         .and(row_predicate(predicate)?);
@@ -76,7 +81,7 @@ pub async fn erase(
             .tables
             .load(warehouse.catalog.as_ref(), &ident)
             .await?;
-        let candidates = candidate_files(&table, &filter, project_id, &cache).await?;
+        let candidates = candidate_files(&table, &filter, days.clone(), project_id, &cache).await?;
         let mut report = Erasure {
             files_read: candidates.len(),
             bytes_read: candidates.iter().map(|f| f.file_size_in_bytes()).sum(),
@@ -169,6 +174,7 @@ fn row_predicate(predicate: Expr) -> Result<Expr> {
 async fn candidate_files(
     table: &Table,
     filter: &Expr,
+    days: Option<Predicate>,
     project_id: &str,
     cache: &Manifests,
 ) -> Result<Vec<DataFile>> {
@@ -176,7 +182,12 @@ async fn candidate_files(
         return Ok(vec![]);
     }
     let mut scan = table.scan();
-    if let Some(p) = implied_by_all(std::slice::from_ref(filter)) {
+    let implied = implied_by_all(std::slice::from_ref(filter));
+    let pruning = match (implied, days) {
+        (Some(a), Some(b)) => Some(a.and(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(p) = pruning {
         scan = scan.with_filter(p);
     }
     let paths: HashSet<String> = scan

@@ -13,8 +13,10 @@ use datafusion::common::TableReference;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{DdlStatement, DmlStatement, Expr, LogicalPlan, WriteOp};
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::scalar::ScalarValue;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{ObjectType, Statement};
@@ -63,7 +65,16 @@ fn delete_scope(principal: &Principal, input: &LogicalPlan) -> Result<(String, E
             "DELETE needs a WHERE clause naming the rows to erase (e.g. WHERE session_id = '…'); to remove a whole project, an operator runs `raindrop project delete`".into(),
         ));
     };
-    let predicate = filter.predicate.clone();
+    // Coerced and folded as a query's filters are (`DATE '…'` becomes a
+    // date literal, `now()` a timestamp), so `event_day` and `project_id`
+    // conditions are recognised below and in the erasure's pruning.
+    let schema = filter.input.schema().clone();
+    let simplifier = ExprSimplifier::new(
+        SimplifyContext::default()
+            .with_schema(schema.clone())
+            .with_query_execution_start_time(Some(chrono::Utc::now())),
+    );
+    let predicate = simplifier.simplify(simplifier.coerce(filter.predicate.clone(), &schema)?)?;
     let named: Vec<String> = split_conjunction(&predicate)
         .into_iter()
         .filter_map(project_equality)
@@ -239,7 +250,7 @@ impl QueryEngine {
                     let done =
                         super::erase::erase(&self.warehouse, ingest, &project, predicate).await?;
                     tracing::info!(
-                        project = %project, rows = done.rows, files_read = done.files_read,
+                        project = %project, rows = done.rows, files_read = done.files_read, bytes_read = done.bytes_read,
                         files_replaced = done.files_replaced, bytes_written = done.bytes_written,
                         snapshot = ?done.snapshot_id, "rows erased from raw_events"
                     );

@@ -304,7 +304,7 @@ async fn erasing_a_session_removes_exactly_its_rows_in_its_project() {
     )
     .await;
     assert!(rows > 1);
-    let others = format!("{FINGERPRINT} WHERE session_id IS DISTINCT FROM '{session}'");
+    let others = format!("{FINGERPRINT} WHERE (session_id IS DISTINCT FROM '{session}')");
     let acme_others = fingerprint(&mut acme, &others).await;
     let globex_before = fingerprint(&mut globex, FINGERPRINT).await;
     let globex_files = project_files(w, GLOBEX).await;
@@ -396,6 +396,50 @@ async fn erasing_a_session_removes_exactly_its_rows_in_its_project() {
     assert!(
         replaced < acme_files.len(),
         "only the session's files are rewritten"
+    );
+
+    // A condition on event_day reads only that day's files (of acme).
+    let batches = acme
+        .query(
+            "SELECT session_id, CAST(event_day AS VARCHAR) AS day FROM wildedge.raw_events \
+             ORDER BY event_timestamp DESC LIMIT 1",
+        )
+        .await
+        .unwrap();
+    let (late, day) = (
+        strings(&batches, "session_id").remove(0),
+        strings(&batches, "day").remove(0),
+    );
+    let late_rows = count(
+        &mut acme,
+        &format!(
+            "SELECT count(*) FROM wildedge.raw_events WHERE session_id = '{late}' AND event_day = DATE '{day}'"
+        ),
+    )
+    .await;
+    let others = format!("{others} AND (session_id IS DISTINCT FROM '{late}')");
+    let acme_others = fingerprint(&mut acme, &others).await;
+    let log = server.access_log();
+    log.start();
+    let erased = update(
+        &mut acme,
+        &format!(
+            "DELETE FROM wildedge.raw_events WHERE session_id = '{late}' AND event_day = DATE '{day}'"
+        ),
+    )
+    .await
+    .unwrap();
+    let reads: Vec<String> = log
+        .stop()
+        .into_iter()
+        .filter(|p| p.ends_with(".parquet"))
+        .collect();
+    assert_eq!(erased, late_rows);
+    assert!(!reads.is_empty());
+    let this_day = format!("/project_id=acme/event_day={day}/");
+    assert!(
+        reads.iter().all(|p| p.contains(&this_day)),
+        "read outside {this_day}: {reads:?}"
     );
 
     // An admin erases in the project it names; the same DELETE again
