@@ -442,15 +442,17 @@ impl Ingestor {
         // The committer of this table holds its old schema: start afresh.
         self.writer.forget(ident).await;
         match committed {
+            // Committed: a failure to re-read the table must not turn into
+            // an error now.
             Ok(true) => Ok(AppendOutcome {
                 rows,
                 files: paths,
                 snapshot_id: self
                     .warehouse
                     .load_table(ident)
-                    .await?
-                    .metadata()
-                    .current_snapshot_id(),
+                    .await
+                    .ok()
+                    .and_then(|t| t.metadata().current_snapshot_id()),
                 deduplicated: false,
             }),
             Ok(false) => {
