@@ -269,7 +269,9 @@ impl QueryEngine {
                 let target = target_of(ingest, &d.name)?;
                 let ident = self.tenant_ident(principal, &target)?;
                 if self.warehouse.catalog.table_exists(&ident).await? {
-                    self.warehouse.catalog.drop_table(&ident).await?;
+                    // With its files: a dropped table is not in the catalog,
+                    // so no expiry would ever find them.
+                    self.warehouse.catalog.purge_table(&ident).await?;
                     Ok(0)
                 } else if d.if_exists {
                     Ok(0)

@@ -561,4 +561,27 @@ async fn replacing_a_tenant_table_is_one_commit_and_expiry_removes_the_old_files
         count(&mut acme, "SELECT count(*) FROM warehouse.user_outcomes").await,
         converted
     );
+
+    // DROP TABLE takes the files along: nothing else would delete them.
+    let table = w.load_table(&ident).await.unwrap();
+    let mut files: Vec<String> = scan_tasks(&table)
+        .await
+        .into_iter()
+        .map(|t| t.data_file_path)
+        .collect();
+    files.push(table.metadata_location().unwrap().to_string());
+    update(&mut acme, "DROP TABLE warehouse.user_outcomes")
+        .await
+        .unwrap();
+    for f in &files {
+        assert!(!w.store.exists(f).await.unwrap(), "{f} left by DROP TABLE");
+    }
+    assert_eq!(
+        fingerprint(
+            &mut globex,
+            "SELECT count(*) AS n, count(DISTINCT session_id) AS s FROM warehouse.user_outcomes",
+        )
+        .await,
+        globex_outcomes
+    );
 }
