@@ -37,6 +37,44 @@ pub async fn create_table(pool: &AnyPool, ddl: &str) -> Result<()> {
     }
 }
 
+/// A pool on the catalog database for one of Raindrop's own tables, which
+/// are keyed by catalog name and written with `?` placeholders.
+#[derive(Debug)]
+pub struct CatalogDb {
+    /// The connections.
+    pub pool: AnyPool,
+    /// Catalog name the rows are filed under.
+    pub catalog_name: String,
+    uri: String,
+}
+
+impl CatalogDb {
+    /// Connect to the database at `uri` (`what` names the use in errors)
+    /// and run each `CREATE TABLE IF NOT EXISTS` of `ddl`.
+    pub async fn open(
+        uri: &str,
+        catalog_name: &str,
+        max_connections: u32,
+        what: &str,
+        ddl: &[&str],
+    ) -> Result<Self> {
+        let pool = connect(uri, max_connections, what).await?;
+        for statement in ddl {
+            create_table(&pool, statement).await?;
+        }
+        Ok(Self {
+            pool,
+            catalog_name: catalog_name.to_string(),
+            uri: uri.to_string(),
+        })
+    }
+
+    /// `sql` with this database's placeholders (see [`placeholders`]).
+    pub fn sql(&self, sql: &str) -> String {
+        placeholders(&self.uri, sql)
+    }
+}
+
 /// `sql` written with `?` placeholders, as the database at `uri` wants
 /// them (`$1, $2, …` for PostgreSQL through sqlx's `Any` driver).
 pub fn placeholders(uri: &str, sql: &str) -> String {

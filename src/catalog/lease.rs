@@ -15,17 +15,13 @@
 
 use std::time::Duration;
 
-use sqlx::AnyPool;
-
-use super::db;
+use super::db::CatalogDb;
 use crate::error::{Result, database_error};
 
 /// The lease of background maintenance on one catalog.
 #[derive(Debug)]
 pub struct Lease {
-    pool: AnyPool,
-    uri: String,
-    catalog_name: String,
+    db: CatalogDb,
     name: String,
     holder: String,
     ttl: Duration,
@@ -46,27 +42,23 @@ impl Lease {
         holder: String,
         ttl: Duration,
     ) -> Result<Self> {
-        let pool = db::connect(uri, 1, "leases").await?;
-        db::create_table(
-            &pool,
-            "CREATE TABLE IF NOT EXISTS raindrop_leases (\
-             catalog_name VARCHAR(255) NOT NULL, lease_name VARCHAR(255) NOT NULL, \
-             holder VARCHAR(255) NOT NULL, expires_at BIGINT NOT NULL, \
-             PRIMARY KEY (catalog_name, lease_name))",
+        let db = CatalogDb::open(
+            uri,
+            catalog_name,
+            1,
+            "leases",
+            &["CREATE TABLE IF NOT EXISTS raindrop_leases (\
+               catalog_name VARCHAR(255) NOT NULL, lease_name VARCHAR(255) NOT NULL, \
+               holder VARCHAR(255) NOT NULL, expires_at BIGINT NOT NULL, \
+               PRIMARY KEY (catalog_name, lease_name))"],
         )
         .await?;
         Ok(Self {
-            pool,
-            uri: uri.to_string(),
-            catalog_name: catalog_name.to_string(),
+            db,
             name: name.to_string(),
             holder,
             ttl,
         })
-    }
-
-    fn sql(&self, sql: &str) -> String {
-        db::placeholders(&self.uri, sql)
     }
 
     /// This process's holder id.
@@ -87,19 +79,19 @@ impl Lease {
 
     /// [`Self::try_acquire`] as if the clock read `now` (ms).
     async fn acquire_at(&self, now: i64) -> Result<bool> {
-        let sql = self.sql(
+        let sql = self.db.sql(
             "INSERT INTO raindrop_leases (catalog_name, lease_name, holder, expires_at) \
              VALUES (?, ?, ?, ?) ON CONFLICT (catalog_name, lease_name) DO UPDATE \
              SET holder = excluded.holder, expires_at = excluded.expires_at \
              WHERE raindrop_leases.holder = excluded.holder OR raindrop_leases.expires_at < ?",
         );
         let done = sqlx::query(&sql)
-            .bind(&self.catalog_name)
+            .bind(&self.db.catalog_name)
             .bind(&self.name)
             .bind(&self.holder)
             .bind(now + self.ttl.as_millis() as i64)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&self.db.pool)
             .await
             .map_err(|e| database_error("renewing the maintenance lease", e))?;
         Ok(done.rows_affected() == 1)
@@ -107,14 +99,14 @@ impl Lease {
 
     /// Give the lease up (on shutdown), so another node takes over at once.
     pub async fn release(&self) -> Result<()> {
-        let sql = self.sql(
+        let sql = self.db.sql(
             "DELETE FROM raindrop_leases WHERE catalog_name = ? AND lease_name = ? AND holder = ?",
         );
         sqlx::query(&sql)
-            .bind(&self.catalog_name)
+            .bind(&self.db.catalog_name)
             .bind(&self.name)
             .bind(&self.holder)
-            .execute(&self.pool)
+            .execute(&self.db.pool)
             .await
             .map_err(|e| database_error("releasing the maintenance lease", e))?;
         Ok(())
@@ -127,11 +119,12 @@ impl Lease {
 
     async fn current_at(&self, now: i64) -> Result<Option<(String, bool)>> {
         let sql = self
+            .db
             .sql("SELECT holder, expires_at FROM raindrop_leases WHERE catalog_name = ? AND lease_name = ?");
         let row: Option<(String, i64)> = sqlx::query_as(&sql)
-            .bind(&self.catalog_name)
+            .bind(&self.db.catalog_name)
             .bind(&self.name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.db.pool)
             .await
             .map_err(|e| database_error("reading the maintenance lease", e))?;
         Ok(row.map(|(holder, expires)| (holder, expires >= now)))

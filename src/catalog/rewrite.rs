@@ -482,6 +482,20 @@ fn single_tenant(manifest: &ManifestFile, by_tenant: bool) -> Option<Vec<u8>> {
     }
 }
 
+/// Whether a manifest's summary of partition field `field` admits `value`
+/// (in the single-value binary form, e.g. a tenant's UTF-8 bytes): true
+/// when there is no summary or no bound to rule it out.
+pub fn summary_admits(manifest: &ManifestFile, field: usize, value: &[u8]) -> bool {
+    manifest
+        .partitions
+        .as_ref()
+        .and_then(|p| p.get(field))
+        .is_none_or(|s| {
+            s.lower_bound.as_ref().is_none_or(|lo| lo.as_ref() <= value)
+                && s.upper_bound.as_ref().is_none_or(|hi| value <= hi.as_ref())
+        })
+}
+
 /// A partition value in the single-value binary form partition summaries
 /// use (for the tenant types Raindrop partitions by).
 fn literal_key(value: &iceberg::spec::Literal) -> Option<Vec<u8>> {

@@ -39,16 +39,10 @@ pub async fn delete_project(
     project_id: &str,
 ) -> Result<OffboardReport> {
     validate_project_id(project_id)?;
-    let token_ids: Vec<String> = token_source::list(tokens)
-        .await?
-        .into_iter()
-        .filter(|t| t.project_id.as_deref() == Some(project_id))
-        .map(|t| t.id)
-        .collect();
+    let token_ids = project_tokens(tokens, project_id).await?;
     let tables = warehouse.tenant_tables(project_id).await?;
-    if token_ids.is_empty() && tables.is_empty() {
-        require_project(warehouse, projects, tokens, project_id).await?;
-    }
+    let found = !token_ids.is_empty() || !tables.is_empty();
+    require_known(found, warehouse, projects, project_id).await?;
 
     projects.mark_deleted(project_id).await?;
     for id in &token_ids {
@@ -99,14 +93,33 @@ pub async fn require_project(
     project_id: &str,
 ) -> Result<()> {
     validate_project_id(project_id)?;
-    let known = token_source::list(tokens)
+    let found = !project_tokens(tokens, project_id).await?.is_empty()
+        || !warehouse.tenant_tables(project_id).await?.is_empty();
+    require_known(found, warehouse, projects, project_id).await
+}
+
+/// Ids of `project_id`'s tokens.
+async fn project_tokens(tokens: &TokenSource, project_id: &str) -> Result<Vec<String>> {
+    Ok(token_source::list(tokens)
         .await?
-        .iter()
-        .any(|t| t.project_id.as_deref() == Some(project_id))
+        .into_iter()
+        .filter(|t| t.project_id.as_deref() == Some(project_id))
+        .map(|t| t.id)
+        .collect())
+}
+
+/// [`require_project`] once tokens and tables were looked at (`found`):
+/// settings and events are checked only if those named nothing.
+async fn require_known(
+    found: bool,
+    warehouse: &Warehouse,
+    projects: &ProjectTable,
+    project_id: &str,
+) -> Result<()> {
+    if found
         || projects.get(project_id).await?.is_some()
-        || !warehouse.tenant_tables(project_id).await?.is_empty()
-        || has_events(warehouse, project_id).await?;
-    if known {
+        || has_events(warehouse, project_id).await?
+    {
         Ok(())
     } else {
         Err(Error::NotFound(format!(

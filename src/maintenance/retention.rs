@@ -13,7 +13,9 @@ use iceberg::spec::{DataFile, Literal, ManifestFile, PrimitiveLiteral};
 use iceberg::table::Table;
 
 use crate::catalog::Warehouse;
-use crate::catalog::rewrite::{Manifests, Rewrite, Swap, commit_rewrite, live_data_files};
+use crate::catalog::rewrite::{
+    Manifests, Rewrite, Swap, commit_rewrite, live_data_files, summary_admits,
+};
 use crate::error::{Error, Result};
 use crate::schema::{EVENT_DAY_PARTITION, col};
 use crate::tenant::projects::ProjectTable;
@@ -170,19 +172,12 @@ fn may_hold(
     project_id: &str,
     first_kept_day: i32,
 ) -> bool {
-    let Some(summaries) = manifest.partitions.as_ref() else {
-        return true;
-    };
-    let project_ok = summaries.get(project_at).is_none_or(|s| {
-        let id = project_id.as_bytes();
-        s.lower_bound.as_ref().is_none_or(|lo| lo.as_ref() <= id)
-            && s.upper_bound.as_ref().is_none_or(|hi| id <= hi.as_ref())
-    });
-    let day_ok = summaries.get(day_at).is_none_or(|s| {
-        s.lower_bound
-            .as_ref()
-            .and_then(|lo| <[u8; 4]>::try_from(lo.as_ref()).ok())
-            .is_none_or(|lo| i32::from_le_bytes(lo) < first_kept_day)
-    });
-    project_ok && day_ok
+    let day_ok = manifest
+        .partitions
+        .as_ref()
+        .and_then(|p| p.get(day_at))
+        .and_then(|s| s.lower_bound.as_ref())
+        .and_then(|lo| <[u8; 4]>::try_from(lo.as_ref()).ok())
+        .is_none_or(|lo| i32::from_le_bytes(lo) < first_kept_day);
+    day_ok && summary_admits(manifest, project_at, project_id.as_bytes())
 }

@@ -26,7 +26,9 @@ use super::predicate::implied_by_all;
 use super::pruning::event_day_predicate;
 use crate::catalog::Warehouse;
 use crate::catalog::read::read_data_files;
-use crate::catalog::rewrite::{Manifests, Rewrite, Swap, commit_rewrite, live_data_files};
+use crate::catalog::rewrite::{
+    Manifests, Rewrite, Swap, commit_rewrite, live_data_files, summary_admits,
+};
 use crate::error::{Error, Result};
 use crate::ingest::Ingestor;
 use crate::ingest::write::{delete_files, write_data_files};
@@ -197,23 +199,13 @@ async fn candidate_files(
         .map_ok(|t| t.data_file_path)
         .try_collect()
         .await?;
-    let project = project_id.as_bytes();
+    // The planned paths are the project's already; the summaries only
+    // spare reading other tenants' manifests (project_id is the first
+    // partition field).
     live_data_files(
         table,
         cache,
-        |m| {
-            m.partitions
-                .as_ref()
-                .and_then(|p| p.first())
-                .is_none_or(|s| {
-                    s.lower_bound
-                        .as_ref()
-                        .is_none_or(|lo| lo.as_ref() <= project)
-                        && s.upper_bound
-                            .as_ref()
-                            .is_none_or(|hi| project <= hi.as_ref())
-                })
-        },
+        |m| summary_admits(m, 0, project_id.as_bytes()),
         |f| paths.contains(f.file_path()),
     )
     .await

@@ -6,10 +6,8 @@
 //! its tokens were revoked may still be flushed by a node, and maintenance
 //! drops any partition of a tombstoned project it finds.
 
-use sqlx::AnyPool;
-
 use super::names::validate_project_id;
-use crate::catalog::db;
+use crate::catalog::db::CatalogDb;
 use crate::error::{Error, Result, database_error};
 
 /// Longest retention accepted: 100 years, far beyond any contract, small
@@ -52,9 +50,7 @@ pub fn validate_retention_days(days: i64) -> Result<u32> {
 /// The project table of one catalog in its database.
 #[derive(Debug)]
 pub struct ProjectTable {
-    pool: AnyPool,
-    uri: String,
-    catalog_name: String,
+    db: CatalogDb,
 }
 
 type Row = (String, Option<i64>, Option<i64>);
@@ -63,35 +59,29 @@ impl ProjectTable {
     /// Connect to the catalog database at `uri` and create the table if
     /// missing.
     pub async fn open(uri: &str, catalog_name: &str) -> Result<Self> {
-        let pool = db::connect(uri, 2, "project settings").await?;
-        db::create_table(
-            &pool,
-            "CREATE TABLE IF NOT EXISTS raindrop_projects (\
-             catalog_name VARCHAR(255) NOT NULL, project_id VARCHAR(64) NOT NULL, \
-             retention_days BIGINT NULL, deleted_at_ms BIGINT NULL, \
-             PRIMARY KEY (catalog_name, project_id))",
+        let db = CatalogDb::open(
+            uri,
+            catalog_name,
+            2,
+            "project settings",
+            &["CREATE TABLE IF NOT EXISTS raindrop_projects (\
+               catalog_name VARCHAR(255) NOT NULL, project_id VARCHAR(64) NOT NULL, \
+               retention_days BIGINT NULL, deleted_at_ms BIGINT NULL, \
+               PRIMARY KEY (catalog_name, project_id))"],
         )
         .await?;
-        Ok(Self {
-            pool,
-            uri: uri.to_string(),
-            catalog_name: catalog_name.to_string(),
-        })
-    }
-
-    fn sql(&self, sql: &str) -> String {
-        db::placeholders(&self.uri, sql)
+        Ok(Self { db })
     }
 
     /// Every project with settings, by id.
     pub async fn list(&self) -> Result<Vec<ProjectPolicy>> {
-        let sql = self.sql(
+        let sql = self.db.sql(
             "SELECT project_id, retention_days, deleted_at_ms FROM raindrop_projects \
              WHERE catalog_name = ? ORDER BY project_id",
         );
         let rows: Vec<Row> = sqlx::query_as(&sql)
-            .bind(&self.catalog_name)
-            .fetch_all(&self.pool)
+            .bind(&self.db.catalog_name)
+            .fetch_all(&self.db.pool)
             .await
             .map_err(|e| database_error("reading project settings", e))?;
         Ok(rows.into_iter().map(policy).collect())
@@ -99,14 +89,14 @@ impl ProjectTable {
 
     /// One project's settings, if it has any.
     pub async fn get(&self, project_id: &str) -> Result<Option<ProjectPolicy>> {
-        let sql = self.sql(
+        let sql = self.db.sql(
             "SELECT project_id, retention_days, deleted_at_ms FROM raindrop_projects \
              WHERE catalog_name = ? AND project_id = ?",
         );
         let row: Option<Row> = sqlx::query_as(&sql)
-            .bind(&self.catalog_name)
+            .bind(&self.db.catalog_name)
             .bind(project_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.db.pool)
             .await
             .map_err(|e| database_error("reading project settings", e))?;
         Ok(row.map(policy))
@@ -123,16 +113,16 @@ impl ProjectTable {
                 "project {project_id} was deleted; its retention cannot change"
             )));
         }
-        let sql = self.sql(
+        let sql = self.db.sql(
             "INSERT INTO raindrop_projects (catalog_name, project_id, retention_days) \
              VALUES (?, ?, ?) ON CONFLICT (catalog_name, project_id) \
              DO UPDATE SET retention_days = excluded.retention_days",
         );
         sqlx::query(&sql)
-            .bind(&self.catalog_name)
+            .bind(&self.db.catalog_name)
             .bind(project_id)
             .bind(days.map(i64::from))
-            .execute(&self.pool)
+            .execute(&self.db.pool)
             .await
             .map_err(|e| database_error("storing a project's retention", e))?;
         Ok(())
@@ -142,16 +132,16 @@ impl ProjectTable {
     /// kept).
     pub async fn mark_deleted(&self, project_id: &str) -> Result<()> {
         validate_project_id(project_id)?;
-        let sql = self.sql(
+        let sql = self.db.sql(
             "INSERT INTO raindrop_projects (catalog_name, project_id, deleted_at_ms) \
              VALUES (?, ?, ?) ON CONFLICT (catalog_name, project_id) \
              DO UPDATE SET deleted_at_ms = COALESCE(raindrop_projects.deleted_at_ms, excluded.deleted_at_ms)",
         );
         sqlx::query(&sql)
-            .bind(&self.catalog_name)
+            .bind(&self.db.catalog_name)
             .bind(project_id)
             .bind(chrono::Utc::now().timestamp_millis())
-            .execute(&self.pool)
+            .execute(&self.db.pool)
             .await
             .map_err(|e| database_error("marking a project deleted", e))?;
         Ok(())

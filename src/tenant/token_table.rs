@@ -7,56 +7,46 @@
 //! (`raindrop_token_keys`), so a dump of the table alone gives no shortcut
 //! for guessing secrets.
 
-use sqlx::AnyPool;
-
 use super::tokens::TokenRecord;
-use crate::catalog::db;
+use crate::catalog::db::CatalogDb;
 use crate::error::{Error, Result, database_error};
 
 /// The token tables of one catalog in its database.
 #[derive(Debug)]
 pub struct TokenTable {
-    pool: AnyPool,
-    uri: String,
-    catalog_name: String,
+    db: CatalogDb,
 }
 
 impl TokenTable {
     /// Connect to the catalog database at `uri` and create the token
     /// tables if missing.
     pub async fn open(uri: &str, catalog_name: &str) -> Result<Self> {
-        let pool = db::connect(uri, 2, "tokens").await?;
-        db::create_table(
-            &pool,
-            "CREATE TABLE IF NOT EXISTS raindrop_tokens (\
-             catalog_name VARCHAR(255) NOT NULL, id VARCHAR(64) NOT NULL, record TEXT NOT NULL, \
-             PRIMARY KEY (catalog_name, id))",
+        let db = CatalogDb::open(
+            uri,
+            catalog_name,
+            2,
+            "tokens",
+            &[
+                "CREATE TABLE IF NOT EXISTS raindrop_tokens (\
+                 catalog_name VARCHAR(255) NOT NULL, id VARCHAR(64) NOT NULL, record TEXT NOT NULL, \
+                 PRIMARY KEY (catalog_name, id))",
+                "CREATE TABLE IF NOT EXISTS raindrop_token_keys (\
+                 catalog_name VARCHAR(255) NOT NULL, key_hex VARCHAR(128) NOT NULL, \
+                 PRIMARY KEY (catalog_name))",
+            ],
         )
         .await?;
-        db::create_table(
-            &pool,
-            "CREATE TABLE IF NOT EXISTS raindrop_token_keys (\
-             catalog_name VARCHAR(255) NOT NULL, key_hex VARCHAR(128) NOT NULL, \
-             PRIMARY KEY (catalog_name))",
-        )
-        .await?;
-        Ok(Self {
-            pool,
-            uri: uri.to_string(),
-            catalog_name: catalog_name.to_string(),
-        })
-    }
-
-    fn sql(&self, sql: &str) -> String {
-        db::placeholders(&self.uri, sql)
+        Ok(Self { db })
     }
 
     /// The key of lookup ids, if one was created yet.
     pub async fn key(&self) -> Result<Option<Vec<u8>>> {
-        let sql = self.sql("SELECT key_hex FROM raindrop_token_keys WHERE catalog_name = ?");
+        let sql = self
+            .db
+            .sql("SELECT key_hex FROM raindrop_token_keys WHERE catalog_name = ?");
         let row: Option<(String,)> = sqlx::query_as(&sql)
-            .bind(&self.catalog_name)
-            .fetch_optional(&self.pool)
+            .bind(&self.db.catalog_name)
+            .fetch_optional(&self.db.pool)
             .await
             .map_err(|e| database_error("reading the token key", e))?;
         row.map(|(k,)| {
@@ -69,14 +59,14 @@ impl TokenTable {
     /// The key of lookup ids, created from `fresh` if there is none yet
     /// (a key another node created first wins).
     pub async fn ensure_key(&self, fresh: &[u8]) -> Result<Vec<u8>> {
-        let sql = self.sql(
+        let sql = self.db.sql(
             "INSERT INTO raindrop_token_keys (catalog_name, key_hex) VALUES (?, ?) \
              ON CONFLICT (catalog_name) DO NOTHING",
         );
         sqlx::query(&sql)
-            .bind(&self.catalog_name)
+            .bind(&self.db.catalog_name)
             .bind(hex::encode(fresh))
-            .execute(&self.pool)
+            .execute(&self.db.pool)
             .await
             .map_err(|e| database_error("storing the token key", e))?;
         self.key()
@@ -86,10 +76,12 @@ impl TokenTable {
 
     /// Every token record.
     pub async fn records(&self) -> Result<Vec<TokenRecord>> {
-        let sql = self.sql("SELECT record FROM raindrop_tokens WHERE catalog_name = ? ORDER BY id");
+        let sql = self
+            .db
+            .sql("SELECT record FROM raindrop_tokens WHERE catalog_name = ? ORDER BY id");
         let rows: Vec<(String,)> = sqlx::query_as(&sql)
-            .bind(&self.catalog_name)
-            .fetch_all(&self.pool)
+            .bind(&self.db.catalog_name)
+            .fetch_all(&self.db.pool)
             .await
             .map_err(|e| database_error("reading tokens", e))?;
         rows.into_iter()
@@ -103,13 +95,14 @@ impl TokenTable {
     /// Add a record.
     pub async fn insert(&self, record: &TokenRecord) -> Result<()> {
         let json = serde_json::to_string(record).map_err(|e| Error::Internal(e.to_string()))?;
-        let sql =
-            self.sql("INSERT INTO raindrop_tokens (catalog_name, id, record) VALUES (?, ?, ?)");
+        let sql = self
+            .db
+            .sql("INSERT INTO raindrop_tokens (catalog_name, id, record) VALUES (?, ?, ?)");
         sqlx::query(&sql)
-            .bind(&self.catalog_name)
+            .bind(&self.db.catalog_name)
             .bind(&record.id)
             .bind(json)
-            .execute(&self.pool)
+            .execute(&self.db.pool)
             .await
             .map_err(|e| database_error("storing a token", e))?;
         Ok(())
@@ -117,11 +110,13 @@ impl TokenTable {
 
     /// Remove a record by id; `false` if there was none.
     pub async fn delete(&self, id: &str) -> Result<bool> {
-        let sql = self.sql("DELETE FROM raindrop_tokens WHERE catalog_name = ? AND id = ?");
+        let sql = self
+            .db
+            .sql("DELETE FROM raindrop_tokens WHERE catalog_name = ? AND id = ?");
         let done = sqlx::query(&sql)
-            .bind(&self.catalog_name)
+            .bind(&self.db.catalog_name)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.db.pool)
             .await
             .map_err(|e| database_error("revoking a token", e))?;
         Ok(done.rows_affected() > 0)

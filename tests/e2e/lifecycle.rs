@@ -62,23 +62,31 @@ async fn projects(server: &TestServer) -> ProjectTable {
 
 /// Live data files of `raw_events` by location.
 async fn live_files(w: &Warehouse) -> Vec<String> {
-    let table = w.raw_events().await.unwrap();
-    scan_tasks(&table)
+    file_paths(&w.raw_events().await.unwrap()).await
+}
+
+/// Locations of `table`'s live data files.
+async fn file_paths(table: &iceberg::table::Table) -> Vec<String> {
+    scan_tasks(table)
         .await
         .into_iter()
         .map(|t| t.data_file_path)
         .collect()
 }
 
-/// Expire every snapshot but the current one, deleting what they alone
-/// referenced.
-async fn expire_all_but_current(w: &Warehouse) {
-    let keep_one = Retention {
+/// Expire every snapshot but the newest, files at once.
+fn keep_one() -> Retention {
+    Retention {
         max_age: None,
         max_snapshots: Some(1),
         min_file_age: Duration::ZERO,
-    };
-    expire_and_clean(w, &w.raw_events_ident(), &keep_one, false)
+    }
+}
+
+/// Expire every snapshot but the current one, deleting what they alone
+/// referenced.
+async fn expire_all_but_current(w: &Warehouse) {
+    expire_and_clean(w, &w.raw_events_ident(), &keep_one(), false)
         .await
         .unwrap();
 }
@@ -478,11 +486,7 @@ async fn replacing_a_tenant_table_is_one_commit_and_expiry_removes_the_old_files
         "user_outcomes".into(),
     );
     let before = w.load_table(&ident).await.unwrap();
-    let old_files: Vec<String> = scan_tasks(&before)
-        .await
-        .into_iter()
-        .map(|t| t.data_file_path)
-        .collect();
+    let old_files = file_paths(&before).await;
     let converted = count(
         &mut acme,
         "SELECT count(*) FROM warehouse.user_outcomes WHERE converted",
@@ -547,12 +551,9 @@ async fn replacing_a_tenant_table_is_one_commit_and_expiry_removes_the_old_files
     for f in &old_files {
         assert!(w.store.exists(f).await.unwrap(), "{f} deleted too early");
     }
-    let keep_one = Retention {
-        max_age: None,
-        max_snapshots: Some(1),
-        min_file_age: Duration::ZERO,
-    };
-    let report = expire_and_clean(w, &ident, &keep_one, false).await.unwrap();
+    let report = expire_and_clean(w, &ident, &keep_one(), false)
+        .await
+        .unwrap();
     assert_eq!(report.files_deleted, old_files.len());
     for f in &old_files {
         assert!(!w.store.exists(f).await.unwrap(), "{f} still on storage");
@@ -564,11 +565,7 @@ async fn replacing_a_tenant_table_is_one_commit_and_expiry_removes_the_old_files
 
     // DROP TABLE takes the files along: nothing else would delete them.
     let table = w.load_table(&ident).await.unwrap();
-    let mut files: Vec<String> = scan_tasks(&table)
-        .await
-        .into_iter()
-        .map(|t| t.data_file_path)
-        .collect();
+    let mut files = file_paths(&table).await;
     files.push(table.metadata_location().unwrap().to_string());
     update(&mut acme, "DROP TABLE warehouse.user_outcomes")
         .await
