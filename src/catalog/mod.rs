@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod db;
+pub mod evolve;
 pub mod files;
 pub mod lease;
 pub mod read;

@@ -17,7 +17,7 @@ pub mod wal;
 pub mod write;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -70,6 +70,8 @@ pub struct Ingestor {
     /// Buffered ingest of `raw_events` (write-ahead log and flusher);
     /// `None`: every `DoPut` commits before it is answered.
     log: Option<Arc<Log>>,
+    /// `raw_events`' schema as last loaded (see [`Self::raw_events_schema`]).
+    raw_schema: RwLock<Option<SchemaRef>>,
     max_stream_bytes: usize,
     budget: Budget,
 }
@@ -136,6 +138,7 @@ impl Ingestor {
             warehouse,
             writer,
             log: None,
+            raw_schema: RwLock::new(None),
             max_stream_bytes,
             budget: Budget {
                 kib: Arc::new(Semaphore::new(total_kib)),
@@ -253,17 +256,27 @@ impl Ingestor {
         }
     }
 
+    /// `raw_events`' Arrow schema as this node last loaded it, or as the
+    /// catalog has it now (`reload`, after a batch the known one refused).
+    async fn raw_events_schema(&self, reload: bool) -> Result<SchemaRef> {
+        if !reload && let Some(known) = self.raw_schema.read().expect("not poisoned").clone() {
+            return Ok(known);
+        }
+        let table = self.warehouse.raw_events().await?;
+        let schema: SchemaRef = Arc::new(iceberg::arrow::schema_to_arrow_schema(
+            table.metadata().current_schema(),
+        )?);
+        *self.raw_schema.write().expect("not poisoned") = Some(schema.clone());
+        Ok(schema)
+    }
+
     /// Read, bound and normalise a stream. The returned reservation holds
     /// the stream's share of the server-wide ingest buffer until dropped
     /// (after the commit).
-    async fn collect<S, F>(
-        &self,
-        batches: S,
-        mut normalize: F,
-    ) -> Result<(Vec<RecordBatch>, Reservation)>
+    async fn collect<S, F, T>(&self, batches: S, mut normalize: F) -> Result<(Vec<T>, Reservation)>
     where
         S: Stream<Item = Result<RecordBatch>> + Send,
-        F: FnMut(&RecordBatch) -> Result<RecordBatch>,
+        F: FnMut(&RecordBatch) -> Result<T>,
     {
         let mut batches = std::pin::pin!(batches);
         let mut out = vec![];
@@ -311,13 +324,33 @@ impl Ingestor {
             }
         }
         let rule = principal.project_rule()?;
-        let target_schema = schema::raw_events_arrow_schema();
+        let known = self.raw_events_schema(false).await?;
         let now = chrono::Utc::now().timestamp_micros();
-        let (batches, reservation) = self
+        // A batch this node's view of the schema refuses is kept as sent:
+        // another node may have just added the column it carries.
+        let (checked, reservation) = self
             .collect(batches, |b| {
-                validate::normalize_raw_events(b, &target_schema, rule, now)
+                match validate::normalize_raw_events(b, &known, rule, now) {
+                    Ok(n) => Ok(Ok(n)),
+                    Err(e @ Error::InvalidArgument(_)) => Ok(Err((b.clone(), e))),
+                    Err(e) => Err(e),
+                }
             })
             .await?;
+        let batches = if checked.iter().all(|c| c.is_ok()) {
+            checked.into_iter().flatten().collect()
+        } else {
+            let fresh = self.raw_events_schema(true).await?;
+            let mut out = Vec::with_capacity(checked.len());
+            for c in checked {
+                out.push(match c {
+                    Err((_, e)) if fresh == known => return Err(e),
+                    Err((raw, _)) => validate::normalize_raw_events(&raw, &fresh, rule, now)?,
+                    Ok(n) => validate::normalize_to_schema(&n, &fresh)?,
+                });
+            }
+            out
+        };
         if let Some(log) = &self.log {
             // The rows keep their share of the ingest budget until flushed.
             return log

@@ -8,6 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::SchemaRef;
 use iceberg::arrow::{PartitionValueCalculator, arrow_struct_to_literal};
 use iceberg::spec::{DataFile, DataFileFormat, Literal, PartitionKey};
 use iceberg::table::Table;
@@ -20,6 +21,7 @@ use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 
 use super::layout::{sort_by_partition_then_layout, sort_for_layout};
+use super::validate::normalize_to_schema;
 use crate::batch::batch_bytes;
 use crate::error::{Error, Result};
 use crate::schema;
@@ -56,10 +58,23 @@ pub fn prepare(table: &Table, batches: Vec<RecordBatch>) -> Result<Prepared> {
         schema_id: iceberg_schema.schema_id(),
         parts: vec![],
     };
-    let Some(first) = batches.first() else {
+    if batches.is_empty() {
         return Ok(prepared);
-    };
-    let batch = arrow::compute::concat_batches(&first.schema(), &batches)?;
+    }
+    // Rows buffered or read under an earlier schema (a column added or
+    // widened since) take the current one: new columns null, wider types.
+    let target: SchemaRef = Arc::new(iceberg::arrow::schema_to_arrow_schema(&iceberg_schema)?);
+    let batches = batches
+        .into_iter()
+        .map(|b| {
+            if b.schema_ref() == &target {
+                Ok(b)
+            } else {
+                normalize_to_schema(&b, &target)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let batch = arrow::compute::concat_batches(&target, &batches)?;
     drop(batches);
     if spec.is_unpartitioned() {
         prepared.parts.push((None, sort_for_layout(batch)?));
@@ -115,13 +130,7 @@ pub(super) async fn write_prepared(
     let mut inputs = current;
     let stale: Vec<RecordBatch> = stale.into_iter().flat_map(Prepared::into_batches).collect();
     if !stale.is_empty() {
-        let schema: arrow::datatypes::SchemaRef =
-            Arc::new(iceberg::arrow::schema_to_arrow_schema(&iceberg_schema)?);
-        let rebound = stale
-            .iter()
-            .map(|b| crate::ingest::validate::normalize_to_schema(b, &schema))
-            .collect::<Result<Vec<_>>>()?;
-        inputs.push(prepare(table, rebound)?);
+        inputs.push(prepare(table, stale)?);
     }
     let mut partitions: Vec<(Option<PartitionKey>, Vec<RecordBatch>, usize)> = vec![];
     let mut index: HashMap<Option<iceberg::spec::Struct>, usize> = HashMap::new();

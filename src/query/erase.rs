@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::ingest::Ingestor;
 use crate::ingest::write::{delete_files, write_data_files};
 use crate::schema::col as column;
+use crate::schema::evolve::retyped_columns;
 
 /// Plans tried before giving up: compaction replaced a candidate file
 /// meanwhile, so the erasure is planned again on the new files.
@@ -184,7 +185,10 @@ async fn candidate_files(
         return Ok(vec![]);
     }
     let mut scan = table.scan();
-    let implied = implied_by_all(std::slice::from_ref(filter));
+    let implied = implied_by_all(
+        std::slice::from_ref(filter),
+        &retyped_columns(table.metadata()),
+    );
     let pruning = match (implied, days) {
         (Some(a), Some(b)) => Some(a.and(b)),
         (a, b) => a.or(b),

@@ -9,6 +9,7 @@
 //! read, and names of other tenants resolve to nothing.
 
 pub mod admission;
+pub mod alter;
 pub mod buffered;
 pub mod erase;
 pub mod functions;
@@ -84,9 +85,9 @@ pub struct CatalogObjects {
     pub tables: Vec<TableEntry>,
 }
 
-/// Whether `sql` writes (CREATE TABLE, INSERT, DROP, CREATE VIEW, DELETE)
-/// rather than reads. Unparsable SQL counts as a query, whose planner then reports
-/// the syntax error.
+/// Whether `sql` writes (CREATE TABLE, INSERT, DROP, CREATE VIEW, DELETE,
+/// ALTER TABLE, COMMENT ON COLUMN) rather than reads. Unparsable SQL counts
+/// as a query, whose planner then reports the syntax error.
 pub fn is_update(sql: &str) -> bool {
     let Ok(statements) = DFParserBuilder::new(sql)
         .build()
@@ -99,7 +100,7 @@ pub fn is_update(sql: &str) -> bool {
         Some(DFStatement::Statement(s)) if matches!(
             s.as_ref(),
             Statement::CreateTable(_) | Statement::Insert(_) | Statement::Drop { .. } | Statement::CreateView { .. } | Statement::Delete(_)
-        )
+        ) || alter::is_schema_change(s)
     )
 }
 

@@ -11,6 +11,8 @@
 //! are used (dropping half of an `AND` weakens it, and `NOT` would turn that
 //! into a stronger predicate). The filter itself still runs on every row.
 
+use std::collections::HashSet;
+
 use datafusion::logical_expr::expr::{Between, InList, Like};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
 use datafusion::scalar::ScalarValue;
@@ -18,44 +20,49 @@ use iceberg::expr::{Predicate, PredicateOperator, Reference};
 use iceberg::spec::Datum;
 
 /// One predicate implied by all of `filters` (a conjunction), if any part
-/// of them can be expressed.
-pub fn implied_by_all(filters: &[Expr]) -> Option<Predicate> {
-    filters.iter().filter_map(implied).reduce(Predicate::and)
+/// of them can be expressed. Columns in `unusable` are left out (their
+/// statistics cannot be trusted: see
+/// [`crate::schema::evolve::retyped_columns`]).
+pub fn implied_by_all(filters: &[Expr], unusable: &HashSet<String>) -> Option<Predicate> {
+    filters
+        .iter()
+        .filter_map(|f| implied(f, unusable))
+        .reduce(Predicate::and)
 }
 
 /// A predicate every row satisfying `e` satisfies.
-fn implied(e: &Expr) -> Option<Predicate> {
+fn implied(e: &Expr, u: &HashSet<String>) -> Option<Predicate> {
     match e {
         Expr::BinaryExpr(BinaryExpr { left, op, right }) if *op == Operator::And => {
-            match (implied(left), implied(right)) {
+            match (implied(left, u), implied(right, u)) {
                 (Some(l), Some(r)) => Some(l.and(r)),
                 (one, None) | (None, one) => one,
             }
         }
         Expr::BinaryExpr(BinaryExpr { left, op, right }) if *op == Operator::Or => {
-            Some(implied(left)?.or(implied(right)?))
+            Some(implied(left, u)?.or(implied(right, u)?))
         }
-        _ => exact(e),
+        _ => exact(e, u),
     }
 }
 
 /// A predicate equivalent to `e`.
-fn exact(e: &Expr) -> Option<Predicate> {
+fn exact(e: &Expr, u: &HashSet<String>) -> Option<Predicate> {
     match e {
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
-            Operator::And => Some(exact(left)?.and(exact(right)?)),
-            Operator::Or => Some(exact(left)?.or(exact(right)?)),
-            _ => comparison(left, *op, right),
+            Operator::And => Some(exact(left, u)?.and(exact(right, u)?)),
+            Operator::Or => Some(exact(left, u)?.or(exact(right, u)?)),
+            _ => comparison(left, *op, right, u),
         },
-        Expr::Not(inner) => Some(!exact(inner)?),
-        Expr::IsNull(inner) => Some(column(inner)?.is_null()),
-        Expr::IsNotNull(inner) => Some(column(inner)?.is_not_null()),
+        Expr::Not(inner) => Some(!exact(inner, u)?),
+        Expr::IsNull(inner) => Some(column(inner, u)?.is_null()),
+        Expr::IsNotNull(inner) => Some(column(inner, u)?.is_not_null()),
         Expr::InList(InList {
             expr,
             list,
             negated,
         }) => {
-            let col = column(expr)?;
+            let col = column(expr, u)?;
             let values = list.iter().map(literal).collect::<Option<Vec<_>>>()?;
             Some(if *negated {
                 col.is_not_in(values)
@@ -69,7 +76,7 @@ fn exact(e: &Expr) -> Option<Predicate> {
             low,
             high,
         }) => {
-            let col = column(expr)?;
+            let col = column(expr, u)?;
             let within = col
                 .clone()
                 .greater_than_or_equal_to(literal(low)?)
@@ -83,7 +90,7 @@ fn exact(e: &Expr) -> Option<Predicate> {
             escape_char: None,
             case_insensitive: false,
         }) => {
-            let col = column(expr)?;
+            let col = column(expr, u)?;
             let prefix = like_prefix(pattern)?;
             Some(if *negated {
                 col.not_starts_with(Datum::string(prefix))
@@ -96,7 +103,7 @@ fn exact(e: &Expr) -> Option<Predicate> {
 }
 
 /// `left op right` where one side is a bare column and the other a literal.
-fn comparison(left: &Expr, op: Operator, right: &Expr) -> Option<Predicate> {
+fn comparison(left: &Expr, op: Operator, right: &Expr, u: &HashSet<String>) -> Option<Predicate> {
     let op = match op {
         Operator::Eq => PredicateOperator::Eq,
         Operator::NotEq => PredicateOperator::NotEq,
@@ -106,10 +113,10 @@ fn comparison(left: &Expr, op: Operator, right: &Expr) -> Option<Predicate> {
         Operator::GtEq => PredicateOperator::GreaterThanOrEq,
         _ => return None,
     };
-    let (col, value, op) = match (column(left), literal(right)) {
+    let (col, value, op) = match (column(left, u), literal(right)) {
         (Some(c), Some(v)) => (c, v, op),
         // `5 < x` is `x > 5`.
-        _ => (column(right)?, literal(left)?, mirrored(op)),
+        _ => (column(right, u)?, literal(left)?, mirrored(op)),
     };
     Some(match op {
         PredicateOperator::Eq => col.equal_to(value),
@@ -131,9 +138,9 @@ fn mirrored(op: PredicateOperator) -> PredicateOperator {
     }
 }
 
-fn column(e: &Expr) -> Option<Reference> {
+fn column(e: &Expr, unusable: &HashSet<String>) -> Option<Reference> {
     match e {
-        Expr::Column(c) => Some(Reference::new(c.name())),
+        Expr::Column(c) if !unusable.contains(c.name()) => Some(Reference::new(c.name())),
         _ => None,
     }
 }
@@ -186,7 +193,7 @@ mod tests {
     use super::*;
 
     fn shown(e: Expr) -> Option<String> {
-        implied_by_all(&[e]).map(|p| p.to_string())
+        implied_by_all(&[e], &HashSet::new()).map(|p| p.to_string())
     }
 
     #[test]
@@ -194,6 +201,17 @@ mod tests {
         assert_eq!(shown(col("x").gt(lit(5i64))), Some("x > 5".into()));
         assert_eq!(shown(lit(5i64).lt(col("x"))), Some("x > 5".into()));
         assert_eq!(shown(col("s").eq(lit("a"))), Some("s = \"a\"".into()));
+    }
+
+    #[test]
+    fn unusable_columns_only_weaken() {
+        let u = HashSet::from(["n".to_string()]);
+        let both = col("n").gt(lit(5i64)).and(col("x").lt(lit(3i64)));
+        let got = implied_by_all(&[both], &u).map(|p| p.to_string());
+        assert_eq!(got, Some("x < 3".into()));
+        let either = col("n").gt(lit(5i64)).or(col("x").lt(lit(3i64)));
+        assert!(implied_by_all(std::slice::from_ref(&either), &u).is_none());
+        assert!(implied_by_all(&[!either], &u).is_none());
     }
 
     #[test]

@@ -33,6 +33,7 @@ use super::scan::{IcebergScanExec, ScanRequest};
 use super::views::scan_schema;
 use crate::catalog::Warehouse;
 use crate::schema::col;
+use crate::schema::evolve::retyped_columns;
 use crate::schema::partition::only_spec;
 use crate::tenant::scope::{check_file_scope, scope_predicate};
 
@@ -183,7 +184,10 @@ impl TableProvider for RaindropTable {
                 plain_filters.push(f.clone());
             }
         }
-        optional.extend(implied_by_all(&plain_filters));
+        optional.extend(implied_by_all(
+            &plain_filters,
+            &retyped_columns(self.table.metadata()),
+        ));
         // Row groups and pages are pruned by the same filters. The scope is
         // not repeated there: it is enforced per file (`check_file_scope`),
         // and every row of an identity-partitioned file has its value.

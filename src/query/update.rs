@@ -3,7 +3,8 @@
 //! always through the same ingest path as `DoPut` (one writer, one set of
 //! validation rules). `raw_events` is appended to by ingest only; its rows
 //! are removed by `DELETE … WHERE` (erasure, [`super::erase`]), only ever
-//! in one project's partitions.
+//! in one project's partitions, and its schema is evolved by an admin's
+//! `ALTER TABLE` ([`super::alter`]).
 
 use std::sync::Arc;
 
@@ -23,7 +24,8 @@ use datafusion::sql::sqlparser::ast::{ObjectType, Statement};
 use futures::{StreamExt, TryStreamExt};
 use iceberg::TableIdent;
 
-use super::{QueryEngine, params};
+use super::{QueryEngine, alter, params};
+use crate::catalog::evolve::evolve_schema;
 use crate::error::{Error, Result};
 use crate::ingest::{Ingestor, Mode, Target};
 use crate::tenant::Principal;
@@ -32,12 +34,13 @@ use crate::tenant::Principal;
 fn check_update_statement(statement: &DFStatement) -> Result<()> {
     let DFStatement::Statement(s) = statement else {
         return Err(Error::PermissionDenied(
-            "only CREATE TABLE [AS SELECT], INSERT INTO, DROP TABLE and DELETE FROM raw_events are allowed as updates"
+            "only CREATE TABLE [AS SELECT], INSERT INTO, DROP TABLE, DELETE FROM raw_events and (admin) ALTER TABLE raw_events are allowed as updates"
                 .into(),
         ));
     };
     match s.as_ref() {
         Statement::CreateTable(_) | Statement::Insert(_) | Statement::Delete(_) => Ok(()),
+        s if alter::is_schema_change(s) => Ok(()),
         Statement::Drop {
             object_type: ObjectType::Table,
             ..
@@ -50,7 +53,7 @@ fn check_update_statement(statement: &DFStatement) -> Result<()> {
                 .into(),
         )),
         _ => Err(Error::PermissionDenied(
-            "only CREATE TABLE [AS SELECT], INSERT INTO, DROP TABLE and DELETE FROM raw_events are allowed as updates"
+            "only CREATE TABLE [AS SELECT], INSERT INTO, DROP TABLE, DELETE FROM raw_events and (admin) ALTER TABLE raw_events are allowed as updates"
                 .into(),
         )),
     }
@@ -162,13 +165,19 @@ async fn write_query(
         .rows)
 }
 
+/// A checked update statement (one per request, moved once: its size
+/// does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Update {
+    /// Planned by DataFusion.
+    Plan(SessionState, LogicalPlan),
+    /// `ALTER TABLE` / `COMMENT ON COLUMN`, which DataFusion does not plan.
+    SchemaChange(Box<Statement>),
+}
+
 impl QueryEngine {
     /// Check and plan an update statement for `principal`, without running it.
-    async fn plan_update(
-        &self,
-        principal: &Principal,
-        sql: &str,
-    ) -> Result<(SessionState, LogicalPlan)> {
+    async fn plan_update(&self, principal: &Principal, sql: &str) -> Result<Update> {
         if !(principal.role.can_read() && principal.role.can_write()) {
             return Err(Error::PermissionDenied(format!(
                 "SQL updates need a read_write token; this token's role is '{}'",
@@ -181,15 +190,61 @@ impl QueryEngine {
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(&sql, &dialect)?;
         check_update_statement(&statement)?;
+        if let DFStatement::Statement(s) = &statement
+            && alter::is_schema_change(s)
+        {
+            return Ok(Update::SchemaChange(s.clone()));
+        }
         let plan = state.statement_to_plan(statement).await?;
-        Ok((state, plan))
+        Ok(Update::Plan(state, plan))
+    }
+
+    /// Evolve `raw_events`' schema (admin only: every project shares it).
+    async fn change_schema(
+        &self,
+        ingest: &Ingestor,
+        principal: &Principal,
+        statement: &Statement,
+    ) -> Result<u64> {
+        let (name, changes) = alter::schema_changes(statement)?;
+        let (catalog, schema, table) = match name.as_slice() {
+            [t] => (None, None, t),
+            [s, t] => (None, Some(s.as_str()), t),
+            [c, s, t] => (Some(c.as_str()), Some(s.as_str()), t),
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "'{}' is not a table name",
+                    name.join(".")
+                )));
+            }
+        };
+        if ingest.resolve_target(catalog, schema, table)? != Target::RawEvents {
+            return Err(Error::Unsupported(
+                "ALTER TABLE changes the schema of wildedge.raw_events only; change your own tables with CREATE OR REPLACE TABLE … AS SELECT".into(),
+            ));
+        }
+        if !principal.is_admin() {
+            return Err(Error::PermissionDenied(
+                "only an admin token can change the schema of raw_events: every project shares it"
+                    .into(),
+            ));
+        }
+        let ident = self.warehouse.raw_events_ident();
+        let evolved = evolve_schema(&self.warehouse, &ident, &changes).await?;
+        tracing::info!(
+            table = %ident, changed = evolved.changed, schema_id = evolved.schema.schema_id(),
+            changes = ?changes, "schema changed"
+        );
+        Ok(0)
     }
 
     /// The parameters of update `sql` (`INSERT … VALUES (?, ?)` takes the
     /// target columns' types), for its prepared-statement schema.
     pub async fn update_parameters(&self, principal: &Principal, sql: &str) -> Result<Vec<Field>> {
-        let (_, plan) = self.plan_update(principal, sql).await?;
-        params::parameter_fields(&plan)
+        match self.plan_update(principal, sql).await? {
+            Update::Plan(_, plan) => params::parameter_fields(&plan),
+            Update::SchemaChange(_) => Ok(vec![]),
+        }
     }
 
     /// Execute an update statement for `principal` (with row `row` of a
@@ -201,7 +256,10 @@ impl QueryEngine {
         sql: &str,
         params: Option<(&RecordBatch, usize)>,
     ) -> Result<u64> {
-        let (state, mut plan) = self.plan_update(principal, sql).await?;
+        let (state, mut plan) = match self.plan_update(principal, sql).await? {
+            Update::Plan(state, plan) => (state, plan),
+            Update::SchemaChange(s) => return self.change_schema(ingest, principal, &s).await,
+        };
         // An update's SELECT is a query like any other: it takes a slot.
         let _slot = self.admit(principal).await?;
         if let Some((batch, row)) = params {

@@ -21,6 +21,7 @@ pub const DEFAULT_NAMESPACE: &str = "wildedge";
 /// Name of the telemetry table.
 pub const RAW_EVENTS: &str = "raw_events";
 
+pub mod evolve;
 pub mod partition;
 
 /// Column names used by code that must agree on them.

@@ -161,3 +161,80 @@ def test_erasure_retention_and_project_deletion_as_every_reader_sees_them(tmp_pa
             assert cur.fetchone()[0] == DATA["globex"][1].num_rows
     finally:
         srv.stop()
+
+
+def test_schema_evolution_as_every_reader_sees_it(tmp_path):
+    """An admin adds a column and widens another over ADBC; files written
+    before keep their schema. Raindrop, PyIceberg, DuckDB's Iceberg reader
+    and Polars read the old rows with the new column null and the widened
+    one as 64-bit, filter on the widened column across old and new files,
+    and agree on every answer; clients sending the old schema keep
+    ingesting."""
+    import polars as pl
+    import pyarrow as pa
+
+    srv = Server(tmp_path, extra_args=["--compact-interval-secs", "0"])
+    events = DATA["acme"][0]
+    n_old, n_new = 200, 100
+    old = events.slice(0, n_old).append_column("input_tokens", pa.array(range(n_old), pa.int32()))
+    new = (
+        events.slice(n_old, n_new)
+        .append_column("input_tokens", pa.array([5_000_000_000 + i for i in range(n_new)], pa.int64()))
+        .append_column("gpu_temp", pa.array([40.0 + i for i in range(n_new)], pa.float64()))
+    )
+    old_again = events.slice(n_old + n_new, 50).append_column("input_tokens", pa.array(range(50), pa.int32()))
+    try:
+        with connect(srv, "acme") as conn, conn.cursor() as cur:
+            cur.adbc_ingest("raw_events", old, mode="append")
+        flush(srv)
+        with connect(srv, "acme") as conn, conn.cursor() as cur:
+            with pytest.raises(Exception, match="(?i)admin"):
+                cur.execute("ALTER TABLE wildedge.raw_events ADD COLUMN gpu_temp DOUBLE")
+        with connect(srv, "admin") as conn, conn.cursor() as cur:
+            with pytest.raises(Exception, match="narrows"):
+                cur.execute("ALTER TABLE wildedge.raw_events ALTER COLUMN confidence TYPE REAL")
+            cur.execute(
+                "ALTER TABLE wildedge.raw_events ADD COLUMN gpu_temp DOUBLE COMMENT 'GPU temperature, °C', "
+                "ALTER COLUMN input_tokens TYPE BIGINT"
+            )
+            cur.fetchall()
+        with connect(srv, "acme") as conn, conn.cursor() as cur:
+            cur.adbc_ingest("raw_events", new, mode="append")
+            cur.adbc_ingest("raw_events", old_again, mode="append")
+        flush(srv)
+
+        nulls = n_old + 50
+        big = (n_old - 150) + n_new + 0  # old rows 150..199, every new row; old_again stays below 150
+        total = sum(range(n_old)) + sum(5_000_000_000 + i for i in range(n_new)) + sum(range(50))
+        answer = (
+            "SELECT count(*) FILTER (WHERE gpu_temp IS NULL) AS nulls, "
+            "count(*) FILTER (WHERE input_tokens >= 150) AS big, sum(input_tokens) AS total, "
+            "count(*) AS n FROM raw_events"
+        )
+        with connect(srv, "acme") as conn, conn.cursor() as cur:
+            cur.execute(answer.replace("FROM raw_events", "FROM wildedge.raw_events"))
+            assert cur.fetchone() == (nulls, big, total, n_old + n_new + 50)
+            cur.execute("SELECT count(*) FROM wildedge.raw_events WHERE input_tokens >= 150")
+            assert cur.fetchone()[0] == big
+
+        table = catalog(srv).load_table("wildedge.raw_events")
+        gpu = table.schema().find_field("gpu_temp")
+        assert gpu.doc == "GPU temperature, °C" and not gpu.required
+        assert str(table.schema().find_field("input_tokens").field_type) == "long"
+        got = table.scan().to_arrow()
+        assert got.schema.field("input_tokens").type == pa.int64()
+        assert got.column("gpu_temp").null_count == nulls
+        assert pc.sum(got.column("input_tokens")).as_py() == total
+        # PyIceberg prunes with the filter: old files' 4-byte bounds.
+        assert table.scan(row_filter="input_tokens >= 150").to_arrow().num_rows == big
+
+        rows = duckdb_rows(table, answer + ", typeof(input_tokens) AS t GROUP BY t", tmp_path)
+        assert rows == [{"nulls": nulls, "big": big, "total": total, "n": n_old + n_new + 50, "t": "BIGINT"}]
+
+        frame = pl.scan_iceberg(table).collect()
+        assert frame.schema["input_tokens"] == pl.Int64
+        assert frame["gpu_temp"].null_count() == nulls
+        assert frame["input_tokens"].sum() == total
+        assert pl.scan_iceberg(table).filter(pl.col("input_tokens") >= 150).collect().height == big
+    finally:
+        srv.stop()

@@ -102,6 +102,11 @@ impl TestServer {
         self.handle = Some(handle);
     }
 
+    /// The running server's catalog and storage.
+    pub fn warehouse(&self) -> &raindrop::catalog::Warehouse {
+        self.handle.as_ref().unwrap().services.query.warehouse()
+    }
+
     /// The storage access log of the running server.
     pub fn access_log(&self) -> Arc<raindrop::storage::AccessLog> {
         self.handle
@@ -123,9 +128,11 @@ impl TestServer {
 /// Tokens (read_write) of servers started by [`custom_server`].
 pub const ACME_TOKEN: &str = "custom-acme-token-0123456789";
 pub const GLOBEX_TOKEN: &str = "custom-globex-token-0123456789";
+pub const ADMIN_TOKEN: &str = "custom-admin-token-0123456789";
 
-/// A server over a fresh dir with `adjust`ed config and read_write tokens
-/// [`ACME_TOKEN`] and [`GLOBEX_TOKEN`]. Keep the dir alive with the server.
+/// A server over a fresh dir with `adjust`ed config, read_write tokens
+/// [`ACME_TOKEN`] and [`GLOBEX_TOKEN`], and [`ADMIN_TOKEN`]. Keep the dir
+/// alive with the server.
 pub async fn custom_server(
     adjust: impl FnOnce(&mut ServeConfig),
 ) -> (ServerHandle, tempfile::TempDir) {
@@ -134,16 +141,14 @@ pub async fn custom_server(
     use_backend(&mut cfg.storage, dir.path());
     unbuffered(&mut cfg);
     adjust(&mut cfg);
-    for (token, project) in [(ACME_TOKEN, ACME), (GLOBEX_TOKEN, GLOBEX)] {
-        tokens::create(
-            &cfg.token_source(),
-            token,
-            Some(project),
-            Role::ReadWrite,
-            "",
-        )
-        .await
-        .unwrap();
+    for (token, project, role) in [
+        (ACME_TOKEN, Some(ACME), Role::ReadWrite),
+        (GLOBEX_TOKEN, Some(GLOBEX), Role::ReadWrite),
+        (ADMIN_TOKEN, None, Role::Admin),
+    ] {
+        tokens::create(&cfg.token_source(), token, project, role, "")
+            .await
+            .unwrap();
     }
     (ServerHandle::start(cfg).await.unwrap(), dir)
 }
@@ -354,4 +359,25 @@ pub async fn scan_tasks(table: &iceberg::table::Table) -> Vec<iceberg::scan::Fil
         .try_collect()
         .await
         .unwrap()
+}
+
+/// Run update `sql` (`CommandStatementUpdate`); the error as text.
+pub async fn update(client: &mut RaindropClient, sql: &str) -> Result<i64, String> {
+    client
+        .inner_mut()
+        .execute_update(sql.to_string(), None)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// `batch` with `extra` columns appended.
+pub fn with_columns(batch: RecordBatch, extra: Vec<(&str, ArrayRef)>) -> RecordBatch {
+    let schema = batch.schema();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .zip(batch.columns().iter().cloned())
+        .chain(extra);
+    RecordBatch::try_from_iter(columns).unwrap()
 }

@@ -49,12 +49,8 @@ async fn rows_per_day(client: &mut RaindropClient) -> BTreeMap<String, i64> {
     days.into_iter().zip(counts).collect()
 }
 
-fn warehouse(server: &TestServer) -> &Warehouse {
-    server.handle.as_ref().unwrap().services.query.warehouse()
-}
-
 async fn projects(server: &TestServer) -> ProjectTable {
-    let w = warehouse(server);
+    let w = server.warehouse();
     ProjectTable::open(&w.catalog_uri, &w.catalog_name)
         .await
         .unwrap()
@@ -99,7 +95,7 @@ fn day_of(location: &str) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_drops_whole_expired_days_of_one_project_only() {
     let server = loaded_server().await;
-    let w = warehouse(&server);
+    let w = server.warehouse();
     let projects = projects(&server).await;
     let mut acme = server.client("acme").await;
     let mut globex = server.client("globex").await;
@@ -192,7 +188,7 @@ async fn retention_drops_whole_expired_days_of_one_project_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_project_removes_its_events_tables_and_tokens_only() {
     let server = loaded_server().await;
-    let w = warehouse(&server);
+    let w = server.warehouse();
     let projects = projects(&server).await;
     let mut acme = server.client("acme").await;
     let mut globex = server.client("globex").await;
@@ -283,18 +279,10 @@ async fn project_files(w: &Warehouse, project: &str) -> Vec<String> {
     files
 }
 
-async fn update(client: &mut RaindropClient, sql: &str) -> Result<i64, String> {
-    client
-        .inner_mut()
-        .execute_update(sql.to_string(), None)
-        .await
-        .map_err(|e| e.to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erasing_a_session_removes_exactly_its_rows_in_its_project() {
     let server = loaded_server().await;
-    let w = warehouse(&server);
+    let w = server.warehouse();
     let mut acme = server.client("acme").await;
     let mut globex = server.client("globex").await;
     let mut admin = server.client("admin").await;
@@ -478,7 +466,7 @@ async fn erasing_a_session_removes_exactly_its_rows_in_its_project() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacing_a_tenant_table_is_one_commit_and_expiry_removes_the_old_files() {
     let server = loaded_server().await;
-    let w = warehouse(&server);
+    let w = server.warehouse();
     let mut acme = server.client("acme").await;
     let mut globex = server.client("globex").await;
     let ident = iceberg::TableIdent::new(

@@ -12,6 +12,7 @@ mod commit;
 mod common;
 mod compact;
 mod errors;
+mod evolution;
 mod faults;
 mod flight_sql;
 mod ingest;

@@ -447,6 +447,78 @@ async fn maintenance_moves_to_another_node_when_its_holder_dies() {
     );
 }
 
+/// An admin's schema change on one node reaches the others at once: a
+/// node that loaded the old schema accepts the new column on its next
+/// `DoPut`, and a write-ahead log written before the change replays after
+/// it, its rows reading the new column as null.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_reaches_every_node_and_older_logs_replay() {
+    let dir = setup().await;
+    let admin = "process-admin-token-0123456789";
+    tokens::create(
+        &crate::common::token_source(dir.path()),
+        admin,
+        None,
+        Role::Admin,
+        "",
+    )
+    .await
+    .unwrap();
+    // Flushed only when asked: the rows stay in each node's log.
+    let node = |n: usize| {
+        let wal = dir.path().join(format!("wal-{n}"));
+        Server::start_with(
+            dir.path(),
+            &[
+                "--wal-dir",
+                wal.to_str().unwrap(),
+                "--flush-interval-ms",
+                "3600000",
+            ],
+        )
+    };
+    let (a, b) = (node(0), node(1));
+    let mut on_b = RaindropClient::connect(&b.url, TOKEN).await.unwrap();
+    on_b.ingest_events(vec![batch("bold")]).await.unwrap();
+    let mut on_a = RaindropClient::connect(&a.url, TOKEN).await.unwrap();
+    on_a.ingest_events(vec![batch("aold")]).await.unwrap();
+    a.kill9();
+    let a = node(0);
+    let mut as_admin = RaindropClient::connect(&a.url, admin).await.unwrap();
+    crate::common::update(
+        &mut as_admin,
+        "ALTER TABLE wildedge.raw_events ADD COLUMN gpu_temp DOUBLE",
+    )
+    .await
+    .unwrap();
+    let temps: arrow::array::ArrayRef = Arc::new(arrow::array::Float64Array::from_iter_values(
+        (0..ROWS).map(|i| i as f64),
+    ));
+    let new = crate::common::with_columns(batch("bnew"), vec![("gpu_temp", temps)]);
+    on_b.ingest_events(vec![new]).await.unwrap();
+    for url in [&a.url, &b.url] {
+        let mut c = RaindropClient::connect(url, TOKEN).await.unwrap();
+        c.action(arrow_flight::Action::new("Flush", ""))
+            .await
+            .unwrap();
+    }
+    let want = BTreeMap::from([
+        ("aold".to_string(), ROWS as i64),
+        ("bnew".to_string(), ROWS as i64),
+        ("bold".to_string(), ROWS as i64),
+    ]);
+    for url in [&a.url, &b.url] {
+        assert_eq!(batches_present(url).await, want);
+        let mut c = RaindropClient::connect(url, TOKEN).await.unwrap();
+        let nulls = crate::common::count(
+            &mut c,
+            "SELECT count(*) FROM wildedge.raw_events WHERE gpu_temp IS NULL",
+        )
+        .await;
+        assert_eq!(nulls, 2 * ROWS as i64);
+    }
+}
+
 /// Tokens are shared by every node: one created with `raindrop token
 /// create` works on all of them, and one revoked stops working on all
 /// (on PostgreSQL through the catalog database; locally through the
