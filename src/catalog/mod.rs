@@ -13,6 +13,7 @@ pub mod lease;
 pub mod read;
 pub mod replace;
 pub mod rewrite;
+mod summary;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
