@@ -19,6 +19,10 @@ const FINGERPRINT: &str = "SELECT count(*) AS n, count(DISTINCT event_id) AS ids
      CAST(min(event_timestamp) AS VARCHAR) AS lo, CAST(max(event_timestamp) AS VARCHAR) AS hi \
      FROM wildedge.raw_events";
 
+/// What must stay exactly as it was of another tenant's outcomes table.
+const OUTCOMES_FINGERPRINT: &str =
+    "SELECT count(*) AS n, count(DISTINCT session_id) AS s FROM warehouse.user_outcomes";
+
 async fn fingerprint(client: &mut RaindropClient, sql: &str) -> String {
     let batches = client.query(sql).await.unwrap();
     arrow::util::pretty::pretty_format_batches(&batches)
@@ -480,11 +484,7 @@ async fn replacing_a_tenant_table_is_one_commit_and_expiry_removes_the_old_files
         "SELECT count(*) FROM warehouse.user_outcomes WHERE converted",
     )
     .await;
-    let globex_outcomes = fingerprint(
-        &mut globex,
-        "SELECT count(*) AS n, count(DISTINCT session_id) AS s FROM warehouse.user_outcomes",
-    )
-    .await;
+    let globex_outcomes = fingerprint(&mut globex, OUTCOMES_FINGERPRINT).await;
 
     let n = update(
         &mut acme,
@@ -527,11 +527,7 @@ async fn replacing_a_tenant_table_is_one_commit_and_expiry_removes_the_old_files
             .all(|f| f.id > old.last_column_id())
     );
     assert_eq!(
-        fingerprint(
-            &mut globex,
-            "SELECT count(*) AS n, count(DISTINCT session_id) AS s FROM warehouse.user_outcomes",
-        )
-        .await,
+        fingerprint(&mut globex, OUTCOMES_FINGERPRINT).await,
         globex_outcomes
     );
 
@@ -562,11 +558,7 @@ async fn replacing_a_tenant_table_is_one_commit_and_expiry_removes_the_old_files
         assert!(!w.store.exists(f).await.unwrap(), "{f} left by DROP TABLE");
     }
     assert_eq!(
-        fingerprint(
-            &mut globex,
-            "SELECT count(*) AS n, count(DISTINCT session_id) AS s FROM warehouse.user_outcomes",
-        )
-        .await,
+        fingerprint(&mut globex, OUTCOMES_FINGERPRINT).await,
         globex_outcomes
     );
 }
