@@ -14,7 +14,7 @@ import sys
 # Top to bottom: a module may depend only on modules listed after it.
 LAYERS = [
     "main", "cli", "demo", "server", "config", "client",
-    "http", "flight",
+    "http", "flight", "rest",
     "maintenance", "query", "ingest",
     "tenant",
     "catalog", "storage",

@@ -3,8 +3,12 @@
 //! database and the warehouse storage answer, and the server is not
 //! draining for shutdown: route traffic here).
 //!
-//! Plain HTTP with no authentication: the metrics carry no tenant names or
-//! data, but bind it to loopback or a private interface.
+//! The same listener serves the read-only Iceberg REST catalog under `/v1`
+//! ([`crate::rest`]), where every route checks the caller's token.
+//!
+//! Plain HTTP: the operability endpoints need no token (the metrics carry
+//! no tenant names or data); put a TLS proxy in front before exposing the
+//! catalog beyond a private network.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +23,7 @@ use tokio::net::TcpListener;
 use crate::error::{Error, Result};
 use crate::flight::Services;
 use crate::metrics::metrics;
+use crate::rest::{self, RestCatalog};
 
 /// How long a readiness check waits for the catalog or storage.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,11 +34,16 @@ pub async fn serve(
     services: Arc<Services>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let catalog = Arc::new(RestCatalog::new(
+        services.tokens.clone(),
+        services.query.warehouse().clone(),
+    ));
     let app = Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(services);
+        .with_state(services)
+        .merge(rest::router(catalog));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -18,6 +18,9 @@
 //!   statements), `put` (DoPut decoding, ingest), `metadata` (catalogs,
 //!   schemas, tables), `encode`, `auth`, `ticket`, `planned`/`prepared`
 //!   (statement caches), `ipc` (size checks), `sql_info`.
+//! - [`rest`]: the read-only Iceberg REST catalog on `--http-addr`, scoped
+//!   by token: a tenant's `raw_events` is metadata derived for it
+//!   (`catalog::tenant_view`).
 //! - [`maintenance`]: `compact` (choose and rewrite small files),
 //!   `replace` (the hand-built replace commit), `schedule` (background
 //!   jobs of `serve`), snapshot expiry and orphan files (`mod`).
@@ -33,7 +36,7 @@
 //!   `names`, and `scope`: every tenancy rule (scan predicate, per-file
 //!   check, project stamp on writes).
 //! - [`catalog`]: opening the SQL catalog (`mod`), the table metadata
-//!   `cache` and catalog pointer.
+//!   `cache` and catalog pointer, `tenant_view` (per-tenant metadata).
 //! - [`storage`]: where files live: `local` (one `syncfs` per commit) or
 //!   `s3` (opendal), behind iceberg's storage trait (`mod`), and `audit`
 //!   (the read log the isolation tests check).
@@ -68,6 +71,7 @@ pub mod ingest;
 pub mod maintenance;
 pub mod metrics;
 pub mod query;
+pub mod rest;
 pub mod schema;
 pub mod server;
 pub mod storage;

@@ -100,7 +100,7 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
             .await?;
     }
     Ok(Arc::new(Services {
-        tokens,
+        tokens: Arc::new(tokens),
         query: QueryEngine::new(warehouse, limits.query_partitions, query_limits)?
             .with_buffer(ingest.buffer()),
         ingest,

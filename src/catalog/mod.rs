@@ -14,6 +14,7 @@ pub mod read;
 pub mod replace;
 pub mod rewrite;
 mod summary;
+pub mod tenant_view;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -43,7 +43,7 @@ pub use put::{REQUEST_ID_HEADER, REQUEST_ID_OPTION};
 #[derive(Debug)]
 pub struct Services {
     /// Token → principal.
-    pub tokens: TokenStore,
+    pub tokens: Arc<TokenStore>,
     /// Query sessions.
     pub query: QueryEngine,
     /// Ingest.

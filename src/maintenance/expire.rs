@@ -13,6 +13,7 @@ use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 
 use super::orphans::{self, delete_all, old_enough};
+use super::views::clean_tenant_views;
 use crate::catalog::Warehouse;
 use crate::catalog::files::{
     delete_retired, deletes_after_commit, metadata_version, oldest_listed_version,
@@ -51,6 +52,8 @@ pub struct ExpireReport {
     pub manifests_deleted: usize,
     /// `metadata.json` files deleted.
     pub metadata_files_deleted: usize,
+    /// Files of tenant views (REST catalog) deleted: `raw_events` only.
+    pub view_files_deleted: usize,
 }
 
 /// Snapshots of `table` that `retention` expires: beyond the newest
@@ -180,6 +183,10 @@ pub async fn expire_and_clean(
                 .into_iter()
                 .filter(|o| !dead_data.contains(object_key(o).as_ref())),
         );
+    }
+    if *ident == warehouse.raw_events_ident() {
+        report.view_files_deleted =
+            clean_tenant_views(store, &after, &reachable, retention.min_file_age).await?;
     }
     report.manifests_deleted = delete_all(store, manifests).await?;
     report.metadata_files_deleted = delete_all(store, metadata_files).await?;

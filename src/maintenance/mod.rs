@@ -10,6 +10,7 @@ pub mod offboard;
 pub mod orphans;
 pub mod retention;
 pub mod schedule;
+pub mod views;
 
 pub use expire::{ExpireReport, Retention, expire_and_clean};
 pub use orphans::{OrphanReport, delete_orphans, find_orphan_files};

@@ -12,6 +12,7 @@
 use iceberg::{NamespaceIdent, TableIdent};
 
 use super::retention::{DropReport, drop_partitions};
+use crate::catalog::tenant_view::tenant_dir;
 use crate::catalog::{TENANTS_NAMESPACE, Warehouse};
 use crate::error::{Error, Result};
 use crate::tenant::names::validate_project_id;
@@ -49,6 +50,18 @@ pub async fn delete_project(
         token_source::revoke(tokens, id).await?;
     }
     let raw_events = drop_partitions(warehouse, project_id, i32::MAX).await?;
+    // The project's view of raw_events served by the REST catalog: it
+    // lists the files just dropped.
+    let location = warehouse
+        .raw_events()
+        .await?
+        .metadata()
+        .location()
+        .to_string();
+    warehouse
+        .store
+        .delete_prefix(&format!("{}/", tenant_dir(&location, project_id)))
+        .await?;
     let mut dropped = vec![];
     for (schema, names) in tables {
         let namespace = warehouse.tenant_namespace(project_id, &schema);

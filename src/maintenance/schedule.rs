@@ -236,6 +236,7 @@ async fn compact_periodically(
                 files_deleted = r.files_deleted,
                 manifests_deleted = r.manifests_deleted,
                 metadata_files_deleted = r.metadata_files_deleted,
+                view_files_deleted = r.view_files_deleted,
                 "raw_events snapshots expired"
             ),
             Ok(_) => {}

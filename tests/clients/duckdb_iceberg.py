@@ -14,6 +14,12 @@ requirements-duckdb.txt. It uses only the standard library and duckdb.
 The query sees a view `raw_events` over `iceberg_scan('<metadata>')`. Pass the
 exact metadata location: then no version-hint guessing is needed.
 
+Or, with `--rest http://host:port` instead of `--metadata`, DuckDB attaches
+Raindrop's REST catalog as `raindrop` (OAuth2 client credentials; the secret
+is the Raindrop token in RAINDROP_REST_SECRET) and runs the query in it
+(`USE raindrop.wildedge`), so `wildedge.raw_events` and the tenant's own schemas
+resolve as in Flight SQL.
+
 A `file://` or plain path reads a local table. For `s3://`, the S3 settings
 come from the environment: RAINDROP_TEST_S3_ENDPOINT
 (`http://127.0.0.1:9000`), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION
@@ -48,7 +54,9 @@ def extension_path(name: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--metadata", required=True, help="s3:// or local location of the table's metadata.json")
+    source = ap.add_mutually_exclusive_group(required=True)
+    source.add_argument("--metadata", help="s3:// or local location of the table's metadata.json")
+    source.add_argument("--rest", help="base URL of Raindrop's Iceberg REST catalog")
     ap.add_argument("--sql", required=True, help="query over the view raw_events")
     ap.add_argument("--out", required=True, help="result file: .parquet, else JSON lines")
     args = ap.parse_args()
@@ -63,10 +71,20 @@ def main() -> None:
     except duckdb.Error:
         pass
 
-    metadata = args.metadata.removeprefix("file://")
-    if metadata.startswith("s3://"):
-        s3_secret(con)
-    con.execute(f"CREATE VIEW raw_events AS SELECT * FROM iceberg_scan({sql_str(metadata)})")
+    if args.rest:
+        secret = os.environ["RAINDROP_REST_SECRET"]
+        con.execute(
+            f"""ATTACH 'raindrop' AS raindrop (TYPE iceberg, ENDPOINT {sql_str(args.rest)},
+                CLIENT_ID 'duckdb', CLIENT_SECRET {sql_str(secret)}, READ_ONLY)"""
+        )
+        # DuckDB needs a schema to USE; two-part names then resolve in
+        # this catalog (warehouse.user_outcomes as well).
+        con.execute("USE raindrop.wildedge")
+    else:
+        metadata = args.metadata.removeprefix("file://")
+        if metadata.startswith("s3://"):
+            s3_secret(con)
+        con.execute(f"CREATE VIEW raw_events AS SELECT * FROM iceberg_scan({sql_str(metadata)})")
     fmt = "parquet" if args.out.endswith(".parquet") else "json"
     query = args.sql.strip().rstrip(";")
     con.execute(f"COPY ({query}) TO {sql_str(args.out)} (FORMAT {fmt})")

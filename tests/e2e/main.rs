@@ -25,5 +25,6 @@ mod processes;
 mod pruning;
 mod seed_query;
 mod slt;
+mod tenant_view;
 mod tls;
 mod wal;

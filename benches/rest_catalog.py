@@ -1,0 +1,134 @@
+"""Cost of the tenant-scoped REST catalog on a many-tenant table (#16).
+
+Not run by the test command. Reproduce (release binary built; the DuckDB
+venv of scripts/test.sh):
+
+    raindrop demo --data-dir /tmp/rest1k --events 2000000 --projects 1000 --batch-rows 20000
+    python benches/rest_catalog.py target/release/raindrop /tmp/rest1k
+
+It serves the directory with `--http-addr`, picks the largest, the median
+and the smallest project, and for each reports:
+- `loadTable` time through the REST catalog, first (derives the tenant's
+  metadata) and second (cached), and the bytes and files derived;
+- PyIceberg: load and scan the tenant's rows through the REST catalog, next
+  to the same client on the shared table through the SQL catalog with
+  `project_id == <p>` (median of 3);
+- DuckDB 1.5.5: one aggregate through `ATTACH … (TYPE iceberg)`, next to
+  `iceberg_scan` of the shared table's metadata with `WHERE project_id = <p>`
+  (wall time of a fresh process each, extension loading included; median of 3).
+Row counts are checked equal on both paths.
+"""
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import adbc_driver_flightsql.dbapi as flightsql
+from pyiceberg.catalog import load_catalog
+from pyiceberg.catalog.sql import SqlCatalog
+
+HERE = Path(__file__).resolve().parent
+DUCKDB_SCRIPT = HERE.parent / "tests" / "clients" / "duckdb_iceberg.py"
+DUCKDB_PYTHON = os.environ.get("RAINDROP_DUCKDB_PYTHON", str(Path.home() / ".cache/raindrop/venv-duckdb/bin/python"))
+AGG = "SELECT count(*) AS n, sum(duration_ms) AS ms FROM wildedge.raw_events"
+
+
+def token(binary, data_dir, project, role):
+    secret = f"rest-bench-{project or 'admin'}-{time.time_ns()}"
+    args = [binary, "token", "create", "--role", role, "--token", secret, "--data-dir", data_dir]
+    if project:
+        args += ["--project", project]
+    subprocess.run(args, check=True, capture_output=True)
+    return secret
+
+
+def timed(fn, repeat=1):
+    times, out = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times), out
+
+
+def duckdb(args, env=None):
+    with tempfile.NamedTemporaryFile(suffix=".jsonl") as out:
+        subprocess.run([DUCKDB_PYTHON, str(DUCKDB_SCRIPT), *args, "--out", out.name], check=True, env={**os.environ, **(env or {})})
+        return [json.loads(line) for line in Path(out.name).read_text().splitlines()]
+
+
+def main() -> None:
+    binary, data_dir = sys.argv[1:3]
+    admin = token(binary, data_dir, None, "admin")
+    server = subprocess.Popen(
+        [binary, "serve", "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir", data_dir,
+         "--compact-interval-secs", "0", "--log", "warn"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    addr = base = None
+    for line in server.stdout:
+        if m := re.search(r"listening on grpc://([\d.]+:\d+)", line):
+            addr = m.group(1)
+        if m := re.search(r"metrics\s*: (http://\S+)/metrics", line):
+            base = m.group(1)
+        if line.lstrip().startswith("warehouse:"):
+            break
+    threading.Thread(target=lambda: [None for _ in server.stdout], daemon=True).start()
+    try:
+        conn = flightsql.connect(f"grpc://{addr}", db_kwargs={"adbc.flight.sql.authorization_header": f"Bearer {admin}"}, autocommit=True)
+        with conn.cursor() as cur:
+            cur.execute("SELECT project_id, count(*) AS n FROM wildedge.raw_events GROUP BY 1 ORDER BY 2 DESC, 1")
+            counts = cur.fetchall()
+        conn.close()
+        sql = SqlCatalog("raindrop", uri=f"sqlite:///{Path(data_dir).resolve()}/catalog.db", warehouse=f"file://{Path(data_dir).resolve()}/warehouse")
+        shared = sql.load_table("wildedge.raw_events")
+        meta_file = Path(shared.metadata_location.removeprefix("file://").removeprefix("file:"))
+        snap = shared.current_snapshot()
+        manifests = snap.manifests(shared.io)
+        base_bytes = meta_file.stat().st_size + Path(snap.manifest_list.removeprefix("file://").removeprefix("file:")).stat().st_size + sum(m.manifest_length for m in manifests)
+        print(f"table: {sum(n for _, n in counts):,} rows, {len(counts)} projects, {len(shared.metadata.snapshots)} snapshots, "
+              f"{len(manifests)} manifests in the current snapshot; shared metadata.json {meta_file.stat().st_size:,} B, "
+              f"current list + manifests + metadata.json {base_bytes:,} B")  # fmt: skip
+        picks = [("largest", counts[0]), ("median", counts[len(counts) // 2]), ("smallest", counts[-1])]
+        print("| project | rows | loadTable first / cached | derived (files, bytes) | PyIceberg REST / SQL catalog | DuckDB REST / iceberg_scan |")
+        print("|---|---|---|---|---|---|")
+        for label, (project, rows) in picks:
+            secret = token(binary, data_dir, project, "read")
+            time.sleep(2.5)  # the server re-reads the token file when it changes
+
+            def load():
+                req = urllib.request.Request(f"{base}/v1/namespaces/wildedge/tables/raw_events", headers={"Authorization": f"Bearer {secret}"})
+                with urllib.request.urlopen(req) as resp:
+                    return json.loads(resp.read())
+
+            first, body = timed(load)
+            cached, _ = timed(load, 3)
+            view_dir = Path(body["metadata-location"].removeprefix("file://").removeprefix("file:")).parent
+            files = list(view_dir.iterdir())
+            derived = sum(f.stat().st_size for f in files)
+
+            rest = load_catalog(project, type="rest", uri=base, credential=secret)
+            py_rest, got = timed(lambda: rest.load_table("wildedge.raw_events").scan(selected_fields=("duration_ms",)).to_arrow().num_rows, 3)
+            py_sql, want = timed(lambda: sql.load_table("wildedge.raw_events").scan(row_filter=f"project_id == '{project}'", selected_fields=("duration_ms",)).to_arrow().num_rows, 3)
+            assert got == want == rows, (got, want, rows)
+
+            duck_rest, d1 = timed(lambda: duckdb(["--rest", base, "--sql", AGG], {"RAINDROP_REST_SECRET": secret}), 3)
+            duck_scan, d2 = timed(lambda: duckdb(["--metadata", shared.metadata_location, "--sql", AGG.replace("wildedge.raw_events", "raw_events") + f" WHERE project_id = '{project}'"]), 3)
+            assert d1 == d2 and d1[0]["n"] == rows, (d1, d2)
+            print(f"| {label} `{project}` | {rows:,} | {first:.0f} / {cached:.1f} ms | {len(files)}, {derived:,} B | "
+                  f"{py_rest:.0f} / {py_sql:.0f} ms | {duck_rest:.0f} / {duck_scan:.0f} ms |")  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
