@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use iceberg::spec::{
-    FormatVersion, Literal, ManifestContentType, ManifestFile, ManifestListWriter, ManifestStatus,
-    ManifestWriterBuilder, PrimitiveLiteral, Snapshot, TableMetadata, Transform,
+    FormatVersion, Literal, Manifest, ManifestContentType, ManifestFile, ManifestListWriter,
+    ManifestStatus, ManifestWriterBuilder, PrimitiveLiteral, Snapshot, TableMetadata, Transform,
 };
 use iceberg::table::Table;
 use serde_json::Value;
@@ -45,6 +45,10 @@ const WRITE_CONCURRENCY: usize = 16;
 /// what young `metadata.json` files name for at least twice this, so a
 /// reused file always still exists.
 pub const REUSE_WINDOW: Duration = Duration::from_secs(600);
+
+/// Base manifests kept parsed (a mixed manifest of a busy table is some
+/// MB; merged ones are one tenant's and small).
+const BASE_MANIFESTS_CACHED: u64 = 64;
 
 /// Where a tenant's derived metadata lives.
 pub fn tenant_dir(table_location: &str, project: &str) -> String {
@@ -80,6 +84,9 @@ pub struct TenantViews {
     manifests: moka::sync::Cache<(String, String), Option<ManifestFile>>,
     /// (tenant, snapshot id) → its derived list.
     lists: moka::sync::Cache<(String, i64), DerivedList>,
+    /// Base manifests read lately, by path: a manifest listing many
+    /// tenants is read once for all of their first views, not once each.
+    base: moka::sync::Cache<String, Arc<Manifest>>,
 }
 
 impl Default for TenantViews {
@@ -95,6 +102,10 @@ impl Default for TenantViews {
                 .build(),
             lists: moka::sync::Cache::builder()
                 .max_capacity(200_000)
+                .time_to_idle(REUSE_WINDOW)
+                .build(),
+            base: moka::sync::Cache::builder()
+                .max_capacity(BASE_MANIFESTS_CACHED)
                 .time_to_idle(REUSE_WINDOW)
                 .build(),
         }
@@ -255,7 +266,7 @@ impl TenantViews {
         if let Some(copy) = self.manifests.get(&key) {
             return Ok(copy);
         }
-        let copy = copy_manifest(table, dir, project, file).await?;
+        let copy = copy_manifest(table, dir, project, file, &self.base).await?;
         self.manifests.insert(key, copy.clone());
         Ok(copy)
     }
@@ -267,6 +278,7 @@ async fn copy_manifest(
     dir: &str,
     project: &str,
     file: &ManifestFile,
+    base: &moka::sync::Cache<String, Arc<Manifest>>,
 ) -> Result<Option<ManifestFile>> {
     if file.content != ManifestContentType::Data {
         return Err(Error::Unsupported(format!(
@@ -301,7 +313,14 @@ async fn copy_manifest(
         return Ok(None);
     }
     let io = table.file_io();
-    let manifest = file.load_manifest(io).await?;
+    let manifest = match base.get(&file.manifest_path) {
+        Some(m) => m,
+        None => {
+            let m = Arc::new(file.load_manifest(io).await?);
+            base.insert(file.manifest_path.clone(), m.clone());
+            m
+        }
+    };
     let ours = |lit: &Option<Literal>| matches!(lit, Some(Literal::Primitive(PrimitiveLiteral::String(s))) if s == project);
     let entries: Vec<_> = manifest
         .entries()
