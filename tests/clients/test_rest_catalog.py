@@ -273,3 +273,55 @@ def test_a_tenant_cannot_reach_another_tenants_names(rest):
     assert body["identifiers"] == [{"namespace": ["tenants", "globex", "analytics"], "name": "churn"}]
     status, body = call(rest, "GET", "/v1/namespaces/wildedge/tables/raw_events", token=admin)
     assert "/metadata/" in body["metadata-location"] and "tenant-metadata" not in body["metadata-location"]
+
+
+INSTALL_EXTENSIONS = """
+import duckdb, importlib.util, sys
+con = duckdb.connect(config={"extension_directory": sys.argv[1], "autoinstall_known_extensions": "false"})
+for name in ("httpfs", "avro", "iceberg"):
+    root = importlib.util.find_spec(f"duckdb_extension_{name}").submodule_search_locations[0]
+    con.execute(f"INSTALL '{root}/extensions/v{duckdb.__version__}/{name}.duckdb_extension'")
+"""
+
+READ_MODEL = """
+import duckdb, json, sys
+rows = duckdb.connect(sys.argv[1], read_only=True).sql("SELECT * FROM conversion_by_model ORDER BY 1").fetchall()
+print(json.dumps(rows))
+"""
+
+
+def test_dbt_builds_a_model_from_the_tenants_catalog(rest, tmp_path):
+    """A tenant's dbt project (tests/clients/dbt): raw_events and its
+    outcomes as sources in the attached REST catalog, one model joining them."""
+    python = os.environ.get("RAINDROP_DUCKDB_PYTHON")
+    assert python, "RAINDROP_DUCKDB_PYTHON unset: run through scripts/test.sh"
+    extensions = tmp_path / "extensions"
+    subprocess.run([python, "-c", INSTALL_EXTENSIONS, str(extensions)], check=True)
+    project = os.path.join(os.path.dirname(__file__), "dbt")
+    target = tmp_path / "model.duckdb"
+    env = {
+        **os.environ,
+        "DBT_DUCKDB_PATH": str(target),
+        "DBT_DUCKDB_EXTENSIONS": str(extensions),
+        "RAINDROP_REST": rest.base,
+        "RAINDROP_REST_SECRET": rest.tokens["acme"],
+        # No tracking (no network, and no .user.yml left in the project).
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+    }
+    run = subprocess.run(
+        [os.path.join(os.path.dirname(python), "dbt"), "run", "--profiles-dir", project, "--project-dir", project,
+         "--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs")],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    got = json.loads(subprocess.run([python, "-c", READ_MODEL, str(target)], check=True, capture_output=True, text=True).stdout)
+    want = flight_rows(
+        rest,
+        "acme",
+        "SELECT e.model_name, count(*) AS n, avg(CAST(o.converted AS INT)) AS rate FROM wildedge.raw_events e "
+        "JOIN warehouse.user_outcomes o ON e.session_id = o.session_id WHERE e.event_type = 'inference' GROUP BY 1 ORDER BY 1",
+    ).to_pylist()
+    assert len(got) == len(want) > 0
+    for (model, n, rate), w in zip(got, want):
+        assert (model, n) == (w["model_name"], w["n"])
+        assert rate == pytest.approx(w["rate"])
