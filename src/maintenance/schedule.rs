@@ -130,6 +130,13 @@ pub fn start(warehouse: Warehouse, schedule: Schedule, lease: Option<Lease>) -> 
         tasks.push(tokio::spawn(h.clone().keep()));
     }
     if let Some(every) = schedule.every {
+        // A task of its own: a slow or stuck retention run (it opens the
+        // catalog database anew) must not hold up compaction and expiry.
+        tasks.push(tokio::spawn(retain_periodically(
+            warehouse.clone(),
+            schedule.retention,
+            holding.clone(),
+        )));
         tasks.push(tokio::spawn(compact_periodically(
             warehouse,
             every,
@@ -156,6 +163,40 @@ async fn report_orphans(warehouse: Warehouse) {
     }
 }
 
+/// Apply project retention soon after start and then every
+/// [`RETENTION_EVERY`] (retried every minute after a failure), and expire
+/// old snapshots of tenant tables with it.
+async fn retain_periodically(
+    warehouse: Warehouse,
+    retention: Option<Retention>,
+    holding: Option<Arc<Holding>>,
+) {
+    let mut last: Option<Instant> = None;
+    loop {
+        // Checking the clock costs nothing; the first run comes soon after start.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if holding.as_ref().is_some_and(|h| !h.held())
+            || last.is_some_and(|t| t.elapsed() < RETENTION_EVERY)
+        {
+            continue;
+        }
+        let enforced = enforce_retention(&warehouse).await;
+        count_run("retention", enforced.is_ok());
+        match enforced {
+            Ok(()) => last = Some(Instant::now()),
+            Err(e) => {
+                tracing::warn!(error = %e, "project retention failed; will retry");
+                tokio::time::sleep(EXPIRE_EVERY).await;
+            }
+        }
+        // Tenant tables change rarely (replaced, appended to): their old
+        // snapshots, and the files only those reference, go hourly.
+        if let Some(retention) = retention {
+            expire_tenant_tables(&warehouse, &retention).await;
+        }
+    }
+}
+
 /// Compact `raw_events` every `every`; expire snapshots (and delete the
 /// files nothing references any more) every [`EXPIRE_EVERY`] or `every`,
 /// whichever is shorter.
@@ -172,25 +213,11 @@ async fn compact_periodically(
     let tick = every.min(EXPIRE_EVERY);
     let mut next_compaction = Instant::now() + every;
     let mut last_sweep: Option<Instant> = None;
-    let mut last_retention: Option<Instant> = None;
     let manifests = Manifests::default();
     loop {
         tokio::time::sleep(tick).await;
         if holding.as_ref().is_some_and(|h| !h.held()) {
             continue;
-        }
-        if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
-            let enforced = enforce_retention(&warehouse).await;
-            count_run("retention", enforced.is_ok());
-            match enforced {
-                Ok(()) => last_retention = Some(Instant::now()),
-                Err(e) => tracing::warn!(error = %e, "project retention failed; will retry"),
-            }
-            // Tenant tables change rarely (replaced, appended to): their
-            // old snapshots, and the files only those reference, go hourly.
-            if let Some(retention) = schedule.retention {
-                expire_tenant_tables(&warehouse, &retention).await;
-            }
         }
         let now = warehouse.raw_events().await.ok().and_then(current);
         if Instant::now() >= next_compaction && (now.is_none() || now != compacted) {
