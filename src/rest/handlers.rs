@@ -57,17 +57,27 @@ pub async fn list_namespaces(
     Ok(json(StatusCode::OK, &json!({ "namespaces": namespaces })))
 }
 
+/// The levels of namespace `ns` when the caller may read it, else 404.
+async fn existing_namespace(
+    c: &RestCatalog,
+    headers: &HeaderMap,
+    ns: &str,
+) -> Result<Vec<String>, RestError> {
+    let caller = reader(c, headers)?;
+    let ns = levels(ns);
+    if !Scope::of(c, &caller).await?.namespace_exists(&ns).await? {
+        return Err(RestError::no_namespace(&ns));
+    }
+    Ok(ns)
+}
+
 /// `GET /v1/namespaces/{ns}`.
 pub async fn load_namespace(
     State(c): State<Arc<RestCatalog>>,
     headers: HeaderMap,
     Path(ns): Path<String>,
 ) -> Result<Response, RestError> {
-    let caller = reader(&c, &headers)?;
-    let ns = levels(&ns);
-    if !Scope::of(&c, &caller).await?.namespace_exists(&ns).await? {
-        return Err(RestError::no_namespace(&ns));
-    }
+    let ns = existing_namespace(&c, &headers, &ns).await?;
     Ok(json(
         StatusCode::OK,
         &json!({"namespace": ns, "properties": {}}),
@@ -80,11 +90,7 @@ pub async fn namespace_exists(
     headers: HeaderMap,
     Path(ns): Path<String>,
 ) -> Result<Response, RestError> {
-    let caller = reader(&c, &headers)?;
-    let ns = levels(&ns);
-    if !Scope::of(&c, &caller).await?.namespace_exists(&ns).await? {
-        return Err(RestError::no_namespace(&ns));
-    }
+    existing_namespace(&c, &headers, &ns).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
