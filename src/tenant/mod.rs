@@ -6,6 +6,7 @@
 //! a tenant cannot name another tenant's data because no name it can send
 //! maps there.
 
+pub mod access;
 pub mod credentials;
 pub mod names;
 pub mod projects;

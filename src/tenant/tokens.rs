@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::access;
 pub use super::token_source::{TokenSource, create, list, revoke};
 use super::token_table::TokenTable;
 use super::{Principal, Role, names};
@@ -421,8 +422,8 @@ impl TokenStore {
             tracing::warn!(error = %e, "could not reload token file");
         }
         let state = self.state.read().expect("token lock");
-        let record = match secret.strip_prefix(ACCESS_PREFIX) {
-            Some(access) => access_record(&state, access)?,
+        let record = match secret.strip_prefix(access::PREFIX) {
+            Some(access) => access::record(state.key.as_deref(), &state.tokens, access)?,
             None => lookup(&state.tokens, state.key.as_deref(), secret),
         };
         match record {
@@ -445,59 +446,15 @@ impl TokenStore {
     /// ids) the secret itself is returned.
     pub fn issue_access(&self, secret: &str, ttl: Duration) -> Result<(String, Principal)> {
         let principal = self.authenticate(secret)?;
-        if secret.starts_with(ACCESS_PREFIX) {
+        if secret.starts_with(access::PREFIX) {
             return Ok((secret.to_string(), principal));
         }
         let state = self.state.read().expect("token lock");
         let Some(key) = state.key.as_deref() else {
             return Ok((secret.to_string(), principal));
         };
-        let expires = unix_now() + ttl.as_secs();
-        let mac = access_mac(key, &principal.token_id, expires);
-        let token = format!("{ACCESS_PREFIX}{}.{expires}.{mac}", principal.token_id);
-        Ok((token, principal))
+        Ok((access::issue(key, &principal.token_id, ttl), principal))
     }
-}
-
-/// Prefix of access tokens (`rda.<token id>.<expiry, unix s>.<hmac>`);
-/// secrets start with `rd_`.
-const ACCESS_PREFIX: &str = "rda.";
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn access_mac(key: &[u8], token_id: &str, expires: u64) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(format!("raindrop-access:{token_id}:{expires}").as_bytes());
-    hex::encode(mac.finalize().into_bytes())
-}
-
-/// The live record an access token stands for: `None` when forged or
-/// revoked, an error naming the fix when expired.
-fn access_record<'a>(state: &'a Loaded, access: &str) -> Result<Option<&'a TokenRecord>> {
-    let mut parts = access.split('.');
-    let (Some(id), Some(expires), Some(mac), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Ok(None);
-    };
-    let (Some(key), Ok(expires)) = (state.key.as_deref(), expires.parse::<u64>()) else {
-        return Ok(None);
-    };
-    let want = access_mac(key, id, expires);
-    if !bool::from(want.as_bytes().ct_eq(mac.as_bytes())) {
-        return Ok(None);
-    }
-    if expires <= unix_now() {
-        return Err(Error::Unauthenticated(
-            "access token expired: request a new one from the token endpoint".into(),
-        ));
-    }
-    Ok(state.tokens.iter().find(|r| r.id == id))
 }
 
 /// The records and key in the catalog database, as one loaded version.
@@ -533,36 +490,6 @@ mod tests {
         // The same store notices the revocation at once (new inode).
         revoke_token(&path, &rec.id).unwrap();
         assert!(store.authenticate(&secret).is_err());
-    }
-
-    #[test]
-    fn access_tokens_stand_for_their_token_until_expiry_or_revocation() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokens.json");
-        let secret = generate_secret();
-        let rec = create_token(&path, &secret, Some("acme"), Role::Read, "").unwrap();
-        let store = TokenStore::open(&path).unwrap();
-        let (access, p) = store
-            .issue_access(&secret, Duration::from_secs(60))
-            .unwrap();
-        assert!(access.starts_with(ACCESS_PREFIX) && !access.contains(&secret));
-        assert_eq!(p.project_id.as_deref(), Some("acme"));
-        assert_eq!(store.authenticate(&access).unwrap(), p);
-        // A changed expiry or id breaks the MAC.
-        let parts: Vec<&str> = access.split('.').collect();
-        let later = format!("rda.{}.{}.{}", parts[1], u64::MAX, parts[3]);
-        assert!(store.authenticate(&later).is_err());
-        // Expired: an error that says what to do.
-        let (old, _) = store.issue_access(&secret, Duration::ZERO).unwrap();
-        let err = store.authenticate(&old).unwrap_err().to_string();
-        assert!(err.contains("expired"), "{err}");
-        assert!(
-            store
-                .issue_access("rd_not_a_token_0000", Duration::from_secs(60))
-                .is_err()
-        );
-        revoke_token(&path, &rec.id).unwrap();
-        assert!(store.authenticate(&access).is_err());
     }
 
     #[test]
