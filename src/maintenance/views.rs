@@ -20,7 +20,7 @@ use std::time::Duration;
 use iceberg::table::Table;
 use serde_json::Value;
 
-use super::orphans::{Reachable, delete_all, old_enough};
+use super::orphans::{Reachable, delete_all, list, old_enough};
 use crate::catalog::tenant_view::{REUSE_WINDOW, TENANT_METADATA_DIR};
 use crate::error::Result;
 use crate::storage::{ObjectInfo, Store, object_key};
@@ -36,14 +36,8 @@ pub async fn clean_tenant_views(
 ) -> Result<usize> {
     let guard = min_file_age.max(REUSE_WINDOW * 2);
     let metadata = table.metadata();
-    let prefix = format!(
-        "{}/{TENANT_METADATA_DIR}/",
-        metadata.location().trim_end_matches('/')
-    );
-    let listed = store.list(&prefix).await;
-    crate::metrics::metrics().storage("list", &listed);
     let mut tenants: BTreeMap<String, Vec<ObjectInfo>> = BTreeMap::new();
-    for object in listed? {
+    for object in list(store, table, TENANT_METADATA_DIR).await? {
         let dir = object.location.rsplit_once('/').map_or("", |(d, _)| d);
         tenants.entry(dir.to_string()).or_default().push(object);
     }

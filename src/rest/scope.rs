@@ -151,15 +151,11 @@ impl<'a> Scope<'a> {
 
     /// What `ns.table` loads for the caller: 404 unless it may see it.
     pub async fn table(&self, ns: &[String], table: &str) -> Result<Target, RestError> {
-        if !self.tables(ns).await?.iter().any(|t| t == table) {
-            return Err(RestError::no_table(ns, table));
-        }
         match self {
-            Scope::Tenant {
-                project,
-                raw,
-                schemas: _,
-            } => {
+            Scope::Tenant { project, raw, .. } => {
+                if !self.tables(ns).await?.iter().any(|t| t == table) {
+                    return Err(RestError::no_table(ns, table));
+                }
                 if ns == raw.as_slice() {
                     return Ok(Target::TenantRawEvents(project.clone()));
                 }
@@ -170,10 +166,18 @@ impl<'a> Scope<'a> {
                 ])?;
                 Ok(Target::Table(TableIdent::new(ns, table.to_string())))
             }
-            Scope::Admin(_) => Ok(Target::Table(TableIdent::new(
-                ident(ns)?,
-                table.to_string(),
-            ))),
+            // One lookup, not a listing of the namespace.
+            Scope::Admin(catalog) => {
+                let ident = TableIdent::new(ident(ns)?, table.to_string());
+                let catalog = &catalog.warehouse.catalog;
+                if !catalog.namespace_exists(ident.namespace()).await? {
+                    return Err(RestError::no_namespace(ns));
+                }
+                if !catalog.table_exists(&ident).await? {
+                    return Err(RestError::no_table(ns, table));
+                }
+                Ok(Target::Table(ident))
+            }
         }
     }
 }

@@ -35,6 +35,18 @@ async fn plan(table: &Table, snapshot: i64, project: Option<&str>) -> BTreeSet<(
         .collect()
 }
 
+/// The table an engine gets from a view's `metadata.json`.
+async fn open_view(location: &str, io: &iceberg::io::FileIO) -> Table {
+    StaticTable::from_metadata_file(
+        location,
+        TableIdent::from_strs(["wildedge", "raw_events"]).unwrap(),
+        io.clone(),
+    )
+    .await
+    .unwrap()
+    .into_table()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenants_view_plans_exactly_its_files_at_every_snapshot() {
     let server = loaded_server().await;
@@ -83,14 +95,7 @@ async fn a_tenants_view_plans_exactly_its_files_at_every_snapshot() {
             view.metadata_location
         );
         // What an engine gets: the metadata file written where it says.
-        let derived = StaticTable::from_metadata_file(
-            &view.metadata_location,
-            TableIdent::from_strs(["wildedge", "raw_events"]).unwrap(),
-            base.file_io().clone(),
-        )
-        .await
-        .unwrap()
-        .into_table();
+        let derived = open_view(&view.metadata_location, base.file_io()).await;
         let (d, b) = (derived.metadata(), base.metadata());
         assert_ne!(d.uuid(), b.uuid());
         assert_eq!(d.current_snapshot_id(), b.current_snapshot_id());
@@ -240,14 +245,7 @@ async fn expiry_cleans_tenant_views_and_the_retained_ones_still_read() {
     // fresh one (another node): both plan exactly acme's files.
     for views in [&views, &TenantViews::default()] {
         let view = views.view(&after, "acme").await.unwrap();
-        let table = StaticTable::from_metadata_file(
-            &view.metadata_location,
-            TableIdent::from_strs(["wildedge", "raw_events"]).unwrap(),
-            after.file_io().clone(),
-        )
-        .await
-        .unwrap()
-        .into_table();
+        let table = open_view(&view.metadata_location, after.file_io()).await;
         let current = after.metadata().current_snapshot_id().unwrap();
         assert_eq!(
             plan(&table, current, None).await,
