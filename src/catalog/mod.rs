@@ -29,6 +29,7 @@ use iceberg_catalog_sql::{
 
 use crate::error::{Error, Result};
 use crate::schema;
+use crate::storage::signer::S3Signer;
 use crate::storage::{self, AccessLog, S3Config, Store, TableStorageFactory, WarehouseLocation};
 use cache::{MetadataPointer, TableCache};
 
@@ -99,6 +100,9 @@ pub struct Warehouse {
     pub access_log: Arc<AccessLog>,
     /// The warehouse's storage backend (listing and deleting files).
     pub store: Store,
+    /// Signs other engines' reads of an S3 warehouse (the REST catalog's
+    /// remote signer); `None` on local disk or without static S3 keys.
+    pub signer: Option<Arc<S3Signer>>,
 }
 
 impl std::fmt::Debug for Warehouse {
@@ -195,6 +199,10 @@ pub async fn open(cfg: &StorageConfig) -> Result<Warehouse> {
     let warehouse = location.uri();
     let access_log = Arc::new(AccessLog::default());
     let store = storage::connect(&location, &cfg.s3, access_log.clone()).await?;
+    let signer = match &location {
+        WarehouseLocation::S3 { bucket, .. } => S3Signer::new(&cfg.s3, bucket)?.map(Arc::new),
+        WarehouseLocation::Local(_) => None,
+    };
     let props = HashMap::from([
         (SQL_CATALOG_PROP_URI.to_string(), uri.clone()),
         (SQL_CATALOG_PROP_WAREHOUSE.to_string(), warehouse.clone()),
@@ -232,6 +240,7 @@ pub async fn open(cfg: &StorageConfig) -> Result<Warehouse> {
         tables: Arc::new(TableCache::new(Some(pointer), 256)),
         access_log,
         store,
+        signer,
         catalog: Arc::new(catalog),
         namespace: NamespaceIdent::new(cfg.namespace.clone()),
         catalog_uri: uri,

@@ -11,9 +11,10 @@ use super::RestCatalog;
 use super::auth::reader;
 use super::error::{RestError, json};
 use super::scope::{Scope, Target};
+use super::sign::table_config;
 
 /// The spec's separator of namespace levels in a path or `parent=`.
-const LEVELS: char = '\u{1f}';
+pub(super) const LEVELS: char = '\u{1f}';
 
 /// The read endpoints this catalog serves: clients that honour the list
 /// (PyIceberg, DuckDB) refuse writes before sending them.
@@ -26,7 +27,7 @@ const ENDPOINTS: &[&str] = &[
     "HEAD /v1/{prefix}/namespaces/{namespace}/tables/{table}",
 ];
 
-fn levels(ns: &str) -> Vec<String> {
+pub(super) fn levels(ns: &str) -> Vec<String> {
     ns.split(LEVELS).map(str::to_string).collect()
 }
 
@@ -133,10 +134,8 @@ pub async fn load_table(
     Path((ns, table)): Path<(String, String)>,
 ) -> Result<Response, RestError> {
     let caller = reader(&c, &headers)?;
-    let target = Scope::of(&c, &caller)
-        .await?
-        .table(&levels(&ns), &table)
-        .await?;
+    let ns = levels(&ns);
+    let target = Scope::of(&c, &caller).await?.table(&ns, &table).await?;
     let (location, metadata) = match target {
         Target::TenantRawEvents(project) => {
             let base = c.warehouse.raw_events().await?;
@@ -155,8 +154,9 @@ pub async fn load_table(
         }
     };
     let metadata = metadata.map_err(|e| crate::error::Error::Internal(e.to_string()))?;
+    let config = table_config(&c, &ns, &table, &location);
     Ok(json(
         StatusCode::OK,
-        &json!({"metadata-location": location, "metadata": metadata, "config": {}}),
+        &json!({"metadata-location": location, "metadata": metadata, "config": config}),
     ))
 }

@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod local;
 pub mod s3;
+pub mod signer;
 
 use std::borrow::Cow;
 use std::fmt::Debug;

@@ -82,6 +82,28 @@ impl std::fmt::Debug for S3Config {
     }
 }
 
+impl S3Config {
+    /// The bucket's region: `--s3-region`, `AWS_REGION` or `AWS_DEFAULT_REGION`.
+    pub fn region(&self) -> Result<String> {
+        self.region
+            .clone()
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| {
+                Error::InvalidArgument(
+                    "S3 warehouse: no region; set --s3-region or AWS_REGION".into(),
+                )
+            })
+    }
+
+    /// The endpoint requests go to: the configured one, else AWS's regional.
+    pub fn endpoint_or_aws(&self, region: &str) -> String {
+        self.endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"))
+    }
+}
+
 /// The S3 backend of one warehouse bucket.
 #[derive(Debug)]
 pub struct S3Store {
@@ -98,16 +120,7 @@ impl S3Store {
         // reqwest is built without a TLS provider of its own: use the ring
         // provider that tonic and sqlx already link.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let region = cfg
-            .region
-            .clone()
-            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
-            .filter(|r| !r.is_empty())
-            .ok_or_else(|| {
-                Error::InvalidArgument(
-                    "S3 warehouse: no region; set --s3-region or AWS_REGION".into(),
-                )
-            })?;
+        let region = cfg.region()?;
         let mut builder = opendal::services::S3::default()
             .bucket(bucket)
             .region(&region)
@@ -141,10 +154,7 @@ impl S3Store {
         let store = Self {
             op,
             bucket: bucket.to_string(),
-            endpoint: cfg
-                .endpoint
-                .clone()
-                .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com")),
+            endpoint: cfg.endpoint_or_aws(&region),
         };
         store.check(prefix).await?;
         Ok(store)

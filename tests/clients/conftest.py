@@ -1,9 +1,12 @@
 """Fixtures: the real `raindrop` binary serving a temp dir, plus tokens."""
 
+import json
 import os
 import re
 import subprocess
 import threading
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -57,6 +60,8 @@ class Server:
         else:
             raise RuntimeError("server exited before listening")
         self.uri = f"grpc://{self.addr}"
+        # The HTTP port (metrics, REST catalog) when --http-addr is given.
+        self.base = self.metrics_url.removesuffix("/metrics") if self.metrics_url else None
         # Keep reading the log: a full pipe would block the server, and
         # tests check what it warns about.
         self.log = []
@@ -76,6 +81,20 @@ def server(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("raindrop"))
     yield srv
     srv.stop()
+
+
+def call(srv, method, path, token=None, body=None, headers=None):
+    """One HTTP call to the server's HTTP port: (status, parsed JSON body or None)."""
+    req = urllib.request.Request(srv.base + path, method=method, data=body, headers=dict(headers or {}))
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        return e.code, json.loads(raw) if raw else None
 
 
 def connect(server, who):

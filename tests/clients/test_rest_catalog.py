@@ -10,16 +10,14 @@ import json
 import os
 import shutil
 import subprocess
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 
 import pyarrow as pa
 import pytest
 from pyiceberg.catalog import load_catalog
 
-from conftest import BIN, SEED_QUERY, Server, connect, load, make_token
+from conftest import BIN, SEED_QUERY, Server, call, connect, load, make_token
 
 SEP = "%1F"  # namespace levels in a REST path
 
@@ -27,27 +25,12 @@ SEP = "%1F"  # namespace levels in a REST path
 @pytest.fixture(scope="module")
 def rest(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("rest"), extra_args=["--http-addr", "127.0.0.1:0"])
-    srv.base = srv.metrics_url.removesuffix("/metrics")
     load(srv)
     # A schema only globex has: its name must not be confirmed to acme.
     with connect(srv, "globex") as conn, conn.cursor() as cur:
         cur.adbc_ingest("churn", pa.table({"session_id": ["s1"], "churned": [True]}), mode="create", db_schema_name="analytics")
     yield srv
     srv.stop()
-
-
-def call(srv, method, path, token=None, body=None, headers=None):
-    """One HTTP call: (status, parsed JSON body or None)."""
-    req = urllib.request.Request(srv.base + path, method=method, data=body, headers=dict(headers or {}))
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req) as resp:
-            raw = resp.read()
-            return resp.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        return e.code, json.loads(raw) if raw else None
 
 
 def rest_catalog(srv, who):
@@ -233,6 +216,15 @@ def test_errors_follow_the_spec(rest):
     assert status == 405 and body["error"]["code"] == 405
     status, body = call(rest, "GET", "/v1/no/such/route", token=acme)
     assert status == 404 and body["error"]["type"] == "NotFoundException"
+
+    # A local warehouse: paths are served as they are, nothing to sign.
+    status, body = call(rest, "GET", "/v1/namespaces/wildedge/tables/raw_events", token=acme)
+    assert status == 200 and body["config"] == {}
+    sign = json.dumps({"method": "GET", "region": "us-east-1", "uri": body["metadata-location"], "headers": {}})
+    status, body = call(rest, "POST", "/v1/namespaces/wildedge/tables/raw_events/sign", token=acme, body=sign.encode())
+    assert status == 400 and "not on an S3 warehouse" in body["error"]["message"]
+    status, body = call(rest, "POST", "/v1/namespaces/wildedge/tables/raw_events/sign", token=acme, body=b"{")
+    assert status == 400 and "RemoteSignRequest" in body["error"]["message"]
 
 
 def test_a_tenant_cannot_reach_another_tenants_names(rest):

@@ -5,15 +5,19 @@ returns.
 
 Needs the services scripts/test.sh starts (scripts/services.sh)."""
 
+import json
 import os
 import subprocess
+import time
+import urllib.error
+import urllib.request
 import uuid
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from conftest import DATA, SEED_QUERY, Server, connect, load
+from conftest import DATA, SEED_QUERY, Server, call, connect, load, make_token
 
 S3 = os.environ.get("RAINDROP_TEST_S3_ENDPOINT")
 BUCKET = os.environ.get("RAINDROP_TEST_S3_BUCKET")
@@ -43,6 +47,7 @@ def s3_server(tmp_path_factory):
     token_args = ["--catalog-uri", PG, "--catalog-name", name]
     srv = Server(tmp_path_factory.mktemp("s3"), extra_args=args, token_args=token_args)
     srv.catalog_name = name
+    srv.token_args = token_args
     yield load(srv)
     srv.stop()
 
@@ -163,27 +168,126 @@ def test_duckdb_iceberg_reader_over_s3_agrees_with_raindrop(s3_server, tmp_path)
         assert by_event(mine) == by_event(ours)
 
 
-def test_the_rest_catalog_serves_each_tenant_its_view_from_the_bucket(s3_server):
-    """The REST catalog over S3 + PostgreSQL: each tenant's view is derived
-    into the bucket and PyIceberg reads exactly that tenant's rows through it
-    (S3 keys given client-side: the catalog vends none yet)."""
+def test_the_rest_catalog_serves_each_tenant_its_view_from_the_bucket(s3_server, monkeypatch):
+    """The REST catalog over S3 + PostgreSQL, as a tenant's PyIceberg sees
+    it with no S3 credential at all: loadTable points it at Raindrop's
+    remote signer, which signs each read of the tenant's own files (the
+    bucket refuses unsigned reads: test below)."""
     from pyiceberg.catalog import load_catalog
 
-    base = s3_server.metrics_url.removesuffix("/metrics")
-    s3 = {
-        "s3.endpoint": S3,
-        "s3.access-key-id": os.environ["AWS_ACCESS_KEY_ID"],
-        "s3.secret-access-key": os.environ["AWS_SECRET_ACCESS_KEY"],
-        "s3.region": os.environ["AWS_REGION"],
-    }
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
     for me in DATA:
-        catalog = load_catalog(me, type="rest", uri=base, credential=s3_server.tokens[me], **s3)
+        catalog = load_catalog(me, type="rest", uri=s3_server.base, credential=s3_server.tokens[me])
         table = catalog.load_table("wildedge.raw_events")
         assert table.metadata_location.startswith(f"s3://{BUCKET}/")
         assert f"/tenant-metadata/project_id={me}/" in table.metadata_location
+        assert table.io.properties["s3.remote-signing-enabled"] == "true"
+        assert not any("access-key" in k or "secret" in k for k in table.io.properties)
         got = table.scan().to_arrow()
         want = flight_rows(s3_server, me, "SELECT event_id FROM wildedge.raw_events")
         assert set(got.column("project_id").to_pylist()) == {me}
         assert sorted(got.column("event_id").to_pylist()) == sorted(want.column("event_id").to_pylist())
         outcomes = catalog.load_table("warehouse.user_outcomes").scan().to_arrow()
         assert outcomes.num_rows == DATA[me][1].num_rows
+
+
+def s3_url(location: str) -> str:
+    """The path-style URL of an `s3://` location on the test store."""
+    return f"{S3}/{BUCKET}/{location.removeprefix(f's3://{BUCKET}/')}"
+
+
+def fetch(url, headers=None, method="GET"):
+    """A plain HTTP request to the store: (status, body)."""
+    req = urllib.request.Request(url, method=method, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(req) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_the_signer_signs_only_what_the_token_may_read(s3_server):
+    """The attack corpus of the remote signer: a tenant gets signatures for
+    its own data partition and derived metadata only, through the endpoint
+    of the table they belong to; every other object, method, sub-resource,
+    host or encoding trick gets 403 and no signature."""
+    acme, admin = s3_server.tokens["acme"], s3_server.tokens["admin"]
+    full = pyiceberg_catalog(s3_server).load_table("wildedge.raw_events")
+    files = [t.file.file_path for t in full.scan().plan_files()]
+    own = s3_url(next(f for f in files if "/project_id=acme/" in f))
+    foreign = s3_url(next(f for f in files if "/project_id=globex/" in f))
+    raw_sign = "/v1/namespaces/wildedge/tables/raw_events/sign"
+
+    def sign(token, uri, method="GET", path=raw_sign):
+        body = {"method": method, "region": os.environ["AWS_REGION"], "uri": uri,
+                "headers": {"x-amz-checksum-mode": ["ENABLED"]}}  # fmt: skip
+        return call(s3_server, "POST", path, token=token, body=json.dumps(body).encode(),
+                    headers={"Content-Type": "application/json"})  # fmt: skip
+
+    # The store refuses unsigned reads: what a keyless client reads, Raindrop signed.
+    assert fetch(own)[0] == 403
+    status, body = sign(acme, own)
+    assert status == 200 and body["uri"] == own
+    signed = {k: ", ".join(v) for k, v in body["headers"].items()}
+    signed["x-amz-checksum-mode"] = "ENABLED"
+    status, data = fetch(own, signed)
+    assert status == 200 and data[:4] == b"PAR1"
+    # The signature covers the key: replayed on another object, the store refuses it.
+    assert fetch(foreign, signed)[0] == 403
+    assert sign(acme, own, "HEAD")[0] == 200
+    view = call(s3_server, "GET", "/v1/namespaces/wildedge/tables/raw_events", token=acme)[1]
+    assert sign(acme, s3_url(view["metadata-location"]))[0] == 200
+
+    own_dir = "/project_id=acme/"
+    for method, uri in [
+        ("GET", foreign),  # another tenant's data file
+        ("HEAD", foreign),
+        ("GET", s3_url(full.metadata_location)),  # the shared metadata
+        ("GET", s3_url(view["metadata-location"]).replace(own_dir, "/project_id=globex/")),
+        ("GET", own.replace(own_dir, f"{own_dir}%2E%2E/project_id=globex/")),
+        ("GET", own.replace(own_dir, f"{own_dir}..%2Fproject_id=globex/")),
+        ("GET", own.replace(own_dir, f"{own_dir}../../")),
+        ("GET", own.replace(own_dir, "/project_id=acme%2F..%2Fproject_id=globex/")),
+        ("GET", own.replace(own_dir, "/project_id=acm/")),
+        ("GET", own.replace(own_dir, "/project_id=acmex/")),
+        ("PUT", own),
+        ("DELETE", own),
+        ("POST", own),
+        ("GET", own + "?acl"),
+        ("GET", f"{S3}/{BUCKET}?list-type=2&prefix={s3_server.catalog_name}/"),
+        ("HEAD", f"{S3}/{BUCKET}"),
+        ("GET", own.replace(f"/{BUCKET}/", "/another-bucket/")),
+        ("GET", own.replace(S3, "http://attacker.example:9000")),
+    ]:
+        status, body = sign(acme, uri, method)
+        assert status == 403 and body["error"]["type"] == "ForbiddenException", (method, uri, body)
+
+    # A tenant table's files sign only through that table's endpoint.
+    def first_file(name):
+        return s3_url(next(iter(pyiceberg_catalog(s3_server).load_table(name).scan().plan_files())).file.file_path)
+
+    own_outcomes = first_file("tenants.acme.warehouse.user_outcomes")
+    foreign_outcomes = first_file("tenants.globex.warehouse.user_outcomes")
+    outcomes_sign = "/v1/namespaces/warehouse/tables/user_outcomes/sign"
+    assert sign(acme, own_outcomes, path=outcomes_sign)[0] == 200
+    assert sign(acme, foreign_outcomes, path=outcomes_sign)[0] == 403
+    assert sign(acme, own, path=outcomes_sign)[0] == 403
+    assert sign(acme, own_outcomes)[0] == 403
+    # Another tenant's table answers as a name that does not exist.
+    path = "/v1/namespaces/tenants%1Fglobex%1Fwarehouse/tables/user_outcomes/sign"
+    assert sign(acme, foreign_outcomes, path=path)[0] == 404
+
+    # Who may ask: a read token. None, a wrong one or an ingest-only one may not.
+    ingest = make_token(s3_server.data_dir, "acme", "ingest", s3_server.token_args)
+    assert sign(None, own)[0] == 401
+    assert sign("rdk_not_a_token", own)[0] == 401
+    # Nodes re-read the tokens of a PostgreSQL catalog every 2 s.
+    deadline = time.monotonic() + 30
+    while (status := sign(ingest, own)[0]) == 401 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert status == 403
+    # An admin reads the whole table, and still only reads.
+    assert sign(admin, foreign)[0] == 200
+    assert sign(admin, s3_url(full.metadata_location))[0] == 200
+    assert sign(admin, own, "PUT")[0] == 403
