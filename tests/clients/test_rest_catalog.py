@@ -123,7 +123,21 @@ def duckdb(srv, who, sql, tmp_path):
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
-def test_duckdb_runs_the_seed_query_with_the_other_tenant_gone(rest, tmp_path):
+def daft(srv, who, tmp_path):
+    """Daft (daft_rest.py, in the DuckDB venv) reading as `who`: (events, by_model)."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / f"daft-{uuid.uuid4().hex}"
+    out.mkdir()
+    subprocess.run(
+        [os.environ["RAINDROP_DUCKDB_PYTHON"], os.path.join(os.path.dirname(__file__), "daft_rest.py"), "--rest", srv.base, "--out", str(out)],
+        check=True,
+        env={**os.environ, "RAINDROP_REST_SECRET": srv.tokens[who]},
+    )
+    return pq.read_table(out / "events.parquet"), pq.read_table(out / "by_model.parquet")
+
+
+def test_duckdb_and_daft_run_the_seed_query_with_the_other_tenant_gone(rest, tmp_path):
     # The storage layer decides: with globex's data files moved away, acme's
     # engines still answer, so they never open them.
     [data] = [p for p in rest.data_dir.rglob("project_id=globex") if p.parent.name == "data"]
@@ -151,6 +165,23 @@ def test_duckdb_runs_the_seed_query_with_the_other_tenant_gone(rest, tmp_path):
         # PyIceberg too.
         got = rest_catalog(rest, "acme").load_table("wildedge.raw_events").scan().to_arrow()
         assert got.num_rows == n
+
+        # And Daft: exactly acme's events, and the seed query's join per model.
+        events, by_model = daft(rest, "acme", tmp_path)
+        ids = flight_rows(rest, "acme", "SELECT event_id FROM wildedge.raw_events").column("event_id").to_pylist()
+        assert sorted(events.column("event_id").to_pylist()) == sorted(ids)
+        assert set(events.column("project_id").to_pylist()) == {"acme"}
+        want = flight_rows(rest, "acme", """
+            SELECT e.model_name, count(*) AS inference_count, avg(e.confidence) AS avg_confidence,
+                   avg(o.converted::int) AS conversion_rate
+            FROM wildedge.raw_events e JOIN warehouse.user_outcomes o ON e.session_id = o.session_id
+            WHERE e.event_type = 'inference' GROUP BY 1 ORDER BY 1""").to_pylist()
+        got = by_model.to_pylist()
+        assert [r["model_name"] for r in got] == [r["model_name"] for r in want] and want
+        for d, f in zip(got, want):
+            assert d["inference_count"] == f["inference_count"]
+            assert d["avg_confidence"] == pytest.approx(f["avg_confidence"])
+            assert d["conversion_rate"] == pytest.approx(f["conversion_rate"])
     finally:
         shutil.move(moved, data)
 
