@@ -96,7 +96,7 @@ fn config(dir: &Path, s3_port: Option<u16>) -> ServeConfig {
             path_style: true,
             access_key_id: Some(KEY.into()),
             secret_access_key: Some(SECRET.into()),
-            session_token: None,
+            ..S3Config::default()
         };
     }
     cfg

@@ -30,6 +30,7 @@ use iceberg_catalog_sql::{
 use crate::error::{Error, Result};
 use crate::schema;
 use crate::storage::signer::S3Signer;
+use crate::storage::vend::S3Vendor;
 use crate::storage::{self, AccessLog, S3Config, Store, TableStorageFactory, WarehouseLocation};
 use cache::{MetadataPointer, TableCache};
 
@@ -103,6 +104,9 @@ pub struct Warehouse {
     /// Signs other engines' reads of an S3 warehouse (the REST catalog's
     /// remote signer); `None` on local disk or without static S3 keys.
     pub signer: Option<Arc<S3Signer>>,
+    /// Vends tenant-scoped S3 read credentials through STS; `None` unless
+    /// `--s3-vend-role-arn` is set.
+    pub vendor: Option<Arc<S3Vendor>>,
 }
 
 impl std::fmt::Debug for Warehouse {
@@ -199,9 +203,12 @@ pub async fn open(cfg: &StorageConfig) -> Result<Warehouse> {
     let warehouse = location.uri();
     let access_log = Arc::new(AccessLog::default());
     let store = storage::connect(&location, &cfg.s3, access_log.clone()).await?;
-    let signer = match &location {
-        WarehouseLocation::S3 { bucket, .. } => S3Signer::new(&cfg.s3, bucket)?.map(Arc::new),
-        WarehouseLocation::Local(_) => None,
+    let (signer, vendor) = match &location {
+        WarehouseLocation::S3 { bucket, .. } => (
+            S3Signer::new(&cfg.s3, bucket)?.map(Arc::new),
+            S3Vendor::new(&cfg.s3, bucket)?.map(Arc::new),
+        ),
+        WarehouseLocation::Local(_) => (None, None),
     };
     let props = HashMap::from([
         (SQL_CATALOG_PROP_URI.to_string(), uri.clone()),
@@ -241,6 +248,7 @@ pub async fn open(cfg: &StorageConfig) -> Result<Warehouse> {
         access_log,
         store,
         signer,
+        vendor,
         catalog: Arc::new(catalog),
         namespace: NamespaceIdent::new(cfg.namespace.clone()),
         catalog_uri: uri,

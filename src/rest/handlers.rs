@@ -11,7 +11,7 @@ use super::RestCatalog;
 use super::auth::reader;
 use super::error::{RestError, json};
 use super::scope::{Scope, Target};
-use super::sign::table_config;
+use super::storage::table_access;
 
 /// The spec's separator of namespace levels in a path or `parent=`.
 pub(super) const LEVELS: char = '\u{1f}';
@@ -136,17 +136,17 @@ pub async fn load_table(
     let caller = reader(&c, &headers)?;
     let ns = levels(&ns);
     let target = Scope::of(&c, &caller).await?.table(&ns, &table).await?;
-    let (location, metadata) = match target {
+    let (location, metadata) = match &target {
         Target::TenantRawEvents(project) => {
             let base = c.warehouse.raw_events().await?;
-            let view = c.views.view(&base, &project).await?;
+            let view = c.views.view(&base, project).await?;
             (
                 view.metadata_location.clone(),
                 serde_json::to_value(&view.metadata),
             )
         }
         Target::Table(ident) => {
-            let table = c.warehouse.load_table(&ident).await?;
+            let table = c.warehouse.load_table(ident).await?;
             (
                 table.metadata_location_result()?.to_string(),
                 serde_json::to_value(table.metadata()),
@@ -154,9 +154,15 @@ pub async fn load_table(
         }
     };
     let metadata = metadata.map_err(|e| crate::error::Error::Internal(e.to_string()))?;
-    let config = table_config(&c, &ns, &table, &location);
-    Ok(json(
-        StatusCode::OK,
-        &json!({"metadata-location": location, "metadata": metadata, "config": config}),
-    ))
+    // PyIceberg and DuckDB ask for vended credentials by default.
+    let vend = headers
+        .get("x-iceberg-access-delegation")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|m| m.trim() == "vended-credentials"));
+    let (config, credentials) = table_access(&c, &ns, &table, &target, &location, vend).await?;
+    let mut body = json!({"metadata-location": location, "metadata": metadata, "config": config});
+    if !credentials.is_empty() {
+        body["storage-credentials"] = json!(credentials);
+    }
+    Ok(json(StatusCode::OK, &body))
 }

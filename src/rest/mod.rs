@@ -10,13 +10,13 @@
 //! apache/iceberg) with no `prefix`. Every route but the token endpoint
 //! needs `Authorization: Bearer <token or access token>`. Writes get 403.
 //! On an S3 warehouse, clients read files through the remote signer
-//! ([`sign`]), which signs only what the caller's table may read.
+//! ([`storage`]), which signs only what the caller's table may read.
 
 mod auth;
 mod error;
 mod handlers;
 mod scope;
-mod sign;
+mod storage;
 
 use std::sync::Arc;
 
@@ -75,7 +75,7 @@ pub fn router(catalog: Arc<RestCatalog>) -> Router {
                 .post(read_only)
                 .delete(read_only),
         )
-        .route("/namespaces/{ns}/tables/{table}/sign", post(sign::sign))
+        .route("/namespaces/{ns}/tables/{table}/sign", post(storage::sign))
         .route("/namespaces/{ns}/register", post(read_only))
         .route("/tables/rename", post(read_only))
         .route("/transactions/commit", post(read_only))

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod local;
 pub mod s3;
 pub mod signer;
+pub mod vend;
 
 use std::borrow::Cow;
 use std::fmt::Debug;

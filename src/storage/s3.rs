@@ -68,6 +68,15 @@ pub struct S3Config {
         hide_env_values = true
     )]
     pub session_token: Option<String>,
+    /// IAM role the REST catalog assumes (AWS STS) to vend tenant-scoped,
+    /// 15-minute read credentials to engines that cannot sign remotely
+    /// (DuckDB, Daft); off when unset. The S3 keys above must be allowed
+    /// to assume it.
+    #[clap(long = "s3-vend-role-arn", env = "RAINDROP_S3_VEND_ROLE_ARN")]
+    pub vend_role_arn: Option<String>,
+    /// STS endpoint for vended credentials; default the region's AWS one.
+    #[clap(long = "s3-sts-endpoint", env = "AWS_ENDPOINT_URL_STS")]
+    pub sts_endpoint: Option<String>,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -78,6 +87,8 @@ impl std::fmt::Debug for S3Config {
             .field("region", &self.region)
             .field("path_style", &self.path_style)
             .field("access_key_id", &self.access_key_id)
+            .field("vend_role_arn", &self.vend_role_arn)
+            .field("sts_endpoint", &self.sts_endpoint)
             .finish_non_exhaustive()
     }
 }

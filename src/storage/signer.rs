@@ -85,6 +85,11 @@ impl S3Signer {
         props
     }
 
+    /// The `s3://` location of `key` in the bucket.
+    pub fn location(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
     /// The object key `uri` reads from the warehouse bucket, decoded, or
     /// why it names none. Path style (`endpoint/bucket/key`) and virtual
     /// host style (`bucket.endpoint/key`) are both understood. A key with
@@ -178,7 +183,7 @@ mod tests {
             path_style,
             access_key_id: Some("AK".into()),
             secret_access_key: Some("SK".into()),
-            session_token: None,
+            ..S3Config::default()
         };
         S3Signer::new(&cfg, "bkt").unwrap().unwrap()
     }

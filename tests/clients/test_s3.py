@@ -7,7 +7,9 @@ Needs the services scripts/test.sh starts (scripts/services.sh)."""
 
 import json
 import os
+import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +24,7 @@ from conftest import DATA, SEED_QUERY, Server, call, connect, load, make_token
 S3 = os.environ.get("RAINDROP_TEST_S3_ENDPOINT")
 BUCKET = os.environ.get("RAINDROP_TEST_S3_BUCKET")
 PG = os.environ.get("RAINDROP_TEST_PG_URI")
+VEND_ROLE = "arn:aws:iam::123456789012:role/raindrop-reader"
 
 pytestmark = pytest.mark.skipif(
     not (S3 and PG), reason="needs the S3 and PostgreSQL servers that scripts/test.sh starts"
@@ -29,7 +32,32 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def s3_server(tmp_path_factory):
+def sts():
+    """moto's STS server (PyPI `moto`): the AssumeRole protocol of AWS STS,
+    for vended credentials. It does not enforce session policies."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url + "/moto-api/").close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory, sts):
     name = f"py{uuid.uuid4().hex[:10]}"
     args = [
         "--warehouse", f"s3://{BUCKET}/{name}",
@@ -42,6 +70,8 @@ def s3_server(tmp_path_factory):
         "--flush-interval-ms", "0",
         "--compact-interval-secs", "0",
         "--http-addr", "127.0.0.1:0",
+        "--s3-vend-role-arn", VEND_ROLE,
+        "--s3-sts-endpoint", sts,
     ]  # fmt: skip
     # Tokens live in the PostgreSQL catalog, shared by every node.
     token_args = ["--catalog-uri", PG, "--catalog-name", name]
@@ -168,6 +198,18 @@ def test_duckdb_iceberg_reader_over_s3_agrees_with_raindrop(s3_server, tmp_path)
         assert by_event(mine) == by_event(ours)
 
 
+def with_a_filesystem_per_thread(monkeypatch):
+    """PyIceberg 0.12 hooks its remote signer on an S3 client that fsspec
+    shares between PyIceberg's reader threads, unregistering and
+    re-registering it each time a thread opens the filesystem; a request
+    in that gap leaves unsigned and the store refuses it, now and then
+    (apache/iceberg-python#3896). Give each thread a filesystem of its own,
+    as the proposed fix does."""
+    import s3fs
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "cachable", False)
+
+
 def test_the_rest_catalog_serves_each_tenant_its_view_from_the_bucket(s3_server, monkeypatch):
     """The REST catalog over S3 + PostgreSQL, as a tenant's PyIceberg sees
     it with no S3 credential at all: loadTable points it at Raindrop's
@@ -177,13 +219,16 @@ def test_the_rest_catalog_serves_each_tenant_its_view_from_the_bucket(s3_server,
 
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(var, raising=False)
+    with_a_filesystem_per_thread(monkeypatch)
     for me in DATA:
         catalog = load_catalog(me, type="rest", uri=s3_server.base, credential=s3_server.tokens[me])
         table = catalog.load_table("wildedge.raw_events")
         assert table.metadata_location.startswith(f"s3://{BUCKET}/")
         assert f"/tenant-metadata/project_id={me}/" in table.metadata_location
         assert table.io.properties["s3.remote-signing-enabled"] == "true"
-        assert not any("access-key" in k or "secret" in k for k in table.io.properties)
+        # The only keys it holds are the vended ones from moto's STS, which
+        # the store does not know: every read below was signed by Raindrop.
+        assert table.io.properties["s3.access-key-id"].startswith("ASIA")
         got = table.scan().to_arrow()
         want = flight_rows(s3_server, me, "SELECT event_id FROM wildedge.raw_events")
         assert set(got.column("project_id").to_pylist()) == {me}
@@ -291,3 +336,44 @@ def test_the_signer_signs_only_what_the_token_may_read(s3_server):
     assert sign(admin, foreign)[0] == 200
     assert sign(admin, s3_url(full.metadata_location))[0] == 200
     assert sign(admin, own, "PUT")[0] == 403
+
+
+def test_loadtable_vends_sts_credentials_for_the_callers_prefixes_only(s3_server, sts):
+    """Vended credentials: loadTable asks STS (moto here) for keys whose
+    session policy reads exactly what the signer would sign, and returns
+    them as `storage-credentials` scoped to those prefixes."""
+    ask = {"X-Iceberg-Access-Delegation": "vended-credentials"}
+    table = f"s3://{BUCKET}/{s3_server.catalog_name}/wildedge/raw_events"
+    got = {}
+    for me in DATA:
+        status, body = call(s3_server, "GET", "/v1/namespaces/wildedge/tables/raw_events", token=s3_server.tokens[me], headers=ask)
+        assert status == 200, body
+        creds = body["storage-credentials"]
+        assert sorted(c["prefix"] for c in creds) == [
+            f"{table}/data/project_id={me}/",
+            f"{table}/tenant-metadata/project_id={me}/",
+        ]
+        cfg = creds[0]["config"]
+        assert cfg["s3.access-key-id"].startswith("ASIA") and cfg["s3.session-token"]
+        expires_in = int(cfg["s3.session-token-expires-at-ms"]) / 1000 - time.time()
+        assert 600 < expires_in <= 900
+        assert body["config"]["s3.access-key-id"] == cfg["s3.access-key-id"]
+        got[me] = cfg["s3.access-key-id"]
+    assert got["acme"] != got["globex"]
+
+    # The policy each STS session was given: s3:GetObject on those prefixes.
+    with urllib.request.urlopen(f"{sts}/moto-api/data.json") as resp:
+        state = json.dumps(json.load(resp))
+    for me in DATA:
+        assert f"arn:aws:s3:::{BUCKET}/{s3_server.catalog_name}/wildedge/raw_events/data/project_id={me}/*" in state.replace("\\", "")
+    # The tenant's own table: its location only.
+    status, body = call(s3_server, "GET", "/v1/namespaces/warehouse/tables/user_outcomes", token=s3_server.tokens["acme"], headers=ask)
+    assert [c["prefix"] for c in body["storage-credentials"]] == [
+        f"s3://{BUCKET}/{s3_server.catalog_name}/tenants/acme/warehouse/user_outcomes/"
+    ]
+    # Reused while fresh: the same keys, no new STS session.
+    status, body = call(s3_server, "GET", "/v1/namespaces/wildedge/tables/raw_events", token=s3_server.tokens["acme"], headers=ask)
+    assert body["storage-credentials"][0]["config"]["s3.access-key-id"] == got["acme"]
+    # Not asked for: none.
+    status, body = call(s3_server, "GET", "/v1/namespaces/wildedge/tables/raw_events", token=s3_server.tokens["acme"])
+    assert "storage-credentials" not in body and "s3.access-key-id" not in body["config"]

@@ -102,7 +102,7 @@ pub fn use_backend(cfg: &mut StorageConfig, dir: &Path) {
         path_style: true,
         access_key_id: std::env::var("AWS_ACCESS_KEY_ID").ok(),
         secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY").ok(),
-        session_token: None,
+        ..S3Config::default()
     };
 }
 

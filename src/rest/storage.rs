@@ -1,16 +1,21 @@
-//! The S3 remote signer (`POST /v1/namespaces/{ns}/tables/{table}/sign`,
-//! the spec's `RemoteSignRequest` → `RemoteSignResult`): how an engine
-//! reads a table on an S3 warehouse with no S3 credential of its own.
-//! `loadTable` tells the client to sign through the table's own endpoint,
-//! so each request is checked against that table:
-//! - reads only (GET, HEAD) of a whole object, no sub-resource (`?acl`,
-//!   `?list-type`, `?uploads` …);
-//! - a tenant's `raw_events`: keys under its data partition
-//!   (`data/project_id=<p>/`) and its derived metadata only; any other
-//!   table: keys under that table's location.
+//! How an engine reaches a table's files on an S3 warehouse, with no S3
+//! key of its own. `loadTable` returns, for the caller and that table:
+//! - the spec's remote-signing properties: the engine sends each S3
+//!   request to `POST /v1/namespaces/{ns}/tables/{table}/sign` (the spec's
+//!   `RemoteSignRequest` → `RemoteSignResult`; PyIceberg, the Java client);
+//! - when the engine asks for vended credentials and a role is configured
+//!   (`--s3-vend-role-arn`), STS keys whose session policy reads the same
+//!   prefixes only (DuckDB, Daft).
 //!
-//! Anything else gets 403 and no signature. Signatures use the warehouse's
-//! credential and expire with SigV4's 15-minute window.
+//! What a caller may read of a table:
+//! - a tenant's `raw_events`: keys under its data partition
+//!   (`data/project_id=<p>/`) and its derived metadata only;
+//! - any other table: keys under that table's location.
+//!
+//! The signer also signs reads only (GET, HEAD) of a whole object, with no
+//! sub-resource (`?acl`, `?list-type`, `?uploads` …); anything else gets
+//! 403 and no signature. Signatures use the warehouse's credential and
+//! expire with SigV4's 15-minute window.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,18 +46,22 @@ struct SignRequest {
     headers: BTreeMap<String, Vec<String>>,
 }
 
-/// The `config` of a `LoadTableResult`: on a warehouse Raindrop can sign
-/// for, where and how to ask for signatures; otherwise nothing (local
-/// paths are read as they are).
-pub fn table_config(
+/// The `config` and `storage-credentials` of a `LoadTableResult`: on a
+/// warehouse Raindrop can sign for, where and how to ask for signatures,
+/// and vended keys when `vend` (the client asked for them) and a role is
+/// configured; otherwise nothing (local paths are read as they are).
+pub async fn table_access(
     catalog: &RestCatalog,
     ns: &[String],
     table: &str,
+    target: &Target,
     metadata_location: &str,
-) -> Map<String, Value> {
+    vend: bool,
+) -> Result<(Map<String, Value>, Vec<Value>), RestError> {
     let mut config = Map::new();
+    let mut credentials = Vec::new();
     let Some(signer) = signed(catalog, metadata_location) else {
-        return config;
+        return Ok((config, credentials));
     };
     let segment = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
     let ns = segment(&ns.join(&LEVELS.to_string()));
@@ -69,7 +78,37 @@ pub fn table_config(
     for (k, v) in entries.into_iter().chain(signer.client_properties()) {
         config.insert(k.to_string(), Value::String(v));
     }
-    config
+    let Some(vendor) = catalog.warehouse.vendor.as_deref().filter(|_| vend) else {
+        return Ok((config, credentials));
+    };
+    let (_, keys) = readable(catalog, target).await?;
+    let who = match target {
+        Target::TenantRawEvents(project) => project.as_str(),
+        Target::Table(ident) => ident
+            .namespace()
+            .as_ref()
+            .get(1)
+            .map_or("admin", String::as_str),
+    };
+    let vended = vendor.vend(who, &keys).await?;
+    let keys_config = [
+        ("s3.access-key-id", vended.access_key_id.clone()),
+        ("s3.secret-access-key", vended.secret_access_key.clone()),
+        ("s3.session-token", vended.session_token.clone()),
+        (
+            "s3.session-token-expires-at-ms",
+            vended.expires_at_ms.to_string(),
+        ),
+    ];
+    let mut scoped = Map::new();
+    for (k, v) in keys_config.into_iter().chain(signer.client_properties()) {
+        config.insert(k.to_string(), Value::String(v.clone()));
+        scoped.insert(k.to_string(), Value::String(v));
+    }
+    for key in &keys {
+        credentials.push(json!({"prefix": signer.location(key), "config": scoped}));
+    }
+    Ok((config, credentials))
 }
 
 fn signed<'a>(catalog: &'a RestCatalog, location: &str) -> Option<&'a S3Signer> {
@@ -94,7 +133,7 @@ pub async fn sign(
             format!("not a RemoteSignRequest: {e}"),
         )
     })?;
-    let (location, allowed) = allowed_prefixes(&c, target).await?;
+    let (location, allowed) = readable(&c, &target).await?;
     let Some(signer) = signed(&c, &location) else {
         return Err(RestError::new(
             StatusCode::BAD_REQUEST,
@@ -146,17 +185,14 @@ pub async fn sign(
     ))
 }
 
-/// The table's metadata location and the key prefixes its reader may sign.
-async fn allowed_prefixes(
-    c: &RestCatalog,
-    target: Target,
-) -> Result<(String, Vec<String>), RestError> {
+/// The table's metadata location and the key prefixes the caller may read.
+async fn readable(c: &RestCatalog, target: &Target) -> Result<(String, Vec<String>), RestError> {
     Ok(match target {
         Target::TenantRawEvents(project) => {
             let base = c.warehouse.raw_events().await?;
             let location = base.metadata().location().trim_end_matches('/');
             let data = format!("{location}/data/project_id={project}/");
-            let derived = format!("{}/", tenant_dir(location, &project));
+            let derived = format!("{}/", tenant_dir(location, project));
             (
                 base.metadata_location_result()?.to_string(),
                 vec![
@@ -166,7 +202,7 @@ async fn allowed_prefixes(
             )
         }
         Target::Table(ident) => {
-            let table = c.warehouse.load_table(&ident).await?;
+            let table = c.warehouse.load_table(ident).await?;
             let location = format!("{}/", table.metadata().location().trim_end_matches('/'));
             (
                 table.metadata_location_result()?.to_string(),
