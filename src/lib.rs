@@ -20,7 +20,8 @@
 //!   (statement caches), `ipc` (size checks), `sql_info`.
 //! - [`rest`]: the read-only Iceberg REST catalog on `--http-addr`, scoped
 //!   by token: a tenant's `raw_events` is metadata derived for it
-//!   (`catalog::tenant_view`).
+//!   (`catalog::tenant_view`); on S3 its files are read through the
+//!   remote signer or vended keys, limited to the tenant's prefixes.
 //! - [`maintenance`]: `compact` (choose and rewrite small files),
 //!   `replace` (the hand-built replace commit), `schedule` (background
 //!   jobs of `serve`), snapshot expiry and orphan files (`mod`).
@@ -38,7 +39,8 @@
 //! - [`catalog`]: opening the SQL catalog (`mod`), the table metadata
 //!   `cache` and catalog pointer, `tenant_view` (per-tenant metadata).
 //! - [`storage`]: where files live: `local` (one `syncfs` per commit) or
-//!   `s3` (opendal), behind iceberg's storage trait (`mod`), and `audit`
+//!   `s3` (opendal), behind iceberg's storage trait (`mod`); `signer` and
+//!   `vend` (other engines' scoped S3 reads), and `audit`
 //!   (the read log the isolation tests check).
 //! - [`schema`]: the `raw_events` schema, partition spec and Parquet
 //!   settings; `partition` values of planned files.

@@ -88,6 +88,12 @@ pub struct Metrics {
     pub storage_requests: Family<StorageOp, Counter>,
     /// Failed storage requests by operation.
     pub storage_errors: Family<StorageOp, Counter>,
+    /// REST catalog signing requests: `ok` (signed) or `rejected`
+    /// (refused: not the caller's to read, or not a read).
+    pub rest_sign_requests: Family<Outcome, Counter>,
+    /// STS `AssumeRole` calls for vended credentials (cached reuses are
+    /// not calls): `ok` or `error`.
+    pub sts_calls: Family<Outcome, Counter>,
 }
 
 fn seconds_buckets() -> Histogram {
@@ -115,6 +121,8 @@ impl Metrics {
             cache_lookups: Family::default(),
             storage_requests: Family::default(),
             storage_errors: Family::default(),
+            rest_sign_requests: Family::default(),
+            sts_calls: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -191,6 +199,16 @@ impl Metrics {
             "storage_errors",
             "Failed storage requests by operation",
             m.storage_errors.clone(),
+        );
+        r.register(
+            "rest_sign_requests",
+            "REST catalog S3 signing requests: ok (signed) or rejected",
+            m.rest_sign_requests.clone(),
+        );
+        r.register(
+            "sts_calls",
+            "STS AssumeRole calls for vended credentials by outcome",
+            m.sts_calls.clone(),
         );
         m
     }

@@ -175,6 +175,7 @@ pub async fn sign(
         .map(|(name, values)| (name, values.join(", ")))
         .collect();
     let signed = signer.sign(method, uri, &amz).await?;
+    sign_outcome("ok");
     let mut out: Map<String, Value> = Map::new();
     for (name, value) in signed {
         out.insert(name, json!([value]));
@@ -213,9 +214,17 @@ async fn readable(c: &RestCatalog, target: &Target) -> Result<(String, Vec<Strin
 }
 
 fn refuse(why: String) -> RestError {
+    sign_outcome("rejected");
     RestError::new(
         StatusCode::FORBIDDEN,
         "ForbiddenException",
         format!("not signed: {why}"),
     )
+}
+
+fn sign_outcome(outcome: &'static str) {
+    crate::metrics::metrics()
+        .rest_sign_requests
+        .get_or_create(&crate::metrics::Outcome { outcome })
+        .inc();
 }

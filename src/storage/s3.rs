@@ -93,6 +93,13 @@ impl std::fmt::Debug for S3Config {
     }
 }
 
+/// reqwest is built without a TLS provider of its own: use the ring
+/// provider that tonic and sqlx already link (once per process; later
+/// calls are no-ops).
+pub(crate) fn use_ring_for_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl S3Config {
     /// The bucket's region: `--s3-region`, `AWS_REGION` or `AWS_DEFAULT_REGION`.
     pub fn region(&self) -> Result<String> {
@@ -128,9 +135,7 @@ impl S3Store {
     /// `prefix` (a one-key listing), so a wrong endpoint, bucket or
     /// credential fails at start with the setting to fix.
     pub async fn connect(cfg: &S3Config, bucket: &str, prefix: &str) -> Result<Self> {
-        // reqwest is built without a TLS provider of its own: use the ring
-        // provider that tonic and sqlx already link.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        use_ring_for_tls();
         let region = cfg.region()?;
         let mut builder = opendal::services::S3::default()
             .bucket(bucket)

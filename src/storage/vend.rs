@@ -100,6 +100,11 @@ impl S3Vendor {
             .sts_endpoint
             .clone()
             .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
+        super::s3::use_ring_for_tls();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| Error::Internal(format!("STS client: {e}")))?;
         Ok(Some(Self {
             role_arn,
             sts: sts.trim_end_matches('/').to_string(),
@@ -112,10 +117,7 @@ impl S3Vendor {
                 session_token: cfg.session_token.clone(),
                 expires_in: None,
             },
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .map_err(|e| Error::Internal(format!("STS client: {e}")))?,
+            http,
             cache: Cache::builder()
                 .max_capacity(CACHED)
                 .time_to_live(LIFETIME / 2)
@@ -144,7 +146,12 @@ impl S3Vendor {
         if let Some(hit) = self.cache.get(&key) {
             return Ok(hit);
         }
-        let vended = Arc::new(self.assume_role(who, &key).await?);
+        let called = self.assume_role(who, &key).await;
+        crate::metrics::metrics()
+            .sts_calls
+            .get_or_create(&crate::metrics::outcome(called.is_ok()))
+            .inc();
+        let vended = Arc::new(called?);
         self.cache.insert(key, vended.clone());
         Ok(vended)
     }

@@ -59,6 +59,12 @@ def main() -> None:
     source.add_argument("--rest", help="base URL of Raindrop's Iceberg REST catalog")
     ap.add_argument("--sql", required=True, help="query over the view raw_events")
     ap.add_argument("--out", required=True, help="result file: .parquet, else JSON lines")
+    ap.add_argument(
+        "--own-s3-keys",
+        action="store_true",
+        help="with --rest: read files with the S3 keys of the environment (an S3 secret of "
+        "DuckDB's own) rather than credentials the catalog vends",
+    )
     args = ap.parse_args()
 
     # No network: never try to download an extension.
@@ -73,9 +79,13 @@ def main() -> None:
 
     if args.rest:
         secret = os.environ["RAINDROP_REST_SECRET"]
+        delegation = ""
+        if args.own_s3_keys:
+            s3_secret(con)
+            delegation = ", ACCESS_DELEGATION_MODE 'none'"
         con.execute(
             f"""ATTACH 'raindrop' AS raindrop (TYPE iceberg, ENDPOINT {sql_str(args.rest)},
-                CLIENT_ID 'duckdb', CLIENT_SECRET {sql_str(secret)}, READ_ONLY)"""
+                CLIENT_ID 'duckdb', CLIENT_SECRET {sql_str(secret)}, READ_ONLY{delegation})"""
         )
         # DuckDB needs a schema to USE; two-part names then resolve in
         # this catalog (warehouse.user_outcomes as well).

@@ -237,6 +237,15 @@ def test_the_rest_catalog_serves_each_tenant_its_view_from_the_bucket(s3_server,
         assert outcomes.num_rows == DATA[me][1].num_rows
 
 
+def metric(srv, series: str) -> float:
+    """One series of the server's /metrics (0 when absent)."""
+    with urllib.request.urlopen(srv.metrics_url) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
 def s3_url(location: str) -> str:
     """The path-style URL of an `s3://` location on the test store."""
     return f"{S3}/{BUCKET}/{location.removeprefix(f's3://{BUCKET}/')}"
@@ -335,7 +344,10 @@ def test_the_signer_signs_only_what_the_token_may_read(s3_server):
     # An admin reads the whole table, and still only reads.
     assert sign(admin, foreign)[0] == 200
     assert sign(admin, s3_url(full.metadata_location))[0] == 200
+    before = metric(s3_server, 'raindrop_rest_sign_requests_total{outcome="rejected"}')
     assert sign(admin, own, "PUT")[0] == 403
+    # Operators see refusals in the metrics.
+    assert metric(s3_server, 'raindrop_rest_sign_requests_total{outcome="rejected"}') == before + 1
 
 
 def test_loadtable_vends_sts_credentials_for_the_callers_prefixes_only(s3_server, sts):
@@ -371,9 +383,30 @@ def test_loadtable_vends_sts_credentials_for_the_callers_prefixes_only(s3_server
     assert [c["prefix"] for c in body["storage-credentials"]] == [
         f"s3://{BUCKET}/{s3_server.catalog_name}/tenants/acme/warehouse/user_outcomes/"
     ]
-    # Reused while fresh: the same keys, no new STS session.
+    # Reused while fresh: the same keys, no new STS call.
+    calls = metric(s3_server, 'raindrop_sts_calls_total{outcome="ok"}')
     status, body = call(s3_server, "GET", "/v1/namespaces/wildedge/tables/raw_events", token=s3_server.tokens["acme"], headers=ask)
     assert body["storage-credentials"][0]["config"]["s3.access-key-id"] == got["acme"]
+    assert metric(s3_server, 'raindrop_sts_calls_total{outcome="ok"}') == calls > 0
     # Not asked for: none.
     status, body = call(s3_server, "GET", "/v1/namespaces/wildedge/tables/raw_events", token=s3_server.tokens["acme"])
     assert "storage-credentials" not in body and "s3.access-key-id" not in body["config"]
+
+
+def test_duckdb_with_its_own_keys_reads_through_the_rest_catalog(s3_server, tmp_path):
+    """An operator's DuckDB with S3 keys of its own (an admin token, no
+    vended credentials) attaches the REST catalog and reads the bucket: the
+    signing properties loadTable returns must not get in its way."""
+    out = tmp_path / "duckdb-admin.jsonl"
+    subprocess.run(
+        [
+            os.environ["RAINDROP_DUCKDB_PYTHON"], os.path.join(os.path.dirname(__file__), "duckdb_iceberg.py"),
+            "--rest", s3_server.base, "--own-s3-keys",
+            "--sql", "SELECT project_id AS p, count(*) AS n FROM wildedge.raw_events GROUP BY 1 ORDER BY 1",
+            "--out", str(out),
+        ],
+        check=True,
+        env={**os.environ, "RAINDROP_REST_SECRET": s3_server.tokens["admin"]},
+    )  # fmt: skip
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert got == [{"p": p, "n": DATA[p][0].num_rows} for p in sorted(DATA)]
