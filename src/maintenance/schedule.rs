@@ -208,7 +208,10 @@ async fn compact_periodically(
 ) {
     let current = |t: iceberg::table::Table| t.metadata().current_snapshot_id();
     let ident = warehouse.raw_events_ident();
-    // The snapshot the last compaction left: an idle table is not re-read.
+    // The snapshot the last successful compaction started from: an idle
+    // table is not re-read. Not the one it left: an append landing while
+    // it planned would then never be compacted on an idle table, and a
+    // failed run must be retried.
     let mut compacted: Option<i64> = None;
     let tick = every.min(EXPIRE_EVERY);
     let mut next_compaction = Instant::now() + every;
@@ -225,6 +228,9 @@ async fn compact_periodically(
             let compacted_now =
                 compact_table_with(&warehouse, &ident, &schedule.compact, &manifests).await;
             count_run("compaction", compacted_now.is_ok());
+            if compacted_now.is_ok() {
+                compacted = now;
+            }
             match compacted_now {
                 Ok(r) if r.files_removed > 0 => tracing::info!(
                     partitions = r.partitions,
@@ -236,7 +242,6 @@ async fn compact_periodically(
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "raw_events compaction failed; will retry"),
             }
-            compacted = warehouse.raw_events().await.ok().and_then(current);
         }
         // Snapshots age out even while the table is idle.
         let Some(retention) = schedule.retention else {
