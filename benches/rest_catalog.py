@@ -17,10 +17,17 @@ and the smallest project, and for each reports:
   `iceberg_scan` of the shared table's metadata with `WHERE project_id = <p>`
   (wall time of a fresh process each, extension loading included; median of 3).
 Row counts are checked equal on both paths.
+
+`--appends N` (after the two paths) first appends N collector-style
+`DoPut`s of 1,000 rows each, as an admin, with Zipf-skewed projects of the
+table and uuid4 ids, one commit each (`--flush-interval-ms 0`): many
+snapshots, with the manifests merged by tenant every 8 appends.
 """
 
+import datetime as dt
 import json
 import os
+import random
 import re
 import statistics
 import subprocess
@@ -29,9 +36,11 @@ import tempfile
 import threading
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import adbc_driver_flightsql.dbapi as flightsql
+import pyarrow as pa
 from pyiceberg.catalog import load_catalog
 from pyiceberg.catalog.sql import SqlCatalog
 
@@ -65,12 +74,31 @@ def duckdb(args, env=None):
         return [json.loads(line) for line in Path(out.name).read_text().splitlines()]
 
 
+def append(conn, projects, appends, rows=1_000):
+    """`appends` DoPuts of `rows` Zipf-skewed events each, in arrival order."""
+    rng = random.Random(11)
+    weights = [1 / (i + 1) for i in range(len(projects))]
+    now = dt.datetime.now(dt.timezone.utc)
+    for i in range(appends):
+        picked = rng.choices(projects, weights, k=rows)
+        at = now + dt.timedelta(seconds=i)
+        batch = pa.table({
+            "project_id": picked, "event_id": [str(uuid.uuid4()) for _ in range(rows)],
+            "event_type": ["inference"] * rows, "event_timestamp": pa.array([at] * rows, pa.timestamp("us", tz="UTC")),
+            "model_name": ["m"] * rows, "session_id": [f"{p}-s{rng.randrange(50)}" for p in picked],
+            "confidence": [rng.random() for _ in range(rows)], "duration_ms": [rng.lognormvariate(3, 0.5) for _ in range(rows)],
+        })  # fmt: skip
+        with conn.cursor() as cur:
+            cur.adbc_ingest("raw_events", batch, mode="append")
+
+
 def main() -> None:
     binary, data_dir = sys.argv[1:3]
+    appends = int(sys.argv[sys.argv.index("--appends") + 1]) if "--appends" in sys.argv else 0
     admin = token(binary, data_dir, None, "admin")
     server = subprocess.Popen(
         [binary, "serve", "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir", data_dir,
-         "--compact-interval-secs", "0", "--log", "warn"],
+         "--compact-interval-secs", "0", "--log", "warn", *(["--flush-interval-ms", "0"] if appends else [])],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     addr = base = None
@@ -84,9 +112,15 @@ def main() -> None:
     threading.Thread(target=lambda: [None for _ in server.stdout], daemon=True).start()
     try:
         conn = flightsql.connect(f"grpc://{addr}", db_kwargs={"adbc.flight.sql.authorization_header": f"Bearer {admin}"}, autocommit=True)
+        by_size = "SELECT project_id, count(*) AS n FROM wildedge.raw_events GROUP BY 1 ORDER BY 2 DESC, 1"
         with conn.cursor() as cur:
-            cur.execute("SELECT project_id, count(*) AS n FROM wildedge.raw_events GROUP BY 1 ORDER BY 2 DESC, 1")
+            cur.execute(by_size)
             counts = cur.fetchall()
+        if appends:
+            append(conn, [p for p, _ in counts], appends)
+            with conn.cursor() as cur:
+                cur.execute(by_size)
+                counts = cur.fetchall()
         conn.close()
         sql = SqlCatalog("raindrop", uri=f"sqlite:///{Path(data_dir).resolve()}/catalog.db", warehouse=f"file://{Path(data_dir).resolve()}/warehouse")
         shared = sql.load_table("wildedge.raw_events")
