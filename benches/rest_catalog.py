@@ -28,12 +28,9 @@ import datetime as dt
 import json
 import os
 import random
-import re
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
@@ -44,28 +41,12 @@ import pyarrow as pa
 from pyiceberg.catalog import load_catalog
 from pyiceberg.catalog.sql import SqlCatalog
 
+from bench_server import serve, timed, token
+
 HERE = Path(__file__).resolve().parent
 DUCKDB_SCRIPT = HERE.parent / "tests" / "clients" / "duckdb_iceberg.py"
 DUCKDB_PYTHON = os.environ.get("RAINDROP_DUCKDB_PYTHON", str(Path.home() / ".cache/raindrop/venv-duckdb/bin/python"))
 AGG = "SELECT count(*) AS n, sum(duration_ms) AS ms FROM wildedge.raw_events"
-
-
-def token(binary, data_dir, project, role):
-    secret = f"rest-bench-{project or 'admin'}-{time.time_ns()}"
-    args = [binary, "token", "create", "--role", role, "--token", secret, "--data-dir", data_dir]
-    if project:
-        args += ["--project", project]
-    subprocess.run(args, check=True, capture_output=True)
-    return secret
-
-
-def timed(fn, repeat=1):
-    times, out = [], None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times), out
 
 
 def duckdb(args, env=None):
@@ -96,20 +77,9 @@ def main() -> None:
     binary, data_dir = sys.argv[1:3]
     appends = int(sys.argv[sys.argv.index("--appends") + 1]) if "--appends" in sys.argv else 0
     admin = token(binary, data_dir, None, "admin")
-    server = subprocess.Popen(
-        [binary, "serve", "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir", data_dir,
-         "--compact-interval-secs", "0", "--log", "warn", *(["--flush-interval-ms", "0"] if appends else [])],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    addr = base = None
-    for line in server.stdout:
-        if m := re.search(r"listening on grpc://([\d.]+:\d+)", line):
-            addr = m.group(1)
-        if m := re.search(r"metrics\s*: (http://\S+)/metrics", line):
-            base = m.group(1)
-        if line.lstrip().startswith("warehouse:"):
-            break
-    threading.Thread(target=lambda: [None for _ in server.stdout], daemon=True).start()
+    server, addr, base = serve(
+        binary, data_dir, "--compact-interval-secs", "0", *(["--flush-interval-ms", "0"] if appends else [])
+    )
     try:
         conn = flightsql.connect(f"grpc://{addr}", db_kwargs={"adbc.flight.sql.authorization_header": f"Bearer {admin}"}, autocommit=True)
         by_size = "SELECT project_id, count(*) AS n FROM wildedge.raw_events GROUP BY 1 ORDER BY 2 DESC, 1"

@@ -27,13 +27,8 @@ import datetime as dt
 import json
 import os
 import random
-import re
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 import urllib.request
 import uuid
 
@@ -42,6 +37,8 @@ import pyarrow as pa
 import s3fs
 from pyiceberg.catalog import load_catalog
 from pyiceberg.catalog.sql import SqlCatalog
+
+from bench_server import serve, timed, token
 
 TENANTS = 50
 EVENTS = 500_000
@@ -54,22 +51,6 @@ KEYS = {
     "s3.secret-access-key": os.environ["AWS_SECRET_ACCESS_KEY"],
     "s3.region": os.environ["AWS_REGION"],
 }
-
-
-def token(binary, data_dir, project, role):
-    secret = f"signer-bench-{project or 'admin'}-{uuid.uuid4().hex}"
-    args = [binary, "token", "create", "--role", role, "--token", secret, "--data-dir", data_dir]
-    subprocess.run(args + (["--project", project] if project else []), check=True, capture_output=True)
-    return secret
-
-
-def timed(fn, repeat):
-    times, out = [], None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times), out
 
 
 def metric(base, series):
@@ -104,20 +85,9 @@ def main() -> None:
     prefix = f"signer-bench-{uuid.uuid4().hex[:8]}"
     admin = token(binary, data_dir, None, "admin")
     tokens = {f"tenant-{i:02d}": token(binary, data_dir, f"tenant-{i:02d}", "read_write") for i in range(TENANTS)}
-    server = subprocess.Popen(
-        [binary, "serve", "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir", data_dir,
-         "--warehouse", f"s3://{BUCKET}/{prefix}", "--s3-endpoint", S3, "--s3-path-style", "--log", "warn"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    addr = base = None
-    for line in server.stdout:
-        if m := re.search(r"listening on grpc://([\d.]+:\d+)", line):
-            addr = m.group(1)
-        if m := re.search(r"metrics\s*: (http://\S+)/metrics", line):
-            base = m.group(1)
-        if line.lstrip().startswith("warehouse:"):
-            break
-    threading.Thread(target=lambda: [None for _ in server.stdout], daemon=True).start()
+    server, addr, base = serve(
+        binary, data_dir, "--warehouse", f"s3://{BUCKET}/{prefix}", "--s3-endpoint", S3, "--s3-path-style"
+    )
     # PyIceberg 0.12's signer hook races between reader threads
     # (apache/iceberg-python#3896): one filesystem per thread, unless asked.
     s3fs.S3FileSystem.cachable = os.environ.get("SIGNER_BENCH_SHARED_FS") == "1"
