@@ -197,6 +197,29 @@ async fn retain_periodically(
     }
 }
 
+/// Whether `raw_events` changed since the last successful compaction, so
+/// an idle table is not re-read every interval.
+#[derive(Debug, Default)]
+struct SinceCompaction {
+    /// The snapshot the last successful run started from. Not the one it
+    /// left: an append landing while it planned would then count as
+    /// compacted and, the table idle, never be (CI saw 90 files stay for
+    /// 30 days); and a failed run must be retried.
+    started_from: Option<i64>,
+}
+
+impl SinceCompaction {
+    fn changed(&self, now: Option<i64>) -> bool {
+        now.is_none() || now != self.started_from
+    }
+
+    fn ran(&mut self, started_from: Option<i64>, ok: bool) {
+        if ok {
+            self.started_from = started_from;
+        }
+    }
+}
+
 /// Compact `raw_events` every `every`; expire snapshots (and delete the
 /// files nothing references any more) every [`EXPIRE_EVERY`] or `every`,
 /// whichever is shorter.
@@ -208,11 +231,7 @@ async fn compact_periodically(
 ) {
     let current = |t: iceberg::table::Table| t.metadata().current_snapshot_id();
     let ident = warehouse.raw_events_ident();
-    // The snapshot the last successful compaction started from: an idle
-    // table is not re-read. Not the one it left: an append landing while
-    // it planned would then never be compacted on an idle table, and a
-    // failed run must be retried.
-    let mut compacted: Option<i64> = None;
+    let mut since = SinceCompaction::default();
     let tick = every.min(EXPIRE_EVERY);
     let mut next_compaction = Instant::now() + every;
     let mut last_sweep: Option<Instant> = None;
@@ -223,14 +242,12 @@ async fn compact_periodically(
             continue;
         }
         let now = warehouse.raw_events().await.ok().and_then(current);
-        if Instant::now() >= next_compaction && (now.is_none() || now != compacted) {
+        if Instant::now() >= next_compaction && since.changed(now) {
             next_compaction = Instant::now() + every;
             let compacted_now =
                 compact_table_with(&warehouse, &ident, &schedule.compact, &manifests).await;
             count_run("compaction", compacted_now.is_ok());
-            if compacted_now.is_ok() {
-                compacted = now;
-            }
+            since.ran(now, compacted_now.is_ok());
             match compacted_now {
                 Ok(r) if r.files_removed > 0 => tracing::info!(
                     partitions = r.partitions,
@@ -314,4 +331,25 @@ fn count_run(job: &'static str, ok: bool) {
         .maintenance_runs
         .get_or_create(&crate::metrics::JobOutcome { job, outcome })
         .inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SinceCompaction;
+
+    #[test]
+    fn an_idle_table_is_compacted_again_only_after_a_change_or_a_failure() {
+        let mut since = SinceCompaction::default();
+        assert!(since.changed(Some(1)), "a first run is due");
+        since.ran(Some(1), true);
+        assert!(!since.changed(Some(1)), "nothing changed since");
+        // A run started from 2 while an append made 3: 3 is still due.
+        since.ran(Some(2), true);
+        assert!(since.changed(Some(3)));
+        // A failed run is retried on the same, idle, table.
+        since.ran(Some(3), false);
+        assert!(since.changed(Some(3)));
+        // An unreadable table is always worth a try.
+        assert!(since.changed(None));
+    }
 }
