@@ -34,6 +34,7 @@ import uuid
 
 import adbc_driver_flightsql.dbapi as flightsql
 import pyarrow as pa
+import pyarrow.flight as flight
 import s3fs
 from pyiceberg.catalog import load_catalog
 from pyiceberg.catalog.sql import SqlCatalog
@@ -109,8 +110,6 @@ def main() -> None:
         for conn in conns.values():
             conn.close()
         # Commit every acknowledged row now (the `Flush` action).
-        import pyarrow.flight as flight
-
         client = flight.FlightClient(f"grpc+tcp://{addr}")
         options = flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {admin}".encode())])
         list(client.do_action(flight.Action("Flush", b""), options))
