@@ -55,9 +55,10 @@ def duckdb(args, env=None):
         return [json.loads(line) for line in Path(out.name).read_text().splitlines()]
 
 
-def append(conn, projects, appends, rows=1_000):
-    """`appends` DoPuts of `rows` Zipf-skewed events each, in arrival order."""
-    rng = random.Random(11)
+def append(conn, projects, appends, rows=1_000, seed=11):
+    """`appends` DoPuts of `rows` Zipf-skewed events each, in arrival order
+    (`projects` largest first)."""
+    rng = random.Random(seed)
     weights = [1 / (i + 1) for i in range(len(projects))]
     now = dt.datetime.now(dt.timezone.utc)
     for i in range(appends):

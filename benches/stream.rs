@@ -256,8 +256,8 @@ struct TableState {
     live_files: usize,
     /// Most live data files of one (tenant, day) partition.
     max_files_per_partition: usize,
-    /// Most live files below compaction's small-file size (half the
-    /// target file size) in one partition: what compaction still owes.
+    /// Most live files below compaction's small-file size (32 MiB,
+    /// half a commit's input) in one partition: what compaction still owes.
     max_small_files_per_partition: usize,
     /// Bytes of the largest partition: at the target file size, it needs
     /// this / 128 MiB files however well compacted.
@@ -312,7 +312,7 @@ async fn table_state(dir: &Path, warehouse: &raindrop::catalog::Warehouse) -> Ta
     let tasks = live_files(&table).await;
     // (files, small files, bytes) per partition.
     let mut per_partition: HashMap<String, (usize, usize, u64)> = HashMap::new();
-    let small = raindrop::schema::TARGET_FILE_SIZE as u64 / 2;
+    let small = raindrop::maintenance::compact::SMALL_FILE_BYTES;
     for t in &tasks {
         let partition = t.data_file_path.rsplit_once('/').map_or("", |(dir, _)| dir);
         let p = per_partition.entry(partition.to_string()).or_default();

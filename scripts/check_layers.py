@@ -18,7 +18,7 @@ LAYERS = [
     "maintenance", "query", "ingest",
     "tenant",
     "catalog", "storage",
-    "schema", "batch", "error", "metrics",
+    "schema", "batch", "background", "error", "metrics",
 ]
 
 SRC = pathlib.Path(__file__).resolve().parent.parent / "src"

@@ -37,15 +37,17 @@
 //!   `names`, and `scope`: every tenancy rule (scan predicate, per-file
 //!   check, project stamp on writes).
 //! - [`catalog`]: opening the SQL catalog (`mod`), the table metadata
-//!   `cache` and catalog pointer, `tenant_view` (per-tenant metadata).
+//!   `cache` and catalog pointer, `tenant_view` (per-tenant metadata),
+//!   `tiers` (what to merge, by size: data files and manifests).
 //! - [`storage`]: where files live: `local` (one `syncfs` per commit) or
 //!   `s3` (opendal), behind iceberg's storage trait (`mod`); `signer` and
 //!   `vend` (other engines' scoped S3 reads), and `audit`
 //!   (the read log the isolation tests check).
 //! - [`schema`]: the `raw_events` schema, partition spec and Parquet
 //!   settings; `partition` values of planned files.
-//! - [`batch`]: Arrow batch helpers; [`error`]: the crate error and its
-//!   one mapping to gRPC statuses.
+//! - [`batch`]: Arrow batch helpers; [`background`]: the lower-priority
+//!   threads that sort, decode and encode for flushes and compaction;
+//!   [`error`]: the crate error and its one mapping to gRPC statuses.
 //!
 //! # Request paths
 //!
@@ -60,6 +62,7 @@
 
 #![warn(missing_docs)]
 
+pub mod background;
 pub mod batch;
 pub mod catalog;
 pub mod cli;

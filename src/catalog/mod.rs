@@ -15,6 +15,7 @@ pub mod replace;
 pub mod rewrite;
 mod summary;
 pub mod tenant_view;
+pub mod tiers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -10,7 +10,7 @@ use iceberg::scan::FileScanTask;
 use iceberg::spec::DataFile;
 use iceberg::table::Table;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// All rows of `files`, in the table's current schema.
 pub async fn read_data_files(table: &Table, files: &[DataFile]) -> Result<Vec<RecordBatch>> {
@@ -42,14 +42,14 @@ pub async fn read_data_files(table: &Table, files: &[DataFile]) -> Result<Vec<Re
         .with_data_file_concurrency_limit(2)
         .build()
         .read(Box::pin(futures::stream::iter(tasks.into_iter().map(Ok))))?;
-    // Decoding happens where the stream is polled: on a blocking thread,
+    // Decoding happens where the stream is polled: on a background thread,
     // so a large rewrite does not stall the runtime workers that answer
     // DoPuts and queries.
     let runtime = tokio::runtime::Handle::current();
-    let batches: Vec<RecordBatch> =
-        tokio::task::spawn_blocking(move || runtime.block_on(stream.stream().try_collect()))
-            .await
-            .map_err(|e| Error::Internal(format!("reading data files back failed: {e}")))??;
+    let batches: Vec<RecordBatch> = crate::background::run("reading data files back", move || {
+        runtime.block_on(stream.stream().try_collect())
+    })
+    .await??;
     // The reader may hand identity-partition columns back run-end encoded
     // (a constant per file): bring every column to the table's type.
     batches

@@ -8,7 +8,7 @@ use iceberg::transaction::{ApplyTransactionAction, Transaction};
 
 use super::commit::{Commit, TableWriter, commit_group, merge_if_due};
 use super::write::prepare;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// A flush of the write-ahead log: its requests (id and rows, in the
 /// table's Arrow schema) and the table properties to set in the same
@@ -62,11 +62,12 @@ impl TableWriter {
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let bytes: usize = batches.iter().map(crate::batch::batch_bytes).sum();
         let table_for_prepare = table.clone();
-        // Sorting a whole flush takes a while: keep it off the runtime's
-        // worker threads.
-        let prepared = tokio::task::spawn_blocking(move || prepare(&table_for_prepare, batches))
-            .await
-            .map_err(|e| Error::Internal(format!("flush preparation failed: {e}")))??;
+        // Sorting a whole flush takes a while: on a background thread, so
+        // requests keep their CPU.
+        let prepared = crate::background::run("sorting a flush", move || {
+            prepare(&table_for_prepare, batches)
+        })
+        .await??;
         let result = commit_group(
             self.catalog.as_ref(),
             &self.tables,

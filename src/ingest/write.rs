@@ -105,11 +105,13 @@ pub fn prepare(table: &Table, batches: Vec<RecordBatch>) -> Result<Prepared> {
 /// Write batches as Parquet data files of `table`, one per partition (more
 /// only past the target file size), each sorted by the layout keys.
 pub async fn write_data_files(table: &Table, batches: Vec<RecordBatch>) -> Result<Vec<DataFile>> {
-    // Sorting never yields: off the runtime workers that answer requests.
+    // Sorting never yields: on a background thread, not the runtime
+    // workers that answer requests.
     let for_prepare = table.clone();
-    let prepared = tokio::task::spawn_blocking(move || prepare(&for_prepare, batches))
-        .await
-        .map_err(|e| Error::Internal(format!("sorting rows to write failed: {e}")))??;
+    let prepared = crate::background::run("sorting rows to write", move || {
+        prepare(&for_prepare, batches)
+    })
+    .await??;
     write_prepared(table, vec![prepared]).await
 }
 
@@ -169,14 +171,14 @@ pub(super) async fn write_prepared(
         .min(partitions.len())
         .max(1);
     let queue = Arc::new(Mutex::new(VecDeque::from(partitions)));
-    // Blocking threads, not runtime workers: encoding never yields, and
+    // Background threads, not runtime workers: encoding never yields, and
     // closing a file waits for its fsync; meanwhile the runtime keeps
-    // serving streams on the cores this leaves idle.
+    // serving requests first ([`crate::background`]).
     let runtime = tokio::runtime::Handle::current();
     let tasks: Vec<_> = (0..workers)
         .map(|_| {
             let (queue, builder, runtime) = (queue.clone(), builder.clone(), runtime.clone());
-            tokio::task::spawn_blocking(move || {
+            crate::background::run("writing data files", move || {
                 runtime.block_on(async move {
                     let mut files = vec![];
                     loop {
@@ -212,9 +214,7 @@ pub(super) async fn write_prepared(
                 files.extend(f);
                 first_error = first_error.or(e);
             }
-            Err(e) => {
-                first_error = first_error.or(Some(Error::Internal(format!("writer task: {e}"))))
-            }
+            Err(e) => first_error = first_error.or(Some(e)),
         }
     }
     if let Some(e) = first_error {

@@ -45,9 +45,9 @@ use iceberg::table::Table;
 use crate::catalog::Warehouse;
 use crate::catalog::read::read_data_files;
 use crate::catalog::rewrite::{Manifests, Rewrite, Swap, commit_rewrite};
+use crate::catalog::tiers::Tiers;
 use crate::error::{Error, Result};
 use crate::ingest::write::{delete_files, write_data_files};
-use crate::schema;
 
 /// Which partitions to compact.
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +68,14 @@ pub struct CompactOptions {
     pub max_run_bytes: u64,
 }
 
+/// Input bytes (compressed Parquet) of one compaction commit.
+pub const MAX_COMMIT_BYTES: u64 = 64 * 1024 * 1024;
+/// Files at least this large are done: two of them would not fit in one
+/// commit, so counting them as small would leave a partition "owing" files
+/// no run can merge. (It was half the target file size, 64 MiB, equal to a
+/// commit's input: merged files of 32–64 MiB were never merged again.)
+pub const SMALL_FILE_BYTES: u64 = MAX_COMMIT_BYTES / 2;
+
 /// Small files a partition needs before `raindrop compact` rewrites it.
 pub const MIN_FILES: usize = 2;
 /// Files of one size tier that background compaction waits for before
@@ -78,8 +86,8 @@ impl Default for CompactOptions {
     fn default() -> Self {
         Self {
             min_files: MIN_FILES,
-            small_file_bytes: schema::TARGET_FILE_SIZE as u64 / 2,
-            max_commit_bytes: 64 * 1024 * 1024,
+            small_file_bytes: SMALL_FILE_BYTES,
+            max_commit_bytes: MAX_COMMIT_BYTES,
             tiered: false,
             max_run_bytes: u64::MAX,
         }
@@ -98,19 +106,14 @@ impl CompactOptions {
     }
 }
 
-/// Size of the smallest tier's files; each tier above holds files 4x
-/// larger than the one below.
-const TIER_BASE_BYTES: u64 = 64 * 1024;
-const TIER_FANOUT: u64 = 4;
-
-fn tier(bytes: u64) -> u32 {
-    let mut tier = 0;
-    let mut bound = TIER_BASE_BYTES * TIER_FANOUT;
-    while bytes >= bound {
-        tier += 1;
-        bound = bound.saturating_mul(TIER_FANOUT);
+/// Tiers of background compaction: the smallest holds files under
+/// 256 KiB, each above 4x larger; `min_count` is the run's `min_files`.
+fn file_tiers(min_files: usize) -> Tiers {
+    Tiers {
+        base: 64 * 1024,
+        fanout: 4,
+        min_count: min_files,
     }
-    tier
 }
 
 /// How many of a partition's small files (sizes ascending) to merge: all
@@ -118,28 +121,13 @@ fn tier(bytes: u64) -> u32 {
 /// files up to the lowest tier holding `min_files` files. 0: leave the
 /// partition alone.
 fn files_to_merge(ascending: &[u64], min_files: usize, tiered: bool) -> usize {
-    let min_files = min_files.max(2);
-    if !tiered {
-        return if ascending.len() >= min_files {
-            ascending.len()
-        } else {
-            0
-        };
+    if tiered {
+        file_tiers(min_files).to_merge(ascending)
+    } else if ascending.len() >= min_files.max(2) {
+        ascending.len()
+    } else {
+        0
     }
-    let mut start = 0;
-    while start < ascending.len() {
-        let t = tier(ascending[start]);
-        let end = start
-            + ascending[start..]
-                .iter()
-                .take_while(|&&b| tier(b) == t)
-                .count();
-        if end - start >= min_files {
-            return end;
-        }
-        start = end;
-    }
-    0
 }
 
 /// What a compaction run did.
@@ -397,50 +385,17 @@ mod tests {
     const MB: u64 = 1024 * 1024;
 
     #[test]
-    fn tiers_are_four_times_apart() {
-        assert_eq!(tier(1), 0);
-        assert_eq!(tier(255 * KB), 0);
-        assert_eq!(tier(256 * KB), 1);
-        assert_eq!(tier(MB - 1), 1);
-        assert_eq!(tier(MB), 2);
-        assert_eq!(tier(63 * MB), 4);
-    }
-
-    #[test]
     fn untiered_merges_every_small_file_once_there_are_enough() {
-        assert_eq!(files_to_merge(&[KB, 2 * KB, 60 * MB], 2, false), 3);
+        assert_eq!(files_to_merge(&[KB, 2 * KB, 30 * MB], 2, false), 3);
         assert_eq!(files_to_merge(&[KB], 2, false), 0);
     }
 
     #[test]
-    fn tiered_leaves_a_grown_file_alone_until_its_tier_fills() {
-        // Three flushes and one earlier merge: the merge's output is not
-        // rewritten for three more small files.
+    fn tiered_waits_for_a_tier_to_fill() {
         assert_eq!(
             files_to_merge(&[30 * KB, 30 * KB, 30 * KB, 2 * MB], 4, true),
             0
         );
-        // A fourth small file fills the lowest tier: only that tier merges.
-        assert_eq!(
-            files_to_merge(&[30 * KB, 30 * KB, 30 * KB, 40 * KB, 2 * MB], 4, true),
-            4
-        );
-        // Smaller files join a merge of the tier above them.
-        assert_eq!(
-            files_to_merge(&[30 * KB, 2 * MB, 2 * MB, 3 * MB, 3 * MB], 4, true),
-            5
-        );
-        // Files spread over the tiers are left alone, however many.
-        let spread = [
-            10 * KB,
-            100 * KB,
-            300 * KB,
-            600 * KB,
-            2 * MB,
-            5 * MB,
-            20 * MB,
-            30 * MB,
-        ];
-        assert_eq!(files_to_merge(&spread, 4, true), 0);
+        assert_eq!(files_to_merge(&[30 * KB; 4], 4, true), 4);
     }
 }

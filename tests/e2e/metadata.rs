@@ -84,22 +84,75 @@ async fn manifests_of_current(table: &Table) -> Vec<iceberg::spec::ManifestFile>
     list.entries().to_vec()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn manifests_and_metadata_files_stay_bounded() {
-    let server = TestServer::start().await;
-    let commits = 4 * MERGE_AFTER_APPENDS;
-    ingest_small_commits(&server, 0..commits, 20).await;
-
-    // The merge after the last append may still be under way (a liveness
-    // check, not a speed target: other tests share the cores).
+/// Wait (a liveness bound, not a speed target) until the merge after the
+/// last append has landed; the table then.
+async fn merged(server: &TestServer) -> Table {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let mut table = raw_events(&server).await;
+    let mut table = raw_events(server).await;
     while raindrop::catalog::rewrite::appends_since_merge(&table) > 0
         && std::time::Instant::now() < deadline
     {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        table = raw_events(&server).await;
+        table = raw_events(server).await;
     }
+    table
+}
+
+/// Manifests of the current snapshot by tenant (the one its partition
+/// summary pins it to; each must hold exactly one).
+async fn manifests_by_tenant(table: &Table) -> BTreeMap<Vec<u8>, BTreeSet<String>> {
+    let mut by_tenant: BTreeMap<Vec<u8>, BTreeSet<String>> = BTreeMap::new();
+    for m in manifests_of_current(table).await {
+        let summary = &m.partitions.as_ref().unwrap()[0];
+        assert_eq!(
+            summary.lower_bound, summary.upper_bound,
+            "{}",
+            m.manifest_path
+        );
+        by_tenant
+            .entry(summary.lower_bound.clone().unwrap().to_vec())
+            .or_default()
+            .insert(m.manifest_path.clone());
+    }
+    by_tenant
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_and_metadata_files_stay_bounded() {
+    let server = TestServer::start().await;
+    // Rounds of appends, each touching every tenant, each followed by its
+    // merge. A merge gives each tenant one manifest of its new entries
+    // (partition summaries pin it to that tenant, so other tenants'
+    // queries skip it) and leaves the tenant's earlier manifests alone
+    // until a size tier holds four: three rounds keep every earlier
+    // manifest as it was, the fourth folds the tier into one.
+    let mut before: BTreeMap<Vec<u8>, BTreeSet<String>> = BTreeMap::new();
+    let mut table = raw_events(&server).await;
+    for round in 1..=4 {
+        let appends = (round - 1) * MERGE_AFTER_APPENDS..round * MERGE_AFTER_APPENDS;
+        ingest_small_commits(&server, appends, 20).await;
+        table = merged(&server).await;
+        let after = manifests_by_tenant(&table).await;
+        assert_eq!(after.len(), TENANTS, "round {round}");
+        for (tenant, manifests) in &after {
+            let kept = before.get(tenant).cloned().unwrap_or_default();
+            if round < 4 {
+                assert_eq!(manifests.len(), round, "round {round}: {manifests:?}");
+                assert!(
+                    kept.is_subset(manifests),
+                    "round {round}: an earlier manifest was rewritten"
+                );
+            } else {
+                assert_eq!(manifests.len(), 1, "round {round}: {manifests:?}");
+                assert!(
+                    kept.is_disjoint(manifests),
+                    "round {round}: the full tier was not folded"
+                );
+            }
+        }
+        before = after;
+    }
+    let commits = 4 * MERGE_AFTER_APPENDS;
     let merges = table
         .metadata()
         .snapshots()
@@ -109,21 +162,7 @@ async fn manifests_and_metadata_files_stay_bounded() {
                 .contains_key(MERGED_PROPERTY)
         })
         .count();
-    assert!(
-        merges >= 3,
-        "{merges} manifest merges after {commits} commits"
-    );
-    // A merge leaves exactly one manifest per tenant, which partition
-    // summaries pin to that tenant (so other tenants' queries skip it).
-    let manifests = manifests_of_current(&table).await;
-    assert_eq!(manifests.len(), TENANTS, "after {commits} appends");
-    let mut pinned = BTreeSet::new();
-    for m in &manifests {
-        let summary = &m.partitions.as_ref().unwrap()[0];
-        assert_eq!(summary.lower_bound, summary.upper_bound);
-        pinned.insert(summary.lower_bound.clone().unwrap().to_vec());
-    }
-    assert_eq!(pinned.len(), TENANTS);
+    assert_eq!(merges, 4, "manifest merges after {commits} commits");
 
     // The retired metadata.json files are deleted in the background.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
