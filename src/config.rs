@@ -284,8 +284,9 @@ pub mod limits {
     pub const SNAPSHOT_RETENTION_HOURS: u64 = 24;
     /// Default of `--snapshot-retention-count`.
     /// Every retained snapshot keeps its manifest list and the manifests it
-    /// names on storage (~75 KB per snapshot at 1k-row commits from 50
-    /// tenants, `benches/stream.rs`): 200 bound that to ~15 MB.
+    /// names on storage: ~75 KB per snapshot at 1k-row commits from 50
+    /// tenants (`benches/stream.rs`), ~2 MB with 1,000 tenants and one
+    /// unbuffered commit per 1k-row `DoPut` (`benches/metadata_growth.py`).
     pub const SNAPSHOT_RETENTION_COUNT: usize = 200;
     /// Default of `--data-cache-mib`.
     pub const DATA_CACHE_MIB: u64 = 512;
