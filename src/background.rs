@@ -48,17 +48,19 @@ fn lower_priority() {
 #[cfg(not(target_os = "linux"))]
 fn lower_priority() {}
 
-/// Run `f` on a background thread and wait for it; `what` names the work
-/// in the error if it panics.
-pub async fn run<F, T>(what: &str, f: F) -> Result<T>
+/// Start `f` on a background thread now; the returned future waits for
+/// it. (Started eagerly, so several calls run in parallel before any is
+/// awaited.) `what` names the work in the error if it panics.
+pub fn run<F, T>(what: &'static str, f: F) -> impl Future<Output = Result<T>>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    pool()
-        .spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("{what} failed: {e}")))
+    let task = pool().spawn_blocking(f);
+    async move {
+        task.await
+            .map_err(|e| Error::Internal(format!("{what} failed: {e}")))
+    }
 }
 
 #[cfg(test)]
@@ -77,5 +79,21 @@ mod tests {
         let here = nice();
         let there = super::run("reading the nice value", nice).await.unwrap();
         assert_eq!(there, here.max(super::NICE));
+    }
+
+    #[tokio::test]
+    async fn work_starts_before_it_is_awaited() {
+        // The first task waits for a message the second sends: it gets it
+        // only if the second started without being awaited, as the
+        // writer's parallel encoders rely on.
+        let (send, receive) = std::sync::mpsc::channel();
+        let first = super::run("first", move || {
+            receive
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .is_ok()
+        });
+        let second = super::run("second", move || send.send(()).is_ok());
+        assert!(first.await.unwrap(), "the second task never ran");
+        assert!(second.await.unwrap());
     }
 }
