@@ -26,17 +26,12 @@ services_require_postgres
 started=$SECONDS
 phase() { echo "-- $1: $((SECONDS - started)) s since start"; }
 
-# Everything the suites need besides Raindrop's own build: the S3 server,
-# the Python venvs and the Node client, installed on first use, before the
-# build so a missing network fails in seconds. Not in parallel with the
-# build: on 2 cores, compiling s3s-fs alongside the test targets took 492 s
-# where one after the other took 319 s + 100 s.
+# Everything the suites need besides Raindrop's own build, installed on
+# first use: the S3 server, the Python venvs and the Node client.
 VENV="${RAINDROP_VENV:-$HOME/.cache/raindrop/venv}"
 DUCKDB_VENV="${RAINDROP_DUCKDB_VENV:-$HOME/.cache/raindrop/venv-duckdb}"
 NODE_PREFIX="${RAINDROP_NODE_PREFIX:-$HOME/.cache/raindrop/node}"
-install_suite_deps() {
-  services_install_s3s
-
+install_clients() {
   local req=tests/clients/requirements.txt nodeps=tests/clients/requirements-nodeps.txt
   if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
@@ -80,9 +75,36 @@ install_suite_deps() {
     echo "$node_want" > "$node_stamp"
   fi
 }
-echo "== S3 server and client suites (installed on first use)"
-install_suite_deps
-phase "S3 server and client suites ready"
+# The S3 server is compiled: before the build, not beside it (on 2 cores,
+# compiling s3s-fs alongside the test targets took 492 s where one after
+# the other took 319 s + 100 s).
+echo "== S3 server (installed on first use)"
+services_install_s3s
+phase "S3 server ready"
+
+# The client packages are mostly downloads and unpacking: they install in
+# the background while cargo compiles the test targets, and the tests start
+# once both are done. A failed install is reported then, with its log.
+INSTALL_LOG="$(mktemp /tmp/raindrop-install.XXXXXX)"
+install_clients >"$INSTALL_LOG" 2>&1 &
+install_pid=$!
+trap 'kill "$install_pid" 2>/dev/null || true' EXIT  # a failed build stops it
+
+echo "== cargo test --release: building the test targets"
+# Unit tests, the binary and the e2e suite; not the 4 benchmark binaries
+# (4 min of compiling and linking here): `cargo clippy --all-targets`
+# checks that they build, and they are run with `cargo bench`.
+cargo test --release --locked --lib --bins --tests --no-run
+phase "test targets built"
+
+if ! wait "$install_pid"; then
+  cat "$INSTALL_LOG"
+  echo "installing the client suites failed (log above)" >&2
+  exit 1
+fi
+cat "$INSTALL_LOG"
+rm -f "$INSTALL_LOG"
+phase "client suites ready"
 
 # On S3 + PostgreSQL the e2e tests mostly wait on the servers, so four at a
 # time finish sooner than one per core: 75 s instead of 122 s here. The
@@ -90,9 +112,6 @@ phase "S3 server and client suites ready"
 S3_TEST_THREADS="${RAINDROP_S3_TEST_THREADS:-4}"
 
 echo "== cargo test --release (SQLite catalog, local warehouse)"
-# Unit tests, the binary and the e2e suite; not the 4 benchmark binaries
-# (4 min of compiling and linking here): `cargo clippy --all-targets`
-# checks that they build, and they are run with `cargo bench`.
 cargo test --release --locked --lib --bins --tests
 phase "Rust tests, local"
 
