@@ -88,7 +88,8 @@ phase "S3 server ready"
 INSTALL_LOG="$(mktemp /tmp/raindrop-install.XXXXXX)"
 install_clients >"$INSTALL_LOG" 2>&1 &
 install_pid=$!
-trap 'kill "$install_pid" 2>/dev/null || true' EXIT  # a failed build stops it
+# A failed build stops the installs too (pip and npm are the subshell's children).
+trap 'pkill -P "$install_pid" 2>/dev/null; kill "$install_pid" 2>/dev/null || true' EXIT
 
 echo "== cargo test --release: building the test targets"
 # Unit tests, the binary and the e2e suite; not the 4 benchmark binaries
