@@ -92,10 +92,11 @@ install_pid=$!
 trap 'pkill -P "$install_pid" 2>/dev/null; kill "$install_pid" 2>/dev/null || true' EXIT
 
 echo "== cargo test --release: building the test targets"
-# Unit tests, the binary and the e2e suite; not the 4 benchmark binaries
+# Unit tests, the binary and the e2e suite (a workspace crate of its own,
+# tests/e2e, built at a lower opt-level); not the 5 benchmark binaries
 # (4 min of compiling and linking here): `cargo clippy --all-targets`
 # checks that they build, and they are run with `cargo bench`.
-cargo test --release --locked --lib --bins --tests --no-run
+cargo test --release --locked --workspace --lib --bins --tests --no-run
 phase "test targets built"
 
 if ! wait "$install_pid"; then
@@ -113,12 +114,12 @@ phase "client suites ready"
 S3_TEST_THREADS="${RAINDROP_S3_TEST_THREADS:-4}"
 
 echo "== cargo test --release (SQLite catalog, local warehouse)"
-cargo test --release --locked --lib --bins --tests
+cargo test --release --locked --workspace --lib --bins --tests
 phase "Rust tests, local"
 
 services_start
-echo "== cargo test --release --test e2e (PostgreSQL catalog, S3 warehouse)"
-RAINDROP_TEST_BACKEND=s3pg cargo test --release --locked --test e2e -- --test-threads "$S3_TEST_THREADS"
+echo "== cargo test --release -p raindrop-e2e (PostgreSQL catalog, S3 warehouse)"
+RAINDROP_TEST_BACKEND=s3pg cargo test --release --locked -p raindrop-e2e --test e2e -- --test-threads "$S3_TEST_THREADS"
 phase "Rust e2e, S3 + PostgreSQL"
 
 echo "== Client suite (Python, Node)"

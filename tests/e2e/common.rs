@@ -334,6 +334,30 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The server binary the process tests start: `RAINDROP_BIN`, or
+/// `raindrop` in the profile directory this test binary was built into
+/// (`target/release/deps/e2e-*` -> `target/release/raindrop`). This crate is
+/// not the binary's package, so cargo does not build it for `-p
+/// raindrop-e2e` alone: build both with `cargo test --release --workspace`
+/// (scripts/test.sh does).
+pub fn raindrop_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("RAINDROP_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("path of the test binary");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary inside target/<profile>/deps")
+        .join("raindrop");
+    assert!(
+        bin.is_file(),
+        "{} not found: run `cargo build --release --bin raindrop` (or `cargo test --release --workspace`), or set RAINDROP_BIN",
+        bin.display()
+    );
+    bin
+}
+
 /// Snapshots of `raw_events` as `server` sees it now.
 pub async fn snapshots(server: &ServerHandle) -> usize {
     let table = server

@@ -27,7 +27,7 @@ impl Server {
     }
 
     fn start_with(dir: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_raindrop"))
+        let mut child = Command::new(crate::common::raindrop_bin())
             .args([
                 "serve",
                 "--addr",
@@ -323,7 +323,7 @@ fn bad_storage_settings_fail_at_start_naming_the_setting() {
     ];
     for (args, want) in cases {
         let started = std::time::Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_raindrop"))
+        let out = Command::new(crate::common::raindrop_bin())
             .args([
                 "serve",
                 "--addr",
@@ -528,7 +528,7 @@ async fn tokens_created_or_revoked_once_reach_every_node() {
     let dir = setup().await;
     let nodes = [Server::node(dir.path(), 0), Server::node(dir.path(), 1)];
     let cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_raindrop"))
+        let out = Command::new(crate::common::raindrop_bin())
             .arg("token")
             .args(args)
             .arg("--data-dir")

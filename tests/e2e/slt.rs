@@ -207,7 +207,7 @@ fn epoch_micros(s: &str, at_word_start: bool) -> Option<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slt_files() {
     let server = loaded_server().await;
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sql");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .flatten()

@@ -1,0 +1,1 @@
+//! Nothing: the suite is the `e2e` test target (main.rs).
