@@ -337,22 +337,37 @@ pub fn free_port() -> u16 {
 /// The server binary the process tests start: `RAINDROP_BIN`, or
 /// `raindrop` in the profile directory this test binary was built into
 /// (`target/release/deps/e2e-*` -> `target/release/raindrop`). This crate is
-/// not the binary's package, so cargo does not build it for `-p
-/// raindrop-e2e` alone: build both with `cargo test --release --workspace`
-/// (scripts/test.sh does).
+/// not the binary's package, so cargo does not rebuild the binary for `-p
+/// raindrop-e2e` or `--test e2e` alone; a binary older than the library
+/// this test binary links would test old code, so that fails here.
 pub fn raindrop_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("RAINDROP_BIN") {
         return PathBuf::from(bin);
     }
     let exe = std::env::current_exe().expect("path of the test binary");
-    let bin = exe
+    let deps = exe
         .parent()
-        .and_then(Path::parent)
-        .expect("test binary inside target/<profile>/deps")
-        .join("raindrop");
+        .expect("test binary inside target/<profile>/deps");
+    let bin = deps.parent().expect("target/<profile>").join("raindrop");
+    let rebuild = "run `cargo build --release --bin raindrop` (scripts/test.sh builds the whole workspace), or set RAINDROP_BIN";
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let Some(bin_time) = modified(&bin) else {
+        panic!("{} not found: {rebuild}", bin.display());
+    };
+    let newest_lib = std::fs::read_dir(deps)
+        .expect("list target/<profile>/deps")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libraindrop-") && n.ends_with(".rlib"))
+        })
+        .filter_map(|p| modified(&p))
+        .max();
     assert!(
-        bin.is_file(),
-        "{} not found: run `cargo build --release --bin raindrop` (or `cargo test --release --workspace`), or set RAINDROP_BIN",
+        newest_lib.is_none_or(|lib| lib <= bin_time),
+        "{} is older than the raindrop library: {rebuild}",
         bin.display()
     );
     bin
