@@ -340,7 +340,13 @@ pub fn free_port() -> u16 {
 /// not the binary's package, so cargo does not rebuild the binary for `-p
 /// raindrop-e2e` or `--test e2e` alone; a binary older than the library
 /// this test binary links would test old code, so that fails here.
+/// Looked up once per test run: `deps/` holds thousands of files.
 pub fn raindrop_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(find_raindrop_bin).clone()
+}
+
+fn find_raindrop_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("RAINDROP_BIN") {
         return PathBuf::from(bin);
     }
