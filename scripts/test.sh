@@ -97,6 +97,10 @@ echo "== cargo test --release: building the test targets"
 # (4 min of compiling and linking here): `cargo clippy --all-targets`
 # checks that they build, and they are run with `cargo bench`.
 cargo test --release --locked --workspace --lib --bins --tests --no-run
+# The server binary itself: `--bins` above builds only its test harness, and
+# the e2e process tests and the client suite start this binary (a stale one
+# from an earlier build would test old code: tests/e2e/common.rs refuses it).
+cargo build --release --locked --bin raindrop
 phase "test targets built"
 
 if ! wait "$install_pid"; then
@@ -125,7 +129,6 @@ phase "Rust e2e, S3 + PostgreSQL"
 echo "== Client suite (Python, Node)"
 export RAINDROP_DUCKDB_PYTHON="$DUCKDB_VENV/bin/python"
 export RAINDROP_NODE_MODULES="$NODE_PREFIX/node_modules"
-cargo build --release --locked --bin raindrop
 export RAINDROP_BIN="$TARGET_DIR/release/raindrop"
 "$VENV/bin/python" -m pytest -q tests/clients
 phase "client suite"
