@@ -92,11 +92,13 @@ install_pid=$!
 trap 'pkill -P "$install_pid" 2>/dev/null; kill "$install_pid" 2>/dev/null || true' EXIT
 
 echo "== cargo test --release: building the test targets"
-# Unit tests, the binary and the e2e suite (a workspace crate of its own,
-# tests/e2e, built at a lower opt-level); not the 5 benchmark binaries
-# (4 min of compiling and linking here): `cargo clippy --all-targets`
-# checks that they build, and they are run with `cargo bench`.
-cargo test --release --locked --workspace --lib --bins --tests --no-run
+# The two test targets, each a workspace crate of its own built at
+# opt-level 0 (see the root Cargo.toml): `unit` (src/'s #[cfg(test)]
+# modules, tests/unit) and `e2e` (tests/e2e, against the library at 3).
+# Not the 5 benchmark binaries (4 min of compiling and linking here):
+# `cargo clippy --all-targets` checks that they build, and they are run
+# with `cargo bench`.
+cargo test --release --locked --workspace --tests --no-run
 # The server binary itself: `--bins` above builds only its test harness, and
 # the e2e process tests and the client suite start this binary (a stale one
 # from an earlier build would test old code: tests/e2e/common.rs refuses it).
@@ -118,7 +120,7 @@ phase "client suites ready"
 S3_TEST_THREADS="${RAINDROP_S3_TEST_THREADS:-4}"
 
 echo "== cargo test --release (SQLite catalog, local warehouse)"
-cargo test --release --locked --workspace --lib --bins --tests
+cargo test --release --locked --workspace --tests
 phase "Rust tests, local"
 
 services_start
