@@ -99,9 +99,10 @@ echo "== cargo test --release: building the test targets"
 # `cargo clippy --all-targets` checks that they build, and they are run
 # with `cargo bench`.
 cargo test --release --locked --workspace --tests --no-run
-# The server binary itself: `--bins` above builds only its test harness, and
-# the e2e process tests and the client suite start this binary (a stale one
-# from an earlier build would test old code: tests/e2e/common.rs refuses it).
+# The server binary itself, which `cargo test` does not build for another
+# package's tests: the e2e process tests and the client suite start it (a
+# stale one from an earlier build would test old code: tests/e2e/common.rs
+# refuses it).
 cargo build --release --locked --bin raindrop
 phase "test targets built"
 
