@@ -8,14 +8,19 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, new_null_array};
-use arrow::datatypes::SchemaRef;
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, TimestampMicrosecondArray,
+    new_null_array,
+};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use datafusion::catalog::Session;
-use datafusion::common::DFSchema;
+use datafusion::common::pruning::PruningStatistics;
+use datafusion::common::{Column, DFSchema, ScalarValue};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::Result as DFResult;
 use datafusion::logical_expr::Expr;
 use datafusion::logical_expr::utils::conjunction;
+use datafusion::physical_optimizer::pruning::PruningPredicate;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::filter::FilterExecBuilder;
 
@@ -52,13 +57,21 @@ pub fn plan(
             .map(|i| read.binary_search(i).expect("projected columns are read"))
             .collect::<Vec<_>>()
     });
+    let predicate = match conjunction(filters.iter().cloned()) {
+        Some(p) => {
+            let df_schema = DFSchema::try_from(narrow.as_ref().clone())?;
+            Some(state.create_physical_expr(p, &df_schema)?)
+        }
+        None => None,
+    };
+    let batches = in_time_range(state, batches, &narrow, filters)?;
     let n = state.config_options().execution.target_partitions.max(1);
     let mut partitions: Vec<Vec<RecordBatch>> = vec![vec![]; n.min(batches.len().max(1))];
     let count = partitions.len();
-    for (i, b) in batches.iter().enumerate() {
+    for (i, b) in batches.into_iter().enumerate() {
         partitions[i % count].push(shape(b, &narrow)?);
     }
-    let Some(predicate) = conjunction(filters.iter().cloned()) else {
+    let Some(predicate) = predicate else {
         return Ok(MemorySourceConfig::try_new_exec(
             &partitions,
             narrow,
@@ -66,13 +79,139 @@ pub fn plan(
         )?);
     };
     let input = MemorySourceConfig::try_new_exec(&partitions, narrow.clone(), None)?;
-    let df_schema = DFSchema::try_from(narrow.as_ref().clone())?;
-    let predicate = state.create_physical_expr(predicate, &df_schema)?;
     Ok(Arc::new(
         FilterExecBuilder::new(predicate, input)
             .apply_projection(projection)?
             .build()?,
     ))
+}
+
+/// The batches whose `event_timestamp` range may satisfy the `filters`
+/// on `event_timestamp` and `event_day` (over `schema`, the columns read).
+/// The buffer holds the last seconds' rows, mostly today's: a dashboard
+/// asking for earlier days would otherwise shape and filter every one of
+/// them, where the file scan skips whole `event_day` partitions. Only
+/// those columns have statistics, so only their filters are used; all
+/// filters are applied to the rows kept.
+fn in_time_range<'a>(
+    state: &dyn Session,
+    batches: &'a [RecordBatch],
+    schema: &SchemaRef,
+    filters: &[Expr],
+) -> DFResult<Vec<&'a RecordBatch>> {
+    let on_time = filters.iter().filter(|f| {
+        f.column_refs()
+            .iter()
+            .all(|c| c.name() == col::EVENT_TIMESTAMP || c.name() == col::EVENT_DAY)
+    });
+    let Some(predicate) = conjunction(on_time.cloned()) else {
+        return Ok(batches.iter().collect());
+    };
+    let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+    let predicate = state.create_physical_expr(predicate, &df_schema)?;
+    let pruning = PruningPredicate::try_new(predicate, schema.clone())?;
+    if pruning.always_true() {
+        return Ok(batches.iter().collect());
+    }
+    let keep = pruning.prune(&TimeRanges::new(batches, schema)?)?;
+    Ok(batches
+        .iter()
+        .zip(keep)
+        .filter_map(|(b, k)| k.then_some(b))
+        .collect())
+}
+
+/// Each batch's smallest and largest `event_timestamp`, and the
+/// `event_day`s they fall on, as pruning statistics (one container per
+/// batch). Other columns have none: a predicate on them keeps every batch.
+struct TimeRanges {
+    timestamps: [ArrayRef; 2],
+    days: [ArrayRef; 2],
+}
+
+impl TimeRanges {
+    fn new(batches: &[RecordBatch], schema: &SchemaRef) -> DFResult<Self> {
+        let micros = DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()));
+        let (mut min, mut max) = (vec![], vec![]);
+        for b in batches {
+            let range = match b.column_by_name(col::EVENT_TIMESTAMP) {
+                Some(c) => {
+                    let c = arrow::compute::cast(c, &micros)?;
+                    let c = c.as_any().downcast_ref::<TimestampMicrosecondArray>();
+                    c.map(|c| {
+                        (
+                            arrow::compute::min::<TimestampMicrosecondType>(c),
+                            arrow::compute::max::<TimestampMicrosecondType>(c),
+                        )
+                    })
+                }
+                None => None,
+            };
+            let (lo, hi) = range.unwrap_or((None, None));
+            min.push(lo);
+            max.push(hi);
+        }
+        // In the types the predicate was planned against.
+        let field_type = |name: &str, default: &DataType| {
+            schema
+                .field_with_name(name)
+                .map(|f| f.data_type().clone())
+                .unwrap_or_else(|_| default.clone())
+        };
+        let ts_type = field_type(col::EVENT_TIMESTAMP, &micros);
+        let day_type = field_type(col::EVENT_DAY, &DataType::Date32);
+        let as_array = |v: Vec<Option<i64>>| -> DFResult<[ArrayRef; 2]> {
+            let a: ArrayRef = Arc::new(TimestampMicrosecondArray::from(v).with_timezone("+00:00"));
+            Ok([
+                arrow::compute::cast(&a, &ts_type)?,
+                arrow::compute::cast(&a, &day_type)?,
+            ])
+        };
+        let [ts_min, day_min] = as_array(min)?;
+        let [ts_max, day_max] = as_array(max)?;
+        Ok(Self {
+            timestamps: [ts_min, ts_max],
+            days: [day_min, day_max],
+        })
+    }
+
+    fn bound(&self, column: &Column, i: usize) -> Option<ArrayRef> {
+        match column.name() {
+            col::EVENT_TIMESTAMP => Some(self.timestamps[i].clone()),
+            col::EVENT_DAY => Some(self.days[i].clone()),
+            _ => None,
+        }
+    }
+}
+
+impl PruningStatistics for TimeRanges {
+    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.bound(column, 0)
+    }
+
+    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.bound(column, 1)
+    }
+
+    fn num_containers(&self) -> usize {
+        self.timestamps[0].len()
+    }
+
+    fn null_counts(&self, _column: &Column) -> Option<ArrayRef> {
+        None
+    }
+
+    fn row_counts(&self, _column: &Column) -> Option<ArrayRef> {
+        None
+    }
+
+    fn contained(
+        &self,
+        _column: &Column,
+        _values: &std::collections::HashSet<ScalarValue>,
+    ) -> Option<BooleanArray> {
+        None
+    }
 }
 
 /// `batch` with exactly `schema`'s columns: types cast (strings to views),
@@ -103,4 +242,76 @@ fn shape(batch: &RecordBatch, schema: &SchemaRef) -> DFResult<RecordBatch> {
         columns,
         &options,
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{Field, Schema};
+    use datafusion::prelude::{SessionContext, col as column, lit};
+
+    const DAY: i64 = 86_400_000_000;
+
+    /// Two rows, at `micros` and one millisecond later.
+    fn rows_at(micros: i64) -> RecordBatch {
+        let ts =
+            TimestampMicrosecondArray::from(vec![micros, micros + 1_000]).with_timezone("+00:00");
+        let schema = Schema::new(vec![Field::new(
+            col::EVENT_TIMESTAMP,
+            ts.data_type().clone(),
+            false,
+        )]);
+        RecordBatch::try_new(Arc::new(schema), vec![Arc::new(ts)]).unwrap()
+    }
+
+    #[test]
+    fn batches_outside_the_queried_days_are_skipped() {
+        let batches = [
+            rows_at(10 * DAY + 5),
+            rows_at(11 * DAY + 5),
+            rows_at(11 * DAY + 5_000),
+        ];
+        let ts_type = DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()));
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new(col::EVENT_TIMESTAMP, ts_type, false),
+            Field::new(col::EVENT_DAY, DataType::Date32, false),
+            Field::new(col::EVENT_TYPE, DataType::Utf8View, false),
+        ]));
+        let state = SessionContext::new().state();
+        let kept_all = |filters: &[Expr]| -> Vec<usize> {
+            in_time_range(&state, &batches, &schema, filters)
+                .unwrap()
+                .into_iter()
+                .map(|b| batches.iter().position(|x| std::ptr::eq(x, b)).unwrap())
+                .collect()
+        };
+        let kept = |e: Expr| kept_all(&[e]);
+        let day = |d: i32| lit(ScalarValue::Date32(Some(d)));
+        let at = |micros: i64| {
+            lit(ScalarValue::TimestampMicrosecond(
+                Some(micros),
+                Some("+00:00".into()),
+            ))
+        };
+        assert_eq!(kept(column(col::EVENT_DAY).eq(day(11))), vec![1, 2]);
+        assert_eq!(kept(column(col::EVENT_DAY).eq(day(10))), vec![0]);
+        assert_eq!(
+            kept(column(col::EVENT_DAY).gt(day(11))),
+            Vec::<usize>::new()
+        );
+        assert_eq!(
+            kept(column(col::EVENT_TIMESTAMP).gt_eq(at(11 * DAY + 2_000))),
+            vec![2]
+        );
+        // Filters on other columns (no statistics; a Utf8 literal against a
+        // view column) prune nothing, and do not stop the time filters.
+        assert_eq!(kept(column(col::EVENT_TYPE).eq(lit("a"))), vec![0, 1, 2]);
+        assert_eq!(
+            kept_all(&[
+                column(col::EVENT_TYPE).lt_eq(lit("a")),
+                column(col::EVENT_DAY).eq(day(10))
+            ]),
+            vec![0]
+        );
+    }
 }
