@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, TimestampMicrosecondArray,
-    new_null_array,
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions,
+    TimestampMicrosecondArray, new_null_array,
 };
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use datafusion::catalog::Session;
@@ -57,14 +57,11 @@ pub fn plan(
             .map(|i| read.binary_search(i).expect("projected columns are read"))
             .collect::<Vec<_>>()
     });
-    let predicate = match conjunction(filters.iter().cloned()) {
-        Some(p) => {
-            let df_schema = DFSchema::try_from(narrow.as_ref().clone())?;
-            Some(state.create_physical_expr(p, &df_schema)?)
-        }
-        None => None,
-    };
-    let batches = in_time_range(state, batches, &narrow, filters)?;
+    let df_schema = DFSchema::try_from(narrow.as_ref().clone())?;
+    let predicate = conjunction(filters.iter().cloned())
+        .map(|p| state.create_physical_expr(p, &df_schema))
+        .transpose()?;
+    let batches = in_time_range(state, batches, &df_schema, filters)?;
     let n = state.config_options().execution.target_partitions.max(1);
     let mut partitions: Vec<Vec<RecordBatch>> = vec![vec![]; n.min(batches.len().max(1))];
     let count = partitions.len();
@@ -96,7 +93,7 @@ pub fn plan(
 fn in_time_range<'a>(
     state: &dyn Session,
     batches: &'a [RecordBatch],
-    schema: &SchemaRef,
+    schema: &DFSchema,
     filters: &[Expr],
 ) -> DFResult<Vec<&'a RecordBatch>> {
     let on_time = filters.iter().filter(|f| {
@@ -107,13 +104,12 @@ fn in_time_range<'a>(
     let Some(predicate) = conjunction(on_time.cloned()) else {
         return Ok(batches.iter().collect());
     };
-    let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
-    let predicate = state.create_physical_expr(predicate, &df_schema)?;
-    let pruning = PruningPredicate::try_new(predicate, schema.clone())?;
+    let predicate = state.create_physical_expr(predicate, schema)?;
+    let pruning = PruningPredicate::try_new(predicate, Arc::clone(schema.inner()))?;
     if pruning.always_true() {
         return Ok(batches.iter().collect());
     }
-    let keep = pruning.prune(&TimeRanges::new(batches, schema)?)?;
+    let keep = pruning.prune(&TimeRanges::new(batches, schema.inner())?)?;
     Ok(batches
         .iter()
         .zip(keep)
@@ -134,20 +130,16 @@ impl TimeRanges {
         let micros = DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()));
         let (mut min, mut max) = (vec![], vec![]);
         for b in batches {
-            let range = match b.column_by_name(col::EVENT_TIMESTAMP) {
+            // A batch without the column (none, after validation) is unknown:
+            // null bounds keep it.
+            let (lo, hi) = match b.column_by_name(col::EVENT_TIMESTAMP) {
                 Some(c) => {
                     let c = arrow::compute::cast(c, &micros)?;
-                    let c = c.as_any().downcast_ref::<TimestampMicrosecondArray>();
-                    c.map(|c| {
-                        (
-                            arrow::compute::min::<TimestampMicrosecondType>(c),
-                            arrow::compute::max::<TimestampMicrosecondType>(c),
-                        )
-                    })
+                    let c = c.as_primitive::<TimestampMicrosecondType>();
+                    (arrow::compute::min(c), arrow::compute::max(c))
                 }
-                None => None,
+                None => (None, None),
             };
-            let (lo, hi) = range.unwrap_or((None, None));
             min.push(lo);
             max.push(hi);
         }
@@ -277,6 +269,7 @@ mod tests {
             Field::new(col::EVENT_DAY, DataType::Date32, false),
             Field::new(col::EVENT_TYPE, DataType::Utf8View, false),
         ]));
+        let schema = DFSchema::try_from(schema.as_ref().clone()).unwrap();
         let state = SessionContext::new().state();
         let kept_all = |filters: &[Expr]| -> Vec<usize> {
             in_time_range(&state, &batches, &schema, filters)
