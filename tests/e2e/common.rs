@@ -6,14 +6,13 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::Int64Type;
-use chrono::Utc;
+use chrono::{NaiveDate, Utc};
 use raindrop::client::{IngestMode, RaindropClient};
 use raindrop::config::ServeConfig;
 use raindrop::demo::generate::{GenConfig, ProjectData, generate_project};
 use raindrop::server::ServerHandle;
 use raindrop::tenant::tokens::TokenSource;
 use raindrop::tenant::{Role, tokens};
-use tokio::sync::OnceCell;
 
 pub use crate::backend::{
     backend_args, s3pg, storage_config, token_args, token_source, use_backend, warehouse_files,
@@ -170,40 +169,62 @@ pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Generated data for the two test tenants (cached: generated once).
+/// Generated data for the two test tenants.
 pub struct Dataset {
     pub acme: ProjectData,
     pub globex: ProjectData,
 }
 
-pub fn dataset_config() -> GenConfig {
+/// The fixture's 30 whole days end at `today`'s UTC midnight.
+pub fn dataset_config(today: NaiveDate) -> GenConfig {
     GenConfig {
         projects: 2,
         days: 30,
         events: 24_000,
         batch_rows: 4_000,
         seed: 1234,
-        // Ends at today's UTC midnight: the 30 days are whole days, so how
-        // many files each day gets does not depend on the time of day the
-        // tests run (pinned plans count them).
-        end: Utc::now()
-            .date_naive()
-            .and_hms_opt(0, 0, 0)
-            .expect("midnight")
-            .and_utc(),
+        // Whole days: how many files each day gets does not depend on the
+        // time of day the tests run (pinned plans count them).
+        end: today.and_hms_opt(0, 0, 0).expect("midnight").and_utc(),
     }
 }
 
+/// The dataset for the current UTC day, generated once per day: tests
+/// compare it with queries on `current_date`, so a run that crosses
+/// midnight needs the next day's data (see [`on_one_utc_day`]).
 pub async fn dataset() -> &'static Dataset {
-    static DATA: OnceCell<Dataset> = OnceCell::const_new();
-    DATA.get_or_init(|| async {
-        let cfg = dataset_config();
-        Dataset {
+    static DATA: tokio::sync::Mutex<BTreeMap<NaiveDate, &'static Dataset>> =
+        tokio::sync::Mutex::const_new(BTreeMap::new());
+    let today = Utc::now().date_naive();
+    let mut cache = DATA.lock().await;
+    cache.entry(today).or_insert_with(|| {
+        let cfg = dataset_config(today);
+        Box::leak(Box::new(Dataset {
             acme: generate_project(&cfg, 0),
             globex: generate_project(&cfg, 1),
-        }
+        }))
     })
-    .await
+}
+
+/// Runs a test whose expectations depend on today's date, once more if it
+/// failed while the UTC date changed: the fixture was loaded for one day
+/// and `current_date` was evaluated on the next. Any other failure fails.
+pub async fn on_one_utc_day<F, Fut>(body: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let day = Utc::now().date_naive();
+    let Err(failure) = tokio::spawn(body()).await else {
+        return;
+    };
+    if Utc::now().date_naive() == day {
+        std::panic::resume_unwind(failure.into_panic());
+    }
+    eprintln!("the UTC date changed during the test: running it again on the new day");
+    if let Err(failure) = tokio::spawn(body()).await {
+        std::panic::resume_unwind(failure.into_panic());
+    }
 }
 
 /// A server loaded with both tenants' telemetry and outcomes.

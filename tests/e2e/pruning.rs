@@ -40,114 +40,117 @@ fn events_on(data: &raindrop::demo::generate::ProjectData, day: NaiveDate) -> i6
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn day_and_time_predicates_prune_files() {
-    let server = loaded_server().await;
-    let data = dataset().await;
-    let mut acme = server.client("acme").await;
-    let today = Utc::now().date_naive();
-    let day = today - Duration::days(5);
-    let one_day = files_on_disk(&server, ACME, day);
-    let all = parquet_files(&server.raw_events_data().join("project_id=acme")).len();
-    assert!(
-        one_day > 0 && one_day * 10 < all,
-        "fixture: {one_day} files that day of {all}"
-    );
-
-    let next = day + Duration::days(1);
-    let prev = day - Duration::days(1);
-    let cases = [
-        (format!("event_day = DATE '{day}'"), one_day),
-        (
-            "event_day = current_date - interval '5 days'".to_string(),
-            one_day,
-        ),
-        (
-            format!("event_day >= DATE '{day}' AND event_day < DATE '{next}'"),
-            one_day,
-        ),
-        (
-            format!("event_day BETWEEN DATE '{prev}' AND DATE '{day}'"),
-            one_day + files_on_disk(&server, ACME, prev),
-        ),
-        (
-            format!("event_day IN (DATE '{prev}', DATE '{next}')"),
-            files_on_disk(&server, ACME, prev) + files_on_disk(&server, ACME, next),
-        ),
-        (
-            format!(
-                "event_timestamp >= TIMESTAMP '{day}T00:00:00Z' AND event_timestamp < TIMESTAMP '{next}T00:00:00Z'"
-            ),
-            one_day,
-        ),
-        (
-            format!(
-                "event_timestamp >= '{day}T00:00:00Z' AND event_timestamp < '{next}T00:00:00Z'"
-            ),
-            one_day,
-        ),
-        (
-            format!("project_id = 'acme' AND event_day = DATE '{day}'"),
-            one_day,
-        ),
-    ];
-    for (predicate, want) in &cases {
-        let sql = format!("SELECT count(*) FROM wildedge.raw_events WHERE {predicate}");
-        assert_eq!(
-            planned_files(&mut acme, &sql).await,
-            vec![*want],
-            "{predicate}"
+    on_one_utc_day(|| async {
+        let server = loaded_server().await;
+        let data = dataset().await;
+        let mut acme = server.client("acme").await;
+        let today = Utc::now().date_naive();
+        let day = today - Duration::days(5);
+        let one_day = files_on_disk(&server, ACME, day);
+        let all = parquet_files(&server.raw_events_data().join("project_id=acme")).len();
+        assert!(
+            one_day > 0 && one_day * 10 < all,
+            "fixture: {one_day} files that day of {all}"
         );
-    }
-    // Results stay exact while pruning.
-    let n = count(
-        &mut acme,
-        &format!("SELECT count(*) FROM wildedge.raw_events WHERE event_day = DATE '{day}'"),
-    )
-    .await;
-    assert_eq!(n, events_on(&data.acme, day));
-    let n = count(
-        &mut acme,
-        &format!("SELECT count(*) FROM wildedge.raw_events WHERE event_timestamp >= TIMESTAMP '{day}T12:00:00Z' AND event_day = DATE '{day}'"),
-    )
-    .await;
-    assert!(n > 0 && n < events_on(&data.acme, day));
 
-    // At the storage layer: the one-day query opened exactly that day's files.
-    let log = server.access_log();
-    log.start();
-    count(
-        &mut acme,
-        &format!("SELECT count(*) FROM wildedge.raw_events WHERE event_day = DATE '{day}'"),
-    )
-    .await;
-    let opened: std::collections::BTreeSet<_> = log
-        .stop()
-        .into_iter()
-        .filter(|p| p.ends_with(".parquet"))
-        .collect();
-    let day_dir = format!("/project_id=acme/event_day={day}/");
-    assert!(opened.iter().all(|p| p.contains(&day_dir)), "{opened:?}");
-    assert_eq!(opened.len(), one_day);
+        let next = day + Duration::days(1);
+        let prev = day - Duration::days(1);
+        let cases = [
+            (format!("event_day = DATE '{day}'"), one_day),
+            (
+                "event_day = current_date - interval '5 days'".to_string(),
+                one_day,
+            ),
+            (
+                format!("event_day >= DATE '{day}' AND event_day < DATE '{next}'"),
+                one_day,
+            ),
+            (
+                format!("event_day BETWEEN DATE '{prev}' AND DATE '{day}'"),
+                one_day + files_on_disk(&server, ACME, prev),
+            ),
+            (
+                format!("event_day IN (DATE '{prev}', DATE '{next}')"),
+                files_on_disk(&server, ACME, prev) + files_on_disk(&server, ACME, next),
+            ),
+            (
+                format!(
+                    "event_timestamp >= TIMESTAMP '{day}T00:00:00Z' AND event_timestamp < TIMESTAMP '{next}T00:00:00Z'"
+                ),
+                one_day,
+            ),
+            (
+                format!(
+                    "event_timestamp >= '{day}T00:00:00Z' AND event_timestamp < '{next}T00:00:00Z'"
+                ),
+                one_day,
+            ),
+            (
+                format!("project_id = 'acme' AND event_day = DATE '{day}'"),
+                one_day,
+            ),
+        ];
+        for (predicate, want) in &cases {
+            let sql = format!("SELECT count(*) FROM wildedge.raw_events WHERE {predicate}");
+            assert_eq!(
+                planned_files(&mut acme, &sql).await,
+                vec![*want],
+                "{predicate}"
+            );
+        }
+        // Results stay exact while pruning.
+        let n = count(
+            &mut acme,
+            &format!("SELECT count(*) FROM wildedge.raw_events WHERE event_day = DATE '{day}'"),
+        )
+        .await;
+        assert_eq!(n, events_on(&data.acme, day));
+        let n = count(
+            &mut acme,
+            &format!("SELECT count(*) FROM wildedge.raw_events WHERE event_timestamp >= TIMESTAMP '{day}T12:00:00Z' AND event_day = DATE '{day}'"),
+        )
+        .await;
+        assert!(n > 0 && n < events_on(&data.acme, day));
 
-    // Files actually opened (EXPLAIN ANALYZE metrics) match the plan.
-    let analyzed = acme
-        .query(&format!("EXPLAIN ANALYZE SELECT count(*) FROM wildedge.raw_events WHERE event_day = DATE '{day}'"))
-        .await
-        .unwrap();
-    let text = strings(&analyzed, "plan").join("\n");
-    assert!(text.contains(&format!("files_scanned={one_day}")), "{text}");
-    // The Parquet reader's own metrics are reported on the scan, once.
-    for metric in [
-        "bytes_scanned=",
-        "row_groups_pruned_statistics=",
-        "metadata_load_time=",
-    ] {
-        assert_eq!(text.matches(metric).count(), 1, "{metric} in {text}");
-    }
-    assert_eq!(
-        text.matches("output_rows=").count(),
-        text.lines().filter(|l| l.contains("metrics=")).count(),
-        "{text}"
-    );
+        // At the storage layer: the one-day query opened exactly that day's files.
+        let log = server.access_log();
+        log.start();
+        count(
+            &mut acme,
+            &format!("SELECT count(*) FROM wildedge.raw_events WHERE event_day = DATE '{day}'"),
+        )
+        .await;
+        let opened: std::collections::BTreeSet<_> = log
+            .stop()
+            .into_iter()
+            .filter(|p| p.ends_with(".parquet"))
+            .collect();
+        let day_dir = format!("/project_id=acme/event_day={day}/");
+        assert!(opened.iter().all(|p| p.contains(&day_dir)), "{opened:?}");
+        assert_eq!(opened.len(), one_day);
+
+        // Files actually opened (EXPLAIN ANALYZE metrics) match the plan.
+        let analyzed = acme
+            .query(&format!("EXPLAIN ANALYZE SELECT count(*) FROM wildedge.raw_events WHERE event_day = DATE '{day}'"))
+            .await
+            .unwrap();
+        let text = strings(&analyzed, "plan").join("\n");
+        assert!(text.contains(&format!("files_scanned={one_day}")), "{text}");
+        // The Parquet reader's own metrics are reported on the scan, once.
+        for metric in [
+            "bytes_scanned=",
+            "row_groups_pruned_statistics=",
+            "metadata_load_time=",
+        ] {
+            assert_eq!(text.matches(metric).count(), 1, "{metric} in {text}");
+        }
+        assert_eq!(
+            text.matches("output_rows=").count(),
+            text.lines().filter(|l| l.contains("metrics=")).count(),
+            "{text}"
+        );
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

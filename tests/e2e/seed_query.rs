@@ -142,50 +142,53 @@ fn close_percentile(a: f64, b: f64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_query_matches_independent_computation_for_each_tenant() {
-    let mut server = loaded_server().await;
-    let data = dataset().await;
-    for (token, project) in [("acme", &data.acme), ("globex", &data.globex)] {
-        let mut client = server.client(token).await;
-        let rows = actual(&client.query(SEED_QUERY).await.unwrap());
-        let want = expected(&project.events, &project.outcomes);
-        assert_eq!(rows.len(), want.len(), "{token}: group count");
-        // ORDER BY 1 DESC, 2
-        let mut sorted = rows.clone();
-        sorted.sort_by(|a, b| b.0.0.cmp(&a.0.0).then(a.0.1.cmp(&b.0.1)));
-        assert_eq!(
-            rows.iter().map(|r| &r.0).collect::<Vec<_>>(),
-            sorted.iter().map(|r| &r.0).collect::<Vec<_>>()
-        );
-        for (key, (avg, p95, conv, n)) in &rows {
-            let (e_avg, e_p95, e_conv, e_n) = want
-                .get(key)
-                .unwrap_or_else(|| panic!("{token}: unexpected group {key:?}"));
-            assert_eq!(n, e_n, "{token} {key:?} count");
-            assert!(close(*avg, *e_avg), "{token} {key:?} avg {avg} vs {e_avg}");
-            assert!(
-                close_percentile(*p95, *e_p95),
-                "{token} {key:?} p95 {p95} vs {e_p95}"
+    on_one_utc_day(|| async {
+        let mut server = loaded_server().await;
+        let data = dataset().await;
+        for (token, project) in [("acme", &data.acme), ("globex", &data.globex)] {
+            let mut client = server.client(token).await;
+            let rows = actual(&client.query(SEED_QUERY).await.unwrap());
+            let want = expected(&project.events, &project.outcomes);
+            assert_eq!(rows.len(), want.len(), "{token}: group count");
+            // ORDER BY 1 DESC, 2
+            let mut sorted = rows.clone();
+            sorted.sort_by(|a, b| b.0.0.cmp(&a.0.0).then(a.0.1.cmp(&b.0.1)));
+            assert_eq!(
+                rows.iter().map(|r| &r.0).collect::<Vec<_>>(),
+                sorted.iter().map(|r| &r.0).collect::<Vec<_>>()
             );
-            assert!(
-                close(*conv, *e_conv),
-                "{token} {key:?} conversion {conv} vs {e_conv}"
-            );
+            for (key, (avg, p95, conv, n)) in &rows {
+                let (e_avg, e_p95, e_conv, e_n) = want
+                    .get(key)
+                    .unwrap_or_else(|| panic!("{token}: unexpected group {key:?}"));
+                assert_eq!(n, e_n, "{token} {key:?} count");
+                assert!(close(*avg, *e_avg), "{token} {key:?} avg {avg} vs {e_avg}");
+                assert!(
+                    close_percentile(*p95, *e_p95),
+                    "{token} {key:?} p95 {p95} vs {e_p95}"
+                );
+                assert!(
+                    close(*conv, *e_conv),
+                    "{token} {key:?} conversion {conv} vs {e_conv}"
+                );
+            }
         }
-    }
 
-    // A restart keeps every committed row and table.
-    let mut before = server.client("acme").await;
-    let total_before = count(&mut before, "SELECT count(*) FROM wildedge.raw_events").await;
-    server.restart().await;
-    let mut after = server.client("acme").await;
-    assert_eq!(
-        count(&mut after, "SELECT count(*) FROM wildedge.raw_events").await,
-        total_before
-    );
-    assert_eq!(total_before as usize, data.acme.event_count);
-    let rows = actual(&after.query(SEED_QUERY).await.unwrap());
-    assert_eq!(
-        rows.len(),
-        expected(&data.acme.events, &data.acme.outcomes).len()
-    );
+        // A restart keeps every committed row and table.
+        let mut before = server.client("acme").await;
+        let total_before = count(&mut before, "SELECT count(*) FROM wildedge.raw_events").await;
+        server.restart().await;
+        let mut after = server.client("acme").await;
+        assert_eq!(
+            count(&mut after, "SELECT count(*) FROM wildedge.raw_events").await,
+            total_before
+        );
+        assert_eq!(total_before as usize, data.acme.event_count);
+        let rows = actual(&after.query(SEED_QUERY).await.unwrap());
+        assert_eq!(
+            rows.len(),
+            expected(&data.acme.events, &data.acme.outcomes).len()
+        );
+    })
+    .await;
 }

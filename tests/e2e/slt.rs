@@ -206,49 +206,52 @@ fn epoch_micros(s: &str, at_word_start: bool) -> Option<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slt_files() {
-    let server = loaded_server().await;
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sql");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "slt"))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no .slt files in {}", dir.display());
-    let complete = std::env::var("RAINDROP_SLT_COMPLETE").is_ok_and(|v| v == "1");
-    let (url, token) = (server.url(), server.tokens["acme"].clone());
-    let mut failures = vec![];
-    for f in &files {
-        // A fresh connection per file, as tenant `acme`.
-        let mut runner = sqllogictest::Runner::new(|| {
-            let (url, token) = (url.clone(), token.clone());
-            async move {
-                RaindropClient::connect(&url, &token)
+    on_one_utc_day(|| async {
+        let server = loaded_server().await;
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sql");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "no .slt files in {}", dir.display());
+        let complete = std::env::var("RAINDROP_SLT_COMPLETE").is_ok_and(|v| v == "1");
+        let (url, token) = (server.url(), server.tokens["acme"].clone());
+        let mut failures = vec![];
+        for f in &files {
+            // A fresh connection per file, as tenant `acme`.
+            let mut runner = sqllogictest::Runner::new(|| {
+                let (url, token) = (url.clone(), token.clone());
+                async move {
+                    RaindropClient::connect(&url, &token)
+                        .await
+                        .map(FlightDb)
+                        .map_err(|s| SltError(s.to_string()))
+                }
+            });
+            let result = if complete {
+                runner
+                    .update_test_file(
+                        f,
+                        " ",
+                        sqllogictest::default_validator,
+                        sqllogictest::default_normalizer,
+                        sqllogictest::default_column_validator,
+                    )
                     .await
-                    .map(FlightDb)
-                    .map_err(|s| SltError(s.to_string()))
+                    .map_err(|e| e.to_string())
+            } else {
+                runner.run_file_async(f).await.map_err(|e| e.to_string())
+            };
+            if let Err(e) = result {
+                failures.push(format!("{}: {e}", f.display()));
             }
-        });
-        let result = if complete {
-            runner
-                .update_test_file(
-                    f,
-                    " ",
-                    sqllogictest::default_validator,
-                    sqllogictest::default_normalizer,
-                    sqllogictest::default_column_validator,
-                )
-                .await
-                .map_err(|e| e.to_string())
-        } else {
-            runner.run_file_async(f).await.map_err(|e| e.to_string())
-        };
-        if let Err(e) = result {
-            failures.push(format!("{}: {e}", f.display()));
         }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    })
+    .await;
 }
 
 #[test]
