@@ -359,6 +359,11 @@ pub struct LimitsConfig {
     /// tier (4x apart) once the tier has this many.
     #[clap(long, env = "RAINDROP_COMPACT_MIN_FILES", default_value_t = compact::BACKGROUND_MIN_FILES)]
     pub compact_min_files: usize,
+    /// Background compaction also merges across tiers so that a
+    /// partition's small files stay at most this many: what it leaves,
+    /// plus the file each flush adds before the next run. 0 = no bound.
+    #[clap(long, env = "RAINDROP_COMPACT_MAX_FILES", default_value_t = compact::BACKGROUND_MAX_FILES)]
+    pub compact_max_files: usize,
     /// With background compaction: snapshots of `raw_events` older than
     /// this many hours are expired (checked every minute), with the
     /// manifests and manifest lists only they referenced; data and metadata
@@ -422,6 +427,7 @@ impl Default for LimitsConfig {
             flush_mib: limits::FLUSH_MIB,
             compact_interval_secs: limits::COMPACT_INTERVAL_SECS,
             compact_min_files: compact::BACKGROUND_MIN_FILES,
+            compact_max_files: compact::BACKGROUND_MAX_FILES,
             snapshot_retention_hours: limits::SNAPSHOT_RETENTION_HOURS,
             snapshot_retention_count: limits::SNAPSHOT_RETENTION_COUNT,
             maintenance_lease_secs: limits::MAINTENANCE_LEASE_SECS,

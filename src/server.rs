@@ -61,13 +61,15 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
             .await?,
         ),
     };
+    let flushed = Arc::new(tokio::sync::Notify::new());
     let maintenance = schedule::start(
         warehouse.clone(),
         Schedule {
             every: (limits.compact_interval_secs > 0)
                 .then(|| Duration::from_secs(limits.compact_interval_secs)),
-            compact: CompactOptions::background(limits.compact_min_files),
+            compact: CompactOptions::background(limits.compact_min_files, limits.compact_max_files),
             retention: retention(limits),
+            flushed: flushed.clone(),
         },
         lease,
     );
@@ -96,6 +98,7 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
                 // Below the ingest budget, so a full buffer flushes before
                 // it refuses new rows.
                 flush_bytes: (limits.flush_mib * MIB).min(limits.max_buffered_mib * MIB / 2),
+                flushed,
             })
             .await?;
     }

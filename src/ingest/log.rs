@@ -39,6 +39,9 @@ pub struct LogConfig {
     pub flush_interval: Duration,
     /// Commit sooner once this many bytes are buffered.
     pub flush_bytes: usize,
+    /// Notified after each flush that committed rows (background
+    /// compaction waits on it).
+    pub flushed: Arc<Notify>,
 }
 
 struct Append {
@@ -66,6 +69,7 @@ pub struct Log {
     ident: TableIdent,
     flush_now: Arc<Notify>,
     flush_bytes: usize,
+    flushed: Arc<Notify>,
     /// One flush at a time (the timer's, or an explicit one).
     flushing: tokio::sync::Mutex<()>,
 }
@@ -140,6 +144,7 @@ impl Log {
             ident,
             flush_now: Arc::new(Notify::new()),
             flush_bytes: config.flush_bytes,
+            flushed: config.flushed,
             flushing: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(run_log(Arc::downgrade(&log), rx, segment, next));
@@ -200,8 +205,12 @@ impl Log {
         sealed
             .await
             .map_err(|_| Error::Unavailable("the write-ahead log stopped".into()))?;
-        for generation in self.buffer.sealed() {
-            self.flush_generation(&generation).await?;
+        let sealed = self.buffer.sealed();
+        for generation in &sealed {
+            self.flush_generation(generation).await?;
+        }
+        if !sealed.is_empty() {
+            self.flushed.notify_one();
         }
         self.report();
         Ok(())

@@ -17,7 +17,7 @@ use crate::catalog::rewrite::Manifests;
 use crate::tenant::projects::ProjectTable;
 
 /// What runs in the background, and how often.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Schedule {
     /// Compact every this often; `None`: no background maintenance.
     pub every: Option<Duration>,
@@ -26,6 +26,10 @@ pub struct Schedule {
     /// Which snapshots to keep (what only expired ones referenced is
     /// deleted); `None` keeps every snapshot.
     pub retention: Option<Retention>,
+    /// Notified after each flush of this node's buffered rows: compaction
+    /// runs then, so a flush's new files are merged before the next one
+    /// adds more (the bound on files per partition counts on it).
+    pub flushed: Arc<tokio::sync::Notify>,
 }
 
 /// How often expiry looks for snapshots to expire. Checking costs no I/O
@@ -220,7 +224,7 @@ impl SinceCompaction {
     }
 }
 
-/// Compact `raw_events` every `every`; expire snapshots (and delete the
+/// Compact `raw_events` every `every` and after each flush; expire snapshots (and delete the
 /// files nothing references any more) every [`EXPIRE_EVERY`] or `every`,
 /// whichever is shorter.
 async fn compact_periodically(
@@ -237,7 +241,10 @@ async fn compact_periodically(
     let mut last_sweep: Option<Instant> = None;
     let manifests = Manifests::default();
     loop {
-        tokio::time::sleep(tick).await;
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = schedule.flushed.notified() => next_compaction = Instant::now(),
+        }
         if holding.as_ref().is_some_and(|h| !h.held()) {
             continue;
         }

@@ -330,7 +330,7 @@ async fn background_compaction_merges_small_files_by_tier() {
     let mut acme = server.client("acme").await;
     let warehouse = server.handle.as_ref().unwrap().services.query.warehouse();
     let ident = warehouse.raw_events_ident();
-    let background = CompactOptions::background(4);
+    let background = CompactOptions::background(4, 0);
 
     acme.ingest_events(vec![random_id_batch(20_000)])
         .await
@@ -366,4 +366,50 @@ async fn background_compaction_merges_small_files_by_tier() {
     let ids = "SELECT count(DISTINCT event_id) FROM wildedge.raw_events";
     assert_eq!(count(&mut acme, rows).await, 20_000 + 4 * 50);
     assert_eq!(count(&mut acme, ids).await, 20_000 + 4 * 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_compaction_keeps_a_partition_under_its_bound() {
+    let server = TestServer::start().await;
+    let mut acme = server.client("acme").await;
+    let warehouse = server.handle.as_ref().unwrap().services.query.warehouse();
+    let ident = warehouse.raw_events_ident();
+
+    // One tenant-day with files in three tiers, two in the smallest.
+    for rows in [100_000, 20_000, 50] {
+        acme.ingest_events(vec![random_id_batch(rows)])
+            .await
+            .unwrap();
+    }
+    acme.ingest_events(vec![id_batch("s0", 50)]).await.unwrap();
+    let before = live_files(warehouse).await;
+    let mut sizes: Vec<u64> = before.iter().map(|f| f.1).collect();
+    sizes.sort();
+    assert_eq!(sizes.len(), 4);
+    assert!(
+        sizes[1] < 256 * 1024 && sizes[2] >= 256 * 1024 && sizes[3] >= 1024 * 1024,
+        "fixture: two files in the smallest tier and two above it, {sizes:?}"
+    );
+
+    // Tiers alone wait: no tier holds four files.
+    let tiered = CompactOptions::background(4, 0);
+    let r = compact_table(warehouse, &ident, &tiered).await.unwrap();
+    assert_eq!(r.files_removed, 0, "{r:?}");
+
+    // Bounded to four (three left between flushes): the two smallest
+    // merge, the larger files stay as they are.
+    let bounded = CompactOptions::background(4, 4);
+    let r = compact_table(warehouse, &ident, &bounded).await.unwrap();
+    assert_eq!((r.files_removed, r.files_added), (2, 1), "{r:?}");
+    let after = live_files(warehouse).await;
+    assert_eq!(after.len(), 3, "{after:?}");
+    for larger in before.iter().filter(|f| f.1 >= sizes[2]) {
+        assert!(after.contains(larger), "{larger:?} was rewritten");
+    }
+    let r = compact_table(warehouse, &ident, &bounded).await.unwrap();
+    assert_eq!(r.files_removed, 0, "at the bound: {r:?}");
+    let rows = "SELECT count(*) FROM wildedge.raw_events";
+    let ids = "SELECT count(DISTINCT event_id) FROM wildedge.raw_events";
+    assert_eq!(count(&mut acme, rows).await, 120_100);
+    assert_eq!(count(&mut acme, ids).await, 120_100);
 }
