@@ -56,6 +56,14 @@ fn main() {
         return;
     }
     raindrop::disable_library_backtraces();
+    // The server's own log on stderr when asked (e.g. RUST_LOG=raindrop=info
+    // shows each compaction run and how long it took).
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let events = env_usize("RAINDROP_BENCH_EVENTS", 2_000_000);
     let tenants = env_usize("RAINDROP_BENCH_TENANTS", 50);
     let batch_sizes = env_list("RAINDROP_BENCH_BATCHES", &[1_000, 10_000, 50_000]);
@@ -159,6 +167,10 @@ async fn start(
     // 0 = unbuffered (each DoPut group commits before it is answered).
     if let Ok(ms) = std::env::var("RAINDROP_BENCH_FLUSH_MS") {
         serve.limits.flush_interval_ms = ms.parse().expect("RAINDROP_BENCH_FLUSH_MS");
+    }
+    // 0 = tiers alone (no bound on small files per partition).
+    if let Ok(n) = std::env::var("RAINDROP_BENCH_COMPACT_MAX_FILES") {
+        serve.limits.compact_max_files = n.parse().expect("RAINDROP_BENCH_COMPACT_MAX_FILES");
     }
     let mut secrets = HashMap::new();
     for p in ids {
@@ -437,19 +449,23 @@ async fn soak(
         })
     };
     println!(
-        "\nsoak: {clients} clients, DoPuts of {} rows, {} tenants, {}, compaction every {} s\n",
+        "\nsoak: {clients} clients, DoPuts of {} rows, {} tenants, {}, compaction every {} s and after each flush, at most {} small files per partition (0: tiers alone)\n",
         batches.first().map_or(0, |b| b.1.num_rows()),
         ids.len(),
         rate.map_or("as fast as answered".into(), |r| format!(
             "paced to {r:.0} rows/s"
         )),
-        every.as_secs()
+        every.as_secs(),
+        std::env::var("RAINDROP_BENCH_COMPACT_MAX_FILES")
+            .unwrap_or(raindrop::maintenance::compact::BACKGROUND_MAX_FILES.to_string()),
     );
     println!(
-        "| minute | rows/s acked | DoPut p50 / p99 ms | refused (buffer full) | rows not yet committed | data MB | metadata / data | json / lists / manifests MB | metadata files | most files (small) in a tenant-day | largest tenant-day MB | snapshots | manifests |"
+        "| minute | rows/s acked | DoPut p50 / p99 ms | refused (buffer full) | rows not yet committed | data MB | metadata / data | json / lists / manifests MB | metadata files | most files (small) in a tenant-day | largest tenant-day MB | snapshots | manifests | compaction input MB |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let started = Instant::now();
+    // Compaction's input during the soak only (earlier rows compact too).
+    let rewritten_before = raindrop::metrics::metrics().compaction_bytes.get();
     let mut seen = 0;
     let mut m = 0;
     let mut sampled = Instant::now();
@@ -464,8 +480,9 @@ async fn soak(
         let since = sampled.elapsed().as_secs_f64();
         sampled = Instant::now();
         let s = table_state(dir.path(), server.services.query.warehouse()).await;
+        let rewritten = raindrop::metrics::metrics().compaction_bytes.get() - rewritten_before;
         println!(
-            "| {m} | {:.0} | {:.1} / {:.1} | {} | {} | {:.0} | {:.1}% | {} | {} | {} ({}) | {:.0} | {} | {} |",
+            "| {m} | {:.0} | {:.1} / {:.1} | {} | {} | {:.0} | {:.1}% | {} | {} | {} ({}) | {:.0} | {} | {} | {:.0} |",
             rows as f64 / since,
             percentile(&ms, 0.5),
             percentile(&ms, 0.99),
@@ -480,6 +497,7 @@ async fn soak(
             s.max_partition_bytes as f64 / 1e6,
             s.snapshots,
             s.manifests,
+            rewritten as f64 / 1e6,
         );
     }
     let rows = driver.await.unwrap();

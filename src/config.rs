@@ -346,7 +346,8 @@ pub struct LimitsConfig {
     #[clap(long, env = "RAINDROP_FLUSH_MIB", default_value_t = limits::FLUSH_MIB)]
     pub flush_mib: usize,
     /// How often the server compacts `raw_events` (merges each
-    /// partition's small files of similar size), in seconds; 0 disables it. With
+    /// partition's small files of similar size), in seconds, besides right
+    /// after each flush of this node; 0 disables it. With
     /// several nodes on one catalog, one at a time does it (the holder of
     /// the maintenance lease).
     #[clap(long, env = "RAINDROP_COMPACT_INTERVAL_SECS", default_value_t = limits::COMPACT_INTERVAL_SECS)]

@@ -74,6 +74,9 @@ pub struct Metrics {
     pub queries_queued: Gauge,
     /// Background maintenance runs.
     pub maintenance_runs: Family<JobOutcome, Counter>,
+    /// Bytes of data files compaction replaced (its input): against the
+    /// bytes ingest wrote, how often compaction rewrites each byte.
+    pub compaction_bytes: Counter,
     /// Whether this node holds the maintenance lease (0 or 1).
     pub maintenance_lease_held: Gauge,
     /// Cache lookups.
@@ -115,6 +118,7 @@ impl Metrics {
             queries_running: Gauge::default(),
             queries_queued: Gauge::default(),
             maintenance_runs: Family::default(),
+            compaction_bytes: Counter::default(),
             maintenance_lease_held: Gauge::default(),
             ingest_buffered_rows: Gauge::default(),
             ingest_buffered_age_ms: Gauge::default(),
@@ -179,6 +183,12 @@ impl Metrics {
             "maintenance_runs",
             "Background maintenance runs by job and outcome",
             m.maintenance_runs.clone(),
+        );
+        r.register_with_unit(
+            "compaction_rewritten",
+            "Bytes of data files compaction replaced",
+            Unit::Bytes,
+            m.compaction_bytes.clone(),
         );
         r.register(
             "maintenance_lease_held",

@@ -251,6 +251,7 @@ async fn compact_periodically(
         let now = warehouse.raw_events().await.ok().and_then(current);
         if Instant::now() >= next_compaction && since.changed(now) {
             next_compaction = Instant::now() + every;
+            let started = Instant::now();
             let compacted_now =
                 compact_table_with(&warehouse, &ident, &schedule.compact, &manifests).await;
             count_run("compaction", compacted_now.is_ok());
@@ -260,7 +261,9 @@ async fn compact_periodically(
                     partitions = r.partitions,
                     files_removed = r.files_removed,
                     files_added = r.files_added,
+                    bytes_removed = r.bytes_removed,
                     rebuilds = r.rebuilds,
+                    ms = started.elapsed().as_millis() as u64,
                     "raw_events compacted"
                 ),
                 Ok(_) => {}

@@ -2,6 +2,7 @@
 Prometheus metrics move with ingest and queries; health and readiness."""
 
 import re
+import time
 import urllib.error
 import urllib.request
 
@@ -72,5 +73,39 @@ def test_metrics_count_ingest_queries_and_storage(tmp_path):
         ) >= 1
         # Low cardinality: no tenant, token or table names in any series.
         assert not any(re.search(r"acme|globex|raw_events", k) for k in after)
+    finally:
+        srv.stop()
+
+
+def test_a_flush_sets_off_compaction_and_its_bytes_are_counted(tmp_path):
+    # The timer is an hour away, so only the flushes can start compaction;
+    # a bound of two small files per partition makes the second flush's
+    # files merge with the first's.
+    srv = Server(
+        tmp_path,
+        extra_args=["--http-addr", "127.0.0.1:0", "--compact-interval-secs", "3600", "--compact-max-files", "2"],
+    )
+    try:
+        before = scrape(srv.metrics_url)
+        events = DATA["acme"][0]
+        with connect(srv, "acme") as conn, conn.cursor() as cur:
+            for _ in range(2):
+                assert cur.adbc_ingest("raw_events", events, mode="append") == events.num_rows
+                flush(srv)
+        runs = 'raindrop_maintenance_runs_total{job="compaction",outcome="ok"}'
+        deadline = time.monotonic() + 60
+        while True:
+            after = scrape(srv.metrics_url)
+            rewritten = after.get("raindrop_compaction_rewritten_bytes_total", 0) - before.get(
+                "raindrop_compaction_rewritten_bytes_total", 0
+            )
+            if rewritten > 0:
+                break
+            assert time.monotonic() < deadline, "no compaction after two flushes into the same days"
+            time.sleep(0.2)
+        assert after.get(runs, 0) - before.get(runs, 0) >= 1
+        with connect(srv, "acme") as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*), count(DISTINCT event_id) FROM wildedge.raw_events")
+            assert cur.fetchone() == (2 * events.num_rows, events.num_rows)
     finally:
         srv.stop()
