@@ -153,11 +153,11 @@ fn files_to_merge(ascending: &[u64], options: &CompactOptions) -> usize {
 /// How many of `ascending` to merge so at most `keep` files remain (0 for
 /// none): the fewest smallest files that do, plus each next file the
 /// merged one has grown to at least half of. Merging only the fewest would
-/// rewrite the same growing smallest file at every flush (a 36 KB-per-flush
-/// tenant-day rewrote each byte ~70 times on its way to 32 MiB in a
-/// simulation of 2,000 flushes); absorbing files of similar size keeps the
-/// sizes spread out, as tiers do, at ~15 rewrites for that tenant-day and
-/// 2.6–4.5 for tenant-days of 1.5–7 MB per flush, which hold most bytes.
+/// rewrite the same growing smallest file at every flush (in a simulation,
+/// a 36 KB-per-flush tenant-day rewrote each byte ~60 times in 360
+/// flushes); absorbing files of similar size spreads the sizes out as
+/// tiers do (~23 rewrites for that tenant-day over 2,000 flushes, 4.5 and
+/// 2.6 for 1.5 and 7 MB per flush).
 fn to_bound_count(ascending: &[u64], keep: usize, max_bytes: u64) -> usize {
     if keep == 0 || ascending.len() <= keep {
         return 0;

@@ -374,26 +374,19 @@ mod tests {
             .map(|p| p.iter().map(|b| b.num_rows()).collect())
             .collect();
         assert_eq!(sizes, vec![vec![6, 4], vec![6, 4]]);
-        let order: Vec<i64> = out
-            .iter()
-            .flatten()
-            .flat_map(|b| {
-                b.column(0)
-                    .as_primitive::<TimestampMicrosecondType>()
-                    .values()
-                    .to_vec()
-            })
-            .collect();
-        let want: Vec<i64> = batches
-            .iter()
-            .flat_map(|b| {
-                b.column(0)
-                    .as_primitive::<TimestampMicrosecondType>()
-                    .values()
-                    .to_vec()
-            })
-            .collect();
-        assert_eq!(order, want, "every row once, in buffer order");
+        let stamps = |bs: Vec<&RecordBatch>| -> Vec<i64> {
+            bs.iter()
+                .flat_map(|b| {
+                    let ts = b.column(0).as_primitive::<TimestampMicrosecondType>();
+                    ts.values().to_vec()
+                })
+                .collect()
+        };
+        assert_eq!(
+            stamps(out.iter().flatten().collect()),
+            stamps(refs.clone()),
+            "every row once, in buffer order"
+        );
         // Fewer rows than partitions: no empty partition beyond the first.
         assert_eq!(coalesce(&refs[..1], &schema, 4, 5).unwrap().len(), 1);
         assert_eq!(coalesce(&[], &schema, 4, 5).unwrap(), vec![vec![]]);
