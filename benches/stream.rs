@@ -189,6 +189,32 @@ type Latencies = Arc<Mutex<Vec<(f64, f64)>>>;
 /// `DoPut`s refused because the ingest buffer was full (then resent).
 static REJECTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// This process's resident memory now (`VmRSS`) or at its peak
+/// (`VmHWM`), MB: the server runs in-process.
+fn memory_mb(key: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib * 1024.0 / 1e6)
+}
+
+/// Most resident memory seen by [`sample_memory`] since last taken, KB.
+static RSS_MAX_KB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Sample resident memory every second (the soak reports each minute's
+/// peak: compaction's memory comes and goes between minute marks).
+fn sample_memory() -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async {
+        loop {
+            let kb = (memory_mb("VmRSS:") * 1e3) as u64;
+            RSS_MAX_KB.fetch_max(kb, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
+
 /// Send `batches` from `clients` concurrent clients until they run out
 /// (or, cycling through them, until `until`): as fast as they are answered,
 /// or paced to `rate` rows/s (batch `i` is sent no sooner than its turn).
@@ -216,6 +242,13 @@ async fn drive(
                     None if i >= batches.len() => break,
                     Some(t) if Instant::now() >= t => break,
                     _ => &batches[i % batches.len()],
+                };
+                let fresh;
+                let batch = if i >= batches.len() && !same_ids() {
+                    fresh = with_fresh_ids(batch);
+                    &fresh
+                } else {
+                    batch
                 };
                 if !conns.contains_key(project) {
                     let c = RaindropClient::connect(&url, &secrets[project])
@@ -253,6 +286,27 @@ async fn drive(
         rows += t.await.unwrap();
     }
     rows
+}
+
+/// `RAINDROP_BENCH_SAME_IDS=1`: a soak sends its batches again unchanged
+/// (duplicate rows, which compress to a few bytes a row once compacted).
+fn same_ids() -> bool {
+    std::env::var("RAINDROP_BENCH_SAME_IDS").is_ok_and(|v| v == "1")
+}
+
+/// `batch` with new uuid `event_id`s, for a batch sent again: a soak
+/// cycles through its batches, and the same rows again would be
+/// duplicates. Sorted next to each other in compacted files they
+/// compressed to ~5 bytes a row, so files stayed small and compaction's
+/// memory per Parquet byte was 30x what real telemetry needs.
+fn with_fresh_ids(batch: &RecordBatch) -> RecordBatch {
+    let ids: arrow::array::StringArray = (0..batch.num_rows())
+        .map(|_| Some(uuid::Uuid::new_v4().to_string()))
+        .collect();
+    let i = batch.schema().index_of("event_id").unwrap();
+    let mut columns = batch.columns().to_vec();
+    columns[i] = Arc::new(ids);
+    RecordBatch::try_new(batch.schema(), columns).unwrap()
 }
 
 /// The table as storage holds it right now.
@@ -460,9 +514,10 @@ async fn soak(
             .unwrap_or(raindrop::maintenance::compact::BACKGROUND_MAX_FILES.to_string()),
     );
     println!(
-        "| minute | rows/s acked | DoPut p50 / p99 ms | refused (buffer full) | rows not yet committed | data MB | metadata / data | json / lists / manifests MB | metadata files | most files (small) in a tenant-day | largest tenant-day MB | snapshots | manifests | compaction input MB |"
+        "| minute | rows/s acked | DoPut p50 / p99 ms | refused (buffer full) | rows not yet committed | data MB | metadata / data | json / lists / manifests MB | metadata files | most files (small) in a tenant-day | largest tenant-day MB | snapshots | manifests | compaction input MB | RSS peak MB |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let sampler = sample_memory();
     let started = Instant::now();
     // Compaction's input during the soak only (earlier rows compact too).
     let rewritten_before = raindrop::metrics::metrics().compaction_bytes.get();
@@ -482,7 +537,7 @@ async fn soak(
         let s = table_state(dir.path(), server.services.query.warehouse()).await;
         let rewritten = raindrop::metrics::metrics().compaction_bytes.get() - rewritten_before;
         println!(
-            "| {m} | {:.0} | {:.1} / {:.1} | {} | {} | {:.0} | {:.1}% | {} | {} | {} ({}) | {:.0} | {} | {} | {:.0} |",
+            "| {m} | {:.0} | {:.1} / {:.1} | {} | {} | {:.0} | {:.1}% | {} | {} | {} ({}) | {:.0} | {} | {} | {:.0} | {:.0} |",
             rows as f64 / since,
             percentile(&ms, 0.5),
             percentile(&ms, 0.99),
@@ -498,6 +553,7 @@ async fn soak(
             s.snapshots,
             s.manifests,
             rewritten as f64 / 1e6,
+            RSS_MAX_KB.swap(0, std::sync::atomic::Ordering::Relaxed) as f64 / 1e3,
         );
     }
     let rows = driver.await.unwrap();
@@ -519,16 +575,24 @@ async fn soak(
         ids[0]
     );
     let qs = stream_queries();
+    let peak = |phase: &str| {
+        let kb = RSS_MAX_KB.swap(0, std::sync::atomic::Ordering::Relaxed);
+        println!("RSS peak during {phase}: {:.0} MB", kb as f64 / 1e3);
+    };
     let live = time_queries("live", &server, dir.path(), &tenant_token, &admin, &qs).await;
+    peak("the live queries");
     // Once the last flush committed and background compaction had 30 s
     // to catch up: the tiered layout alone, no buffered rows, no rewrite
     // running.
     server.services.ingest.flush().await.unwrap();
     tokio::time::sleep(Duration::from_secs(30)).await;
     let settled = time_queries("settled", &server, dir.path(), &tenant_token, &admin, &qs).await;
+    peak("the final flush and the settled queries");
     compact_fully(&server).await;
+    peak("the full compaction");
     let compacted =
         time_queries("compacted", &server, dir.path(), &tenant_token, &admin, &qs).await;
+    sampler.abort();
     print_timings(
         &qs,
         &[

@@ -54,12 +54,17 @@ use crate::ingest::write::{delete_files, write_data_files};
 pub struct CompactOptions {
     /// Compact a partition once it has at least this many small files.
     pub min_files: usize,
-    /// Files at least this large are left alone.
+    /// Files at least this large (or with at least half of
+    /// `max_commit_rows`) are left alone.
     pub small_file_bytes: u64,
     /// Input bytes (compressed Parquet) of one commit, and of one
-    /// partition per run. Bounds memory: a commit's input is decoded and
-    /// sorted in memory, about 10x its Parquet size at peak.
+    /// partition per run.
     pub max_commit_bytes: u64,
+    /// Input rows of one commit, and of one partition per run. Bounds
+    /// memory: a commit's input is decoded, sorted and encoded in memory,
+    /// and its Parquet size alone does not bound that (see
+    /// [`MAX_COMMIT_ROWS`]).
+    pub max_commit_rows: u64,
     /// Pick files by size tier (background) instead of merging all of a
     /// partition's small files (`raindrop compact`).
     pub tiered: bool,
@@ -74,6 +79,13 @@ pub struct CompactOptions {
 
 /// Input bytes (compressed Parquet) of one compaction commit.
 pub const MAX_COMMIT_BYTES: u64 = 64 * 1024 * 1024;
+/// Input rows of one compaction commit: about 340 MB of Arrow at the
+/// ~170 bytes a decoded `raw_events` row takes. At a typical 37 bytes a
+/// row in Parquet, 64 MiB is 1.8M rows, so this rarely binds; but sorted
+/// repetitive rows compress to a few bytes each, and in a soak 64 MiB of
+/// them decoded to 2.2 GB (12.9M rows). Two such rewrites at once (the
+/// background one and `raindrop compact`) took the process to 24 GB.
+pub const MAX_COMMIT_ROWS: u64 = 2_000_000;
 /// Files at least this large are done: two of them would not fit in one
 /// commit, so counting them as small would leave a partition "owing" files
 /// no run can merge. (It was half the target file size, 64 MiB, equal to a
@@ -98,6 +110,7 @@ impl Default for CompactOptions {
             min_files: MIN_FILES,
             small_file_bytes: SMALL_FILE_BYTES,
             max_commit_bytes: MAX_COMMIT_BYTES,
+            max_commit_rows: MAX_COMMIT_ROWS,
             tiered: false,
             max_run_bytes: u64::MAX,
             max_small_files: 0,
@@ -172,6 +185,70 @@ fn to_bound_count(ascending: &[u64], keep: usize, max_bytes: u64) -> usize {
         n += 1;
     }
     n
+}
+
+/// Parquet bytes and rows of a set of files: a commit's input.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Input {
+    bytes: u64,
+    rows: u64,
+}
+
+impl Input {
+    fn of(files: &[DataFile]) -> Self {
+        files.iter().fold(Self::default(), |acc, f| {
+            acc.add(Self {
+                bytes: f.file_size_in_bytes(),
+                rows: f.record_count(),
+            })
+        })
+    }
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            bytes: self.bytes + other.bytes,
+            rows: self.rows + other.rows,
+        }
+    }
+
+    fn fits(self, options: &CompactOptions) -> bool {
+        self.bytes <= options.max_commit_bytes && self.rows <= options.max_commit_rows
+    }
+
+    /// Too large to merge with another file of its size in one commit:
+    /// counting it as small would leave its partition owing a merge no
+    /// run can make.
+    fn is_small(self, options: &CompactOptions) -> bool {
+        self.bytes < options.small_file_bytes && self.rows < options.max_commit_rows / 2
+    }
+}
+
+/// One partition's files to merge in this run: its small files, smallest
+/// first, as many as the policy asks for and one commit's input holds (a
+/// partition with more small data than that is finished by later runs).
+fn pick(files: Vec<DataFile>, options: &CompactOptions) -> Vec<DataFile> {
+    let mut small: Vec<(Input, DataFile)> = files
+        .into_iter()
+        .map(|f| (Input::of(std::slice::from_ref(&f)), f))
+        .filter(|(input, _)| input.is_small(options))
+        .collect();
+    small.sort_by_key(|(input, _)| input.bytes);
+    let inputs: Vec<Input> = small.iter().map(|(input, _)| *input).collect();
+    let sizes: Vec<u64> = inputs.iter().map(|input| input.bytes).collect();
+    let n = within_one_commit(&inputs, files_to_merge(&sizes, options), options);
+    small.into_iter().take(n).map(|(_, f)| f).collect()
+}
+
+/// How many of the first `n` of `inputs` one commit's input holds.
+fn within_one_commit(inputs: &[Input], n: usize, options: &CompactOptions) -> usize {
+    let mut total = Input::default();
+    inputs[..n]
+        .iter()
+        .take_while(|&&input| {
+            total = total.add(input);
+            total.fits(options)
+        })
+        .count()
 }
 
 /// What a compaction run did.
@@ -258,26 +335,7 @@ pub async fn compact_table_with(
     let mut candidates: Vec<Vec<DataFile>> = files_by_partition(&table, manifests)
         .await?
         .into_iter()
-        .map(|(_, files)| {
-            // Smallest first, up to one commit's input: a partition with
-            // more small data than that is finished by later runs.
-            let mut small: Vec<DataFile> = files
-                .into_iter()
-                .filter(|f| f.file_size_in_bytes() < options.small_file_bytes)
-                .collect();
-            small.sort_by_key(|f| f.file_size_in_bytes());
-            let sizes: Vec<u64> = small.iter().map(|f| f.file_size_in_bytes()).collect();
-            let n = files_to_merge(&sizes, options);
-            let mut total = 0;
-            small
-                .into_iter()
-                .take(n)
-                .take_while(|f| {
-                    total += f.file_size_in_bytes();
-                    total <= options.max_commit_bytes
-                })
-                .collect::<Vec<_>>()
-        })
+        .map(|(_, files)| pick(files, options))
         .filter(|files| files.len() >= 2)
         .collect();
     // Most files first: they gain the most. A run takes what fits.
@@ -290,20 +348,17 @@ pub async fn compact_table_with(
         fits
     });
 
-    // Whole partitions per commit, at most `max_commit_bytes` of input each
-    // (a single larger partition gets a commit of its own).
-    let mut commits: Vec<(Vec<DataFile>, usize, u64)> = vec![];
+    // Whole partitions per commit, within one commit's input each.
+    let mut commits: Vec<(Vec<DataFile>, usize, Input)> = vec![];
     for files in candidates {
-        let bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
+        let input = Input::of(&files);
         match commits.last_mut() {
-            Some((pending, parts, pending_bytes))
-                if *pending_bytes + bytes <= options.max_commit_bytes =>
-            {
+            Some((pending, parts, pending_input)) if pending_input.add(input).fits(options) => {
                 pending.extend(files);
                 *parts += 1;
-                *pending_bytes += bytes;
+                *pending_input = pending_input.add(input);
             }
-            _ => commits.push((files, 1, bytes)),
+            _ => commits.push((files, 1, input)),
         }
     }
     let mut report = CompactReport::default();
@@ -348,6 +403,8 @@ async fn rewrite(
 ) -> Result<()> {
     let table = warehouse.catalog.load_table(ident).await?;
     let batches = read_data_files(&table, files).await?;
+    // What the rewrite holds in memory, against its Parquet input.
+    let decoded_bytes: usize = batches.iter().map(crate::batch::batch_bytes).sum();
     let added = write_data_files(&table, batches).await?;
     let added_paths: Vec<String> = added.iter().map(|f| f.file_path().to_string()).collect();
     let rows_in: u64 = files.iter().map(|f| f.record_count()).sum();
@@ -409,7 +466,7 @@ async fn rewrite(
     let bytes_removed: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
     tracing::info!(
         table = %ident, partitions, files_removed = files.len(), files_added = added.len(),
-        rows = rows_in, bytes_removed, bytes_added, snapshot_id, "compacted"
+        rows = rows_in, bytes_removed, bytes_added, decoded_bytes, snapshot_id, "compacted"
     );
     report.partitions += partitions;
     report.files_removed += files.len();
@@ -477,6 +534,29 @@ mod tests {
         // Never more than one commit's input.
         let big = [20 * MB, 25 * MB, 30 * MB, 31 * MB];
         assert_eq!(to_bound_count(&big, 3, MAX_COMMIT_BYTES), 2);
+    }
+
+    #[test]
+    fn a_commit_is_bounded_by_rows_as_well_as_bytes() {
+        let defaults = CompactOptions::default();
+        // Sorted repetitive rows: 1 MB of Parquet holding 800k rows each.
+        let dense = Input {
+            bytes: MB,
+            rows: 800_000,
+        };
+        assert_eq!(within_one_commit(&[dense; 4], 4, &defaults), 2);
+        // Typical rows (~37 bytes each): bytes bind first, as before.
+        let typical = Input {
+            bytes: 30 * MB,
+            rows: 850_000,
+        };
+        assert_eq!(within_one_commit(&[typical; 4], 4, &defaults), 2);
+        // Half a commit's rows is done, however few bytes.
+        let half = Input {
+            bytes: 10 * MB,
+            rows: MAX_COMMIT_ROWS / 2,
+        };
+        assert!(dense.is_small(&defaults) && !half.is_small(&defaults));
     }
 
     #[test]

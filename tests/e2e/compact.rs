@@ -413,3 +413,64 @@ async fn background_compaction_keeps_a_partition_under_its_bound() {
     assert_eq!(count(&mut acme, rows).await, 120_100);
     assert_eq!(count(&mut acme, ids).await, 120_100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_commit_holds_a_bounded_number_of_rows() {
+    let server = TestServer::start().await;
+    let mut acme = server.client("acme").await;
+    let mut globex = server.client("globex").await;
+    let warehouse = server.handle.as_ref().unwrap().services.query.warehouse();
+    let ident = warehouse.raw_events_ident();
+    for i in 0..5 {
+        acme.ingest_events(vec![id_batch(&format!("a{i}"), 100)])
+            .await
+            .unwrap();
+    }
+    for i in 0..2 {
+        globex
+            .ingest_events(vec![id_batch(&format!("g{i}"), 100)])
+            .await
+            .unwrap();
+    }
+    // A commit reads, sorts and writes at most 250 rows: two of acme's
+    // files, and globex's two in a commit of their own.
+    let bounded = CompactOptions {
+        max_commit_rows: 250,
+        ..CompactOptions::default()
+    };
+    let r = compact_table(warehouse, &ident, &bounded).await.unwrap();
+    assert_eq!(
+        (r.files_removed, r.files_added, r.snapshots.len(), r.rows),
+        (4, 2, 2, 400),
+        "{r:?}"
+    );
+    // Files of 200 rows (half a commit) are done; acme's three files of
+    // 100 merge two at a time until one is left.
+    let mut runs = 0;
+    while compact_table(warehouse, &ident, &bounded)
+        .await
+        .unwrap()
+        .files_removed
+        > 0
+    {
+        runs += 1;
+        assert!(runs < 5, "compaction does not settle");
+    }
+    let mut rows: Vec<u64> = {
+        let table = warehouse.raw_events().await.unwrap();
+        scan_tasks(&table)
+            .await
+            .into_iter()
+            .map(|t| t.record_count.unwrap())
+            .collect()
+    };
+    rows.sort();
+    assert_eq!(rows, vec![100, 200, 200, 200], "files' rows");
+    // Without the bound, acme's small files merge at once.
+    let r = compact_raw_events(warehouse).await;
+    assert_eq!((r.files_removed, r.files_added), (3, 1), "{r:?}");
+    for (client, n) in [(&mut acme, 500), (&mut globex, 200)] {
+        let ids = "SELECT count(DISTINCT event_id) FROM wildedge.raw_events";
+        assert_eq!(count(client, ids).await, n);
+    }
+}
