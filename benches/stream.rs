@@ -13,7 +13,8 @@
 //!   (rows/s and bytes per event) in the same run.
 //!
 //! `RAINDROP_BENCH_SOAK_MINS=30` adds a soak: one day of events, near now,
-//! sent in 1k-row batches by 16 clients for that long with background
+//! cycled (with fresh `event_id`s each time round), sent in 1k-row
+//! batches by 16 clients for that long with background
 //! compaction and expiry at the server's defaults, sampled every minute (latency, metadata share,
 //! files per tenant-day): are they flat? It ends with the background
 //! jobs' counters (flushes, merges, compactions).
