@@ -190,8 +190,8 @@ type Latencies = Arc<Mutex<Vec<(f64, f64)>>>;
 /// `DoPut`s refused because the ingest buffer was full (then resent).
 static REJECTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// This process's resident memory now (`VmRSS`) or at its peak
-/// (`VmHWM`), MB: the server runs in-process.
+/// A memory figure of this process from `/proc/self/status` (`VmRSS:`
+/// is resident memory now), MB: the server runs in-process.
 fn memory_mb(key: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status

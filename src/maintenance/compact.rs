@@ -188,20 +188,24 @@ fn to_bound_count(ascending: &[u64], keep: usize, max_bytes: u64) -> usize {
 }
 
 /// Parquet bytes and rows of a set of files: a commit's input.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Input {
     bytes: u64,
     rows: u64,
 }
 
 impl Input {
+    fn of_file(f: &DataFile) -> Self {
+        Self {
+            bytes: f.file_size_in_bytes(),
+            rows: f.record_count(),
+        }
+    }
+
     fn of(files: &[DataFile]) -> Self {
-        files.iter().fold(Self::default(), |acc, f| {
-            acc.add(Self {
-                bytes: f.file_size_in_bytes(),
-                rows: f.record_count(),
-            })
-        })
+        files
+            .iter()
+            .fold(Self::default(), |acc, f| acc.add(Self::of_file(f)))
     }
 
     fn add(self, other: Self) -> Self {
@@ -229,7 +233,7 @@ impl Input {
 fn pick(files: Vec<DataFile>, options: &CompactOptions) -> Vec<DataFile> {
     let mut small: Vec<(Input, DataFile)> = files
         .into_iter()
-        .map(|f| (Input::of(std::slice::from_ref(&f)), f))
+        .map(|f| (Input::of_file(&f), f))
         .filter(|(input, _)| input.is_small(options))
         .collect();
     small.sort_by_key(|(input, _)| input.bytes);
