@@ -30,6 +30,9 @@ use raindrop::config::ServeConfig;
 use raindrop::demo::generate::{GenConfig, generate_project, project_ids};
 use raindrop::tenant::{Role, tokens};
 
+mod common;
+use common::proc_status_kib;
+
 /// Panels of a telemetry dashboard, each over one tenant's data.
 const PANELS: &[&str] = &[
     "SELECT date_trunc('hour', event_timestamp) AS hour, count(*) AS n FROM wildedge.raw_events \
@@ -104,17 +107,9 @@ impl Server {
         Self { child, url }
     }
 
-    fn status(&self, key: &str) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        s.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    }
-
     /// Peak resident memory so far, MiB.
     fn peak_rss_mib(&self) -> f64 {
-        self.status("VmHWM:") as f64 / 1024.0
+        proc_status_kib(&self.child.id().to_string(), "VmHWM:") as f64 / 1024.0
     }
 
     /// CPU time used so far (user + system), seconds.

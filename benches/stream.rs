@@ -190,27 +190,22 @@ type Latencies = Arc<Mutex<Vec<(f64, f64)>>>;
 /// `DoPut`s refused because the ingest buffer was full (then resent).
 static REJECTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// A memory figure of this process from `/proc/self/status` (`VmRSS:`
-/// is resident memory now), MB: the server runs in-process.
-fn memory_mb(key: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(f64::NAN, |kib| kib * 1024.0 / 1e6)
-}
+/// Most resident memory of this process (the server runs in-process)
+/// seen by [`sample_memory`] since last taken, KiB.
+static RSS_MAX_KIB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Most resident memory seen by [`sample_memory`] since last taken, KB.
-static RSS_MAX_KB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Take [`RSS_MAX_KIB`], in MB.
+fn take_rss_peak_mb() -> f64 {
+    RSS_MAX_KIB.swap(0, std::sync::atomic::Ordering::Relaxed) as f64 * 1024.0 / 1e6
+}
 
 /// Sample resident memory every second (the soak reports each minute's
 /// peak: compaction's memory comes and goes between minute marks).
 fn sample_memory() -> tokio::task::JoinHandle<()> {
     tokio::spawn(async {
         loop {
-            let kb = (memory_mb("VmRSS:") * 1e3) as u64;
-            RSS_MAX_KB.fetch_max(kb, std::sync::atomic::Ordering::Relaxed);
+            let kib = proc_status_kib("self", "VmRSS:");
+            RSS_MAX_KIB.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     })
@@ -554,7 +549,7 @@ async fn soak(
             s.snapshots,
             s.manifests,
             rewritten as f64 / 1e6,
-            RSS_MAX_KB.swap(0, std::sync::atomic::Ordering::Relaxed) as f64 / 1e3,
+            take_rss_peak_mb(),
         );
     }
     let rows = driver.await.unwrap();
@@ -576,10 +571,7 @@ async fn soak(
         ids[0]
     );
     let qs = stream_queries();
-    let peak = |phase: &str| {
-        let kb = RSS_MAX_KB.swap(0, std::sync::atomic::Ordering::Relaxed);
-        println!("RSS peak during {phase}: {:.0} MB", kb as f64 / 1e3);
-    };
+    let peak = |phase: &str| println!("RSS peak during {phase}: {:.0} MB", take_rss_peak_mb());
     let live = time_queries("live", &server, dir.path(), &tenant_token, &admin, &qs).await;
     peak("the live queries");
     // Once the last flush committed and background compaction had 30 s

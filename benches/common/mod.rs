@@ -26,6 +26,17 @@ pub fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
         .unwrap_or_else(|| default.to_vec())
 }
 
+/// A `/proc/<pid>/status` figure in KiB (`VmRSS:` resident now, `VmHWM:`
+/// its peak); `pid` may be `self`. 0 when unreadable.
+pub fn proc_status_kib(pid: &str, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The `p` quantile of sorted values (nearest rank).
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
