@@ -1,42 +1,51 @@
-//! Reading a table's data files back whole, in its current schema:
-//! compaction merges them, erasure rewrites them without some rows. Uses
-//! iceberg's reader, so field ids and schema evolution are honoured.
+//! Reading a table's data files back, in its current schema: compaction
+//! merges them, erasure rewrites them without some rows. Uses iceberg's
+//! reader, so field ids and schema evolution are honoured.
 
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use futures::TryStreamExt;
+use arrow::datatypes::SchemaRef;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use iceberg::scan::FileScanTask;
 use iceberg::spec::DataFile;
 use iceberg::table::Table;
 
 use crate::error::Result;
 
+/// The Arrow schema rows read back have: the table's current one.
+pub fn table_arrow_schema(table: &Table) -> Result<SchemaRef> {
+    Ok(Arc::new(iceberg::arrow::schema_to_arrow_schema(
+        table.metadata().current_schema(),
+    )?))
+}
+
+fn scan_task(table: &Table, f: &DataFile) -> FileScanTask {
+    let schema = table.metadata().current_schema().clone();
+    let field_ids: Vec<i32> = schema.as_struct().fields().iter().map(|f| f.id).collect();
+    FileScanTask {
+        file_size_in_bytes: f.file_size_in_bytes(),
+        start: 0,
+        length: f.file_size_in_bytes(),
+        record_count: Some(f.record_count()),
+        data_file_path: f.file_path().to_string(),
+        data_file_format: f.file_format(),
+        schema,
+        project_field_ids: field_ids,
+        predicate: None,
+        deletes: vec![],
+        partition: Some(f.partition().clone()),
+        partition_spec: Some(table.metadata().default_partition_spec().clone()),
+        name_mapping: None,
+        case_sensitive: true,
+    }
+}
+
 /// All rows of `files`, in the table's current schema.
 pub async fn read_data_files(table: &Table, files: &[DataFile]) -> Result<Vec<RecordBatch>> {
-    let schema = table.metadata().current_schema().clone();
-    let spec = table.metadata().default_partition_spec().clone();
-    let field_ids: Vec<i32> = schema.as_struct().fields().iter().map(|f| f.id).collect();
-    let tasks: Vec<FileScanTask> = files
-        .iter()
-        .map(|f| FileScanTask {
-            file_size_in_bytes: f.file_size_in_bytes(),
-            start: 0,
-            length: f.file_size_in_bytes(),
-            record_count: Some(f.record_count()),
-            data_file_path: f.file_path().to_string(),
-            data_file_format: f.file_format(),
-            schema: schema.clone(),
-            project_field_ids: field_ids.clone(),
-            predicate: None,
-            deletes: vec![],
-            partition: Some(f.partition().clone()),
-            partition_spec: Some(spec.clone()),
-            name_mapping: None,
-            case_sensitive: true,
-        })
-        .collect();
-    let target = Arc::new(iceberg::arrow::schema_to_arrow_schema(&schema)?);
+    let target = table_arrow_schema(table)?;
+    let tasks: Vec<FileScanTask> = files.iter().map(|f| scan_task(table, f)).collect();
     let stream = table
         .reader_builder()
         .with_data_file_concurrency_limit(2)
@@ -50,24 +59,49 @@ pub async fn read_data_files(table: &Table, files: &[DataFile]) -> Result<Vec<Re
         runtime.block_on(stream.stream().try_collect())
     })
     .await??;
-    // The reader may hand identity-partition columns back run-end encoded
-    // (a constant per file): bring every column to the table's type.
     batches
         .into_iter()
-        .map(|b| {
-            let columns = b
-                .columns()
-                .iter()
-                .zip(target.fields())
-                .map(|(c, f)| {
-                    if c.data_type() == f.data_type() {
-                        Ok(c.clone())
-                    } else {
-                        arrow::compute::cast(c, f.data_type())
-                    }
-                })
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            Ok(RecordBatch::try_new(target.clone(), columns)?)
-        })
+        .map(|b| to_types_of(b, &target))
         .collect()
+}
+
+/// The rows of one data file in file order, `batch_size` rows at a time,
+/// in the table's current schema: decoded as the stream is polled, so a
+/// merge of many files holds about a batch (and a row group's compressed
+/// pages) per file.
+pub fn stream_data_file(
+    table: &Table,
+    file: &DataFile,
+    batch_size: usize,
+) -> Result<BoxStream<'static, Result<RecordBatch>>> {
+    let target = table_arrow_schema(table)?;
+    let task = scan_task(table, file);
+    let stream = table
+        .reader_builder()
+        .with_data_file_concurrency_limit(1)
+        .with_batch_size(batch_size)
+        .build()
+        .read(Box::pin(futures::stream::once(async { Ok(task) })))?;
+    Ok(stream
+        .stream()
+        .map(move |batch| to_types_of(batch?, &target))
+        .boxed())
+}
+
+/// The reader may hand identity-partition columns back run-end encoded (a
+/// constant per file): bring every column to the table's type.
+fn to_types_of(batch: RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(target.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                arrow::compute::cast(c, f.data_type())
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(target.clone(), columns)?)
 }

@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
+use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, SortField};
+use futures::StreamExt;
+use futures::stream::BoxStream;
 
 use crate::error::Result;
 use crate::schema;
@@ -219,6 +222,75 @@ pub(super) fn sort_by_partition_then_layout(
         arrow::compute::take_record_batch(&batch, &order)?,
         arrow::compute::take(&partition_values, &order, None)?,
     ))
+}
+
+/// Merge streams of rows, each already in layout order (a data file this
+/// writer wrote), into one stream in layout order, holding about one batch
+/// per input: compaction merges files of any size in bounded memory,
+/// where concatenating and sorting them held every row decoded at once.
+/// An input not in layout order (written by another engine) still yields
+/// every row, merged in its own order. `schema` is the inputs' schema.
+pub fn merge_in_layout_order(
+    schema: SchemaRef,
+    inputs: Vec<BoxStream<'static, Result<RecordBatch>>>,
+    batch_size: usize,
+) -> Result<BoxStream<'static, Result<RecordBatch>>> {
+    use datafusion::common::DataFusionError;
+    use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, UnboundedMemoryPool};
+    use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr, expressions::Column};
+    use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet};
+    use datafusion::physical_plan::sorts::streaming_merge::StreamingMergeBuilder;
+    use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+
+    // The merge compares columns: each batch carries its layout keys (the
+    // hour is computed) as extra columns after the table's, dropped after.
+    let width = schema.fields().len();
+    let probe = RecordBatch::new_empty(schema.clone());
+    let key_fields: Vec<arrow::datatypes::Field> = layout_keys(&probe)
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            arrow::datatypes::Field::new(format!("layout_key_{i}"), k.data_type().clone(), true)
+        })
+        .collect();
+    if key_fields.is_empty() || inputs.len() < 2 {
+        return Ok(futures::stream::iter(inputs).flatten().boxed());
+    }
+    let mut fields: Vec<arrow::datatypes::FieldRef> = schema.fields().iter().cloned().collect();
+    fields.extend(key_fields.into_iter().map(Arc::new));
+    let keyed = Arc::new(arrow::datatypes::Schema::new(fields));
+    let ordering = LexOrdering::new((0..keyed.fields().len() - width).map(|i| {
+        let column = Column::new(keyed.field(width + i).name(), width + i);
+        PhysicalSortExpr::new_default(Arc::new(column))
+    }))
+    .expect("layout keys are present");
+    let streams = inputs
+        .into_iter()
+        .map(|input| {
+            let keyed_schema = keyed.clone();
+            let with_keys = input.map(move |batch| {
+                let batch = batch.map_err(|e| DataFusionError::External(Box::new(e)))?;
+                let mut columns = batch.columns().to_vec();
+                columns.extend(layout_keys(&batch));
+                Ok(RecordBatch::try_new(keyed_schema.clone(), columns)?)
+            });
+            Box::pin(RecordBatchStreamAdapter::new(keyed.clone(), with_keys))
+                as datafusion::execution::SendableRecordBatchStream
+        })
+        .collect();
+    let pool: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
+    let merged = StreamingMergeBuilder::new()
+        .with_streams(streams)
+        .with_schema(keyed)
+        .with_expressions(&ordering)
+        .with_metrics(BaselineMetrics::new(&ExecutionPlanMetricsSet::new(), 0))
+        .with_batch_size(batch_size)
+        .with_reservation(MemoryConsumer::new("compaction merge").register(&pool))
+        .build()?;
+    let projection: Vec<usize> = (0..width).collect();
+    Ok(merged
+        .map(move |batch| Ok(batch?.project(&projection)?))
+        .boxed())
 }
 
 #[cfg(test)]

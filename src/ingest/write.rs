@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::SchemaRef;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use iceberg::arrow::{PartitionValueCalculator, arrow_struct_to_literal};
 use iceberg::spec::{DataFile, DataFileFormat, Literal, PartitionKey};
 use iceberg::table::Table;
@@ -146,23 +148,7 @@ pub(super) async fn write_prepared(
         partitions[i].1.push(batch);
     }
 
-    let parquet = ParquetWriterBuilder::new(schema::writer_properties(), iceberg_schema);
-    let locations = DefaultLocationGenerator::new(metadata)?;
-    // The generator's counter restarts per instance: a UUID v7 prefix keeps
-    // names unique across writers, processes and nodes (clones share the
-    // counter, so parallel workers never collide).
-    let names = DefaultFileNameGenerator::new(
-        uuid::Uuid::now_v7().to_string(),
-        None,
-        DataFileFormat::Parquet,
-    );
-    let builder = Arc::new(DataFileWriterBuilder::new(RollingFileWriterBuilder::new(
-        parquet,
-        schema::TARGET_FILE_SIZE,
-        table.file_io().clone(),
-        locations,
-        names,
-    )));
+    let builder = Arc::new(file_writer(table)?);
     // Encoding Parquet is CPU-bound: workers on all cores take partitions
     // from one queue, largest first, so none idles while another has work.
     partitions.sort_by_key(|(_, _, rows)| std::cmp::Reverse(*rows));
@@ -223,6 +209,73 @@ pub(super) async fn write_prepared(
         return Err(e);
     }
     Ok(files)
+}
+
+/// The one data-file writer configuration: ZSTD Parquet ([`schema::writer_properties`]),
+/// rolled at [`schema::TARGET_FILE_SIZE`], named uniquely.
+fn file_writer(table: &Table) -> Result<FileWriter> {
+    let metadata = table.metadata();
+    let parquet = ParquetWriterBuilder::new(
+        schema::writer_properties(),
+        metadata.current_schema().clone(),
+    );
+    let locations = DefaultLocationGenerator::new(metadata)?;
+    // The generator's counter restarts per instance: a UUID v7 prefix keeps
+    // names unique across writers, processes and nodes (clones share the
+    // counter, so parallel workers never collide).
+    let names = DefaultFileNameGenerator::new(
+        uuid::Uuid::now_v7().to_string(),
+        None,
+        DataFileFormat::Parquet,
+    );
+    Ok(DataFileWriterBuilder::new(RollingFileWriterBuilder::new(
+        parquet,
+        schema::TARGET_FILE_SIZE,
+        table.file_io().clone(),
+        locations,
+        names,
+    )))
+}
+
+type FileWriter =
+    DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
+
+/// Write one partition's rows, as they stream in, as data files of
+/// `table` (in its current schema and spec), in the order they arrive:
+/// compaction streams merged files through here. On error, the files
+/// written so far are deleted.
+pub async fn write_partition_stream(
+    table: &Table,
+    partition: iceberg::spec::Struct,
+    mut rows: BoxStream<'static, Result<RecordBatch>>,
+) -> Result<Vec<DataFile>> {
+    let metadata = table.metadata();
+    let key = (!metadata.default_partition_spec().is_unpartitioned()).then(|| {
+        PartitionKey::new(
+            metadata.default_partition_spec().as_ref().clone(),
+            metadata.current_schema().clone(),
+            partition,
+        )
+    });
+    let mut writer = file_writer(table)?.build(key).await?;
+    let written = async {
+        while let Some(batch) = rows.next().await {
+            writer.write(batch?).await?;
+        }
+        Ok::<_, Error>(())
+    }
+    .await;
+    match written {
+        Ok(()) => Ok(writer.close().await?),
+        Err(e) => {
+            // Close to learn which files exist, then remove them.
+            if let Ok(files) = writer.close().await {
+                let paths: Vec<String> = files.iter().map(|f| f.file_path().to_string()).collect();
+                delete_files(table, &paths).await;
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Best-effort removal of files that were written but never committed.

@@ -4,10 +4,12 @@
 //! steady trickle of small `DoPut`s (or a backfill whose batches span every
 //! day) still leaves many small files per `project_id`/`event_day`
 //! partition, and every file costs queries a footer, a ZSTD context per
-//! column and pruning work. Compaction reads a partition's small files with
-//! iceberg's reader (field ids, schema evolution), writes them back through
-//! the ingest writer (same sort, encodings and compression) and commits a
-//! `replace` snapshot: same rows, fewer files.
+//! column and pruning work. Compaction streams a partition's small files
+//! through iceberg's reader (field ids, schema evolution), merges them
+//! (each is already in layout order, so a k-way merge keeps memory to a
+//! batch per file, however many rows they hold), writes the result
+//! through the ingest writer (same encodings and compression) and commits
+//! a `replace` snapshot: same rows, fewer files.
 //!
 //! The snapshot is committed by [`crate::catalog::rewrite`] (hand-built, as iceberg
 //! 0.10.1 has no replace action). An append that lands first makes the
@@ -38,33 +40,29 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use futures::{FutureExt, StreamExt};
 use iceberg::TableIdent;
 use iceberg::spec::{DataFile, FormatVersion, ManifestContentType, Struct};
 use iceberg::table::Table;
 
 use crate::catalog::Warehouse;
-use crate::catalog::read::read_data_files;
+use crate::catalog::read::{stream_data_file, table_arrow_schema};
 use crate::catalog::rewrite::{Manifests, Rewrite, Swap, commit_rewrite};
 use crate::catalog::tiers::Tiers;
 use crate::error::{Error, Result};
-use crate::ingest::write::{delete_files, write_data_files};
+use crate::ingest::layout::merge_in_layout_order;
+use crate::ingest::write::{delete_files, write_partition_stream};
 
 /// Which partitions to compact.
 #[derive(Debug, Clone, Copy)]
 pub struct CompactOptions {
     /// Compact a partition once it has at least this many small files.
     pub min_files: usize,
-    /// Files at least this large (or with at least half of
-    /// `max_commit_rows`) are left alone.
+    /// Files at least this large are left alone.
     pub small_file_bytes: u64,
     /// Input bytes (compressed Parquet) of one commit, and of one
     /// partition per run.
     pub max_commit_bytes: u64,
-    /// Input rows of one commit, and of one partition per run. Bounds
-    /// memory: a commit's input is decoded, sorted and encoded in memory,
-    /// and its Parquet size alone does not bound that (see
-    /// [`MAX_COMMIT_ROWS`]).
-    pub max_commit_rows: u64,
     /// Pick files by size tier (background) instead of merging all of a
     /// partition's small files (`raindrop compact`).
     pub tiered: bool,
@@ -79,13 +77,6 @@ pub struct CompactOptions {
 
 /// Input bytes (compressed Parquet) of one compaction commit.
 pub const MAX_COMMIT_BYTES: u64 = 64 * 1024 * 1024;
-/// Input rows of one compaction commit: about 340 MB of Arrow at the
-/// ~170 bytes a decoded `raw_events` row takes. At a typical 37 bytes a
-/// row in Parquet, 64 MiB is 1.8M rows, so this rarely binds; but sorted
-/// repetitive rows compress to a few bytes each, and in a soak 64 MiB of
-/// them decoded to 2.2 GB (12.9M rows). Two such rewrites at once (the
-/// background one and `raindrop compact`) took the process to 24 GB.
-pub const MAX_COMMIT_ROWS: u64 = 2_000_000;
 /// Files at least this large are done: two of them would not fit in one
 /// commit, so counting them as small would leave a partition "owing" files
 /// no run can merge. (It was half the target file size, 64 MiB, equal to a
@@ -110,7 +101,6 @@ impl Default for CompactOptions {
             min_files: MIN_FILES,
             small_file_bytes: SMALL_FILE_BYTES,
             max_commit_bytes: MAX_COMMIT_BYTES,
-            max_commit_rows: MAX_COMMIT_ROWS,
             tiered: false,
             max_run_bytes: u64::MAX,
             max_small_files: 0,
@@ -187,70 +177,29 @@ fn to_bound_count(ascending: &[u64], keep: usize, max_bytes: u64) -> usize {
     n
 }
 
-/// Parquet bytes and rows of a set of files: a commit's input.
-#[derive(Debug, Clone, Copy, Default)]
-struct Input {
-    bytes: u64,
-    rows: u64,
-}
-
-impl Input {
-    fn of_file(f: &DataFile) -> Self {
-        Self {
-            bytes: f.file_size_in_bytes(),
-            rows: f.record_count(),
-        }
-    }
-
-    fn of(files: &[DataFile]) -> Self {
-        files
-            .iter()
-            .fold(Self::default(), |acc, f| acc.add(Self::of_file(f)))
-    }
-
-    fn add(self, other: Self) -> Self {
-        Self {
-            bytes: self.bytes + other.bytes,
-            rows: self.rows + other.rows,
-        }
-    }
-
-    fn fits(self, options: &CompactOptions) -> bool {
-        self.bytes <= options.max_commit_bytes && self.rows <= options.max_commit_rows
-    }
-
-    /// Too large to merge with another file of its size in one commit:
-    /// counting it as small would leave its partition owing a merge no
-    /// run can make.
-    fn is_small(self, options: &CompactOptions) -> bool {
-        self.bytes < options.small_file_bytes && self.rows < options.max_commit_rows / 2
-    }
-}
-
 /// One partition's files to merge in this run: its small files, smallest
 /// first, as many as the policy asks for and one commit's input holds (a
 /// partition with more small data than that is finished by later runs).
 fn pick(files: Vec<DataFile>, options: &CompactOptions) -> Vec<DataFile> {
-    let mut small: Vec<(Input, DataFile)> = files
+    let mut small: Vec<DataFile> = files
         .into_iter()
-        .map(|f| (Input::of_file(&f), f))
-        .filter(|(input, _)| input.is_small(options))
+        .filter(|f| f.file_size_in_bytes() < options.small_file_bytes)
         .collect();
-    small.sort_by_key(|(input, _)| input.bytes);
-    let inputs: Vec<Input> = small.iter().map(|(input, _)| *input).collect();
-    let sizes: Vec<u64> = inputs.iter().map(|input| input.bytes).collect();
-    let n = within_one_commit(&inputs, files_to_merge(&sizes, options), options);
-    small.into_iter().take(n).map(|(_, f)| f).collect()
+    small.sort_by_key(|f| f.file_size_in_bytes());
+    let sizes: Vec<u64> = small.iter().map(|f| f.file_size_in_bytes()).collect();
+    let n = within_one_commit(&sizes, files_to_merge(&sizes, options), options);
+    small.truncate(n);
+    small
 }
 
-/// How many of the first `n` of `inputs` one commit's input holds.
-fn within_one_commit(inputs: &[Input], n: usize, options: &CompactOptions) -> usize {
-    let mut total = Input::default();
-    inputs[..n]
+/// How many of the first `n` of `sizes` one commit's input holds.
+fn within_one_commit(sizes: &[u64], n: usize, options: &CompactOptions) -> usize {
+    let mut total = 0;
+    sizes[..n]
         .iter()
-        .take_while(|&&input| {
-            total = total.add(input);
-            total.fits(options)
+        .take_while(|&&size| {
+            total += size;
+            total <= options.max_commit_bytes
         })
         .count()
 }
@@ -353,16 +302,18 @@ pub async fn compact_table_with(
     });
 
     // Whole partitions per commit, within one commit's input each.
-    let mut commits: Vec<(Vec<DataFile>, usize, Input)> = vec![];
+    let mut commits: Vec<(Vec<DataFile>, usize, u64)> = vec![];
     for files in candidates {
-        let input = Input::of(&files);
+        let bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
         match commits.last_mut() {
-            Some((pending, parts, pending_input)) if pending_input.add(input).fits(options) => {
+            Some((pending, parts, pending_bytes))
+                if *pending_bytes + bytes <= options.max_commit_bytes =>
+            {
                 pending.extend(files);
                 *parts += 1;
-                *pending_input = pending_input.add(input);
+                *pending_bytes += bytes;
             }
-            _ => commits.push((files, 1, input)),
+            _ => commits.push((files, 1, bytes)),
         }
     }
     let mut report = CompactReport::default();
@@ -406,10 +357,7 @@ async fn rewrite(
     report: &mut CompactReport,
 ) -> Result<()> {
     let table = warehouse.catalog.load_table(ident).await?;
-    let batches = read_data_files(&table, files).await?;
-    // What the rewrite holds in memory, against its Parquet input.
-    let decoded_bytes: usize = batches.iter().map(crate::batch::batch_bytes).sum();
-    let added = write_data_files(&table, batches).await?;
+    let added = merge_partitions(&table, files).await?;
     let added_paths: Vec<String> = added.iter().map(|f| f.file_path().to_string()).collect();
     let rows_in: u64 = files.iter().map(|f| f.record_count()).sum();
     let rows_out: u64 = added.iter().map(|f| f.record_count()).sum();
@@ -470,7 +418,7 @@ async fn rewrite(
     let bytes_removed: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
     tracing::info!(
         table = %ident, partitions, files_removed = files.len(), files_added = added.len(),
-        rows = rows_in, bytes_removed, bytes_added, decoded_bytes, snapshot_id, "compacted"
+        rows = rows_in, bytes_removed, bytes_added, snapshot_id, "compacted"
     );
     report.partitions += partitions;
     report.files_removed += files.len();
@@ -483,6 +431,69 @@ async fn rewrite(
     report.bytes_added += bytes_added;
     report.snapshots.push(snapshot_id);
     Ok(())
+}
+
+/// Rows per batch read from each input and written out: a merge holds
+/// about two batches per input file.
+const MERGE_BATCH_ROWS: usize = 8192;
+
+/// Merge each partition's `files` into new files in layout order, several
+/// partitions at once (one per core). Each input is already in layout
+/// order, so a partition is a streaming merge: memory holds a batch and a
+/// row group's compressed pages per input file, whatever the rows add up
+/// to. On error, nothing written is kept.
+async fn merge_partitions(table: &Table, files: &[DataFile]) -> Result<Vec<DataFile>> {
+    let mut partitions: HashMap<Struct, Vec<DataFile>> = HashMap::new();
+    for f in files {
+        partitions
+            .entry(f.partition().clone())
+            .or_default()
+            .push(f.clone());
+    }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = tokio::runtime::Handle::current();
+    let merges: Vec<futures::future::BoxFuture<'static, Result<Vec<DataFile>>>> = partitions
+        .into_iter()
+        .map(|(partition, files)| {
+            let (table, runtime) = (table.clone(), runtime.clone());
+            async move {
+                let schema = table_arrow_schema(&table)?;
+                let inputs = files
+                    .iter()
+                    .map(|f| stream_data_file(&table, f, MERGE_BATCH_ROWS))
+                    .collect::<Result<Vec<_>>>()?;
+                // Decoding, merging and encoding never yield: on a
+                // background thread, not the runtime workers that answer
+                // requests.
+                crate::background::run("merging data files", move || {
+                    runtime.block_on(async {
+                        let merged = merge_in_layout_order(schema, inputs, MERGE_BATCH_ROWS)?;
+                        write_partition_stream(&table, partition, merged).await
+                    })
+                })
+                .await?
+            }
+            .boxed()
+        })
+        .collect();
+    let results: Vec<Result<Vec<DataFile>>> = futures::stream::iter(merges)
+        .buffer_unordered(workers)
+        .collect()
+        .await;
+    let mut added = vec![];
+    let mut first_error = None;
+    for result in results {
+        match result {
+            Ok(files) => added.extend(files),
+            Err(e) => first_error = first_error.or(Some(e)),
+        }
+    }
+    if let Some(e) = first_error {
+        let paths: Vec<String> = added.iter().map(|f| f.file_path().to_string()).collect();
+        delete_files(table, &paths).await;
+        return Err(e);
+    }
+    Ok(added)
 }
 
 #[cfg(test)]
@@ -541,26 +552,10 @@ mod tests {
     }
 
     #[test]
-    fn a_commit_is_bounded_by_rows_as_well_as_bytes() {
+    fn a_commit_takes_the_smallest_files_its_input_holds() {
         let defaults = CompactOptions::default();
-        // Sorted repetitive rows: 1 MB of Parquet holding 800k rows each.
-        let dense = Input {
-            bytes: MB,
-            rows: 800_000,
-        };
-        assert_eq!(within_one_commit(&[dense; 4], 4, &defaults), 2);
-        // Typical rows (~37 bytes each): bytes bind first, as before.
-        let typical = Input {
-            bytes: 30 * MB,
-            rows: 850_000,
-        };
-        assert_eq!(within_one_commit(&[typical; 4], 4, &defaults), 2);
-        // Half a commit's rows is done, however few bytes.
-        let half = Input {
-            bytes: 10 * MB,
-            rows: MAX_COMMIT_ROWS / 2,
-        };
-        assert!(dense.is_small(&defaults) && !half.is_small(&defaults));
+        assert_eq!(within_one_commit(&[30 * MB; 4], 4, &defaults), 2);
+        assert_eq!(within_one_commit(&[MB; 4], 3, &defaults), 3);
     }
 
     #[test]

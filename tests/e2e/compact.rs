@@ -91,6 +91,9 @@ async fn compaction_keeps_every_row_and_leaves_one_file_per_partition() {
 
     assert_eq!(fingerprint(&mut acme).await, acme_before);
     assert_eq!(fingerprint(&mut globex).await, globex_before);
+    // Each merged file is in layout order across all its inputs (the
+    // merge streams them; concatenating would not be).
+    assert_files_in_layout_order(warehouse).await;
     assert_eq!(
         files_and_days(&mut acme).await,
         (acme_days as usize, acme_days)
@@ -414,63 +417,64 @@ async fn background_compaction_keeps_a_partition_under_its_bound() {
     assert_eq!(count(&mut acme, ids).await, 120_100);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_compaction_commit_holds_a_bounded_number_of_rows() {
-    let server = TestServer::start().await;
-    let mut acme = server.client("acme").await;
-    let mut globex = server.client("globex").await;
-    let warehouse = server.handle.as_ref().unwrap().services.query.warehouse();
-    let ident = warehouse.raw_events_ident();
-    for i in 0..5 {
-        acme.ingest_events(vec![id_batch(&format!("a{i}"), 100)])
+/// A row's layout key: model, hour, session, time.
+type LayoutKey = (Option<String>, Option<i64>, Option<String>, Option<i64>);
+
+/// Every live data file's rows are in layout order: model, hour, session,
+/// time (nulls first), as the ingest writer sorts them.
+async fn assert_files_in_layout_order(warehouse: &raindrop::catalog::Warehouse) {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::TimestampMicrosecondType;
+    const HOUR_US: i64 = 3_600_000_000;
+    let table = warehouse.raw_events().await.unwrap();
+    let files: Vec<iceberg::spec::DataFile> = {
+        let snapshot = table.metadata().current_snapshot().unwrap();
+        let list = table.manifest_list_reader(snapshot).load().await.unwrap();
+        let mut files = vec![];
+        for m in list.entries() {
+            let manifest = m.load_manifest(table.file_io()).await.unwrap();
+            files.extend(
+                manifest
+                    .entries()
+                    .iter()
+                    .filter(|e| e.is_alive())
+                    .map(|e| e.data_file().clone()),
+            );
+        }
+        files
+    };
+    assert!(!files.is_empty());
+    for file in &files {
+        let batches = raindrop::catalog::read::read_data_files(&table, std::slice::from_ref(file))
             .await
             .unwrap();
-    }
-    for i in 0..2 {
-        globex
-            .ingest_events(vec![id_batch(&format!("g{i}"), 100)])
-            .await
-            .unwrap();
-    }
-    // A commit reads, sorts and writes at most 250 rows: two of acme's
-    // files, and globex's two in a commit of their own.
-    let bounded = CompactOptions {
-        max_commit_rows: 250,
-        ..CompactOptions::default()
-    };
-    let r = compact_table(warehouse, &ident, &bounded).await.unwrap();
-    assert_eq!(
-        (r.files_removed, r.files_added, r.snapshots.len(), r.rows),
-        (4, 2, 2, 400),
-        "{r:?}"
-    );
-    // Files of 200 rows (half a commit) are done; acme's three files of
-    // 100 merge two at a time until one is left.
-    let mut runs = 0;
-    while compact_table(warehouse, &ident, &bounded)
-        .await
-        .unwrap()
-        .files_removed
-        > 0
-    {
-        runs += 1;
-        assert!(runs < 5, "compaction does not settle");
-    }
-    let mut rows: Vec<u64> = {
-        let table = warehouse.raw_events().await.unwrap();
-        scan_tasks(&table)
-            .await
-            .into_iter()
-            .map(|t| t.record_count.unwrap())
-            .collect()
-    };
-    rows.sort();
-    assert_eq!(rows, vec![100, 200, 200, 200], "files' rows");
-    // Without the bound, acme's small files merge at once.
-    let r = compact_raw_events(warehouse).await;
-    assert_eq!((r.files_removed, r.files_added), (3, 1), "{r:?}");
-    for (client, n) in [(&mut acme, 500), (&mut globex, 200)] {
-        let ids = "SELECT count(DISTINCT event_id) FROM wildedge.raw_events";
-        assert_eq!(count(client, ids).await, n);
+        let mut keys: Vec<LayoutKey> = vec![];
+        for b in &batches {
+            let model = b.column_by_name("model_name").unwrap().as_string::<i32>();
+            let session = b.column_by_name("session_id").unwrap().as_string::<i32>();
+            let ts = b
+                .column_by_name("event_timestamp")
+                .unwrap()
+                .as_primitive::<TimestampMicrosecondType>();
+            for i in 0..b.num_rows() {
+                let t = ts.is_valid(i).then(|| ts.value(i));
+                keys.push((
+                    model.is_valid(i).then(|| model.value(i).to_string()),
+                    t.map(|t| t.div_euclid(HOUR_US)),
+                    session.is_valid(i).then(|| session.value(i).to_string()),
+                    t,
+                ));
+            }
+        }
+        assert_eq!(keys.len() as u64, file.record_count());
+        if let Some(i) = keys.windows(2).position(|w| w[0] > w[1]) {
+            panic!(
+                "{} is out of layout order at row {}: {:?} before {:?}",
+                file.file_path(),
+                i + 1,
+                keys[i],
+                keys[i + 1]
+            );
+        }
     }
 }
