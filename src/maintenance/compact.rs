@@ -76,7 +76,7 @@ pub struct CompactOptions {
 }
 
 /// Input bytes (compressed Parquet) of one compaction commit.
-pub const MAX_COMMIT_BYTES: u64 = 64 * 1024 * 1024;
+pub const MAX_COMMIT_BYTES: u64 = 256 * 1024 * 1024;
 /// Files at least this large are done: two of them would not fit in one
 /// commit, so counting them as small would leave a partition "owing" files
 /// no run can merge. (It was half the target file size, 64 MiB, equal to a
@@ -548,14 +548,17 @@ mod tests {
         assert_eq!(files_to_merge(&[30 * KB; 4], &bounded), 4);
         // Never more than one commit's input.
         let big = [20 * MB, 25 * MB, 30 * MB, 31 * MB];
-        assert_eq!(to_bound_count(&big, 3, MAX_COMMIT_BYTES), 2);
+        assert_eq!(to_bound_count(&big, 3, 64 * MB), 2);
     }
 
     #[test]
     fn a_commit_takes_the_smallest_files_its_input_holds() {
-        let defaults = CompactOptions::default();
-        assert_eq!(within_one_commit(&[30 * MB; 4], 4, &defaults), 2);
-        assert_eq!(within_one_commit(&[MB; 4], 3, &defaults), 3);
+        let options = CompactOptions {
+            max_commit_bytes: 64 * MB,
+            ..CompactOptions::default()
+        };
+        assert_eq!(within_one_commit(&[30 * MB; 4], 4, &options), 2);
+        assert_eq!(within_one_commit(&[MB; 4], 3, &options), 3);
     }
 
     #[test]
