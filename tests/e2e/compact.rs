@@ -478,3 +478,33 @@ async fn assert_files_in_layout_order(warehouse: &raindrop::catalog::Warehouse) 
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_file_read_in_ranges_yields_each_row_once() {
+    // One tenant-day as a single file of over 16 MiB (uuids barely
+    // compress): the scan splits it into byte ranges, one per core, and
+    // each row group must be read by exactly one of them.
+    let server = TestServer::start().await;
+    let mut acme = server.client("acme").await;
+    let rows = 1_200_000;
+    acme.ingest_events(vec![random_id_batch(rows)])
+        .await
+        .unwrap();
+    let warehouse = server.handle.as_ref().unwrap().services.query.warehouse();
+    let files = live_files(warehouse).await;
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].1 > 16 * 1024 * 1024, "fixture: {files:?}");
+    let ids = "SELECT count(DISTINCT event_id) FROM wildedge.raw_events";
+    let total = "SELECT count(*) FROM wildedge.raw_events WHERE event_id IS NOT NULL";
+    let plan = acme.query(&format!("EXPLAIN {ids}")).await.unwrap();
+    let plan = strings(&plan, "plan").join("\n");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores >= 2 {
+        assert!(
+            plan.contains("files=1,") && !plan.contains("partitions=1,"),
+            "{plan}"
+        );
+    }
+    assert_eq!(count(&mut acme, ids).await, rows as i64);
+    assert_eq!(count(&mut acme, total).await, rows as i64);
+}

@@ -32,7 +32,7 @@ impl DisplayAs for IcebergScanExec {
             self.plan.manifests.1,
             self.plan.files.len(),
             self.plan.bytes,
-            self.partitions.len(),
+            self.properties.output_partitioning().partition_count(),
             self.schema
                 .fields()
                 .iter()

@@ -12,7 +12,9 @@ use datafusion::common::config::TableParquetOptions;
 use datafusion::common::{DFSchema, ScalarValue, project_schema};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::object_store::ObjectStoreUrl;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::physical_plan::{
+    FileGroup, FileGroupPartitioner, FileScanConfigBuilder, ParquetSource,
+};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::{DataFusionError, Result as DFResult};
@@ -142,9 +144,15 @@ impl IcebergScanExec {
                 &partitions,
             )?),
         };
+        // The Parquet reader may split large files across more partitions
+        // than the planned groups ([`split_large_files`]).
+        let outputs = match &reader {
+            Reader::Parquet(exec) => exec.properties().output_partitioning().partition_count(),
+            Reader::Iceberg { .. } => partitions.len(),
+        };
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(partitions.len()),
+            Partitioning::UnknownPartitioning(outputs),
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
@@ -264,6 +272,7 @@ fn parquet_exec(
             )
         })
         .collect();
+    let groups = split_large_files(groups, state.config().target_partitions());
     let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
         .with_projection_indices(Some(indices))?
         .with_file_groups(groups)
@@ -271,6 +280,33 @@ fn parquet_exec(
         .with_batch_size(Some(state.config().batch_size()))
         .build();
     Ok(DataSourceExec::from_data_source(config))
+}
+
+/// Below this many bytes a scan is not worth splitting inside files.
+const SPLIT_MIN_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Split files into byte ranges (the reader takes the row groups whose
+/// midpoints fall in each) when one file holds well over a partition's
+/// share of the scan. Compaction leaves a tenant-day as one or two large
+/// files, and each file read whole keeps one core busy while the others
+/// idle. DataFusion does this for scans it plans itself
+/// (`repartition_file_scans`); this scan is planned here. Only for the
+/// Parquet reader: iceberg's reads whole files.
+fn split_large_files(groups: Vec<FileGroup>, target_partitions: usize) -> Vec<FileGroup> {
+    let sizes = groups
+        .iter()
+        .flat_map(|g| g.iter())
+        .map(|f| f.effective_size());
+    let (total, largest) = sizes.fold((0u64, 0u64), |(t, l), s| (t + s, l.max(s)));
+    let n = target_partitions as u64;
+    if n < 2 || total < SPLIT_MIN_BYTES || 2 * largest * n <= 3 * total {
+        return groups;
+    }
+    FileGroupPartitioner::new()
+        .with_target_partitions(target_partitions)
+        .with_repartition_file_min_size(SPLIT_MIN_BYTES as usize)
+        .repartition_file_groups(&groups)
+        .unwrap_or(groups)
 }
 
 /// A planned task as DataFusion's file description, carrying its full
@@ -350,4 +386,64 @@ fn distribute(mut tasks: Vec<FileScanTask>, n: usize) -> Vec<Vec<FileScanTask>> 
         lightest.1.push(t);
     }
     parts.into_iter().map(|(_, t)| t).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MB: u64 = 1024 * 1024;
+
+    fn files(sizes: &[u64]) -> Vec<FileGroup> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| FileGroup::new(vec![PartitionedFile::new(format!("f{i}"), s)]))
+            .collect()
+    }
+
+    fn ranges(groups: &[FileGroup]) -> Vec<Vec<(String, u64)>> {
+        groups
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|f| (f.object_meta.location.to_string(), f.effective_size()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_file_larger_than_its_share_is_read_by_every_core() {
+        // One compacted 128 MiB tenant-day: two halves.
+        let split = split_large_files(files(&[128 * MB]), 2);
+        assert_eq!(
+            ranges(&split),
+            vec![vec![("f0".into(), 64 * MB)], vec![("f0".into(), 64 * MB)]]
+        );
+        // A large file beside small ones: every byte read once, evenly.
+        let split = split_large_files(files(&[100 * MB, 10 * MB, 10 * MB]), 2);
+        let per_group: Vec<u64> = ranges(&split)
+            .iter()
+            .map(|g| g.iter().map(|(_, s)| s).sum())
+            .collect();
+        assert_eq!(per_group, vec![60 * MB, 60 * MB]);
+    }
+
+    #[test]
+    fn balanced_or_small_scans_keep_whole_files() {
+        for sizes in [
+            &[40 * MB, 40 * MB][..],
+            &[8 * MB][..],
+            &[50 * MB, 30 * MB, 20 * MB][..],
+        ] {
+            let groups = files(sizes);
+            assert_eq!(
+                ranges(&split_large_files(groups.clone(), 2)),
+                ranges(&groups),
+                "{sizes:?}"
+            );
+        }
+        assert_eq!(ranges(&split_large_files(files(&[128 * MB]), 1)).len(), 1);
+    }
 }
