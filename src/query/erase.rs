@@ -13,11 +13,13 @@
 
 use std::collections::HashSet;
 
+use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::DataType;
+use datafusion::common::DFSchema;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::logical_expr::{Expr, cast, col, is_true, lit, not};
 use datafusion::prelude::SessionContext;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use iceberg::expr::Predicate;
 use iceberg::spec::DataFile;
 use iceberg::table::Table;
@@ -25,15 +27,16 @@ use iceberg::table::Table;
 use super::predicate::implied_by_all;
 use super::pruning::event_day_predicate;
 use crate::catalog::Warehouse;
-use crate::catalog::read::read_data_files;
+use crate::catalog::read::{read_data_files, stream_data_file, table_arrow_schema};
 use crate::catalog::rewrite::{
     Manifests, Rewrite, Swap, commit_rewrite, live_data_files, summary_admits,
 };
 use crate::error::{Error, Result};
 use crate::ingest::Ingestor;
-use crate::ingest::write::{delete_files, write_data_files};
+use crate::ingest::write::{delete_files, write_data_files, write_partition_stream};
 use crate::schema::col as column;
 use crate::schema::evolve::retyped_columns;
+use crate::schema::partition::only_spec;
 
 /// Plans tried before giving up: compaction replaced a candidate file
 /// meanwhile, so the erasure is planned again on the new files.
@@ -218,7 +221,82 @@ async fn candidate_files(
 /// `file` rewritten without the rows matching `filter`: the rows deleted
 /// and the files written (none when every row matched); `None` when no
 /// row matched (the file stays).
+///
+/// The file is streamed twice, a batch at a time: once to count the
+/// matching rows, once to write the others in their order (the file's
+/// layout order). Holding it decoded whole could take gigabytes for a
+/// 128 MiB file of rows that compress well. A table whose partition spec
+/// evolved (by another engine) is rewritten in memory, so the rows are
+/// split under the current spec.
 async fn rewrite_without(
+    table: &Table,
+    file: &DataFile,
+    filter: &Expr,
+) -> Result<Option<(u64, Vec<DataFile>)>> {
+    if only_spec(table).is_none() {
+        return rewrite_without_in_memory(table, file, filter).await;
+    }
+    // Decoding, filtering and encoding never yield: on a background
+    // thread, not the runtime workers that answer requests.
+    let (table, file, filter) = (table.clone(), file.clone(), filter.clone());
+    let runtime = tokio::runtime::Handle::current();
+    crate::background::run("erasing rows", move || {
+        runtime.block_on(stream_without(&table, &file, &filter))
+    })
+    .await?
+}
+
+async fn stream_without(
+    table: &Table,
+    file: &DataFile,
+    filter: &Expr,
+) -> Result<Option<(u64, Vec<DataFile>)>> {
+    let schema = table_arrow_schema(table)?;
+    let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+    let keep =
+        SessionContext::new().create_physical_expr(not(is_true(filter.clone())), &df_schema)?;
+    let kept = move |batch: RecordBatch| -> Result<RecordBatch> {
+        let mask = keep.evaluate(&batch)?.into_array(batch.num_rows())?;
+        Ok(arrow::compute::filter_record_batch(
+            &batch,
+            mask.as_boolean(),
+        )?)
+    };
+    let (mut total, mut left) = (0u64, 0u64);
+    let mut rows = stream_data_file(table, file, BATCH_ROWS)?;
+    while let Some(batch) = rows.try_next().await? {
+        total += batch.num_rows() as u64;
+        left += kept(batch)?.num_rows() as u64;
+    }
+    if total == left {
+        return Ok(None);
+    }
+    let written = if left == 0 {
+        vec![]
+    } else {
+        let rows = stream_data_file(table, file, BATCH_ROWS)?
+            .and_then(move |batch| futures::future::ready(kept(batch)))
+            .boxed();
+        let written = write_partition_stream(table, file.partition().clone(), rows).await?;
+        let rows_out: u64 = written.iter().map(|f| f.record_count()).sum();
+        if rows_out != left {
+            discard(table, &written).await;
+            return Err(Error::Internal(format!(
+                "erasure rewrote {} with {rows_out} rows, {left} expected; nothing committed",
+                file.file_path()
+            )));
+        }
+        written
+    };
+    Ok(Some((total - left, written)))
+}
+
+/// Rows per batch when a file is streamed through the filter.
+const BATCH_ROWS: usize = 8192;
+
+/// [`rewrite_without`] holding the file decoded, for tables whose rows are
+/// re-split under the current partition spec.
+async fn rewrite_without_in_memory(
     table: &Table,
     file: &DataFile,
     filter: &Expr,
