@@ -225,7 +225,7 @@ pub(super) fn sort_by_partition_then_layout(
 }
 
 /// Merge streams of rows, each already in layout order (a data file this
-/// writer wrote), into one stream in layout order, holding about one batch
+/// writer wrote), into one stream in layout order, holding a batch or two
 /// per input: compaction merges files of any size in bounded memory,
 /// where concatenating and sorting them held every row decoded at once.
 /// An input not in layout order (written by another engine) still yields

@@ -203,12 +203,24 @@ pub(super) async fn write_prepared(
             Err(e) => first_error = first_error.or(Some(e)),
         }
     }
-    if let Some(e) = first_error {
-        let paths: Vec<String> = files.iter().map(|f| f.file_path().to_string()).collect();
-        delete_files(table, &paths).await;
-        return Err(e);
+    all_or_nothing(table, files, first_error).await
+}
+
+/// `files` written by parallel writers, or, if one of them failed, its
+/// error once the others' files are deleted: nothing half-written stays.
+pub async fn all_or_nothing(
+    table: &Table,
+    files: Vec<DataFile>,
+    first_error: Option<Error>,
+) -> Result<Vec<DataFile>> {
+    match first_error {
+        None => Ok(files),
+        Some(e) => {
+            let paths: Vec<String> = files.iter().map(|f| f.file_path().to_string()).collect();
+            delete_files(table, &paths).await;
+            Err(e)
+        }
     }
-    Ok(files)
 }
 
 /// The one data-file writer configuration: ZSTD Parquet ([`schema::writer_properties`]),

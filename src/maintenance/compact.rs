@@ -51,7 +51,7 @@ use crate::catalog::rewrite::{Manifests, Rewrite, Swap, commit_rewrite};
 use crate::catalog::tiers::Tiers;
 use crate::error::{Error, Result};
 use crate::ingest::layout::merge_in_layout_order;
-use crate::ingest::write::{delete_files, write_partition_stream};
+use crate::ingest::write::{all_or_nothing, delete_files, write_partition_stream};
 
 /// Which partitions to compact.
 #[derive(Debug, Clone, Copy)]
@@ -499,12 +499,7 @@ async fn merge_partitions(table: &Table, files: &[DataFile]) -> Result<Vec<DataF
             Err(e) => first_error = first_error.or(Some(e)),
         }
     }
-    if let Some(e) = first_error {
-        let paths: Vec<String> = added.iter().map(|f| f.file_path().to_string()).collect();
-        delete_files(table, &paths).await;
-        return Err(e);
-    }
-    Ok(added)
+    all_or_nothing(table, added, first_error).await
 }
 
 #[cfg(test)]
