@@ -65,21 +65,25 @@ pub async fn read_data_files(table: &Table, files: &[DataFile]) -> Result<Vec<Re
         .collect()
 }
 
-/// The rows of one data file in file order, `batch_size` rows at a time,
-/// in the table's current schema: decoded as the stream is polled, so a
-/// merge of many files holds about a batch (and a row group's compressed
-/// pages) per file.
+/// Rows per batch of [`stream_data_file`]: small enough that a merge of
+/// many files holds little per file, large enough to amortise per-batch
+/// work.
+pub const STREAM_BATCH_ROWS: usize = 8192;
+
+/// The rows of one data file in file order, [`STREAM_BATCH_ROWS`] at a
+/// time, in the table's current schema: decoded as the stream is polled,
+/// so a merge of many files holds about a batch (and a row group's
+/// compressed pages) per file.
 pub fn stream_data_file(
     table: &Table,
     file: &DataFile,
-    batch_size: usize,
 ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
     let target = table_arrow_schema(table)?;
     let task = scan_task(table, file);
     let stream = table
         .reader_builder()
         .with_data_file_concurrency_limit(1)
-        .with_batch_size(batch_size)
+        .with_batch_size(STREAM_BATCH_ROWS)
         .build()
         .read(Box::pin(futures::stream::once(async { Ok(task) })))?;
     Ok(stream

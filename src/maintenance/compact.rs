@@ -46,7 +46,7 @@ use iceberg::spec::{DataFile, FormatVersion, ManifestContentType, Struct};
 use iceberg::table::Table;
 
 use crate::catalog::Warehouse;
-use crate::catalog::read::{stream_data_file, table_arrow_schema};
+use crate::catalog::read::{STREAM_BATCH_ROWS, stream_data_file, table_arrow_schema};
 use crate::catalog::rewrite::{Manifests, Rewrite, Swap, commit_rewrite};
 use crate::catalog::tiers::Tiers;
 use crate::error::{Error, Result};
@@ -444,10 +444,6 @@ async fn rewrite(
     Ok(())
 }
 
-/// Rows per batch read from each input and written out: a merge holds
-/// about two batches per input file.
-const MERGE_BATCH_ROWS: usize = 8192;
-
 /// Merge each partition's `files` into new files in layout order, several
 /// partitions at once (one per core). Each input is already in layout
 /// order, so a partition is a streaming merge: memory holds a batch and a
@@ -471,14 +467,14 @@ async fn merge_partitions(table: &Table, files: &[DataFile]) -> Result<Vec<DataF
                 let schema = table_arrow_schema(&table)?;
                 let inputs = files
                     .iter()
-                    .map(|f| stream_data_file(&table, f, MERGE_BATCH_ROWS))
+                    .map(|f| stream_data_file(&table, f))
                     .collect::<Result<Vec<_>>>()?;
                 // Decoding, merging and encoding never yield: on a
                 // background thread, not the runtime workers that answer
                 // requests.
                 crate::background::run("merging data files", move || {
                     runtime.block_on(async {
-                        let merged = merge_in_layout_order(schema, inputs, MERGE_BATCH_ROWS)?;
+                        let merged = merge_in_layout_order(schema, inputs, STREAM_BATCH_ROWS)?;
                         write_partition_stream(&table, partition, merged).await
                     })
                 })

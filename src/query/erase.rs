@@ -263,7 +263,7 @@ async fn stream_without(
         )?)
     };
     let (mut total, mut left) = (0u64, 0u64);
-    let mut rows = stream_data_file(table, file, BATCH_ROWS)?;
+    let mut rows = stream_data_file(table, file)?;
     while let Some(batch) = rows.try_next().await? {
         total += batch.num_rows() as u64;
         left += kept(batch)?.num_rows() as u64;
@@ -274,7 +274,7 @@ async fn stream_without(
     let written = if left == 0 {
         vec![]
     } else {
-        let rows = stream_data_file(table, file, BATCH_ROWS)?
+        let rows = stream_data_file(table, file)?
             .and_then(move |batch| futures::future::ready(kept(batch)))
             .boxed();
         let written = write_partition_stream(table, file.partition().clone(), rows).await?;
@@ -290,9 +290,6 @@ async fn stream_without(
     };
     Ok(Some((total - left, written)))
 }
-
-/// Rows per batch when a file is streamed through the filter.
-const BATCH_ROWS: usize = 8192;
 
 /// [`rewrite_without`] holding the file decoded, for tables whose rows are
 /// re-split under the current partition spec.
