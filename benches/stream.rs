@@ -318,11 +318,11 @@ struct TableState {
     live_files: usize,
     /// Most live data files of one (tenant, day) partition.
     max_files_per_partition: usize,
-    /// Most live files below compaction's small-file size (32 MiB,
-    /// half a commit's input) in one partition: what compaction still owes.
+    /// Most live files below compaction's small-file size
+    /// (`SMALL_FILE_BYTES`) in one partition: what compaction still owes.
     max_small_files_per_partition: usize,
     /// Bytes of the largest partition: at the target file size, it needs
-    /// this / 128 MiB files however well compacted.
+    /// this / `TARGET_FILE_SIZE` files however well compacted.
     max_partition_bytes: u64,
     snapshots: usize,
     manifests: usize,

@@ -22,7 +22,6 @@ use super::write::{Prepared, delete_files, prepare, write_prepared};
 use crate::catalog::cache::TableCache;
 use crate::catalog::rewrite::{self, MERGE_AFTER_APPENDS};
 use crate::error::{Error, Result};
-use crate::schema;
 
 /// What a committed append produced.
 #[derive(Debug, Clone, Default)]
@@ -55,10 +54,14 @@ impl Default for CommitConfig {
     fn default() -> Self {
         Self {
             max_delay: Duration::ZERO,
-            target_bytes: schema::TARGET_FILE_SIZE,
+            target_bytes: GROUP_TARGET_BYTES,
         }
     }
 }
+
+/// Arrow bytes a group gathers at most while `max_delay` runs: what one
+/// commit holds in memory, apart from the size its files roll at.
+pub const GROUP_TARGET_BYTES: usize = 128 * 1024 * 1024;
 
 /// Snapshot summary property naming the commit that made the snapshot.
 pub const COMMIT_ID_PROPERTY: &str = "raindrop.commit-id";

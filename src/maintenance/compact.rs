@@ -76,19 +76,19 @@ pub struct CompactOptions {
 }
 
 /// Input bytes (compressed Parquet) of one compaction commit. The merge
-/// streams, so this bounds a commit's duration and its output (two
-/// 128 MiB files), not its memory. At 64 MiB (with rows decoded and sorted
-/// whole) merged files stayed under 64 MiB and a 1 GB tenant-day kept
-/// 20–40 of them.
-pub const MAX_COMMIT_BYTES: u64 = 256 * 1024 * 1024;
+/// streams, so this bounds a commit's duration and its output (about one
+/// target-size file), not its memory. At 64 MiB (with rows decoded and
+/// sorted whole) merged files stayed under 64 MiB and a 1 GB tenant-day
+/// kept 20–40 of them.
+pub const MAX_COMMIT_BYTES: u64 = 512 * 1024 * 1024;
 /// Files at least this large are done. Half the rolling writer's target
 /// ([`crate::schema::TARGET_FILE_SIZE`]): the writer rolls when its
 /// estimate (written bytes plus the open row group, uncompressed) passes
 /// the target, so a rolled file is smaller than the target, but well over
 /// half of it. A merge's outputs are then all done but the last, and each
 /// merge leaves fewer small files than it took. With the threshold at the
-/// target, rolled files (73–120 MiB on average per merge) counted as
-/// small, and the same two were merged into two again at run after run:
+/// target (then 128 MiB), rolled files (73–120 MiB on average per merge)
+/// counted as small, and the same two were merged into two again and again:
 /// a 30-minute soak rewrote 22.6 GB of input, against 12.4 GB before.
 /// Two small files fit in one commit.
 pub const SMALL_FILE_BYTES: u64 = crate::schema::TARGET_FILE_SIZE as u64 / 2;
@@ -127,7 +127,7 @@ impl CompactOptions {
         Self {
             min_files,
             tiered: true,
-            max_run_bytes: 512 * 1024 * 1024,
+            max_run_bytes: MAX_COMMIT_BYTES,
             max_small_files: max_files.saturating_sub(1),
             ..Self::default()
         }
@@ -266,7 +266,8 @@ async fn files_by_partition(
 }
 
 /// Compact `ident`: every partition with at least `min_files` small files
-/// is rewritten as one file (per 128 MiB), in commits of bounded size.
+/// is rewritten as one file (per target file size), in commits of bounded
+/// size.
 pub async fn compact_table(
     warehouse: &Warehouse,
     ident: &TableIdent,
