@@ -119,22 +119,36 @@ async fn orphans(config: crate::config::OrphansConfig) -> anyhow::Result<()> {
 }
 
 async fn compact(config: crate::config::CompactConfig) -> anyhow::Result<()> {
-    use crate::maintenance::compact::{CompactOptions, compact_table};
+    use crate::maintenance::compact::{CompactOptions, CompactReport, compact_table};
+    /// Passes when a running server's compaction keeps replacing files
+    /// this one planned to merge.
+    const PASSES: usize = 3;
     let warehouse = crate::catalog::open(&config.storage).await?;
     let options = CompactOptions {
         min_files: config.min_files,
         ..CompactOptions::default()
     };
-    let r = compact_table(&warehouse, &warehouse.raw_events_ident(), &options).await?;
+    let mut r = CompactReport::default();
+    for _ in 0..PASSES {
+        let pass = compact_table(&warehouse, &warehouse.raw_events_ident(), &options).await?;
+        // Commits another compaction beat were dropped: plan again on the
+        // files live now.
+        let again = pass.superseded > 0;
+        r.absorb(pass);
+        if !again {
+            break;
+        }
+    }
     eprintln!(
-        "raw_events: {} partitions compacted, {} files ({} bytes) replaced by {} files ({} bytes), {} rows, {} snapshots",
+        "raw_events: {} partitions compacted, {} files ({} bytes) replaced by {} files ({} bytes), {} rows, {} snapshots ({} commits dropped: a server's compaction merged those files first)",
         r.partitions,
         r.files_removed,
         r.bytes_removed,
         r.files_added,
         r.bytes_added,
         r.rows,
-        r.snapshots.len()
+        r.snapshots.len(),
+        r.superseded
     );
     Ok(())
 }

@@ -360,9 +360,10 @@ pub struct LimitsConfig {
     /// tier (4x apart) once the tier has this many.
     #[clap(long, env = "RAINDROP_COMPACT_MIN_FILES", default_value_t = compact::BACKGROUND_MIN_FILES)]
     pub compact_min_files: usize,
-    /// If not 0, background compaction also merges across tiers so that a
+    /// Background compaction also merges across tiers so that a
     /// partition's small files stay at most this many: what it leaves,
-    /// plus the file each flush adds before the next run. 0 = tiers alone.
+    /// plus the file each flush adds before the next run. 0 = tiers alone
+    /// (less rewriting, more files).
     #[clap(long, env = "RAINDROP_COMPACT_MAX_FILES", default_value_t = compact::BACKGROUND_MAX_FILES)]
     pub compact_max_files: usize,
     /// With background compaction: snapshots of `raw_events` older than

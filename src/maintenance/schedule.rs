@@ -263,6 +263,7 @@ async fn compact_periodically(
                     files_added = r.files_added,
                     bytes_removed = r.bytes_removed,
                     rebuilds = r.rebuilds,
+                    superseded = r.superseded,
                     ms = started.elapsed().as_millis() as u64,
                     "raw_events compacted"
                 ),
