@@ -225,9 +225,9 @@ async fn candidate_files(
 /// The file is streamed twice, a batch at a time: once to count the
 /// matching rows, once to write the others in their order (the file's
 /// layout order). Holding it decoded whole could take gigabytes for a
-/// target-size (512 MiB) file. A table whose partition spec
-/// evolved (by another engine) is rewritten in memory, so the rows are
-/// split under the current spec.
+/// target-size (512 MiB) file. A table whose partition spec evolved (by
+/// another engine) is rewritten in memory, so the rows are split under
+/// the current spec.
 async fn rewrite_without(
     table: &Table,
     file: &DataFile,

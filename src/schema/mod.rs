@@ -160,10 +160,10 @@ pub const PREVIOUS_METADATA_VERSIONS: usize = 10;
 /// enough that min/max statistics still prune inside a day's file.
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Target size of one data file before the rolling writer starts a new one:
-/// Iceberg's own default (`write.target-file-size-bytes`). At 128 MiB a
-/// streamed 1 GB tenant-day held 8–10 files even when compacted; scans
-/// split large files into byte ranges, so a one-day query on one file
-/// still uses every core.
+/// Iceberg's own default (`write.target-file-size-bytes`). At 128 MiB
+/// (files close at ~95–120 MiB) a 1 GB tenant-day needs 8 or more files
+/// however well compacted; scans split large files into byte ranges, so
+/// a one-day query on one file still uses every core.
 pub const TARGET_FILE_SIZE: usize = 512 * 1024 * 1024;
 
 /// Per-column encodings of `raw_events` columns whose values are nearly
