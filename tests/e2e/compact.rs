@@ -40,6 +40,19 @@ async fn compact_raw_events(
     .unwrap()
 }
 
+/// A server holding acme's generated batches, one `DoPut` each (every
+/// batch spans all 30 days, so each day has several files), a client as
+/// acme, and the table's fingerprint.
+async fn server_with_acme_files() -> (TestServer, RaindropClient, String) {
+    let server = TestServer::start().await;
+    let mut acme = server.client("acme").await;
+    for b in &dataset().await.acme.events {
+        acme.ingest_events(vec![b.clone()]).await.unwrap();
+    }
+    let before = fingerprint(&mut acme).await;
+    (server, acme, before)
+}
+
 async fn files_and_days(client: &mut RaindropClient) -> (usize, i64) {
     let files = planned_files(client, "SELECT count(*) FROM wildedge.raw_events").await[0];
     let days = count(
@@ -131,13 +144,7 @@ async fn two_compactions_of_the_same_files_both_succeed() {
     // `raindrop compact` beside a server's background compaction: both
     // plan the same partitions; whichever commits second finds its input
     // replaced. That commit is dropped (its files deleted), not an error.
-    let server = TestServer::start().await;
-    let data = dataset().await;
-    let mut acme = server.client("acme").await;
-    for b in &data.acme.events {
-        acme.ingest_events(vec![b.clone()]).await.unwrap();
-    }
-    let before = fingerprint(&mut acme).await;
+    let (server, mut acme, before) = server_with_acme_files().await;
     let (files, days) = files_and_days(&mut acme).await;
     assert!(files as i64 > days, "{files} files for {days} days");
 
@@ -282,13 +289,8 @@ async fn the_server_compacts_in_the_background() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_deletes_only_the_files_compaction_replaced() {
-    let server = TestServer::start().await;
+    let (server, mut acme, before) = server_with_acme_files().await;
     let data = dataset().await;
-    let mut acme = server.client("acme").await;
-    for b in &data.acme.events {
-        acme.ingest_events(vec![b.clone()]).await.unwrap();
-    }
-    let before = fingerprint(&mut acme).await;
     let on_disk = parquet_files(&server.raw_events_data()).len();
     let warehouse = server.handle.as_ref().unwrap().services.query.warehouse();
     let ident = warehouse.raw_events_ident();
