@@ -24,19 +24,8 @@
 //! (time travel); [`super::expire_and_clean`] deletes them once those
 //! snapshots expire.
 //!
-//! Background compaction runs every few seconds against partitions that
-//! gain a file per flush, so it is *tiered*: merging a partition's small
-//! files all together each time would rewrite its growing newest file
-//! again and again (a 30 KB-per-flush tenant-day would rewrite each byte
-//! ~180 times before reaching the target size). Files are grouped in size
-//! tiers (4x apart); a merge takes the lowest tier that has gathered
-//! `min_files` files, plus the smaller files below it, so each byte is
-//! rewritten about once per tier: a hot tenant-day flushed every 10 s
-//! reaches full-size files after about two rewrites. A partition then
-//! holds at most `min_files - 1` files per tier between runs. (Merging
-//! everything once a partition had many files bounded the count further,
-//! but rewrote the newest data several times a minute: at 100k rows/s on
-//! 2 cores, compaction then took more CPU than ingest.)
+//! Which files a run merges (size tiers, the bound on files per
+//! partition, a commit's input) is decided in [`policy`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -51,176 +40,17 @@ use iceberg::table::Table;
 use crate::catalog::Warehouse;
 use crate::catalog::read::{STREAM_BATCH_ROWS, stream_data_file, table_arrow_schema};
 use crate::catalog::rewrite::{Manifests, Rewrite, Swap, commit_rewrite};
-use crate::catalog::tiers::Tiers;
 use crate::error::{Error, Result};
 use crate::ingest::layout::merge_in_layout_order;
 use crate::ingest::write::{all_or_nothing, delete_files, write_partition_stream};
 
-/// Which partitions to compact.
-#[derive(Debug, Clone, Copy)]
-pub struct CompactOptions {
-    /// Compact a partition once it has at least this many small files.
-    pub min_files: usize,
-    /// Files at least this large are left alone.
-    pub small_file_bytes: u64,
-    /// Input bytes (compressed Parquet) of one commit, and of one
-    /// partition per run.
-    pub max_commit_bytes: u64,
-    /// Pick files by size tier (background) instead of merging all of a
-    /// partition's small files (`raindrop compact`).
-    pub tiered: bool,
-    /// Input bytes of one run: partitions left over wait for the next run,
-    /// so a run stays short and its commits do not pile up behind flushes.
-    pub max_run_bytes: u64,
-    /// Tiered: small files a partition may hold after a run, whatever
-    /// their tiers (0: no bound). A flush adds one file per partition
-    /// before the next run.
-    pub max_small_files: usize,
-}
+mod policy;
 
-/// Input bytes (compressed Parquet) of one compaction commit. The merge
-/// streams, so this bounds a commit's duration and its output (about one
-/// target-size file), not its memory. At 64 MiB (with rows decoded and
-/// sorted whole) merged files stayed under 64 MiB and a 1 GB tenant-day
-/// kept 20–40 of them.
-pub const MAX_COMMIT_BYTES: u64 = 512 * 1024 * 1024;
-/// Files at least this large are done. Half the rolling writer's target
-/// ([`crate::schema::TARGET_FILE_SIZE`]): the writer rolls when its
-/// estimate (written bytes plus the open row group, uncompressed) passes
-/// the target, so a rolled file is smaller than the target, but well over
-/// half of it. A merge's outputs are then all done but the last, and each
-/// merge leaves fewer small files than it took. With the threshold at the
-/// target (then 128 MiB), rolled files (73–120 MiB on average per merge)
-/// counted as small, and the same two were merged into two again and again:
-/// a 30-minute soak rewrote 22.6 GB of input, against 12.4 GB before.
-/// Two small files fit in one commit.
-pub const SMALL_FILE_BYTES: u64 = crate::schema::TARGET_FILE_SIZE as u64 / 2;
-const _: () = assert!(2 * SMALL_FILE_BYTES <= MAX_COMMIT_BYTES);
-
-/// Small files a partition needs before `raindrop compact` rewrites it.
-pub const MIN_FILES: usize = 2;
-/// Files of one size tier that background compaction waits for before
-/// merging them (so a partition holds at most 3 per tier between runs).
-pub const BACKGROUND_MIN_FILES: usize = 4;
-/// Default bound on small files per partition in background compaction:
-/// a partition keeps at most 3 after a run, 4 once the next flush adds
-/// one. It rewrites more than tiers alone (1.7x the input in the first 12
-/// minutes of a soak at 100k rows/s on 2 cores), which the streaming
-/// merge affords: there tenant-days held at most 4 files at 27 of 30
-/// minutes, against 4–10 with tiers alone. (With the merge decoding and
-/// sorting in memory, runs took 30 s and more, several flushes landed
-/// between them, and the bound did worse than tiers after 20 minutes;
-/// `benches/README.md`.)
-pub const BACKGROUND_MAX_FILES: usize = 4;
-
-impl Default for CompactOptions {
-    fn default() -> Self {
-        Self {
-            min_files: MIN_FILES,
-            small_file_bytes: SMALL_FILE_BYTES,
-            max_commit_bytes: MAX_COMMIT_BYTES,
-            tiered: false,
-            max_run_bytes: u64::MAX,
-            max_small_files: 0,
-        }
-    }
-}
-
-impl CompactOptions {
-    /// What the server runs in the background: tiers of `min_files`, and
-    /// at most `max_files - 1` small files left per partition, so one
-    /// flush before the next run makes `max_files` (0: no bound).
-    pub fn background(min_files: usize, max_files: usize) -> Self {
-        Self {
-            min_files,
-            tiered: true,
-            max_run_bytes: MAX_COMMIT_BYTES,
-            max_small_files: max_files.saturating_sub(1),
-            ..Self::default()
-        }
-    }
-}
-
-/// Tiers of background compaction: the smallest holds files under
-/// 256 KiB, each above 4x larger; `min_count` is the run's `min_files`.
-fn file_tiers(min_files: usize) -> Tiers {
-    Tiers {
-        base: 64 * 1024,
-        fanout: 4,
-        min_count: min_files,
-    }
-}
-
-/// How many of a partition's small files (sizes ascending) to merge: all
-/// of them once there are `min_files` (untiered); tiered, the files up to
-/// the lowest tier holding `min_files` files, or more if that leaves over
-/// `options.max_small_files`. 0: leave the partition alone.
-fn files_to_merge(ascending: &[u64], options: &CompactOptions) -> usize {
-    if !options.tiered {
-        return if ascending.len() >= options.min_files.max(2) {
-            ascending.len()
-        } else {
-            0
-        };
-    }
-    let tiered = file_tiers(options.min_files).to_merge(ascending);
-    tiered.max(to_bound_count(
-        ascending,
-        options.max_small_files,
-        options.max_commit_bytes,
-    ))
-}
-
-/// How many of `ascending` to merge so at most `keep` files remain (0 for
-/// none): the fewest smallest files that do, plus each next file the
-/// merged one has grown to at least half of. Merging only the fewest would
-/// rewrite the same growing smallest file at every flush (in a simulation,
-/// a 36 KB-per-flush tenant-day rewrote each byte ~60 times in 360
-/// flushes); absorbing files of similar size spreads the sizes out as
-/// tiers do (~23 rewrites for that tenant-day over 2,000 flushes, 4.5 and
-/// 2.6 for 1.5 and 7 MB per flush).
-fn to_bound_count(ascending: &[u64], keep: usize, max_bytes: u64) -> usize {
-    if keep == 0 || ascending.len() <= keep {
-        return 0;
-    }
-    let mut n = ascending.len() - keep + 1;
-    let mut merged: u64 = ascending[..n].iter().sum();
-    while let Some(&next) = ascending.get(n) {
-        if merged.saturating_mul(2) < next || merged + next > max_bytes {
-            break;
-        }
-        merged += next;
-        n += 1;
-    }
-    n
-}
-
-/// One partition's files to merge in this run: its small files, smallest
-/// first, as many as the policy asks for and one commit's input holds (a
-/// partition with more small data than that is finished by later runs).
-fn pick(files: Vec<DataFile>, options: &CompactOptions) -> Vec<DataFile> {
-    let mut small: Vec<DataFile> = files
-        .into_iter()
-        .filter(|f| f.file_size_in_bytes() < options.small_file_bytes)
-        .collect();
-    small.sort_by_key(|f| f.file_size_in_bytes());
-    let sizes: Vec<u64> = small.iter().map(|f| f.file_size_in_bytes()).collect();
-    let n = within_one_commit(&sizes, files_to_merge(&sizes, options), options);
-    small.truncate(n);
-    small
-}
-
-/// How many of the first `n` of `sizes` one commit's input holds.
-fn within_one_commit(sizes: &[u64], n: usize, options: &CompactOptions) -> usize {
-    let mut total = 0;
-    sizes[..n]
-        .iter()
-        .take_while(|&&size| {
-            total += size;
-            total <= options.max_commit_bytes
-        })
-        .count()
-}
+use policy::pick;
+pub use policy::{
+    BACKGROUND_MAX_FILES, BACKGROUND_MIN_FILES, CompactOptions, MAX_COMMIT_BYTES, MIN_FILES,
+    SMALL_FILE_BYTES,
+};
 
 /// What a compaction run did.
 #[derive(Debug, Clone, Default)]
@@ -530,99 +360,4 @@ async fn merge_partitions(table: &Table, files: &[DataFile]) -> Result<Vec<DataF
         }
     }
     all_or_nothing(table, added, first_error).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const KB: u64 = 1024;
-    const MB: u64 = 1024 * 1024;
-
-    fn options(min_files: usize, tiered: bool, max_files: usize) -> CompactOptions {
-        CompactOptions {
-            min_files,
-            tiered,
-            max_small_files: max_files.saturating_sub(1),
-            ..CompactOptions::default()
-        }
-    }
-
-    #[test]
-    fn untiered_merges_every_small_file_once_there_are_enough() {
-        let all = options(2, false, 0);
-        assert_eq!(files_to_merge(&[KB, 2 * KB, 30 * MB], &all), 3);
-        assert_eq!(files_to_merge(&[KB], &all), 0);
-    }
-
-    #[test]
-    fn tiered_waits_for_a_tier_to_fill() {
-        let tiered = options(4, true, 0);
-        assert_eq!(
-            files_to_merge(&[30 * KB, 30 * KB, 30 * KB, 2 * MB], &tiered),
-            0
-        );
-        assert_eq!(files_to_merge(&[30 * KB; 4], &tiered), 4);
-    }
-
-    #[test]
-    fn a_bound_on_files_merges_across_tiers() {
-        let bounded = options(4, true, 4);
-        // Four files in four tiers: no tier is full, but 3 may stay.
-        let spread = [30 * KB, 300 * KB, 2 * MB, 8 * MB];
-        assert_eq!(files_to_merge(&spread, &options(4, true, 0)), 0);
-        assert_eq!(files_to_merge(&spread, &bounded), 2);
-        // The merged file (330 KB) is not half of the next (2 MB): stop.
-        // Two files of similar size absorb the next one too.
-        assert_eq!(
-            files_to_merge(&[500 * KB, 600 * KB, 2 * MB, 8 * MB], &bounded),
-            3
-        );
-        // Up to the bound, nothing.
-        assert_eq!(files_to_merge(&spread[1..], &bounded), 0);
-        // A full tier still merges as before.
-        assert_eq!(files_to_merge(&[30 * KB; 4], &bounded), 4);
-        // Never more than one commit's input.
-        let big = [20 * MB, 25 * MB, 30 * MB, 31 * MB];
-        assert_eq!(to_bound_count(&big, 3, 64 * MB), 2);
-    }
-
-    #[test]
-    fn a_commit_takes_the_smallest_files_its_input_holds() {
-        let options = CompactOptions {
-            max_commit_bytes: 64 * MB,
-            ..CompactOptions::default()
-        };
-        assert_eq!(within_one_commit(&[30 * MB; 4], 4, &options), 2);
-        assert_eq!(within_one_commit(&[MB; 4], 3, &options), 3);
-    }
-
-    #[test]
-    fn bounded_merging_keeps_every_partition_at_the_bound_after_each_flush() {
-        // Flushes of one size into a partition, a run after each one: the
-        // partition never holds more than the bound of small files, and the
-        // bytes rewritten stay a small multiple of those flushed.
-        for flush in [36 * KB, 300 * KB, 1500 * KB, 7 * MB] {
-            let bounded = options(4, true, 4);
-            let (mut files, mut rewritten, mut most) = (Vec::<u64>::new(), 0u64, 0);
-            for _ in 0..500 {
-                files.push(flush);
-                files.sort();
-                let small = files.iter().take_while(|&&b| b < SMALL_FILE_BYTES).count();
-                most = most.max(small);
-                let n = files_to_merge(&files[..small], &bounded);
-                if n >= 2 {
-                    let merged: u64 = files.drain(..n).sum();
-                    rewritten += merged;
-                    files.push(merged);
-                }
-            }
-            assert!(most <= 4, "{flush}: {most} small files");
-            let amplification = rewritten as f64 / (500 * flush) as f64;
-            assert!(
-                amplification < 20.0,
-                "{flush}: rewritten {amplification:.1}x"
-            );
-        }
-    }
 }
