@@ -68,10 +68,10 @@ pub const MIN_FILES: usize = 2;
 pub const BACKGROUND_MIN_FILES: usize = 4;
 /// Default bound on small files per partition in background compaction:
 /// a partition keeps at most 3 after a run, 4 once the next flush adds
-/// one. It rewrites more than tiers alone (1.7x the input in the first 12
-/// minutes of a soak at 100k rows/s on 2 cores), which the streaming
-/// merge affords: there tenant-days held at most 4 files at 27 of 30
-/// minutes, against 4–10 with tiers alone. (With the merge decoding and
+/// one. It rewrites more than tiers alone (1.8x the input in 12-minute
+/// soaks at 100k rows/s on 2 cores, where tenant-days held 1–4 files
+/// against 4–9), which the streaming merge affords; over 30 minutes they
+/// held at most 4 at 27 of 30 samples. (With the merge decoding and
 /// sorting in memory, runs took 30 s and more, several flushes landed
 /// between them, and the bound did worse than tiers after 20 minutes;
 /// `benches/README.md`.)
