@@ -275,7 +275,7 @@ fn shape(batch: &RecordBatch, schema: &SchemaRef) -> DFResult<RecordBatch> {
             };
             Ok(match source {
                 Some(c) if c.data_type() == f.data_type() => c.clone(),
-                Some(c) if f.name() == col::EVENT_DAY => utc_day(c, f.data_type())?,
+                Some(c) if f.name() == col::EVENT_DAY => super::scan::event_day(c)?,
                 Some(c) => arrow::compute::cast(c, f.data_type())?,
                 None => new_null_array(f.data_type(), rows),
             })
@@ -288,28 +288,6 @@ fn shape(batch: &RecordBatch, schema: &SchemaRef) -> DFResult<RecordBatch> {
         columns,
         &options,
     )?)
-}
-
-/// Microseconds in a day.
-const DAY_MICROS: i64 = 86_400_000_000;
-
-/// `event_day` of UTC `event_timestamp`s (the Iceberg `day` transform).
-/// Arrow's cast converts each value through chrono with its time zone,
-/// ~100 ns a row, and every query over buffered rows pays it for each
-/// row it reads; a UTC day is the microseconds divided by a day's.
-fn utc_day(timestamps: &ArrayRef, to: &DataType) -> DFResult<ArrayRef> {
-    let utc = |tz: &str| matches!(tz, "+00:00" | "UTC" | "Z");
-    match timestamps.data_type() {
-        DataType::Timestamp(TimeUnit::Microsecond, tz)
-            if to == &DataType::Date32 && tz.as_deref().is_none_or(utc) =>
-        {
-            let days: arrow::array::Date32Array = timestamps
-                .as_primitive::<TimestampMicrosecondType>()
-                .unary(|us| us.div_euclid(DAY_MICROS) as i32);
-            Ok(Arc::new(days))
-        }
-        _ => Ok(arrow::compute::cast(timestamps, to)?),
-    }
 }
 
 #[cfg(test)]
@@ -382,32 +360,6 @@ mod tests {
             ]),
             vec![0]
         );
-    }
-
-    #[test]
-    fn the_day_of_a_timestamp_is_its_utc_day() {
-        // Day boundaries on both sides of the epoch, against arrow's cast.
-        let micros = [
-            -DAY - 1,
-            -DAY,
-            -1,
-            0,
-            1,
-            DAY - 1,
-            DAY,
-            20_000 * DAY + 3_600_000_000,
-        ];
-        for tz in [Some("+00:00"), Some("UTC"), None] {
-            let ts: ArrayRef =
-                Arc::new(TimestampMicrosecondArray::from(micros.to_vec()).with_timezone_opt(tz));
-            let fast = utc_day(&ts, &DataType::Date32).unwrap();
-            let cast = arrow::compute::cast(&ts, &DataType::Date32).unwrap();
-            assert_eq!(fast.as_ref(), cast.as_ref(), "{tz:?}");
-            assert_eq!(
-                fast.as_primitive::<arrow::datatypes::Date32Type>().value(0),
-                -2
-            );
-        }
     }
 
     #[test]

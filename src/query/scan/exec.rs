@@ -255,8 +255,8 @@ fn adapt_batch(
 
 /// `event_day` from `event_timestamp`. The column is UTC microseconds, so the
 /// day is a floor division; arrow's cast would convert every row through
-/// chrono's time-zone arithmetic instead.
-fn event_day(timestamps: &ArrayRef) -> DFResult<ArrayRef> {
+/// chrono's time-zone arithmetic instead. Buffered rows take it too.
+pub(crate) fn event_day(timestamps: &ArrayRef) -> DFResult<ArrayRef> {
     match timestamps.as_primitive_opt::<TimestampMicrosecondType>() {
         Some(micros) if micros.timezone().is_none_or(is_utc) => {
             Ok(Arc::new(micros.unary::<_, Date32Type>(|v| {

@@ -17,6 +17,8 @@ mod exec;
 mod plan;
 mod stats;
 
+pub(crate) use exec::event_day;
+
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
