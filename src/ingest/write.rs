@@ -216,8 +216,7 @@ pub async fn all_or_nothing(
     match first_error {
         None => Ok(files),
         Some(e) => {
-            let paths: Vec<String> = files.iter().map(|f| f.file_path().to_string()).collect();
-            delete_files(table, &paths).await;
+            discard_files(table, &files).await;
             Err(e)
         }
     }
@@ -282,12 +281,17 @@ pub async fn write_partition_stream(
         Err(e) => {
             // Close to learn which files exist, then remove them.
             if let Ok(files) = writer.close().await {
-                let paths: Vec<String> = files.iter().map(|f| f.file_path().to_string()).collect();
-                delete_files(table, &paths).await;
+                discard_files(table, &files).await;
             }
             Err(e)
         }
     }
+}
+
+/// [`delete_files`] for data files this process wrote and will not commit.
+pub async fn discard_files(table: &Table, files: &[DataFile]) {
+    let paths: Vec<String> = files.iter().map(|f| f.file_path().to_string()).collect();
+    delete_files(table, &paths).await;
 }
 
 /// Best-effort removal of files that were written but never committed.

@@ -33,7 +33,7 @@ use crate::catalog::rewrite::{
 };
 use crate::error::{Error, Result};
 use crate::ingest::Ingestor;
-use crate::ingest::write::{delete_files, write_data_files, write_partition_stream};
+use crate::ingest::write::{discard_files, write_data_files, write_partition_stream};
 use crate::schema::col as column;
 use crate::schema::evolve::retyped_columns;
 use crate::schema::partition::only_spec;
@@ -104,7 +104,7 @@ pub async fn erase(
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    discard(&table, &added).await;
+                    discard_files(&table, &added).await;
                     return Err(e);
                 }
             }
@@ -134,14 +134,14 @@ pub async fn erase(
                 }
                 Ok(Swap::Moot(_)) => break,
                 Err(e) => {
-                    discard(&table, &added).await;
+                    discard_files(&table, &added).await;
                     return Err(e);
                 }
             }
         }
         // Compaction replaced some of the files (or the table kept moving):
         // plan again on what is live now.
-        discard(&table, &added).await;
+        discard_files(&table, &added).await;
     }
     Err(Error::Aborted(format!(
         "raw_events kept changing while erasing rows of project {project_id} ({PLANS} plans); nothing was deleted, retry"
@@ -280,7 +280,7 @@ async fn stream_without(
         let written = write_partition_stream(table, file.partition().clone(), rows).await?;
         let rows_out: u64 = written.iter().map(|f| f.record_count()).sum();
         if rows_out != left {
-            discard(table, &written).await;
+            discard_files(table, &written).await;
             return Err(Error::Internal(format!(
                 "erasure rewrote {} with {rows_out} rows, {left} expected; nothing committed",
                 file.file_path()
@@ -320,9 +320,4 @@ async fn rewrite_without_in_memory(
         write_data_files(table, kept).await?
     };
     Ok(Some((deleted, written)))
-}
-
-async fn discard(table: &Table, files: &[DataFile]) {
-    let paths: Vec<String> = files.iter().map(|f| f.file_path().to_string()).collect();
-    delete_files(table, &paths).await;
 }

@@ -42,7 +42,7 @@ use crate::catalog::read::{STREAM_BATCH_ROWS, stream_data_file, table_arrow_sche
 use crate::catalog::rewrite::{Manifests, Rewrite, Swap, commit_rewrite};
 use crate::error::{Error, Result};
 use crate::ingest::layout::merge_in_layout_order;
-use crate::ingest::write::{all_or_nothing, delete_files, write_partition_stream};
+use crate::ingest::write::{all_or_nothing, discard_files, write_partition_stream};
 
 mod policy;
 
@@ -228,11 +228,10 @@ async fn rewrite(
 ) -> Result<()> {
     let table = warehouse.catalog.load_table(ident).await?;
     let added = merge_partitions(&table, files).await?;
-    let added_paths: Vec<String> = added.iter().map(|f| f.file_path().to_string()).collect();
     let rows_in: u64 = files.iter().map(|f| f.record_count()).sum();
     let rows_out: u64 = added.iter().map(|f| f.record_count()).sum();
     if rows_in != rows_out {
-        delete_files(&table, &added_paths).await;
+        discard_files(&table, &added).await;
         return Err(Error::Internal(format!(
             "compaction of {ident} read {rows_in} rows but wrote {rows_out}; nothing committed"
         )));
@@ -272,7 +271,7 @@ async fn rewrite(
     let snapshot_id = match committed {
         Ok(id) => id,
         Err(failure) => {
-            delete_files(&table, &added_paths).await;
+            discard_files(&table, &added).await;
             return match failure {
                 Attempt::Superseded(n) => {
                     tracing::info!(
