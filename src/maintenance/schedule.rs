@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::compact::{CompactOptions, compact_table_with};
+use super::compact::{CompactOptions, LongMerges, compact_table_with};
 use super::expire::{Retention, expiring};
 use crate::catalog::Warehouse;
 use crate::catalog::lease::Lease;
@@ -239,7 +239,8 @@ async fn compact_periodically(
     let tick = every.min(EXPIRE_EVERY);
     let mut next_compaction = Instant::now() + every;
     let mut last_sweep: Option<Instant> = None;
-    let manifests = Manifests::default();
+    let manifests = Arc::new(Manifests::default());
+    let long = LongMerges::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
@@ -252,8 +253,14 @@ async fn compact_periodically(
         if Instant::now() >= next_compaction && since.changed(now) {
             next_compaction = Instant::now() + every;
             let started = Instant::now();
-            let compacted_now =
-                compact_table_with(&warehouse, &ident, &schedule.compact, &manifests).await;
+            let compacted_now = compact_table_with(
+                &warehouse,
+                &ident,
+                &schedule.compact,
+                &manifests,
+                Some(&long),
+            )
+            .await;
             count_run("compaction", compacted_now.is_ok());
             since.ran(now, compacted_now.is_ok());
             match compacted_now {

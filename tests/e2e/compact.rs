@@ -179,6 +179,73 @@ async fn two_compactions_of_the_same_files_both_succeed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_merge_runs_beside_the_runs_which_leave_its_files_alone() {
+    // A background run hands a partition's long merge to the lane and
+    // returns; the next run, planned while that merge still runs (merging
+    // takes far longer than planning), must leave its files alone, or one
+    // of the two commits would find its input replaced.
+    use raindrop::maintenance::compact::{LongMerges, compact_table_with};
+    let (server, mut acme, before) = server_with_acme_files().await;
+    let (files, days) = files_and_days(&mut acme).await;
+    assert!(files as i64 > days, "{files} files for {days} days");
+    let warehouse = server.handle.as_ref().unwrap().services.query.warehouse();
+    let ident = warehouse.raw_events_ident();
+    let manifests = std::sync::Arc::default();
+    let lane = LongMerges::default();
+    let every_merge_long = CompactOptions {
+        short_merge_bytes: 1,
+        ..CompactOptions::default()
+    };
+    let first = compact_table_with(
+        warehouse,
+        &ident,
+        &every_merge_long,
+        &manifests,
+        Some(&lane),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        first.files_removed, 0,
+        "the run merged nothing itself: {first:?}"
+    );
+    let second = compact_table_with(
+        warehouse,
+        &ident,
+        &CompactOptions::default(),
+        &manifests,
+        Some(&lane),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (second.partitions as i64, second.superseded),
+        (days - 1, 0),
+        "every partition but the lane's: {second:?}"
+    );
+    // The lane's merge lands too: one file per day, nothing lost, nothing
+    // left behind.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while files_and_days(&mut acme).await != (days as usize, days) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the long merge never landed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(fingerprint(&mut acme).await, before);
+    let table = warehouse.catalog.load_table(&ident).await.unwrap();
+    let orphans = raindrop::maintenance::find_orphan_files(
+        &warehouse.store,
+        &table,
+        std::time::Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    assert!(orphans.orphans.is_empty(), "{orphans:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_racing_ingest_loses_and_duplicates_nothing() {
     let server = TestServer::start().await;
     let data = dataset().await;

@@ -27,8 +27,8 @@
 //! Which files a run merges (size tiers, the bound on files per
 //! partition, a commit's input) is decided in [`policy`].
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -46,10 +46,10 @@ use crate::ingest::write::{all_or_nothing, discard_files, write_partition_stream
 
 mod policy;
 
-use policy::pick;
+use policy::plan_run;
 pub use policy::{
     BACKGROUND_MAX_FILES, BACKGROUND_MIN_FILES, CompactOptions, MAX_COMMIT_BYTES, MIN_FILES,
-    SMALL_FILE_BYTES,
+    SHORT_MERGE_BYTES, SMALL_FILE_BYTES,
 };
 
 /// What a compaction run did.
@@ -129,18 +129,23 @@ pub async fn compact_table(
     ident: &TableIdent,
     options: &CompactOptions,
 ) -> Result<CompactReport> {
-    compact_table_with(warehouse, ident, options, &Manifests::default()).await
+    compact_table_with(warehouse, ident, options, &Arc::default(), None).await
 }
 
 /// [`compact_table`] reading manifests through `manifests`, which a
-/// periodic job keeps between runs: manifests never change, and a run
-/// every few seconds would otherwise re-read every tenant's.
+/// periodic job keeps between runs (manifests never change, and a run
+/// every few seconds would otherwise re-read every tenant's), and handing
+/// a long merge to `long` (the periodic job's), if any.
 pub async fn compact_table_with(
     warehouse: &Warehouse,
     ident: &TableIdent,
     options: &CompactOptions,
-    manifests: &Manifests,
+    manifests: &Arc<Manifests>,
+    long: Option<&LongMerges>,
 ) -> Result<CompactReport> {
+    // Before the table: a long merge ending in between is then either
+    // still busy or already in the table, never planned again.
+    let busy = long.map(LongMerges::busy).unwrap_or_default();
     let table = warehouse.catalog.load_table(ident).await?;
     if table.metadata().format_version() != FormatVersion::V2 {
         return Err(Error::Unsupported(format!(
@@ -153,30 +158,43 @@ pub async fn compact_table_with(
             "{ident} has several partition specs; compaction supports one"
         )));
     }
-    let mut candidates: Vec<Vec<DataFile>> = files_by_partition(&table, manifests)
+    let partitions = files_by_partition(&table, manifests)
         .await?
         .into_iter()
-        .map(|(_, files)| pick(files, options))
-        .filter(|files| files.len() >= 2)
+        .map(|(_, files)| {
+            files
+                .into_iter()
+                .filter(|f| !busy.contains(f.file_path()))
+                .collect()
+        })
         .collect();
-    // Most files first: they gain the most. A run takes what fits.
-    candidates.sort_by_key(|files| std::cmp::Reverse(files.len()));
+    let plan = plan_run(partitions, options, long.is_some() && busy.is_empty());
+    if let (Some(lane), Some(files)) = (long, plan.long) {
+        lane.start(warehouse.clone(), ident.clone(), files, manifests.clone());
+    }
+    // A run takes what fits in its input budget, and every partition over
+    // the bound whatever it costs.
     let mut budget = options.max_run_bytes;
-    candidates.retain(|files| {
-        let bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
-        let fits = bytes <= budget;
-        budget = budget.saturating_sub(bytes);
-        fits
-    });
+    let candidates: Vec<Vec<DataFile>> = plan
+        .short
+        .into_iter()
+        .enumerate()
+        .filter(|(i, files)| {
+            let bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
+            let fits = bytes <= budget || *i < plan.over_bound;
+            budget = budget.saturating_sub(bytes);
+            fits
+        })
+        .map(|(_, files)| files)
+        .collect();
 
     // Whole partitions per commit, within one commit's input each.
+    let commit_bytes = options.max_commit_bytes.min(options.short_merge_bytes);
     let mut commits: Vec<(Vec<DataFile>, usize, u64)> = vec![];
     for files in candidates {
         let bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
         match commits.last_mut() {
-            Some((pending, parts, pending_bytes))
-                if *pending_bytes + bytes <= options.max_commit_bytes =>
-            {
+            Some((pending, parts, pending_bytes)) if *pending_bytes + bytes <= commit_bytes => {
                 pending.extend(files);
                 *parts += 1;
                 *pending_bytes += bytes;
@@ -189,6 +207,86 @@ pub async fn compact_table_with(
         rewrite(warehouse, ident, &files, parts, manifests, &mut report).await?;
     }
     Ok(report)
+}
+
+/// Background compaction's long merges ([`CompactOptions::short_merge_bytes`]):
+/// one at a time, each in its own task beside the runs, so runs stay
+/// short and every partition a long merge does not touch keeps its bound
+/// on files meanwhile. The merge's files are left out of the runs' plans
+/// until it ends. Dropping this (the server stopping) aborts the merge:
+/// what it wrote is then an orphan for the sweep, as after a crash.
+#[derive(Debug, Default)]
+pub struct LongMerges {
+    /// Paths of the files the running merge rewrites; empty: none runs.
+    busy: Arc<Mutex<HashSet<String>>>,
+    task: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl LongMerges {
+    fn busy(&self) -> HashSet<String> {
+        self.busy.lock().expect("long merges lock").clone()
+    }
+
+    /// Merge `files` (one partition's) in a task of its own, unless a
+    /// merge runs already.
+    fn start(
+        &self,
+        warehouse: Warehouse,
+        ident: TableIdent,
+        files: Vec<DataFile>,
+        manifests: Arc<Manifests>,
+    ) {
+        {
+            let mut busy = self.busy.lock().expect("long merges lock");
+            if !busy.is_empty() {
+                return;
+            }
+            busy.extend(files.iter().map(|f| f.file_path().to_string()));
+        }
+        let done = Done(self.busy.clone());
+        let task = tokio::spawn(async move {
+            let _done = done;
+            let started = std::time::Instant::now();
+            let mut report = CompactReport::default();
+            let merged = rewrite(&warehouse, &ident, &files, 1, &manifests, &mut report).await;
+            crate::metrics::metrics()
+                .maintenance_runs
+                .get_or_create(&crate::metrics::JobOutcome {
+                    job: "long-merge",
+                    outcome: crate::metrics::outcome(merged.is_ok()).outcome,
+                })
+                .inc();
+            match merged {
+                Ok(()) => tracing::info!(
+                    files_removed = report.files_removed,
+                    files_added = report.files_added,
+                    bytes_removed = report.bytes_removed,
+                    superseded = report.superseded,
+                    ms = started.elapsed().as_millis() as u64,
+                    "raw_events compacted (long merge)"
+                ),
+                Err(e) => tracing::warn!(error = %e, "a long compaction merge failed; will retry"),
+            }
+        });
+        *self.task.lock().expect("long merges lock") = Some(task.abort_handle());
+    }
+}
+
+impl Drop for LongMerges {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.get_mut().expect("long merges lock").take() {
+            task.abort();
+        }
+    }
+}
+
+/// Clears the busy files when a long merge ends, however it ends.
+struct Done(Arc<Mutex<HashSet<String>>>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.0.lock().expect("long merges lock").clear();
+    }
 }
 
 /// Rebuilds of one replace snapshot (after concurrent appends) before

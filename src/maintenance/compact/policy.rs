@@ -35,11 +35,16 @@ pub struct CompactOptions {
     pub tiered: bool,
     /// Input bytes of one run: partitions left over wait for the next run,
     /// so a run stays short and its commits do not pile up behind flushes.
+    /// Partitions over `max_small_files` are never left over.
     pub max_run_bytes: u64,
     /// Tiered: small files a partition may hold after a run, whatever
     /// their tiers (0: no bound). A flush adds one file per partition
     /// before the next run.
     pub max_small_files: usize,
+    /// Background: a partition's merge of more input than this is *long*
+    /// and runs beside the next runs, one at a time (see
+    /// `compact::LongMerges`); `u64::MAX`: every merge runs in the run.
+    pub short_merge_bytes: u64,
 }
 
 /// Input bytes (compressed Parquet) of one compaction commit. The merge
@@ -77,6 +82,13 @@ pub const BACKGROUND_MIN_FILES: usize = 4;
 /// `benches/README.md`.)
 pub const BACKGROUND_MAX_FILES: usize = 4;
 
+/// Background: input of the longest merge a run makes itself, and a
+/// run's input. A hot tenant-day's upper tiers merge hundreds of MiB
+/// (13–16 s on 2 cores); in the run, they held every other partition's
+/// merges back, several flushes landed meanwhile, and tenant-days reached
+/// 5–8 files in a 30-minute soak. Merges this size take about a second.
+pub const SHORT_MERGE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl Default for CompactOptions {
     fn default() -> Self {
         Self {
@@ -86,6 +98,7 @@ impl Default for CompactOptions {
             tiered: false,
             max_run_bytes: u64::MAX,
             max_small_files: 0,
+            short_merge_bytes: u64::MAX,
         }
     }
 }
@@ -98,8 +111,9 @@ impl CompactOptions {
         Self {
             min_files,
             tiered: true,
-            max_run_bytes: MAX_COMMIT_BYTES,
+            max_run_bytes: 2 * SHORT_MERGE_BYTES,
             max_small_files: max_files.saturating_sub(1),
+            short_merge_bytes: SHORT_MERGE_BYTES,
             ..Self::default()
         }
     }
@@ -172,6 +186,67 @@ pub(super) fn pick(files: Vec<DataFile>, options: &CompactOptions) -> Vec<DataFi
     let n = within_one_commit(&sizes, files_to_merge(&sizes, options), options);
     small.truncate(n);
     small
+}
+
+/// A run's merges: each partition's pick, those over the bound first (a
+/// run's input budget must not leave them waiting), then most files first
+/// (they gain the most); and at most one long merge (over
+/// `options.short_merge_bytes`) when `lane_free`. A partition whose pick
+/// is long otherwise merges what a short merge holds, its smallest files,
+/// so it keeps its bound while a long merge runs elsewhere.
+pub(super) fn plan_run(
+    partitions: Vec<Vec<DataFile>>,
+    options: &CompactOptions,
+    lane_free: bool,
+) -> RunPlan {
+    let bytes = |files: &[DataFile]| files.iter().map(|f| f.file_size_in_bytes()).sum::<u64>();
+    let over_bound = |files: &[DataFile]| {
+        let small = files
+            .iter()
+            .filter(|f| f.file_size_in_bytes() < options.small_file_bytes)
+            .count();
+        options.tiered && options.max_small_files > 0 && small > options.max_small_files
+    };
+    let mut picks: Vec<(bool, Vec<DataFile>, Vec<DataFile>)> = partitions
+        .into_iter()
+        .map(|files| (over_bound(&files), pick(files.clone(), options), files))
+        .filter(|(_, picked, _)| picked.len() >= 2)
+        .collect();
+    picks.sort_by_key(|(over, picked, _)| {
+        (std::cmp::Reverse(*over), std::cmp::Reverse(picked.len()))
+    });
+    let short = CompactOptions {
+        max_commit_bytes: options.max_commit_bytes.min(options.short_merge_bytes),
+        ..*options
+    };
+    let mut plan = RunPlan::default();
+    for (over, picked, files) in picks {
+        let picked = if bytes(&picked) <= options.short_merge_bytes {
+            picked
+        } else if lane_free && plan.long.is_none() {
+            plan.long = Some(picked);
+            continue;
+        } else {
+            pick(files, &short)
+        };
+        if picked.len() >= 2 {
+            plan.over_bound += usize::from(over);
+            plan.short.push(picked);
+        }
+    }
+    plan
+}
+
+/// What [`plan_run`] chose.
+#[derive(Debug, Default)]
+pub(super) struct RunPlan {
+    /// Partitions the run merges itself, those over the bound first, then
+    /// most files first.
+    pub short: Vec<Vec<DataFile>>,
+    /// How many of `short` are over the bound.
+    pub over_bound: usize,
+    /// A partition's long merge, to run beside the next runs.
+    pub long: Option<Vec<DataFile>>,
 }
 
 /// How many of the first `n` of `sizes` one commit's input holds.
@@ -278,5 +353,65 @@ mod tests {
                 "{flush}: rewritten {amplification:.1}x"
             );
         }
+    }
+
+    /// A partition's files of these sizes, named `<partition>-<i>`.
+    fn files(partition: &str, sizes: &[u64]) -> Vec<DataFile> {
+        use iceberg::spec::{DataContentType, DataFileBuilder, DataFileFormat};
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| {
+                DataFileBuilder::default()
+                    .content(DataContentType::Data)
+                    .file_format(DataFileFormat::Parquet)
+                    .file_path(format!("{partition}-{i}"))
+                    .file_size_in_bytes(size)
+                    .record_count(1)
+                    .build()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_run_hands_one_long_merge_to_the_lane_and_keeps_the_bound_elsewhere() {
+        let options = CompactOptions::background(4, 4);
+        let paths = |files: &[DataFile]| -> Vec<String> {
+            let mut p: Vec<String> = files.iter().map(|f| f.file_path().to_string()).collect();
+            p.sort();
+            p
+        };
+        // A hot tenant-day whose 30 MB tier is full (a 122 MB merge), a
+        // second one like it, and a small tenant-day over the bound.
+        let hot = || files("hot", &[30 * MB, 30 * MB, 30 * MB, 30 * MB, MB, MB]);
+        let warm = || files("warm", &[30 * MB, 30 * MB, 30 * MB, 30 * MB, MB]);
+        let small = || files("small", &[KB, KB, KB, KB, KB]);
+        let plan = plan_run(vec![hot(), warm(), small()], &options, true);
+        let long = plan.long.expect("a long merge");
+        assert_eq!(paths(&long), paths(&hot()), "most files first, all of them");
+        // The other long pick merges its smallest files within a short
+        // merge instead (1 + 30 + 30 MB); the small tenant-day merges all.
+        let short: Vec<Vec<String>> = plan.short.iter().map(|f| paths(f)).collect();
+        let names = |n: &[&str]| -> Vec<String> { n.iter().map(|s| s.to_string()).collect() };
+        assert_eq!(
+            short,
+            vec![names(&["warm-0", "warm-1", "warm-4"]), paths(&small())]
+        );
+        assert_eq!(plan.over_bound, 2, "both over the bound: not deferred");
+        // With the lane busy, no long merge: the hot one merges short too.
+        let plan = plan_run(vec![hot(), warm(), small()], &options, false);
+        assert!(plan.long.is_none());
+        assert_eq!(plan.short.len(), 3);
+        assert!(plan.short.iter().all(|f| f.iter().map(|f| f.file_size_in_bytes()).sum::<u64>()
+            <= SHORT_MERGE_BYTES));
+        // `raindrop compact` (no short bound) merges everything in the run.
+        let plan = plan_run(vec![hot(), warm()], &CompactOptions::default(), true);
+        assert!(plan.long.is_none());
+        assert_eq!(
+            plan.short.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![6, 5]
+        );
+        assert_eq!(plan.over_bound, 0, "no bound");
     }
 }
