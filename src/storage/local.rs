@@ -182,7 +182,14 @@ fn walk(dir: &Path, out: &mut Vec<ObjectInfo>) -> std::io::Result<()> {
     };
     for entry in entries {
         let entry = entry?;
-        let meta = entry.metadata()?;
+        // A file deleted while the directory is read (a commit deleting an
+        // old `metadata.json`) is gone, as if listed a moment later: not
+        // an error. Expiry's sweep failed on it in a 30-minute soak.
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         if meta.is_dir() {
             walk(&entry.path(), out)?;
         } else {
