@@ -133,7 +133,7 @@ fn file_tiers(min_files: usize) -> Tiers {
 /// of them once there are `min_files` (untiered); tiered, the files up to
 /// the lowest tier holding `min_files` files, or more if that leaves over
 /// `options.max_small_files`. 0: leave the partition alone.
-fn files_to_merge(ascending: &[u64], options: &CompactOptions) -> usize {
+fn files_to_merge(ascending: &[u64], done: usize, options: &CompactOptions) -> usize {
     if !options.tiered {
         return if ascending.len() >= options.min_files.max(2) {
             ascending.len()
@@ -144,9 +144,33 @@ fn files_to_merge(ascending: &[u64], options: &CompactOptions) -> usize {
     let tiered = file_tiers(options.min_files).to_merge(ascending);
     tiered.max(to_bound_count(
         ascending,
-        options.max_small_files,
+        small_to_keep(options.max_small_files, done),
         options.max_commit_bytes,
     ))
+}
+
+/// Small files a partition may keep under a bound of `max_small` (0: no
+/// bound) beside `done` done files: done and small files together stay
+/// within it, so a tenant-day of 256 MiB to ~1 GB still holds at most
+/// `max_small + 1` files after the next flush. (Counting small files
+/// alone, the 30-minute soak's largest tenant-day held 4 small files and
+/// a done one.) Never fewer than 2: with one, every flush would rewrite
+/// the partition's one growing small file.
+fn small_to_keep(max_small: usize, done: usize) -> usize {
+    if max_small == 0 {
+        return 0;
+    }
+    max_small.saturating_sub(done).max(max_small.min(2))
+}
+
+/// The partition holds more files than the bound lets it keep.
+fn over_bound(files: &[DataFile], options: &CompactOptions) -> bool {
+    let small = files
+        .iter()
+        .filter(|f| f.file_size_in_bytes() < options.small_file_bytes)
+        .count();
+    let keep = small_to_keep(options.max_small_files, files.len() - small);
+    options.tiered && keep > 0 && small > keep
 }
 
 /// How many of `ascending` to merge so at most `keep` files remain (0 for
@@ -177,13 +201,15 @@ fn to_bound_count(ascending: &[u64], keep: usize, max_bytes: u64) -> usize {
 /// first, as many as the policy asks for and one commit's input holds (a
 /// partition with more small data than that is finished by later runs).
 pub(super) fn pick(files: Vec<DataFile>, options: &CompactOptions) -> Vec<DataFile> {
+    let total = files.len();
     let mut small: Vec<DataFile> = files
         .into_iter()
         .filter(|f| f.file_size_in_bytes() < options.small_file_bytes)
         .collect();
     small.sort_by_key(|f| f.file_size_in_bytes());
     let sizes: Vec<u64> = small.iter().map(|f| f.file_size_in_bytes()).collect();
-    let n = within_one_commit(&sizes, files_to_merge(&sizes, options), options);
+    let to_merge = files_to_merge(&sizes, total - small.len(), options);
+    let n = within_one_commit(&sizes, to_merge, options);
     small.truncate(n);
     small
 }
@@ -200,16 +226,15 @@ pub(super) fn plan_run(
     lane_free: bool,
 ) -> RunPlan {
     let bytes = |files: &[DataFile]| files.iter().map(|f| f.file_size_in_bytes()).sum::<u64>();
-    let over_bound = |files: &[DataFile]| {
-        let small = files
-            .iter()
-            .filter(|f| f.file_size_in_bytes() < options.small_file_bytes)
-            .count();
-        options.tiered && options.max_small_files > 0 && small > options.max_small_files
-    };
     let mut picks: Vec<(bool, Vec<DataFile>, Vec<DataFile>)> = partitions
         .into_iter()
-        .map(|files| (over_bound(&files), pick(files.clone(), options), files))
+        .map(|files| {
+            (
+                over_bound(&files, options),
+                pick(files.clone(), options),
+                files,
+            )
+        })
         .filter(|(_, picked, _)| picked.len() >= 2)
         .collect();
     picks.sort_by_key(|(over, picked, _)| {
@@ -280,18 +305,18 @@ mod tests {
     #[test]
     fn untiered_merges_every_small_file_once_there_are_enough() {
         let all = options(2, false, 0);
-        assert_eq!(files_to_merge(&[KB, 2 * KB, 30 * MB], &all), 3);
-        assert_eq!(files_to_merge(&[KB], &all), 0);
+        assert_eq!(files_to_merge(&[KB, 2 * KB, 30 * MB], 0, &all), 3);
+        assert_eq!(files_to_merge(&[KB], 0, &all), 0);
     }
 
     #[test]
     fn tiered_waits_for_a_tier_to_fill() {
         let tiered = options(4, true, 0);
         assert_eq!(
-            files_to_merge(&[30 * KB, 30 * KB, 30 * KB, 2 * MB], &tiered),
+            files_to_merge(&[30 * KB, 30 * KB, 30 * KB, 2 * MB], 0, &tiered),
             0
         );
-        assert_eq!(files_to_merge(&[30 * KB; 4], &tiered), 4);
+        assert_eq!(files_to_merge(&[30 * KB; 4], 0, &tiered), 4);
     }
 
     #[test]
@@ -299,18 +324,23 @@ mod tests {
         let bounded = options(4, true, 4);
         // Four files in four tiers: no tier is full, but 3 may stay.
         let spread = [30 * KB, 300 * KB, 2 * MB, 8 * MB];
-        assert_eq!(files_to_merge(&spread, &options(4, true, 0)), 0);
-        assert_eq!(files_to_merge(&spread, &bounded), 2);
+        assert_eq!(files_to_merge(&spread, 0, &options(4, true, 0)), 0);
+        assert_eq!(files_to_merge(&spread, 0, &bounded), 2);
         // The merged file (330 KB) is not half of the next (2 MB): stop.
         // Two files of similar size absorb the next one too.
         assert_eq!(
-            files_to_merge(&[500 * KB, 600 * KB, 2 * MB, 8 * MB], &bounded),
+            files_to_merge(&[500 * KB, 600 * KB, 2 * MB, 8 * MB], 0, &bounded),
             3
         );
         // Up to the bound, nothing.
-        assert_eq!(files_to_merge(&spread[1..], &bounded), 0);
+        assert_eq!(files_to_merge(&spread[1..], 0, &bounded), 0);
+        // Beside a done file, 2 small files may stay (3 files, 4 after
+        // the next flush); beside more, still 2.
+        assert_eq!(files_to_merge(&spread[1..], 1, &bounded), 2);
+        assert_eq!(files_to_merge(&spread[2..], 1, &bounded), 0);
+        assert_eq!(files_to_merge(&spread[2..], 3, &bounded), 0);
         // A full tier still merges as before.
-        assert_eq!(files_to_merge(&[30 * KB; 4], &bounded), 4);
+        assert_eq!(files_to_merge(&[30 * KB; 4], 0, &bounded), 4);
         // Never more than one commit's input.
         let big = [20 * MB, 25 * MB, 30 * MB, 31 * MB];
         assert_eq!(to_bound_count(&big, 3, 64 * MB), 2);
@@ -329,24 +359,31 @@ mod tests {
     #[test]
     fn bounded_merging_keeps_every_partition_at_the_bound_after_each_flush() {
         // Flushes of one size into a partition, a run after each one: the
-        // partition never holds more than the bound of small files, and the
-        // bytes rewritten stay a small multiple of those flushed.
+        // partition never holds more than the bound of small files, nor of
+        // files while at most one is done, and the bytes rewritten stay a
+        // small multiple of those flushed.
         for flush in [36 * KB, 300 * KB, 1500 * KB, 7 * MB] {
             let bounded = options(4, true, 4);
-            let (mut files, mut rewritten, mut most) = (Vec::<u64>::new(), 0u64, 0);
+            let (mut files, mut rewritten) = (Vec::<u64>::new(), 0u64);
+            let (mut most_small, mut most_files) = (0, 0);
             for _ in 0..500 {
                 files.push(flush);
                 files.sort();
                 let small = files.iter().take_while(|&&b| b < SMALL_FILE_BYTES).count();
-                most = most.max(small);
-                let n = files_to_merge(&files[..small], &bounded);
+                let done = files.len() - small;
+                most_small = most_small.max(small);
+                if done <= 1 {
+                    most_files = most_files.max(files.len());
+                }
+                let n = files_to_merge(&files[..small], done, &bounded);
                 if n >= 2 {
                     let merged: u64 = files.drain(..n).sum();
                     rewritten += merged;
                     files.push(merged);
                 }
             }
-            assert!(most <= 4, "{flush}: {most} small files");
+            assert!(most_small <= 4, "{flush}: {most_small} small files");
+            assert!(most_files <= 4, "{flush}: {most_files} files");
             let amplification = rewritten as f64 / (500 * flush) as f64;
             assert!(
                 amplification < 20.0,
