@@ -153,12 +153,26 @@ struct ProjectRows {
 
 /// `project`'s rows in `by_project` (all projects for `None`), gathered.
 fn gathered(by_project: &Mutex<ByProject>, project: Option<&str>) -> Vec<RecordBatch> {
+    /// One project's rows as read, then as gathered.
+    struct Read {
+        project: String,
+        version: u64,
+        /// How many batches were read (those the gathered ones replace).
+        read: usize,
+        batches: Vec<(RecordBatch, u32)>,
+    }
     let lock = || by_project.lock().expect("buffered rows lock");
-    // (project, version, batches read, gathered so far)
-    let read: Vec<(String, u64, Vec<(RecordBatch, u32)>, usize)> = {
+    let reads: Vec<(Read, usize)> = {
         let map = lock();
-        let read =
-            |(p, r): (&String, &ProjectRows)| (p.clone(), r.version, r.batches.clone(), r.gathered);
+        let read = |(p, r): (&String, &ProjectRows)| {
+            let read = Read {
+                project: p.clone(),
+                version: r.version,
+                read: r.batches.len(),
+                batches: r.batches.clone(),
+            };
+            (read, r.gathered)
+        };
         match project {
             Some(p) => map.get_key_value(p).map(read).into_iter().collect(),
             None => map.iter().map(read).collect(),
@@ -166,26 +180,27 @@ fn gathered(by_project: &Mutex<ByProject>, project: Option<&str>) -> Vec<RecordB
     };
     let mut out = vec![];
     let mut done = vec![];
-    for (project, version, mut batches, from) in read {
-        let read_len = batches.len();
-        if from < read_len {
-            for batch in batches.split_off(from) {
-                batches.push(batch);
-                gather_last(&mut batches);
+    for (mut read, from) in reads {
+        if from < read.read {
+            for batch in read.batches.split_off(from) {
+                read.batches.push(batch);
+                gather_last(&mut read.batches);
             }
-            done.push((project, version, read_len, batches.clone()));
+            out.extend(read.batches.iter().map(|(b, _)| b.clone()));
+            done.push(read);
+        } else {
+            out.extend(read.batches.into_iter().map(|(b, _)| b));
         }
-        out.extend(batches.into_iter().map(|(b, _)| b));
     }
     if !done.is_empty() {
         let mut map = lock();
-        for (project, version, read_len, batches) in done {
-            let Some(rows) = map.get_mut(&project) else {
+        for read in done {
+            let Some(rows) = map.get_mut(&read.project) else {
                 continue;
             };
-            if rows.version == version {
-                let arrived = rows.batches.split_off(read_len);
-                rows.batches = batches;
+            if rows.version == read.version {
+                let arrived = rows.batches.split_off(read.read);
+                rows.batches = read.batches;
                 rows.gathered = rows.batches.len();
                 rows.batches.extend(arrived);
                 rows.version += 1;

@@ -200,18 +200,16 @@ fn to_bound_count(ascending: &[u64], keep: usize, max_bytes: u64) -> usize {
 /// One partition's files to merge in this run: its small files, smallest
 /// first, as many as the policy asks for and one commit's input holds (a
 /// partition with more small data than that is finished by later runs).
-pub(super) fn pick(files: Vec<DataFile>, options: &CompactOptions) -> Vec<DataFile> {
-    let total = files.len();
-    let mut small: Vec<DataFile> = files
-        .into_iter()
+fn pick(files: &[DataFile], options: &CompactOptions) -> Vec<DataFile> {
+    let mut small: Vec<&DataFile> = files
+        .iter()
         .filter(|f| f.file_size_in_bytes() < options.small_file_bytes)
         .collect();
     small.sort_by_key(|f| f.file_size_in_bytes());
     let sizes: Vec<u64> = small.iter().map(|f| f.file_size_in_bytes()).collect();
-    let to_merge = files_to_merge(&sizes, total - small.len(), options);
+    let to_merge = files_to_merge(&sizes, files.len() - small.len(), options);
     let n = within_one_commit(&sizes, to_merge, options);
-    small.truncate(n);
-    small
+    small.into_iter().take(n).cloned().collect()
 }
 
 /// A run's merges: each partition's pick, those over the bound first (a
@@ -228,13 +226,7 @@ pub(super) fn plan_run(
     let bytes = |files: &[DataFile]| files.iter().map(|f| f.file_size_in_bytes()).sum::<u64>();
     let mut picks: Vec<(bool, Vec<DataFile>, Vec<DataFile>)> = partitions
         .into_iter()
-        .map(|files| {
-            (
-                over_bound(&files, options),
-                pick(files.clone(), options),
-                files,
-            )
-        })
+        .map(|files| (over_bound(&files, options), pick(&files, options), files))
         .filter(|(_, picked, _)| picked.len() >= 2)
         .collect();
     picks.sort_by_key(|(over, picked, _)| {
@@ -252,7 +244,7 @@ pub(super) fn plan_run(
             plan.long = Some(picked);
             continue;
         } else {
-            pick(files, &short)
+            pick(&files, &short)
         };
         if picked.len() >= 2 {
             plan.over_bound += usize::from(over);
