@@ -262,6 +262,17 @@ pub fn outcome(ok: bool) -> Outcome {
     }
 }
 
+/// Count one run of a background `job` (`maintenance_runs_total`).
+pub fn count_run(job: &'static str, ok: bool) {
+    metrics()
+        .maintenance_runs
+        .get_or_create(&JobOutcome {
+            job,
+            outcome: outcome(ok).outcome,
+        })
+        .inc();
+}
+
 /// The process's metrics.
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();

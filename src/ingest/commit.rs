@@ -367,13 +367,7 @@ pub(super) async fn merge_if_due(catalog: &dyn Catalog, tables: &TableCache, ide
     }
     let started = std::time::Instant::now();
     let merged = rewrite::merge_manifests(catalog, tables, ident, 3).await;
-    let m = crate::metrics::metrics();
-    m.maintenance_runs
-        .get_or_create(&crate::metrics::JobOutcome {
-            job: "manifest-merge",
-            outcome: crate::metrics::outcome(matches!(merged, Ok(Some(_)))).outcome,
-        })
-        .inc();
+    crate::metrics::count_run("manifest-merge", matches!(merged, Ok(Some(_))));
     match merged {
         Ok(Some(snapshot_id)) => {
             tracing::debug!(table = %ident, snapshot_id, ms = started.elapsed().as_millis() as u64, "manifests merged")

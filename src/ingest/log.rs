@@ -227,13 +227,7 @@ impl Log {
                 table_properties: vec![(mark_property(&node), generation.seq.to_string())],
             };
             let result = self.writer.commit_flush(&self.ident, flush).await;
-            crate::metrics::metrics()
-                .maintenance_runs
-                .get_or_create(&crate::metrics::JobOutcome {
-                    job: "flush",
-                    outcome: crate::metrics::outcome(result.is_ok()).outcome,
-                })
-                .inc();
+            crate::metrics::count_run("flush", result.is_ok());
             let snapshot_id = result?;
             tracing::debug!(
                 rows = generation.rows,

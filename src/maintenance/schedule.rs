@@ -14,6 +14,7 @@ use super::expire::{Retention, expiring};
 use crate::catalog::Warehouse;
 use crate::catalog::lease::Lease;
 use crate::catalog::rewrite::Manifests;
+use crate::metrics::count_run;
 use crate::tenant::projects::ProjectTable;
 
 /// What runs in the background, and how often.
@@ -341,14 +342,6 @@ async fn enforce_retention(warehouse: &Warehouse) -> crate::error::Result<()> {
     let projects = ProjectTable::open(&warehouse.catalog_uri, &warehouse.catalog_name).await?;
     super::retention::enforce(warehouse, &projects).await?;
     Ok(())
-}
-
-fn count_run(job: &'static str, ok: bool) {
-    let outcome = crate::metrics::outcome(ok).outcome;
-    crate::metrics::metrics()
-        .maintenance_runs
-        .get_or_create(&crate::metrics::JobOutcome { job, outcome })
-        .inc();
 }
 
 #[cfg(test)]

@@ -53,6 +53,24 @@ async fn server_with_acme_files() -> (TestServer, RaindropClient, String) {
     (server, acme, before)
 }
 
+/// Every data file on storage is referenced by a snapshot: whatever a
+/// dropped or aborted commit wrote was deleted.
+async fn assert_no_orphan_files(warehouse: &raindrop::catalog::Warehouse) {
+    let table = warehouse
+        .catalog
+        .load_table(&warehouse.raw_events_ident())
+        .await
+        .unwrap();
+    let orphans = raindrop::maintenance::find_orphan_files(
+        &warehouse.store,
+        &table,
+        std::time::Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    assert!(orphans.orphans.is_empty(), "{orphans:?}");
+}
+
 async fn files_and_days(client: &mut RaindropClient) -> (usize, i64) {
     let files = planned_files(client, "SELECT count(*) FROM wildedge.raw_events").await[0];
     let days = count(
@@ -167,15 +185,7 @@ async fn two_compactions_of_the_same_files_both_succeed() {
     assert_eq!(files_and_days(&mut acme).await, (days as usize, days));
     // The loser's files were deleted: every data file on storage is
     // referenced by a snapshot.
-    let table = warehouse.catalog.load_table(&ident).await.unwrap();
-    let orphans = raindrop::maintenance::find_orphan_files(
-        &warehouse.store,
-        &table,
-        std::time::Duration::ZERO,
-    )
-    .await
-    .unwrap();
-    assert!(orphans.orphans.is_empty(), "{orphans:?}");
+    assert_no_orphan_files(warehouse).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,15 +244,7 @@ async fn a_long_merge_runs_beside_the_runs_which_leave_its_files_alone() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(fingerprint(&mut acme).await, before);
-    let table = warehouse.catalog.load_table(&ident).await.unwrap();
-    let orphans = raindrop::maintenance::find_orphan_files(
-        &warehouse.store,
-        &table,
-        std::time::Duration::ZERO,
-    )
-    .await
-    .unwrap();
-    assert!(orphans.orphans.is_empty(), "{orphans:?}");
+    assert_no_orphan_files(warehouse).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

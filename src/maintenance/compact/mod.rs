@@ -249,13 +249,7 @@ impl LongMerges {
             let started = std::time::Instant::now();
             let mut report = CompactReport::default();
             let merged = rewrite(&warehouse, &ident, &files, 1, &manifests, &mut report).await;
-            crate::metrics::metrics()
-                .maintenance_runs
-                .get_or_create(&crate::metrics::JobOutcome {
-                    job: "long-merge",
-                    outcome: crate::metrics::outcome(merged.is_ok()).outcome,
-                })
-                .inc();
+            crate::metrics::count_run("long-merge", merged.is_ok());
             match merged {
                 Ok(()) => tracing::info!(
                     files_removed = report.files_removed,
