@@ -71,22 +71,24 @@ pub const MIN_FILES: usize = 2;
 /// Files of one size tier that background compaction waits for before
 /// merging them (so a partition holds at most 3 per tier between runs).
 pub const BACKGROUND_MIN_FILES: usize = 4;
-/// Default bound on small files per partition in background compaction:
-/// a partition keeps at most 3 after a run, 4 once the next flush adds
-/// one. It rewrites more than tiers alone (1.8x the input in 12-minute
-/// soaks at 100k rows/s on 2 cores, where tenant-days held 1–4 files
-/// against 4–9), which the streaming merge affords; over 30 minutes they
-/// held at most 4 at 27 of 30 samples. (With the merge decoding and
+/// Default bound on files per partition in background compaction: a
+/// partition keeps at most 3 after a run (done files included, see
+/// `small_to_keep`), 4 once the next flush adds one. It rewrites more
+/// than tiers alone (1.8x the input in 12-minute soaks at 100k rows/s on
+/// 2 cores, where tenant-days held 1–4 files against 4–9), which the
+/// streaming merge affords; over 30 minutes, with long merges beside the
+/// runs, they held at most 4 at 29 of 30 samples. (With the merge decoding and
 /// sorting in memory, runs took 30 s and more, several flushes landed
 /// between them, and the bound did worse than tiers after 20 minutes;
 /// `benches/README.md`.)
 pub const BACKGROUND_MAX_FILES: usize = 4;
 
-/// Background: input of the longest merge a run makes itself, and a
-/// run's input. A hot tenant-day's upper tiers merge hundreds of MiB
-/// (13–16 s on 2 cores); in the run, they held every other partition's
-/// merges back, several flushes landed meanwhile, and tenant-days reached
-/// 5–8 files in a 30-minute soak. Merges this size take about a second.
+/// Background: input of the longest merge a run makes itself (a run
+/// takes twice this of tier merges). A hot tenant-day's upper tiers merge
+/// hundreds of MiB (13–16 s on 2 cores); in the run, they held every
+/// other partition's merges back, several flushes landed meanwhile, and
+/// tenant-days reached 5–8 files in a 30-minute soak. Commits of this
+/// size took 1–2 s in the soak.
 pub const SHORT_MERGE_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Default for CompactOptions {
@@ -163,7 +165,7 @@ fn small_to_keep(max_small: usize, done: usize) -> usize {
     max_small.saturating_sub(done).max(max_small.min(2))
 }
 
-/// The partition holds more files than the bound lets it keep.
+/// The partition holds more small files than the bound lets it keep.
 fn over_bound(files: &[DataFile], options: &CompactOptions) -> bool {
     let small = files
         .iter()
