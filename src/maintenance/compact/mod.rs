@@ -46,11 +46,11 @@ use crate::ingest::write::{all_or_nothing, discard_files, write_partition_stream
 
 mod policy;
 
-use policy::plan_run;
 pub use policy::{
     BACKGROUND_MAX_FILES, BACKGROUND_MIN_FILES, CompactOptions, MAX_COMMIT_BYTES, MIN_FILES,
     SHORT_MERGE_BYTES, SMALL_FILE_BYTES,
 };
+use policy::{input_bytes, plan_run};
 
 /// What a compaction run did.
 #[derive(Debug, Clone, Default)]
@@ -180,7 +180,7 @@ pub async fn compact_table_with(
         .into_iter()
         .enumerate()
         .filter(|(i, files)| {
-            let bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
+            let bytes = input_bytes(files);
             let fits = bytes <= budget || *i < plan.over_bound;
             budget = budget.saturating_sub(bytes);
             fits
@@ -192,7 +192,7 @@ pub async fn compact_table_with(
     let commit_bytes = options.max_commit_bytes.min(options.short_merge_bytes);
     let mut commits: Vec<(Vec<DataFile>, usize, u64)> = vec![];
     for files in candidates {
-        let bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
+        let bytes = input_bytes(&files);
         match commits.last_mut() {
             Some((pending, parts, pending_bytes)) if *pending_bytes + bytes <= commit_bytes => {
                 pending.extend(files);
@@ -380,8 +380,7 @@ async fn rewrite(
             };
         }
     };
-    let bytes_added: u64 = added.iter().map(|f| f.file_size_in_bytes()).sum();
-    let bytes_removed: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
+    let (bytes_added, bytes_removed) = (input_bytes(&added), input_bytes(files));
     tracing::info!(
         table = %ident, partitions, files_removed = files.len(), files_added = added.len(),
         rows = rows_in, bytes_removed, bytes_added, snapshot_id, "compacted"

@@ -225,7 +225,6 @@ pub(super) fn plan_run(
     options: &CompactOptions,
     lane_free: bool,
 ) -> RunPlan {
-    let bytes = |files: &[DataFile]| files.iter().map(|f| f.file_size_in_bytes()).sum::<u64>();
     let mut picks: Vec<(bool, Vec<DataFile>, Vec<DataFile>)> = partitions
         .into_iter()
         .map(|files| (over_bound(&files, options), pick(&files, options), files))
@@ -240,7 +239,7 @@ pub(super) fn plan_run(
     };
     let mut plan = RunPlan::default();
     for (over, picked, files) in picks {
-        let picked = if bytes(&picked) <= options.short_merge_bytes {
+        let picked = if input_bytes(&picked) <= options.short_merge_bytes {
             picked
         } else if lane_free && plan.long.is_none() {
             plan.long = Some(picked);
@@ -266,6 +265,11 @@ pub(super) struct RunPlan {
     pub over_bound: usize,
     /// A partition's long merge, to run beside the next runs.
     pub long: Option<Vec<DataFile>>,
+}
+
+/// Bytes of `files`: a merge's input.
+pub(super) fn input_bytes(files: &[DataFile]) -> u64 {
+    files.iter().map(|f| f.file_size_in_bytes()).sum()
 }
 
 /// How many of the first `n` of `sizes` one commit's input holds.
@@ -434,8 +438,11 @@ mod tests {
         let plan = plan_run(vec![hot(), warm(), small()], &options, false);
         assert!(plan.long.is_none());
         assert_eq!(plan.short.len(), 3);
-        assert!(plan.short.iter().all(|f| f.iter().map(|f| f.file_size_in_bytes()).sum::<u64>()
-            <= SHORT_MERGE_BYTES));
+        assert!(
+            plan.short
+                .iter()
+                .all(|f| input_bytes(f) <= SHORT_MERGE_BYTES)
+        );
         // `raindrop compact` (no short bound) merges everything in the run.
         let plan = plan_run(vec![hot(), warm()], &CompactOptions::default(), true);
         assert!(plan.long.is_none());
