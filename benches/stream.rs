@@ -22,6 +22,9 @@
 //! The server runs with its defaults (buffered ingest: rows/s are given
 //! until the last acknowledgement and until the final flush committed
 //! everything); `RAINDROP_BENCH_FLUSH_MS=0` measures unbuffered ingest.
+//! `RAINDROP_BENCH_QUERIES=1` adds the query step (live against
+//! compacted); with `RAINDROP_BENCH_FLUSH_MS=600000
+//! RAINDROP_BENCH_FLUSH_MIB=4096` every row it streams stays buffered.
 //!
 //! ```text
 //! cargo bench --bench stream
@@ -168,6 +171,11 @@ async fn start(
     // 0 = unbuffered (each DoPut group commits before it is answered).
     if let Ok(ms) = std::env::var("RAINDROP_BENCH_FLUSH_MS") {
         serve.limits.flush_interval_ms = ms.parse().expect("RAINDROP_BENCH_FLUSH_MS");
+    }
+    // A size trigger past the rows streamed keeps every row buffered (the
+    // query step's worst case, with no flush racing its queries).
+    if let Ok(mib) = std::env::var("RAINDROP_BENCH_FLUSH_MIB") {
+        serve.limits.flush_mib = mib.parse().expect("RAINDROP_BENCH_FLUSH_MIB");
     }
     // 0 = tiers alone (no bound on small files per partition).
     if let Ok(n) = std::env::var("RAINDROP_BENCH_COMPACT_MAX_FILES") {
