@@ -172,21 +172,7 @@ pub async fn compact_table_with(
     if let (Some(lane), Some(files)) = (long, plan.long) {
         lane.start(warehouse.clone(), ident.clone(), files, manifests.clone());
     }
-    // A run takes what fits in its input budget, and every partition over
-    // the bound whatever it costs.
-    let mut budget = options.max_run_bytes;
-    let candidates: Vec<Vec<DataFile>> = plan
-        .short
-        .into_iter()
-        .enumerate()
-        .filter(|(i, files)| {
-            let bytes = input_bytes(files);
-            let fits = bytes <= budget || *i < plan.over_bound;
-            budget = budget.saturating_sub(bytes);
-            fits
-        })
-        .map(|(_, files)| files)
-        .collect();
+    let candidates = plan.short;
 
     // Whole partitions per commit, within one commit's input each.
     let commit_bytes = options.max_commit_bytes.min(options.short_merge_bytes);

@@ -35,7 +35,8 @@ pub struct CompactOptions {
     pub tiered: bool,
     /// Input bytes of one run: partitions left over wait for the next run,
     /// so a run stays short and its commits do not pile up behind flushes.
-    /// Partitions over `max_small_files` are never left over.
+    /// Partitions over `max_small_files` are never left over: past the
+    /// budget they merge only what brings them back within it.
     pub max_run_bytes: u64,
     /// Tiered: small files a partition may hold after a run, whatever
     /// their tiers (0: no bound). A flush adds one file per partition
@@ -214,12 +215,18 @@ fn pick(files: &[DataFile], options: &CompactOptions) -> Vec<DataFile> {
     small.into_iter().take(n).cloned().collect()
 }
 
-/// A run's merges: each partition's pick, those over the bound first (a
-/// run's input budget must not leave them waiting), then most files first
-/// (they gain the most); and at most one long merge (over
-/// `options.short_merge_bytes`) when `lane_free`. A partition whose pick
-/// is long otherwise merges what a short merge holds, its smallest files,
-/// so it keeps its bound while a long merge runs elsewhere.
+/// A run's merges: each partition's pick, those over the bound first,
+/// then most files first (they gain the most); and at most one long merge
+/// (over `options.short_merge_bytes`) when `lane_free`. A partition whose
+/// pick is long otherwise merges what a short merge holds, its smallest
+/// files, so it keeps its bound while a long merge runs elsewhere. Picks
+/// are taken while they fit in `options.max_run_bytes`; past it, a
+/// partition over the bound still merges, but only the fewest smallest
+/// files that bring it back within the bound (no tier merge, no
+/// absorbing): when many tenant-days' tiers fill at once, that keeps a
+/// run short without leaving any partition over the bound. (Taking whole
+/// picks for every partition over the bound, a run merged 512 MB over 97
+/// partitions in 15.4 s, and a tenant-day reached 5 files meanwhile.)
 pub(super) fn plan_run(
     partitions: Vec<Vec<DataFile>>,
     options: &CompactOptions,
@@ -238,6 +245,7 @@ pub(super) fn plan_run(
         ..*options
     };
     let mut plan = RunPlan::default();
+    let mut budget = options.max_run_bytes;
     for (over, picked, files) in picks {
         let picked = if input_bytes(&picked) <= options.short_merge_bytes {
             picked
@@ -247,7 +255,15 @@ pub(super) fn plan_run(
         } else {
             pick(&files, &short)
         };
+        let picked = if input_bytes(&picked) <= budget {
+            picked
+        } else if over {
+            back_to_bound(&files, &short)
+        } else {
+            continue;
+        };
         if picked.len() >= 2 {
+            budget = budget.saturating_sub(input_bytes(&picked));
             plan.over_bound += usize::from(over);
             plan.short.push(picked);
         }
@@ -255,11 +271,26 @@ pub(super) fn plan_run(
     plan
 }
 
+/// The fewest of a partition's smallest files whose merge leaves it
+/// within the bound (within one commit's input).
+fn back_to_bound(files: &[DataFile], options: &CompactOptions) -> Vec<DataFile> {
+    let mut small: Vec<&DataFile> = files
+        .iter()
+        .filter(|f| f.file_size_in_bytes() < options.small_file_bytes)
+        .collect();
+    small.sort_by_key(|f| f.file_size_in_bytes());
+    let keep = small_to_keep(options.max_small_files, files.len() - small.len());
+    let n = (small.len() + 1).saturating_sub(keep.max(1));
+    let sizes: Vec<u64> = small.iter().map(|f| f.file_size_in_bytes()).collect();
+    let n = within_one_commit(&sizes, n.min(sizes.len()), options);
+    small.into_iter().take(n).cloned().collect()
+}
+
 /// What [`plan_run`] chose.
 #[derive(Debug, Default)]
 pub(super) struct RunPlan {
     /// Partitions the run merges itself, those over the bound first, then
-    /// most files first.
+    /// most files first, within the run's input budget (see [`plan_run`]).
     pub short: Vec<Vec<DataFile>>,
     /// How many of `short` are over the bound.
     pub over_bound: usize,
@@ -451,5 +482,42 @@ mod tests {
             vec![6, 5]
         );
         assert_eq!(plan.over_bound, 0, "no bound");
+    }
+
+    #[test]
+    fn past_the_run_budget_a_partition_over_the_bound_merges_only_back_to_it() {
+        // 5 small files kept; three tenant-days over the bound whose 15 MB
+        // tier is full (60 MB picks: two fit in the 128 MiB budget), and
+        // one within the bound whose smallest tier is full.
+        let options = CompactOptions::background(4, 6);
+        let over = |p: &str| files(p, &[15 * MB, 15 * MB, 15 * MB, 15 * MB, KB, KB, KB]);
+        let within = files("within", &[KB, KB, KB, KB]);
+        let plan = plan_run(
+            vec![over("a"), over("b"), over("c"), within],
+            &options,
+            false,
+        );
+        let sizes: Vec<Vec<u64>> = plan
+            .short
+            .iter()
+            .map(|m| m.iter().map(|f| f.file_size_in_bytes()).collect())
+            .collect();
+        assert_eq!(
+            sizes,
+            vec![
+                vec![KB, KB, KB, 15 * MB, 15 * MB, 15 * MB, 15 * MB],
+                vec![KB, KB, KB, 15 * MB, 15 * MB, 15 * MB, 15 * MB],
+                // 7 small files, 5 kept: its 3 smallest become one.
+                vec![KB, KB, KB],
+                // Still within what the budget has left.
+                vec![KB, KB, KB, KB],
+            ]
+        );
+        assert_eq!(plan.over_bound, 3);
+        // Beside a done file, 4 small files are kept: 4 smallest merge.
+        let mut done = over("d");
+        done.extend(files("d-done", &[SMALL_FILE_BYTES]));
+        let plan = plan_run(vec![over("a"), over("b"), done], &options, false);
+        assert_eq!(plan.short[2].len(), 4);
     }
 }
