@@ -204,14 +204,36 @@ fn to_bound_count(ascending: &[u64], keep: usize, max_bytes: u64) -> usize {
 /// first, as many as the policy asks for and one commit's input holds (a
 /// partition with more small data than that is finished by later runs).
 fn pick(files: &[DataFile], options: &CompactOptions) -> Vec<DataFile> {
+    smallest(files, options, |sizes, done| {
+        files_to_merge(sizes, done, options)
+    })
+}
+
+/// The fewest of a partition's smallest files whose merge leaves it
+/// within the bound (within one commit's input).
+fn back_to_bound(files: &[DataFile], options: &CompactOptions) -> Vec<DataFile> {
+    smallest(files, options, |sizes, done| {
+        let keep = small_to_keep(options.max_small_files, done);
+        (sizes.len() + 1).saturating_sub(keep.max(1))
+    })
+}
+
+/// A partition's small files, smallest first: as many as `count` asks
+/// for (given their sizes, ascending, and how many files are done) and
+/// one commit's input holds.
+fn smallest(
+    files: &[DataFile],
+    options: &CompactOptions,
+    count: impl FnOnce(&[u64], usize) -> usize,
+) -> Vec<DataFile> {
     let mut small: Vec<&DataFile> = files
         .iter()
         .filter(|f| f.file_size_in_bytes() < options.small_file_bytes)
         .collect();
     small.sort_by_key(|f| f.file_size_in_bytes());
     let sizes: Vec<u64> = small.iter().map(|f| f.file_size_in_bytes()).collect();
-    let to_merge = files_to_merge(&sizes, files.len() - small.len(), options);
-    let n = within_one_commit(&sizes, to_merge, options);
+    let n = count(&sizes, files.len() - small.len()).min(sizes.len());
+    let n = within_one_commit(&sizes, n, options);
     small.into_iter().take(n).cloned().collect()
 }
 
@@ -269,21 +291,6 @@ pub(super) fn plan_run(
         }
     }
     plan
-}
-
-/// The fewest of a partition's smallest files whose merge leaves it
-/// within the bound (within one commit's input).
-fn back_to_bound(files: &[DataFile], options: &CompactOptions) -> Vec<DataFile> {
-    let mut small: Vec<&DataFile> = files
-        .iter()
-        .filter(|f| f.file_size_in_bytes() < options.small_file_bytes)
-        .collect();
-    small.sort_by_key(|f| f.file_size_in_bytes());
-    let keep = small_to_keep(options.max_small_files, files.len() - small.len());
-    let n = (small.len() + 1).saturating_sub(keep.max(1));
-    let sizes: Vec<u64> = small.iter().map(|f| f.file_size_in_bytes()).collect();
-    let n = within_one_commit(&sizes, n.min(sizes.len()), options);
-    small.into_iter().take(n).cloned().collect()
 }
 
 /// What [`plan_run`] chose.
