@@ -40,21 +40,7 @@ pub fn plan(
     projection: Option<&Vec<usize>>,
     filters: &[Expr],
 ) -> DFResult<Arc<dyn ExecutionPlan>> {
-    let table = DFSchema::try_from(schema.as_ref().clone())?;
-    let ranges = TimeRanges::new(batches, schema)?;
-    let kept = in_time_range(state, &ranges, &table, filters)?;
-    let mut needed = vec![];
-    for f in filters {
-        if !holds_for_every_row(state, &ranges, &kept, &table, f)? {
-            needed.push(f.clone());
-        }
-    }
-    let filters = needed;
-    let batches: Vec<&RecordBatch> = batches
-        .iter()
-        .zip(&kept)
-        .filter_map(|(b, &k)| k.then_some(b))
-        .collect();
+    let (batches, filters) = by_time(state, batches, schema, filters)?;
     let mut read: BTreeSet<usize> = match projection {
         Some(p) => p.iter().copied().collect(),
         None => (0..schema.fields().len()).collect(),
@@ -148,6 +134,36 @@ fn flush_pending(
         }
     }
     Ok(())
+}
+
+/// The batches that may hold rows the `filters` on time accept, and the
+/// filters still to evaluate over them (see [`in_time_range`] and
+/// [`holds_for_every_row`]). Without a filter on time, all of both: the
+/// batches' time ranges are not computed.
+fn by_time<'a>(
+    state: &dyn Session,
+    batches: &'a [RecordBatch],
+    schema: &SchemaRef,
+    filters: &[Expr],
+) -> DFResult<(Vec<&'a RecordBatch>, Vec<Expr>)> {
+    if !filters.iter().any(on_time_only) {
+        return Ok((batches.iter().collect(), filters.to_vec()));
+    }
+    let table = DFSchema::try_from(schema.as_ref().clone())?;
+    let ranges = TimeRanges::new(batches, schema)?;
+    let kept = in_time_range(state, &ranges, &table, filters)?;
+    let mut needed = vec![];
+    for f in filters {
+        if !holds_for_every_row(state, &ranges, &kept, &table, f)? {
+            needed.push(f.clone());
+        }
+    }
+    let batches = batches
+        .iter()
+        .zip(&kept)
+        .filter_map(|(b, &k)| k.then_some(b))
+        .collect();
+    Ok((batches, needed))
 }
 
 /// Which of the batches (by their `ranges`) may hold rows satisfying the
