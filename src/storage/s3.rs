@@ -405,6 +405,10 @@ impl FileRead for S3Read {
     }
 }
 
+/// How many times (500 ms apart) a failed multipart completion checks
+/// whether an earlier attempt completed the object after all.
+const COMPLETION_CHECKS: usize = 10;
+
 /// A streamed upload: one PUT if it stays under [`PART_SIZE`], else a
 /// multipart upload completed on close. Nothing is visible before close.
 struct S3Write {
@@ -434,15 +438,21 @@ impl FileWrite for S3Write {
         };
         // A completion retried after its answer was lost finds the upload
         // gone (`NoSuchUpload`; s3s-fs answers `AccessDenied`), though the
-        // first attempt completed it: the object then holds every byte
-        // written. (Seen once in CI's S3 suite, on a 24 MB upload.)
+        // first attempt completed it, or still is: s3s-fs forgets the
+        // upload before it assembles the parts, so the object may appear
+        // a moment after the retry failed. It then holds every byte
+        // written. (Seen twice in the S3 suite, on a 24 MB upload.)
         use opendal::ErrorKind as K;
-        if matches!(e.kind(), K::PermissionDenied | K::NotFound)
-            && let Ok(meta) = self.op.stat(&self.key).await
-            && meta.content_length() == self.written
-        {
-            tracing::warn!(location = %self.location, error = %e, "a multipart upload's retried completion failed, but the object is complete");
-            return Ok(());
+        if matches!(e.kind(), K::PermissionDenied | K::NotFound) {
+            for _ in 0..COMPLETION_CHECKS {
+                if let Ok(meta) = self.op.stat(&self.key).await
+                    && meta.content_length() == self.written
+                {
+                    tracing::warn!(location = %self.location, error = %e, "a multipart upload's retried completion failed, but the object is complete");
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
         Err(s3_error("write", &self.location, e))
     }
