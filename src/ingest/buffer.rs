@@ -22,6 +22,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::batch::batch_bytes;
 use crate::error::Result;
 use crate::schema::col;
+use crate::schema::views::scan_schema;
 
 /// Table property prefix: `raindrop.wal.<node>` = the last log segment of
 /// that node whose rows the table holds. Set in the same commit as the
@@ -238,47 +239,24 @@ fn gather_last(batches: &mut Vec<(RecordBatch, u32)>) {
     }
 }
 
-/// `batches` with their string and binary columns as views, which is
-/// how queries read them (DataFusion's file scan yields views). The
-/// views point into the batches' own buffers, so a gathered batch shares
-/// the bytes of the strings with the rows it was made from, and queries
-/// no longer cast each buffered row on every read (14% of a query step's
-/// CPU with 2M rows buffered, `benches/stream.rs`).
+/// `batches` in the types queries read ([`scan_schema`]: strings as
+/// views). The views point into the batches' own buffers, so a gathered
+/// batch shares the bytes of the strings with the rows it was made from,
+/// and queries no longer cast each buffered row on every read (14% of a
+/// query step's CPU with 2M rows buffered, `benches/stream.rs`).
 fn as_views<'a>(
     batches: impl Iterator<Item = &'a RecordBatch>,
 ) -> std::result::Result<Vec<RecordBatch>, arrow::error::ArrowError> {
-    use arrow::datatypes::{DataType, Field, Schema};
     batches
         .map(|b| {
-            let view = |t: &DataType| match t {
-                DataType::Utf8 | DataType::LargeUtf8 => Some(DataType::Utf8View),
-                DataType::Binary | DataType::LargeBinary => Some(DataType::BinaryView),
-                _ => None,
-            };
-            if !b
-                .schema()
-                .fields()
+            let schema = Arc::new(scan_schema(&b.schema()));
+            let columns = b
+                .columns()
                 .iter()
-                .any(|f| view(f.data_type()).is_some())
-            {
-                return Ok(b.clone());
-            }
-            let mut fields = vec![];
-            let mut columns = vec![];
-            for (f, c) in b.schema().fields().iter().zip(b.columns()) {
-                match view(f.data_type()) {
-                    Some(t) => {
-                        columns.push(arrow::compute::cast(c, &t)?);
-                        fields.push(Arc::new(Field::clone(f).with_data_type(t)));
-                    }
-                    None => {
-                        columns.push(c.clone());
-                        fields.push(f.clone());
-                    }
-                }
-            }
-            let schema = Schema::new_with_metadata(fields, b.schema().metadata().clone());
-            RecordBatch::try_new(Arc::new(schema), columns)
+                .zip(schema.fields())
+                .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            RecordBatch::try_new(schema, columns)
         })
         .collect()
 }

@@ -270,6 +270,7 @@ async fn compact_periodically(
                     files_removed = r.files_removed,
                     files_added = r.files_added,
                     bytes_removed = r.bytes_removed,
+                    over_bound = r.over_bound,
                     rebuilds = r.rebuilds,
                     superseded = r.superseded,
                     ms = started.elapsed().as_millis() as u64,

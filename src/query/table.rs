@@ -30,11 +30,11 @@ use super::ScanCaches;
 use super::predicate::implied_by_all;
 use super::pruning::{event_day_predicate, only_event_day, references_event_day};
 use super::scan::{IcebergScanExec, ScanRequest};
-use super::views::scan_schema;
 use crate::catalog::Warehouse;
 use crate::schema::col;
 use crate::schema::evolve::retyped_columns;
 use crate::schema::partition::only_spec;
+use crate::schema::views::scan_schema;
 use crate::tenant::scope::{check_file_scope, scope_predicate};
 
 /// A table provider over one Iceberg table snapshot.

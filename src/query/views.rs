@@ -6,21 +6,15 @@
 //! 16-byte views instead of string bytes; short values (such as
 //! `event_type`) compare inline. Clients, though, are promised the tables'
 //! own types (BI drivers do not all read views), so the last step of every
-//! plan casts views back, and catalog listings show the base types.
+//! plan casts views back, and catalog listings show the base types. The
+//! scan types themselves are `schema::views`.
 
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::{DataType, Schema};
 use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::{Expr, cast, col};
 
 use crate::error::Result;
-
-/// The type a scan produces for a table column of type `data_type`.
-pub fn scan_type(data_type: &DataType) -> DataType {
-    match data_type {
-        DataType::Utf8 => DataType::Utf8View,
-        other => other.clone(),
-    }
-}
+use crate::schema::views::map_fields;
 
 /// The type clients see for a column computed as `data_type`.
 pub fn client_type(data_type: &DataType) -> DataType {
@@ -31,26 +25,9 @@ pub fn client_type(data_type: &DataType) -> DataType {
     }
 }
 
-/// `schema` with its top-level columns in their scan types.
-pub fn scan_schema(schema: &Schema) -> Schema {
-    map_fields(schema, scan_type)
-}
-
 /// `schema` with its top-level columns in their client types.
 pub fn client_schema(schema: &Schema) -> Schema {
     map_fields(schema, client_type)
-}
-
-fn map_fields(schema: &Schema, f: fn(&DataType) -> DataType) -> Schema {
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|field| {
-            let t = f(field.data_type());
-            field.as_ref().clone().with_data_type(t)
-        })
-        .collect();
-    Schema::new_with_metadata(fields, schema.metadata().clone())
 }
 
 /// `df` with every view-typed output column cast to its client type (no
@@ -85,6 +62,8 @@ pub fn without_views(df: DataFrame) -> Result<DataFrame> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::views::scan_schema;
+    use arrow::datatypes::Field;
     use datafusion::prelude::SessionContext;
 
     #[test]

@@ -23,6 +23,7 @@ pub const RAW_EVENTS: &str = "raw_events";
 
 pub mod evolve;
 pub mod partition;
+pub mod views;
 
 /// Column names used by code that must agree on them.
 pub mod col {

@@ -72,6 +72,10 @@ pub struct CompactReport {
     /// Times a replace snapshot was rebuilt because another commit (an
     /// append) moved the table first.
     pub rebuilds: usize,
+    /// Partitions merged because they held more small files than the
+    /// bound allows (`CompactOptions::max_small_files`), whatever the run's
+    /// input budget.
+    pub over_bound: usize,
     /// Commits dropped because another compaction (or an erasure) replaced
     /// some of their input files first: those rows were rewritten anyway,
     /// and the files this run wrote for them are deleted.
@@ -89,6 +93,7 @@ impl CompactReport {
         self.bytes_added += other.bytes_added;
         self.snapshots.extend(other.snapshots);
         self.rebuilds += other.rebuilds;
+        self.over_bound += other.over_bound;
         self.superseded += other.superseded;
     }
 }
@@ -172,12 +177,10 @@ pub async fn compact_table_with(
     if let (Some(lane), Some(files)) = (long, plan.long) {
         lane.start(warehouse.clone(), ident.clone(), files, manifests.clone());
     }
-    let candidates = plan.short;
-
     // Whole partitions per commit, within one commit's input each.
     let commit_bytes = options.max_commit_bytes.min(options.short_merge_bytes);
     let mut commits: Vec<(Vec<DataFile>, usize, u64)> = vec![];
-    for files in candidates {
+    for files in plan.short {
         let bytes = input_bytes(&files);
         match commits.last_mut() {
             Some((pending, parts, pending_bytes)) if *pending_bytes + bytes <= commit_bytes => {
@@ -188,7 +191,10 @@ pub async fn compact_table_with(
             _ => commits.push((files, 1, bytes)),
         }
     }
-    let mut report = CompactReport::default();
+    let mut report = CompactReport {
+        over_bound: plan.over_bound,
+        ..CompactReport::default()
+    };
     for (files, parts, _) in commits {
         rewrite(warehouse, ident, &files, parts, manifests, &mut report).await?;
     }

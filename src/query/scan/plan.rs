@@ -32,9 +32,9 @@ use super::stats::plan_statistics;
 use super::{IcebergScanExec, OutputColumn, Reader, ScanPlan, ScanRequest, to_df};
 use crate::query::manifests::overlapping;
 use crate::query::reader::{FileIoReaderFactory, FileLocation};
-use crate::query::views::scan_schema;
 use crate::schema::col;
 use crate::schema::partition::{only_spec, task_day};
+use crate::schema::views::scan_schema;
 
 impl IcebergScanExec {
     /// Plan the files of `table` matching the request's predicate and build
