@@ -50,7 +50,7 @@ pub use policy::{
     BACKGROUND_MAX_FILES, BACKGROUND_MIN_FILES, CompactOptions, MAX_COMMIT_BYTES, MIN_FILES,
     SHORT_MERGE_BYTES, SMALL_FILE_BYTES,
 };
-use policy::{input_bytes, plan_run};
+use policy::{Partition, input_bytes, plan_run};
 
 /// What a compaction run did.
 #[derive(Debug, Clone, Default)]
@@ -167,10 +167,13 @@ pub async fn compact_table_with(
         .await?
         .into_iter()
         .map(|(_, files)| {
-            files
+            let (merging, files): (Vec<_>, Vec<_>) = files
                 .into_iter()
-                .filter(|f| !busy.contains(f.file_path()))
-                .collect()
+                .partition(|f| busy.contains(f.file_path()));
+            Partition {
+                files,
+                busy: merging.len(),
+            }
         })
         .collect();
     let plan = plan_run(partitions, options, long.is_some() && busy.is_empty());

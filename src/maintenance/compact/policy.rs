@@ -16,6 +16,8 @@
 //! tiers, a bound on small files per partition merges across tiers once
 //! a partition holds more ([`BACKGROUND_MAX_FILES`] says what it costs).
 
+use std::collections::HashSet;
+
 use iceberg::spec::DataFile;
 
 use crate::catalog::tiers::Tiers;
@@ -132,11 +134,22 @@ fn file_tiers(min_files: usize) -> Tiers {
     }
 }
 
+/// One partition's files as a run sees them.
+#[derive(Debug, Default)]
+pub(super) struct Partition {
+    /// Files the run may merge.
+    pub files: Vec<DataFile>,
+    /// Files of the partition a long merge is rewriting: still in the
+    /// table until it commits, so they count against the bound.
+    pub busy: usize,
+}
+
 /// How many of a partition's small files (sizes ascending) to merge: all
 /// of them once there are `min_files` (untiered); tiered, the files up to
 /// the lowest tier holding `min_files` files, or more if that leaves over
-/// `options.max_small_files`. 0: leave the partition alone.
-fn files_to_merge(ascending: &[u64], done: usize, options: &CompactOptions) -> usize {
+/// `options.max_small_files` beside `done` done files and `busy` files a
+/// long merge rewrites. 0: leave the partition alone.
+fn files_to_merge(ascending: &[u64], done: usize, busy: usize, options: &CompactOptions) -> usize {
     if !options.tiered {
         return if ascending.len() >= options.min_files.max(2) {
             ascending.len()
@@ -147,32 +160,46 @@ fn files_to_merge(ascending: &[u64], done: usize, options: &CompactOptions) -> u
     let tiered = file_tiers(options.min_files).to_merge(ascending);
     tiered.max(to_bound_count(
         ascending,
-        small_to_keep(options.max_small_files, done),
+        small_to_keep(options.max_small_files, done, busy),
         options.max_commit_bytes,
     ))
 }
 
 /// Small files a partition may keep under a bound of `max_small` (0: no
-/// bound) beside `done` done files: done and small files together stay
-/// within it, so a tenant-day of 256 MiB to ~1 GB still holds at most
-/// `max_small + 1` files after the next flush. (Counting small files
-/// alone, the 30-minute soak's largest tenant-day held 4 small files and
-/// a done one.) Never fewer than 2: with one, every flush would rewrite
-/// the partition's one growing small file.
-fn small_to_keep(max_small: usize, done: usize) -> usize {
+/// bound) beside `done` done files and `busy` files a long merge
+/// rewrites: all of them together stay within it, so a tenant-day of
+/// 256 MiB to ~1 GB still holds at most `max_small + 1` files after the
+/// next flush. (Counting small files alone, the 30-minute soak's largest
+/// tenant-day held 4 small files and a done one.) Never fewer than 2
+/// otherwise: with one, every flush would rewrite the partition's one
+/// growing small file. While a long merge runs (15–20 s, one or two
+/// flushes), one: its newest files then merge at every run, which is
+/// cheap for that long, where keeping two put the partition over the
+/// bound for the whole merge.
+fn small_to_keep(max_small: usize, done: usize, busy: usize) -> usize {
     if max_small == 0 {
         return 0;
     }
-    max_small.saturating_sub(done).max(max_small.min(2))
+    let least = if busy == 0 { max_small.min(2) } else { 1 };
+    max_small.saturating_sub(done + busy).max(least)
+}
+
+/// `partition`'s small files (the others are done), sizes ascending.
+fn small_files<'a>(partition: &'a Partition, options: &CompactOptions) -> Vec<&'a DataFile> {
+    let mut small: Vec<&DataFile> = partition
+        .files
+        .iter()
+        .filter(|f| f.file_size_in_bytes() < options.small_file_bytes)
+        .collect();
+    small.sort_by_key(|f| f.file_size_in_bytes());
+    small
 }
 
 /// The partition holds more small files than the bound lets it keep.
-fn over_bound(files: &[DataFile], options: &CompactOptions) -> bool {
-    let small = files
-        .iter()
-        .filter(|f| f.file_size_in_bytes() < options.small_file_bytes)
-        .count();
-    let keep = small_to_keep(options.max_small_files, files.len() - small);
+fn over_bound(partition: &Partition, options: &CompactOptions) -> bool {
+    let small = small_files(partition, options).len();
+    let done = partition.files.len() - small;
+    let keep = small_to_keep(options.max_small_files, done, partition.busy);
     options.tiered && keep > 0 && small > keep
 }
 
@@ -203,17 +230,17 @@ fn to_bound_count(ascending: &[u64], keep: usize, max_bytes: u64) -> usize {
 /// One partition's files to merge in this run: its small files, smallest
 /// first, as many as the policy asks for and one commit's input holds (a
 /// partition with more small data than that is finished by later runs).
-fn pick(files: &[DataFile], options: &CompactOptions) -> Vec<DataFile> {
-    smallest(files, options, |sizes, done| {
-        files_to_merge(sizes, done, options)
+fn pick(partition: &Partition, options: &CompactOptions) -> Vec<DataFile> {
+    smallest(partition, options, |sizes, done| {
+        files_to_merge(sizes, done, partition.busy, options)
     })
 }
 
 /// The fewest of a partition's smallest files whose merge leaves it
 /// within the bound (within one commit's input).
-fn back_to_bound(files: &[DataFile], options: &CompactOptions) -> Vec<DataFile> {
-    smallest(files, options, |sizes, done| {
-        let keep = small_to_keep(options.max_small_files, done);
+fn back_to_bound(partition: &Partition, options: &CompactOptions) -> Vec<DataFile> {
+    smallest(partition, options, |sizes, done| {
+        let keep = small_to_keep(options.max_small_files, done, partition.busy);
         (sizes.len() + 1).saturating_sub(keep.max(1))
     })
 }
@@ -222,26 +249,56 @@ fn back_to_bound(files: &[DataFile], options: &CompactOptions) -> Vec<DataFile> 
 /// for (given their sizes, ascending, and how many files are done) and
 /// one commit's input holds.
 fn smallest(
-    files: &[DataFile],
+    partition: &Partition,
     options: &CompactOptions,
     count: impl FnOnce(&[u64], usize) -> usize,
 ) -> Vec<DataFile> {
-    let mut small: Vec<&DataFile> = files
-        .iter()
-        .filter(|f| f.file_size_in_bytes() < options.small_file_bytes)
-        .collect();
-    small.sort_by_key(|f| f.file_size_in_bytes());
+    let small = small_files(partition, options);
     let sizes: Vec<u64> = small.iter().map(|f| f.file_size_in_bytes()).collect();
-    let n = count(&sizes, files.len() - small.len()).min(sizes.len());
+    let n = count(&sizes, partition.files.len() - small.len()).min(sizes.len());
     let n = within_one_commit(&sizes, n, options);
     small.into_iter().take(n).cloned().collect()
 }
 
+/// Which of a long `pick` (smallest first) of `partition` the long merge
+/// takes, and what the partition keeps for the runs beside it. Its files
+/// stay in the table until the merge commits, so it takes at most as many
+/// as the bound leaves beside the done files (its largest: the smaller
+/// ones are cheap for the runs to merge, with the flushes that land
+/// meanwhile). Taking the whole pick, the soak's largest tenant-day held
+/// its 4 files being merged and the flush that landed during the 15–18 s
+/// merge: 5 files.
+fn split_long(
+    mut picked: Vec<DataFile>,
+    partition: Partition,
+    options: &CompactOptions,
+) -> (Vec<DataFile>, Partition) {
+    if options.max_small_files > 0 {
+        let done = partition.files.len() - small_files(&partition, options).len();
+        let most = options
+            .max_small_files
+            .saturating_sub(done + partition.busy)
+            .max(2);
+        picked.drain(..picked.len().saturating_sub(most));
+    }
+    let taken: HashSet<&str> = picked.iter().map(|f| f.file_path()).collect();
+    let files = partition
+        .files
+        .iter()
+        .filter(|f| !taken.contains(f.file_path()))
+        .cloned()
+        .collect();
+    let busy = partition.busy + picked.len();
+    (picked, Partition { files, busy })
+}
+
 /// A run's merges: each partition's pick, those over the bound first,
 /// then most files first (they gain the most); and at most one long merge
-/// (over `options.short_merge_bytes`) when `lane_free`. A partition whose
-/// pick is long otherwise merges what a short merge holds, its smallest
-/// files, so it keeps its bound while a long merge runs elsewhere. Picks
+/// (over `options.short_merge_bytes`) when `lane_free`, of as many files
+/// as the partition's bound allows (see [`split_long`]): the rest of it
+/// merges in the run. A partition whose pick is long otherwise merges
+/// what a short merge holds, its smallest files, so it keeps its bound
+/// while a long merge runs elsewhere. Picks
 /// are taken while they fit in `options.max_run_bytes`; past it, a
 /// partition over the bound still merges, but only the fewest smallest
 /// files that bring it back within the bound (no tier merge, no
@@ -250,13 +307,13 @@ fn smallest(
 /// picks for every partition over the bound, a run merged 512 MB over 97
 /// partitions in 15.4 s, and a tenant-day reached 5 files meanwhile.)
 pub(super) fn plan_run(
-    partitions: Vec<Vec<DataFile>>,
+    partitions: Vec<Partition>,
     options: &CompactOptions,
     lane_free: bool,
 ) -> RunPlan {
-    let mut picks: Vec<(bool, Vec<DataFile>, Vec<DataFile>)> = partitions
+    let mut picks: Vec<(bool, Vec<DataFile>, Partition)> = partitions
         .into_iter()
-        .map(|files| (over_bound(&files, options), pick(&files, options), files))
+        .map(|p| (over_bound(&p, options), pick(&p, options), p))
         .filter(|(_, picked, _)| picked.len() >= 2)
         .collect();
     picks.sort_by_key(|(over, picked, _)| {
@@ -268,19 +325,22 @@ pub(super) fn plan_run(
     };
     let mut plan = RunPlan::default();
     let mut budget = options.max_run_bytes;
-    for (over, picked, files) in picks {
+    for (mut over, picked, mut partition) in picks {
         let picked = if input_bytes(&picked) <= options.short_merge_bytes {
             picked
         } else if lane_free && plan.long.is_none() {
-            plan.long = Some(picked);
-            continue;
+            let (long, rest) = split_long(picked, partition, options);
+            plan.long = Some(long);
+            partition = rest;
+            over = over_bound(&partition, options);
+            pick(&partition, &short)
         } else {
-            pick(&files, &short)
+            pick(&partition, &short)
         };
         let picked = if input_bytes(&picked) <= budget {
             picked
         } else if over {
-            back_to_bound(&files, &short)
+            back_to_bound(&partition, &short)
         } else {
             continue;
         };
@@ -341,18 +401,18 @@ mod tests {
     #[test]
     fn untiered_merges_every_small_file_once_there_are_enough() {
         let all = options(2, false, 0);
-        assert_eq!(files_to_merge(&[KB, 2 * KB, 30 * MB], 0, &all), 3);
-        assert_eq!(files_to_merge(&[KB], 0, &all), 0);
+        assert_eq!(files_to_merge(&[KB, 2 * KB, 30 * MB], 0, 0, &all), 3);
+        assert_eq!(files_to_merge(&[KB], 0, 0, &all), 0);
     }
 
     #[test]
     fn tiered_waits_for_a_tier_to_fill() {
         let tiered = options(4, true, 0);
         assert_eq!(
-            files_to_merge(&[30 * KB, 30 * KB, 30 * KB, 2 * MB], 0, &tiered),
+            files_to_merge(&[30 * KB, 30 * KB, 30 * KB, 2 * MB], 0, 0, &tiered),
             0
         );
-        assert_eq!(files_to_merge(&[30 * KB; 4], 0, &tiered), 4);
+        assert_eq!(files_to_merge(&[30 * KB; 4], 0, 0, &tiered), 4);
     }
 
     #[test]
@@ -360,23 +420,23 @@ mod tests {
         let bounded = options(4, true, 4);
         // Four files in four tiers: no tier is full, but 3 may stay.
         let spread = [30 * KB, 300 * KB, 2 * MB, 8 * MB];
-        assert_eq!(files_to_merge(&spread, 0, &options(4, true, 0)), 0);
-        assert_eq!(files_to_merge(&spread, 0, &bounded), 2);
+        assert_eq!(files_to_merge(&spread, 0, 0, &options(4, true, 0)), 0);
+        assert_eq!(files_to_merge(&spread, 0, 0, &bounded), 2);
         // The merged file (330 KB) is not half of the next (2 MB): stop.
         // Two files of similar size absorb the next one too.
         assert_eq!(
-            files_to_merge(&[500 * KB, 600 * KB, 2 * MB, 8 * MB], 0, &bounded),
+            files_to_merge(&[500 * KB, 600 * KB, 2 * MB, 8 * MB], 0, 0, &bounded),
             3
         );
         // Up to the bound, nothing.
-        assert_eq!(files_to_merge(&spread[1..], 0, &bounded), 0);
+        assert_eq!(files_to_merge(&spread[1..], 0, 0, &bounded), 0);
         // Beside a done file, 2 small files may stay (3 files, 4 after
         // the next flush); beside more, still 2.
-        assert_eq!(files_to_merge(&spread[1..], 1, &bounded), 2);
-        assert_eq!(files_to_merge(&spread[2..], 1, &bounded), 0);
-        assert_eq!(files_to_merge(&spread[2..], 3, &bounded), 0);
+        assert_eq!(files_to_merge(&spread[1..], 1, 0, &bounded), 2);
+        assert_eq!(files_to_merge(&spread[2..], 1, 0, &bounded), 0);
+        assert_eq!(files_to_merge(&spread[2..], 3, 0, &bounded), 0);
         // A full tier still merges as before.
-        assert_eq!(files_to_merge(&[30 * KB; 4], 0, &bounded), 4);
+        assert_eq!(files_to_merge(&[30 * KB; 4], 0, 0, &bounded), 4);
         // Never more than one commit's input.
         let big = [20 * MB, 25 * MB, 30 * MB, 31 * MB];
         assert_eq!(to_bound_count(&big, 3, 64 * MB), 2);
@@ -411,7 +471,7 @@ mod tests {
                 if done <= 1 {
                     most_files = most_files.max(files.len());
                 }
-                let n = files_to_merge(&files[..small], done, &bounded);
+                let n = files_to_merge(&files[..small], done, 0, &bounded);
                 if n >= 2 {
                     let merged: u64 = files.drain(..n).sum();
                     rewritten += merged;
@@ -447,6 +507,14 @@ mod tests {
             .collect()
     }
 
+    /// Partitions of these files, none of them busy.
+    fn idle(partitions: Vec<Vec<DataFile>>) -> Vec<Partition> {
+        partitions
+            .into_iter()
+            .map(|files| Partition { files, busy: 0 })
+            .collect()
+    }
+
     #[test]
     fn a_run_hands_one_long_merge_to_the_lane_and_keeps_the_bound_elsewhere() {
         let options = CompactOptions::background(4, 4);
@@ -460,20 +528,27 @@ mod tests {
         let hot = || files("hot", &[30 * MB, 30 * MB, 30 * MB, 30 * MB, MB, MB]);
         let warm = || files("warm", &[30 * MB, 30 * MB, 30 * MB, 30 * MB, MB]);
         let small = || files("small", &[KB, KB, KB, KB, KB]);
-        let plan = plan_run(vec![hot(), warm(), small()], &options, true);
-        let long = plan.long.expect("a long merge");
-        assert_eq!(paths(&long), paths(&hot()), "most files first, all of them");
-        // The other long pick merges its smallest files within a short
-        // merge instead (1 + 30 + 30 MB); the small tenant-day merges all.
-        let short: Vec<Vec<String>> = plan.short.iter().map(|f| paths(f)).collect();
+        let plan = plan_run(idle(vec![hot(), warm(), small()]), &options, true);
         let names = |n: &[&str]| -> Vec<String> { n.iter().map(|s| s.to_string()).collect() };
+        // Most files first; of its 6 files, the 3 largest that the bound
+        // leaves room for while they stay in the table.
+        let long = plan.long.expect("a long merge");
+        assert_eq!(paths(&long), names(&["hot-1", "hot-2", "hot-3"]));
+        // Its other files merge in the run (30 + 1 + 1 MB); the other long
+        // pick merges its smallest files within a short merge instead
+        // (1 + 30 + 30 MB); the small tenant-day merges all.
+        let short: Vec<Vec<String>> = plan.short.iter().map(|f| paths(f)).collect();
         assert_eq!(
             short,
-            vec![names(&["warm-0", "warm-1", "warm-4"]), paths(&small())]
+            vec![
+                names(&["hot-0", "hot-4", "hot-5"]),
+                names(&["warm-0", "warm-1", "warm-4"]),
+                paths(&small())
+            ]
         );
-        assert_eq!(plan.over_bound, 2, "both over the bound: not deferred");
+        assert_eq!(plan.over_bound, 3, "all over the bound: not deferred");
         // With the lane busy, no long merge: the hot one merges short too.
-        let plan = plan_run(vec![hot(), warm(), small()], &options, false);
+        let plan = plan_run(idle(vec![hot(), warm(), small()]), &options, false);
         assert!(plan.long.is_none());
         assert_eq!(plan.short.len(), 3);
         assert!(
@@ -482,13 +557,70 @@ mod tests {
                 .all(|f| input_bytes(f) <= SHORT_MERGE_BYTES)
         );
         // `raindrop compact` (no short bound) merges everything in the run.
-        let plan = plan_run(vec![hot(), warm()], &CompactOptions::default(), true);
+        let plan = plan_run(idle(vec![hot(), warm()]), &CompactOptions::default(), true);
         assert!(plan.long.is_none());
         assert_eq!(
             plan.short.iter().map(Vec::len).collect::<Vec<_>>(),
             vec![6, 5]
         );
         assert_eq!(plan.over_bound, 0, "no bound");
+    }
+
+    #[test]
+    fn while_a_long_merge_runs_its_partition_merges_the_flushes_beside_it() {
+        // A tenant-day whose 40 MB tier is full; a run starts a long merge
+        // of it, then flushes of 2 MB land, a run after each, until the
+        // merge commits. The partition's files (in the table: busy or not)
+        // stay at the bound + 1 after each run (the merge's files, at most
+        // the bound, and one more), one more after a flush until the run.
+        let options = CompactOptions::background(4, 4);
+        let bound = options.max_small_files;
+        let start = files("hot", &[40 * MB, 40 * MB, 40 * MB, 40 * MB, 2 * MB]);
+        let plan = plan_run(idle(vec![start]), &options, true);
+        let long = plan.long.expect("a long merge");
+        assert_eq!(long.len(), bound, "as many as the bound leaves room for");
+        assert!(long.iter().all(|f| f.file_size_in_bytes() == 40 * MB));
+        let mut merged: Vec<u64> = plan.short.iter().map(|m| input_bytes(m)).collect();
+        assert_eq!(merged, vec![42 * MB], "the rest merges in the run");
+        for flush in 0..3 {
+            merged.push(2 * MB);
+            assert_eq!(long.len() + merged.len(), bound + 2);
+            let partition = Partition {
+                files: files(&format!("hot{flush}"), &merged),
+                busy: long.len(),
+            };
+            let plan = plan_run(vec![partition], &options, false);
+            assert!(plan.long.is_none());
+            for m in plan.short {
+                let sizes: Vec<u64> = m.iter().map(|f| f.file_size_in_bytes()).collect();
+                for size in &sizes {
+                    let at = merged.iter().position(|b| b == size).unwrap();
+                    merged.remove(at);
+                }
+                merged.push(sizes.iter().sum());
+            }
+            assert_eq!(
+                long.len() + merged.len(),
+                bound + 1,
+                "after flush {flush}: {} busy and {merged:?}",
+                long.len()
+            );
+        }
+        // Without counting the busy files, nothing would merge until the
+        // flushes alone reached the bound.
+        let partition = Partition {
+            files: files("hot", &[42 * MB, 2 * MB]),
+            busy: 0,
+        };
+        assert!(plan_run(vec![partition], &options, false).short.is_empty());
+        // Beside a done file, the long merge takes 2 (and at least 2).
+        let mut done = files("d", &[40 * MB, 40 * MB, 40 * MB, 40 * MB, 2 * MB]);
+        done.extend(files("d-done", &[SMALL_FILE_BYTES]));
+        let plan = plan_run(idle(vec![done.clone()]), &options, true);
+        assert_eq!(plan.long.map(|l| l.len()), Some(2));
+        done.extend(files("d-done2", &[SMALL_FILE_BYTES]));
+        let plan = plan_run(idle(vec![done]), &options, true);
+        assert_eq!(plan.long.map(|l| l.len()), Some(2));
     }
 
     #[test]
@@ -500,7 +632,7 @@ mod tests {
         let over = |p: &str| files(p, &[15 * MB, 15 * MB, 15 * MB, 15 * MB, KB, KB, KB]);
         let within = files("within", &[KB, KB, KB, KB]);
         let plan = plan_run(
-            vec![over("a"), over("b"), over("c"), within],
+            idle(vec![over("a"), over("b"), over("c"), within]),
             &options,
             false,
         );
@@ -524,7 +656,7 @@ mod tests {
         // Beside a done file, 4 small files are kept: 4 smallest merge.
         let mut done = over("d");
         done.extend(files("d-done", &[SMALL_FILE_BYTES]));
-        let plan = plan_run(vec![over("a"), over("b"), done], &options, false);
+        let plan = plan_run(idle(vec![over("a"), over("b"), done]), &options, false);
         assert_eq!(plan.short[2].len(), 4);
     }
 }
