@@ -391,6 +391,26 @@ async fn table_state(dir: &Path, warehouse: &raindrop::catalog::Warehouse) -> Ta
         p.2 += t.file_size_in_bytes;
     }
     state.live_files = tasks.len();
+    // Where a tenant-day holds more files than the background bound, say
+    // which sizes (MB), to read beside the server's compaction log.
+    let bound = raindrop::maintenance::compact::BACKGROUND_MAX_FILES;
+    for (partition, files) in &per_partition {
+        if files.0 > bound {
+            let mut sizes: Vec<u64> = tasks
+                .iter()
+                .filter(|t| t.data_file_path.starts_with(&format!("{partition}/")))
+                .map(|t| t.file_size_in_bytes / 1_000_000)
+                .collect();
+            sizes.sort_unstable();
+            eprintln!(
+                "{:?}: {partition} holds {} files over the bound of {bound}, MB: {sizes:?}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default(),
+                files.0
+            );
+        }
+    }
     let most =
         |f: fn(&(usize, usize, u64)) -> u64| per_partition.values().map(f).max().unwrap_or(0);
     state.max_files_per_partition = most(|p| p.0 as u64) as usize;

@@ -80,7 +80,9 @@ pub const BACKGROUND_MIN_FILES: usize = 4;
 /// than tiers alone (1.8x the input in 12-minute soaks at 100k rows/s on
 /// 2 cores, where tenant-days held 1–4 files against 4–9), which the
 /// streaming merge affords; over 30 minutes, with long merges beside the
-/// runs, they held at most 4 at 29 of 30 samples. (With the merge decoding and
+/// runs, they held at most 4 at every sample while they had at most one
+/// done file (past two, a partition keeps them and 2 small files, see
+/// `small_to_keep`). (With the merge decoding and
 /// sorting in memory, runs took 30 s and more, several flushes landed
 /// between them, and the bound did worse than tiers after 20 minutes;
 /// `benches/README.md`.)
