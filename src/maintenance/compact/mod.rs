@@ -25,7 +25,8 @@
 //! snapshots expire.
 //!
 //! Which files a run merges (size tiers, the bound on files per
-//! partition, a commit's input) is decided in [`policy`].
+//! partition, a commit's input) is decided in [`policy`]; which
+//! partitions, within a run's budget and beside a long merge, in [`plan`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -44,13 +45,15 @@ use crate::error::{Error, Result};
 use crate::ingest::layout::merge_in_layout_order;
 use crate::ingest::write::{all_or_nothing, discard_files, write_partition_stream};
 
+mod plan;
 mod policy;
 
+use plan::{input_bytes, plan_run};
+use policy::Partition;
 pub use policy::{
     BACKGROUND_MAX_FILES, BACKGROUND_MIN_FILES, CompactOptions, MAX_COMMIT_BYTES, MIN_FILES,
     SHORT_MERGE_BYTES, SMALL_FILE_BYTES,
 };
-use policy::{Partition, input_bytes, plan_run};
 
 /// What a compaction run did.
 #[derive(Debug, Clone, Default)]
