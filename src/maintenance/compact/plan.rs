@@ -34,9 +34,8 @@ fn split_long(
     let taken: HashSet<&str> = picked.iter().map(|f| f.file_path()).collect();
     let files = partition
         .files
-        .iter()
+        .into_iter()
         .filter(|f| !taken.contains(f.file_path()))
-        .cloned()
         .collect();
     let busy = partition.busy + picked.len();
     (picked, Partition { files, busy })
@@ -48,9 +47,9 @@ fn split_long(
 /// as the partition's bound allows (see [`split_long`]): the rest of it
 /// merges in the run. A partition whose pick is long otherwise merges
 /// what a short merge holds, its smallest files, so it keeps its bound
-/// while a long merge runs elsewhere. Picks
-/// are taken while they fit in `options.max_run_bytes`; past it, a
-/// partition over the bound still merges, but only the fewest smallest
+/// while a long merge runs elsewhere. Picks are taken while they fit in
+/// `options.max_run_bytes`; past it, a partition over the bound still
+/// merges, but only the fewest smallest
 /// files that bring it back within the bound (no tier merge, no
 /// absorbing): when many tenant-days' tiers fill at once, that keeps a
 /// run short without leaving any partition over the bound. (Taking whole
