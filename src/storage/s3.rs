@@ -405,8 +405,9 @@ impl FileRead for S3Read {
     }
 }
 
-/// How many times (500 ms apart) a failed multipart completion checks
-/// whether an earlier attempt completed the object after all.
+/// How many times (the first at once, then 500 ms apart) a failed
+/// multipart completion checks whether an earlier attempt completed the
+/// object after all.
 const COMPLETION_CHECKS: usize = 10;
 
 /// A streamed upload: one PUT if it stays under [`PART_SIZE`], else a
@@ -444,14 +445,16 @@ impl FileWrite for S3Write {
         // written. (Seen twice in the S3 suite, on a 24 MB upload.)
         use opendal::ErrorKind as K;
         if matches!(e.kind(), K::PermissionDenied | K::NotFound) {
-            for _ in 0..COMPLETION_CHECKS {
+            for check in 0..COMPLETION_CHECKS {
+                if check > 0 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
                 if let Ok(meta) = self.op.stat(&self.key).await
                     && meta.content_length() == self.written
                 {
                     tracing::warn!(location = %self.location, error = %e, "a multipart upload's retried completion failed, but the object is complete");
                     return Ok(());
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
         Err(s3_error("write", &self.location, e))

@@ -135,7 +135,7 @@ fn file_tiers(min_files: usize) -> Tiers {
 }
 
 /// One partition's files as a run sees them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Partition {
     /// Files the run may merge.
     pub files: Vec<DataFile>,
