@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use iceberg::TableIdent;
-use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::buffer::{Buffer, Generation, committed_mark, mark_property};
 use super::commit::{AppendOutcome, TableWriter};
@@ -84,11 +84,13 @@ impl std::fmt::Debug for Log {
 
 impl Log {
     /// Open the log, recover what it holds that the table does not, and
-    /// start the log and flusher tasks.
+    /// start the log and flusher tasks. Queries' gathered copies of the
+    /// buffered rows take `budget` (the ingest budget, in KiB).
     pub async fn open(
         config: LogConfig,
         warehouse: Warehouse,
         writer: Arc<TableWriter>,
+        budget: Arc<Semaphore>,
     ) -> Result<Arc<Self>> {
         let dir = config.dir.clone();
         let wal = Arc::new(blocking(move || Wal::open(&dir)).await?);
@@ -123,7 +125,7 @@ impl Log {
         }
         let w = wal.clone();
         let segment = blocking(move || w.create(next)).await?;
-        let buffer = Arc::new(Buffer::new(wal.node().to_string(), next));
+        let buffer = Arc::new(Buffer::new(wal.node().to_string(), next).with_budget(budget));
         for g in recovered.into_iter().filter(|g| g.rows > 0) {
             buffer.push_sealed(g);
         }

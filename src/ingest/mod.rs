@@ -152,7 +152,13 @@ impl Ingestor {
     /// and commit them in the background ([`log`]); replays what the log
     /// holds that the table does not.
     pub async fn start_log(&mut self, config: LogConfig) -> Result<()> {
-        self.log = Some(Log::open(config, self.warehouse.clone(), self.writer.clone()).await?);
+        let log = Log::open(
+            config,
+            self.warehouse.clone(),
+            self.writer.clone(),
+            self.budget.kib.clone(),
+        );
+        self.log = Some(log.await?);
         Ok(())
     }
 

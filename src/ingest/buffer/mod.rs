@@ -11,18 +11,20 @@
 //! [`committed_mark`]): rows are seen exactly once whichever way the race
 //! with a flush goes.
 
+mod gather;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use iceberg::table::Table;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::batch::batch_bytes;
 use crate::error::Result;
 use crate::schema::col;
-use crate::schema::views::scan_schema;
+use gather::{ByProject, Held, gathered};
 
 /// Table property prefix: `raindrop.wal.<node>` = the last log segment of
 /// that node whose rows the table holds. Set in the same commit as the
@@ -113,7 +115,7 @@ impl Generation {
                         .entry(project)
                         .or_default()
                         .batches
-                        .push((part, 0));
+                        .push(Held::arrived(part));
                 }
             }
         }
@@ -129,151 +131,6 @@ impl Generation {
     }
 }
 
-/// How many batches of the same level are gathered into one.
-const GATHER_FAN: usize = 8;
-
-/// Batches are gathered while the result holds at most this many rows:
-/// twice DataFusion's default batch size, about what each operator above
-/// handles at the same cost per row as larger batches.
-const GATHER_MAX_ROWS: usize = 2 * 8192;
-
-type ByProject = HashMap<String, ProjectRows>;
-
-/// One project's rows in a generation, gathered into few batches.
-///
-/// Requests are small (often 1k rows, split by project into far fewer),
-/// and a query pays per batch: taking it, shaping it, every operator
-/// above it. With 4,641 batches of the largest tenant buffered (463k rows
-/// of 50 tenants), its queries took 2–4x as long as over the same rows in
-/// files. So a query first gathers the batches that arrived since the
-/// last one, like a binary counter in base [`GATHER_FAN`]: each row is
-/// copied once per level, and a level holds fewer than [`GATHER_FAN`]
-/// batches. The copying happens outside every lock the log task takes
-/// (it answers every `DoPut`), and the result replaces what it was made
-/// from. Gathering as rows arrived, in the log task, cost 15% of its rate
-/// at 1k-row batches, for rows most of which no query reads before they
-/// are flushed.
-#[derive(Debug, Default)]
-struct ProjectRows {
-    /// Batches in arrival order, each with its level (how many times its
-    /// rows were gathered).
-    batches: Vec<(RecordBatch, u32)>,
-    /// `batches[..gathered]` are gathered; the rest arrived since.
-    gathered: usize,
-    /// Bumped by each replacement, so a query does not replace batches
-    /// another query replaced since it read them.
-    version: u64,
-}
-
-/// `project`'s rows in `by_project` (all projects for `None`), gathered.
-fn gathered(by_project: &Mutex<ByProject>, project: Option<&str>) -> Vec<RecordBatch> {
-    /// One project's rows as read, then as gathered.
-    struct Read {
-        project: String,
-        version: u64,
-        /// How many batches were read (those the gathered ones replace).
-        read: usize,
-        batches: Vec<(RecordBatch, u32)>,
-    }
-    let lock = || by_project.lock().expect("buffered rows lock");
-    let reads: Vec<(Read, usize)> = {
-        let map = lock();
-        let read = |(p, r): (&String, &ProjectRows)| {
-            let read = Read {
-                project: p.clone(),
-                version: r.version,
-                read: r.batches.len(),
-                batches: r.batches.clone(),
-            };
-            (read, r.gathered)
-        };
-        match project {
-            Some(p) => map.get_key_value(p).map(read).into_iter().collect(),
-            None => map.iter().map(read).collect(),
-        }
-    };
-    let mut out = vec![];
-    let mut done = vec![];
-    for (mut read, from) in reads {
-        if from < read.read {
-            for batch in read.batches.split_off(from) {
-                read.batches.push(batch);
-                gather_last(&mut read.batches);
-            }
-            out.extend(read.batches.iter().map(|(b, _)| b.clone()));
-            done.push(read);
-        } else {
-            out.extend(read.batches.into_iter().map(|(b, _)| b));
-        }
-    }
-    if !done.is_empty() {
-        let mut map = lock();
-        for read in done {
-            let Some(rows) = map.get_mut(&read.project) else {
-                continue;
-            };
-            if rows.version == read.version {
-                let arrived = rows.batches.split_off(read.read);
-                rows.batches = read.batches;
-                rows.gathered = rows.batches.len();
-                rows.batches.extend(arrived);
-                rows.version += 1;
-            }
-        }
-    }
-    out
-}
-
-/// Gather the last [`GATHER_FAN`] batches while they are of one level and
-/// schema and small enough together. Gathering saves time; it never fails
-/// a query (on an error, the batches stay as they are).
-fn gather_last(batches: &mut Vec<(RecordBatch, u32)>) {
-    while batches.len() >= GATHER_FAN {
-        let run = &batches[batches.len() - GATHER_FAN..];
-        let (first, level) = &run[0];
-        let rows: usize = run.iter().map(|(b, _)| b.num_rows()).sum();
-        // A schema changed mid-generation (the table evolved) is never
-        // gathered with the old one.
-        if rows > GATHER_MAX_ROWS
-            || run
-                .iter()
-                .any(|(b, l)| l != level || b.schema() != first.schema())
-        {
-            return;
-        }
-        let Ok(gathered) = as_views(run.iter().map(|(b, _)| b))
-            .and_then(|run| arrow::compute::concat_batches(&run[0].schema(), &run))
-        else {
-            return;
-        };
-        let level = level + 1;
-        batches.truncate(batches.len() - GATHER_FAN);
-        batches.push((gathered, level));
-    }
-}
-
-/// `batches` in the types queries read ([`scan_schema`]: strings as
-/// views). The views point into the batches' own buffers, so a gathered
-/// batch shares the bytes of the strings with the rows it was made from,
-/// and queries no longer cast each buffered row on every read (14% of a
-/// query step's CPU with 2M rows buffered, `benches/stream.rs`).
-fn as_views<'a>(
-    batches: impl Iterator<Item = &'a RecordBatch>,
-) -> std::result::Result<Vec<RecordBatch>, arrow::error::ArrowError> {
-    batches
-        .map(|b| {
-            let schema = Arc::new(scan_schema(&b.schema()));
-            let columns = b
-                .columns()
-                .iter()
-                .zip(schema.fields())
-                .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            RecordBatch::try_new(schema, columns)
-        })
-        .collect()
-}
-
 #[derive(Debug)]
 struct State {
     active: Generation,
@@ -285,6 +142,8 @@ struct State {
 pub struct Buffer {
     node: String,
     state: Mutex<State>,
+    /// Ingest budget (KiB) the gathered copies take (`None`: unbounded).
+    budget: Option<Arc<Semaphore>>,
 }
 
 /// Buffered rows taken for one query, before the table is loaded.
@@ -317,7 +176,14 @@ impl Buffer {
                 active: Generation::new(seq),
                 sealed: vec![],
             }),
+            budget: None,
         }
+    }
+
+    /// Gathered copies take `budget` (the ingest budget, in KiB).
+    pub fn with_budget(mut self, budget: Arc<Semaphore>) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -380,7 +246,7 @@ impl Buffer {
         };
         let mut parts: Vec<_> = generations
             .into_iter()
-            .map(|(seq, rows)| (seq, gathered(&rows, project)))
+            .map(|(seq, rows)| (seq, gathered(&rows, project, self.budget.as_ref())))
             .collect();
         parts.retain(|(_, b)| !b.is_empty());
         Taken {
@@ -441,7 +307,9 @@ mod tests {
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
 
+    use super::gather::{GATHER_FAN, GATHER_MAX_ROWS};
     use super::*;
+    use crate::batch::allocations;
 
     fn batch(projects: &[&str]) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
@@ -495,22 +363,8 @@ mod tests {
 
     /// Bytes of the distinct buffers `batches` hold (shared ones once).
     fn held_bytes<'a>(batches: impl Iterator<Item = &'a RecordBatch>) -> usize {
-        fn buffers(data: &arrow::array::ArrayData, out: &mut HashMap<usize, usize>) {
-            for b in data
-                .buffers()
-                .iter()
-                .chain(data.nulls().map(|n| n.buffer()))
-            {
-                out.insert(b.data_ptr().as_ptr() as usize, b.capacity());
-            }
-            data.child_data().iter().for_each(|c| buffers(c, out));
-        }
         let mut out = HashMap::new();
-        for b in batches {
-            b.columns()
-                .iter()
-                .for_each(|c| buffers(&c.to_data(), &mut out));
-        }
+        batches.for_each(|b| out.extend(allocations(b)));
         out.values().sum()
     }
 
@@ -528,7 +382,7 @@ mod tests {
         assert_eq!(by_project.len(), 50);
         let queried = by_project
             .values()
-            .flat_map(|r| r.batches.iter().map(|(b, _)| b));
+            .flat_map(|r| r.batches.iter().map(|h| &h.batch));
         let held = held_bytes(requests.iter().flat_map(|(_, b)| b).chain(queried));
         // One sorted copy (buffers round up to 64 bytes), not two.
         assert!(
@@ -537,6 +391,47 @@ mod tests {
         );
         let rows: usize = requests[0].1.iter().map(|b| b.num_rows()).sum();
         assert_eq!(rows, 4_000, "the flush gets every row");
+    }
+
+    #[test]
+    fn gathered_copies_hold_ingest_budget_and_are_skipped_without_room() {
+        let with_rows = |budget: &Arc<Semaphore>| {
+            let buffer = Buffer::new("node".into(), 1).with_budget(budget.clone());
+            for _ in 0..64 {
+                let b = batch(&["a"; 100]);
+                buffer.with_active(|g| g.add(vec![b], None, None)).unwrap();
+            }
+            buffer
+        };
+        let taken = |buffer: &Buffer| -> Vec<RecordBatch> {
+            let parts = buffer.take(Some("a")).parts;
+            parts.into_iter().flat_map(|(_, b)| b).collect()
+        };
+        let total = 1 << 20;
+        let budget = Arc::new(Semaphore::new(total));
+        let buffer = with_rows(&budget);
+        let arrived = taken(&with_rows(&Arc::new(Semaphore::new(0))));
+        assert_eq!(arrived.len(), 64, "no room: read as they arrived");
+        assert_eq!(budget.available_permits(), total);
+        let gathered = taken(&buffer);
+        assert_eq!(gathered.len(), 1);
+        assert_eq!(gathered[0].num_rows(), 6_400);
+        // The budget covers the copy the query made (its numbers and
+        // string views, beside the rows the flush keeps) and no more,
+        // rounded up to KiB per gathered batch.
+        let requests = buffer.with_active(|g| g.requests());
+        let rows = || requests.iter().flat_map(|(_, b)| b);
+        let copy = (held_bytes(rows().chain(&gathered)) - held_bytes(rows())).div_ceil(1024);
+        assert!(copy >= 6_400 * (16 + 8) / 1024, "{copy} KiB");
+        let held = total - budget.available_permits();
+        assert!(
+            copy > 0 && held >= copy && held <= copy + 9,
+            "held {held} KiB for {copy}"
+        );
+        // Committed and forgotten: the budget is whole again.
+        buffer.seal(2).expect("rows to seal");
+        buffer.remove(1);
+        assert_eq!(budget.available_permits(), total);
     }
 
     #[test]
