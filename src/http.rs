@@ -55,6 +55,8 @@ async fn scrape(State(services): State<Arc<Services>>) -> impl IntoResponse {
     let admission = services.query.admission_stats();
     m.queries_running.set(admission.running as i64);
     m.queries_queued.set(admission.queued as i64);
+    m.ingest_memory_bytes
+        .set(services.ingest.memory_used() as i64);
     (
         [(
             header::CONTENT_TYPE,

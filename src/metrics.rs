@@ -87,6 +87,9 @@ pub struct Metrics {
     /// Age of the oldest such row, in milliseconds: how far behind the
     /// table external Iceberg readers are.
     pub ingest_buffered_age_ms: Gauge,
+    /// Ingest data held against `--max-buffered-mib` (set when scraped):
+    /// near the limit, `DoPut`s wait and then get `ResourceExhausted`.
+    pub ingest_memory_bytes: Gauge,
     /// Storage requests (object store or local files) by operation.
     pub storage_requests: Family<StorageOp, Counter>,
     /// Failed storage requests by operation.
@@ -122,6 +125,7 @@ impl Metrics {
             maintenance_lease_held: Gauge::default(),
             ingest_buffered_rows: Gauge::default(),
             ingest_buffered_age_ms: Gauge::default(),
+            ingest_memory_bytes: Gauge::default(),
             cache_lookups: Family::default(),
             storage_requests: Family::default(),
             storage_errors: Family::default(),
@@ -161,6 +165,13 @@ impl Metrics {
             "ingest_buffered_age_ms",
             "Age of the oldest acknowledged row not yet committed, in ms",
             m.ingest_buffered_age_ms.clone(),
+        );
+        r.register_with_unit(
+            "ingest_memory",
+            "Ingest data held against --max-buffered-mib: streams being read, \
+             acknowledged rows until committed, and the copies queries gathered of them",
+            Unit::Bytes,
+            m.ingest_memory_bytes.clone(),
         );
         r.register("queries", "Queries by outcome", m.queries.clone());
         r.register_with_unit(

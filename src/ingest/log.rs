@@ -21,8 +21,9 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use iceberg::TableIdent;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
 
+use super::budget::Budget;
 use super::buffer::{Buffer, Generation, committed_mark, mark_property};
 use super::commit::{AppendOutcome, TableWriter};
 use super::flush::Flush;
@@ -85,12 +86,12 @@ impl std::fmt::Debug for Log {
 impl Log {
     /// Open the log, recover what it holds that the table does not, and
     /// start the log and flusher tasks. Queries' gathered copies of the
-    /// buffered rows take `budget` (the ingest budget, in KiB).
+    /// buffered rows take their bytes of `budget`.
     pub async fn open(
         config: LogConfig,
         warehouse: Warehouse,
         writer: Arc<TableWriter>,
-        budget: Arc<Semaphore>,
+        budget: Budget,
     ) -> Result<Arc<Self>> {
         let dir = config.dir.clone();
         let wal = Arc::new(blocking(move || Wal::open(&dir)).await?);

@@ -6,6 +6,7 @@
 //! the Iceberg namespace `tenants.<project>.<schema>` derived from the token,
 //! so no name a client sends can reach another tenant's tables.
 
+pub mod budget;
 pub mod buffer;
 pub mod commit;
 pub mod dedup;
@@ -24,13 +25,13 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use futures::{Stream, StreamExt};
 use iceberg::{ErrorKind, TableCreation, TableIdent};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::catalog::Warehouse;
 use crate::catalog::replace::{commit_replacement, staged_replacement};
 use crate::error::{Error, Result};
 use crate::schema;
 use crate::tenant::{Principal, names};
+use budget::{Budget, Reservation};
 use buffer::Buffer;
 use commit::{AppendOutcome, CommitConfig, TableWriter};
 use log::{Log, LogConfig};
@@ -76,47 +77,6 @@ pub struct Ingestor {
     budget: Budget,
 }
 
-/// Server-wide bound on ingest data held in memory (decoded, awaiting
-/// commit), so bursts queue briefly and then get `ResourceExhausted`
-/// instead of exhausting memory.
-#[derive(Debug)]
-struct Budget {
-    kib: Arc<Semaphore>,
-    total_kib: usize,
-    wait: Duration,
-}
-
-/// Ingest buffer held by one stream.
-#[derive(Debug, Default)]
-struct Reservation(Option<OwnedSemaphorePermit>);
-
-impl Reservation {
-    fn into_permit(self) -> Option<OwnedSemaphorePermit> {
-        self.0
-    }
-
-    fn add(&mut self, permit: OwnedSemaphorePermit) {
-        match &mut self.0 {
-            Some(p) => p.merge(permit),
-            None => self.0 = Some(permit),
-        }
-    }
-}
-
-impl Budget {
-    async fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit> {
-        let kib = bytes.div_ceil(1024).clamp(1, self.total_kib) as u32;
-        let acquire = self.kib.clone().acquire_many_owned(kib);
-        match tokio::time::timeout(self.wait, acquire).await {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => Err(Error::ResourceExhausted(format!(
-                "ingest buffers are full ({} MiB held by concurrent streams); retry in a few seconds",
-                self.total_kib / 1024
-            ))),
-        }
-    }
-}
-
 impl Ingestor {
     /// New ingestor over `warehouse`, refusing streams above
     /// `max_stream_bytes` and holding at most `max_buffered_bytes` of
@@ -133,18 +93,13 @@ impl Ingestor {
             warehouse.tables.clone(),
             commit,
         ));
-        let total_kib = (max_buffered_bytes / 1024).clamp(1, u32::MAX as usize);
         Self {
             warehouse,
             writer,
             log: None,
             raw_schema: RwLock::new(None),
             max_stream_bytes,
-            budget: Budget {
-                kib: Arc::new(Semaphore::new(total_kib)),
-                total_kib,
-                wait,
-            },
+            budget: Budget::new(max_buffered_bytes, wait),
         }
     }
 
@@ -156,7 +111,7 @@ impl Ingestor {
             config,
             self.warehouse.clone(),
             self.writer.clone(),
-            self.budget.kib.clone(),
+            self.budget.clone(),
         );
         self.log = Some(log.await?);
         Ok(())
@@ -174,6 +129,11 @@ impl Ingestor {
             Some(log) => log.flush().await,
             None => Ok(()),
         }
+    }
+
+    /// Bytes of ingest data held against `--max-buffered-mib` now.
+    pub fn memory_used(&self) -> usize {
+        self.budget.used_bytes()
     }
 
     /// Largest ingest stream accepted, in bytes of decoded Arrow data.

@@ -34,7 +34,8 @@ def get(url: str):
 
 
 def test_metrics_count_ingest_queries_and_storage(tmp_path):
-    srv = Server(tmp_path, extra_args=["--http-addr", "127.0.0.1:0"])
+    # No timed flush: the rows stay buffered until the Flush action.
+    srv = Server(tmp_path, extra_args=["--http-addr", "127.0.0.1:0", "--flush-interval-ms", "600000"])
     try:
         assert srv.metrics_url, "the server printed no metrics address"
         base = srv.metrics_url.removesuffix("/metrics")
@@ -51,9 +52,14 @@ def test_metrics_count_ingest_queries_and_storage(tmp_path):
                 cur.execute("SELECT no_such_column FROM wildedge.raw_events")
             except Exception:
                 pass
+        # Buffered rows (and the copy the query gathered) hold ingest
+        # memory until their flush commits them.
+        buffered = scrape(srv.metrics_url)["raindrop_ingest_memory_bytes"]
+        assert buffered >= events.nbytes / 2, (buffered, events.nbytes)
         # Rows are counted when committed: the flush commits them now.
         flush(srv)
         after = scrape(srv.metrics_url)
+        assert after["raindrop_ingest_memory_bytes"] == 0
 
         def delta(name):
             return after.get(name, 0) - before.get(name, 0)

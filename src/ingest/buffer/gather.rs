@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::super::budget::Budget;
 
 use crate::batch::new_bytes;
 use crate::schema::views::scan_schema;
@@ -76,7 +78,7 @@ pub(super) struct ProjectRows {
 pub(super) fn gathered(
     by_project: &Mutex<ByProject>,
     project: Option<&str>,
-    budget: Option<&Arc<Semaphore>>,
+    budget: Option<&Budget>,
 ) -> Vec<RecordBatch> {
     /// One project's rows as read, then as gathered.
     struct Read {
@@ -139,7 +141,7 @@ pub(super) fn gathered(
 /// schema and small enough together, and `budget` has room for the copy.
 /// Gathering saves time; it never fails a query (on an error, or with no
 /// room, the batches stay as they are).
-fn gather_last(batches: &mut Vec<Held>, budget: Option<&Arc<Semaphore>>) {
+fn gather_last(batches: &mut Vec<Held>, budget: Option<&Budget>) {
     while batches.len() >= GATHER_FAN {
         let run = &batches[batches.len() - GATHER_FAN..];
         let (first, level) = (&run[0].batch, run[0].level);
@@ -161,14 +163,11 @@ fn gather_last(batches: &mut Vec<Held>, budget: Option<&Arc<Semaphore>>) {
         let permit = match budget {
             None => None,
             Some(budget) => {
-                let kib = new_bytes(&gathered, run.iter().map(|h| &h.batch)).div_ceil(1024);
-                match budget
-                    .clone()
-                    .try_acquire_many_owned(kib.clamp(1, u32::MAX as usize) as u32)
-                {
-                    Ok(permit) => Some(Arc::new(permit)),
-                    Err(_) => return,
-                }
+                let bytes = new_bytes(&gathered, run.iter().map(|h| &h.batch));
+                let Some(permit) = budget.try_reserve(bytes) else {
+                    return;
+                };
+                Some(Arc::new(permit))
             }
         };
         batches.truncate(batches.len() - GATHER_FAN);

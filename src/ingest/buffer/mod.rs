@@ -19,7 +19,9 @@ use std::time::Instant;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use iceberg::table::Table;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::budget::Budget;
 
 use crate::batch::batch_bytes;
 use crate::error::Result;
@@ -142,8 +144,8 @@ struct State {
 pub struct Buffer {
     node: String,
     state: Mutex<State>,
-    /// Ingest budget (KiB) the gathered copies take (`None`: unbounded).
-    budget: Option<Arc<Semaphore>>,
+    /// Ingest budget the gathered copies take (`None`: unbounded).
+    budget: Option<Budget>,
 }
 
 /// Buffered rows taken for one query, before the table is loaded.
@@ -180,8 +182,8 @@ impl Buffer {
         }
     }
 
-    /// Gathered copies take `budget` (the ingest budget, in KiB).
-    pub fn with_budget(mut self, budget: Arc<Semaphore>) -> Self {
+    /// Gathered copies take their bytes of `budget`.
+    pub fn with_budget(mut self, budget: Budget) -> Self {
         self.budget = Some(budget);
         self
     }
@@ -395,7 +397,7 @@ mod tests {
 
     #[test]
     fn gathered_copies_hold_ingest_budget_and_are_skipped_without_room() {
-        let with_rows = |budget: &Arc<Semaphore>| {
+        let with_rows = |budget: &Budget| {
             let buffer = Buffer::new("node".into(), 1).with_budget(budget.clone());
             for _ in 0..64 {
                 let b = batch(&["a"; 100]);
@@ -407,12 +409,12 @@ mod tests {
             let parts = buffer.take(Some("a")).parts;
             parts.into_iter().flat_map(|(_, b)| b).collect()
         };
-        let total = 1 << 20;
-        let budget = Arc::new(Semaphore::new(total));
+        let wait = std::time::Duration::ZERO;
+        let budget = Budget::new(1 << 30, wait);
         let buffer = with_rows(&budget);
-        let arrived = taken(&with_rows(&Arc::new(Semaphore::new(0))));
+        let arrived = taken(&with_rows(&Budget::new(1024, wait)));
         assert_eq!(arrived.len(), 64, "no room: read as they arrived");
-        assert_eq!(budget.available_permits(), total);
+        assert_eq!(budget.used_bytes(), 0);
         let gathered = taken(&buffer);
         assert_eq!(gathered.len(), 1);
         assert_eq!(gathered[0].num_rows(), 6_400);
@@ -421,17 +423,17 @@ mod tests {
         // rounded up to KiB per gathered batch.
         let requests = buffer.with_active(|g| g.requests());
         let rows = || requests.iter().flat_map(|(_, b)| b);
-        let copy = (held_bytes(rows().chain(&gathered)) - held_bytes(rows())).div_ceil(1024);
-        assert!(copy >= 6_400 * (16 + 8) / 1024, "{copy} KiB");
-        let held = total - budget.available_permits();
+        let copy = held_bytes(rows().chain(&gathered)) - held_bytes(rows());
+        assert!(copy >= 6_400 * (16 + 8), "{copy} bytes");
+        let held = budget.used_bytes();
         assert!(
-            copy > 0 && held >= copy && held <= copy + 9,
-            "held {held} KiB for {copy}"
+            held >= copy && held <= copy + 9 * 1024,
+            "held {held} bytes for {copy}"
         );
         // Committed and forgotten: the budget is whole again.
         buffer.seal(2).expect("rows to seal");
         buffer.remove(1);
-        assert_eq!(budget.available_permits(), total);
+        assert_eq!(budget.used_bytes(), 0);
     }
 
     #[test]
