@@ -20,6 +20,7 @@ import random
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 
 import adbc_driver_flightsql.dbapi as flightsql
@@ -37,6 +38,15 @@ def rss_bytes(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
+
+
+def memory_metric(base):
+    """The server's `raindrop_ingest_memory_bytes` (NaN from builds before it)."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("raindrop_ingest_memory_bytes "):
+                return float(line.split()[1])
+    return float("nan")
 
 
 def events(n, rng):
@@ -69,7 +79,7 @@ def main(binary):
     sent = sum(b.nbytes for b in batches)
     with tempfile.TemporaryDirectory() as data_dir:
         admin = token(binary, data_dir, None, "admin")
-        server, addr, _ = serve(binary, data_dir, "--flush-interval-ms", "600000", "--compact-interval-secs", "0")
+        server, addr, metrics = serve(binary, data_dir, "--flush-interval-ms", "600000", "--compact-interval-secs", "0")
         auth = {"adbc.flight.sql.authorization_header": f"Bearer {admin}"}
         try:
             with flightsql.connect(f"grpc://{addr}", db_kwargs=auth, autocommit=True) as conn:
@@ -82,13 +92,14 @@ def main(binary):
                     for b in batches:
                         cur.adbc_ingest("raw_events", pa.Table.from_batches([b]), mode="append")
                 print(f"{rows:,} rows in {len(batches):,} DoPuts of {TENANTS} tenants; {sent / 1e6:.1f} MB of Arrow sent")
-                print("| step | RSS above start, MB | / Arrow bytes sent |")
-                print("|---|---:|---:|")
+                print("| step | RSS above start, MB | / Arrow bytes sent | `raindrop_ingest_memory_bytes`, MB |")
+                print("|---|---:|---:|---:|")
 
                 def report(step):
                     time.sleep(1)
                     grown = rss_bytes(server.pid) - base
-                    print(f"| {step} | {grown / 1e6:.1f} | {grown / sent:.2f} |", flush=True)
+                    counted = memory_metric(metrics)
+                    print(f"| {step} | {grown / 1e6:.1f} | {grown / sent:.2f} | {counted / 1e6:.1f} |", flush=True)
 
                 report("buffered")
                 with conn.cursor() as cur:
