@@ -7,9 +7,8 @@ use std::sync::{Arc, Mutex};
 use arrow::array::RecordBatch;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::super::budget::Budget;
-
 use crate::batch::new_bytes;
+use crate::ingest::budget::Budget;
 use crate::schema::views::scan_schema;
 
 /// How many batches of the same level are gathered into one.
@@ -58,10 +57,10 @@ impl Held {
 /// from. Gathering as rows arrived, in the log task, cost 15% of its rate
 /// at 1k-row batches, for rows most of which no query reads before they
 /// are flushed. A gathered copy (its numbers, and 16 bytes per string: it
-/// shares the strings' bytes) is about as large as the rows, and the
-/// flush still needs the rows as they arrived, so it holds ingest budget
-/// (`--max-buffered-mib`); when there is none left, queries read the
-/// batches as they are.
+/// shares the strings' bytes) is larger than the rows (1.5x in
+/// `benches/buffer_memory.py`), and the flush still needs the rows as they
+/// arrived, so it holds ingest budget (`--max-buffered-mib`); when there
+/// is none left, queries read the batches as they are.
 #[derive(Debug, Default)]
 pub(super) struct ProjectRows {
     /// Batches in arrival order.

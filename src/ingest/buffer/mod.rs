@@ -21,10 +21,9 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use iceberg::table::Table;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::budget::Budget;
-
 use crate::batch::batch_bytes;
 use crate::error::Result;
+use crate::ingest::budget::Budget;
 use crate::schema::col;
 use gather::{ByProject, Held, gathered};
 
@@ -52,8 +51,9 @@ pub fn committed_mark(table: &Table, node: &str) -> Option<u64> {
 pub struct Generation {
     /// The segment holding these rows.
     pub seq: u64,
-    /// Each request's rows, with its id: a flush leaves out requests
-    /// another node committed meanwhile (a client's retry sent there).
+    /// Each request's rows (sorted by project if it held several), with
+    /// its id: a flush leaves out requests another node committed
+    /// meanwhile (a client's retry sent there).
     requests: Vec<(Option<String>, Vec<RecordBatch>)>,
     /// The same rows by project, for queries. Queries gather them (see
     /// [`ProjectRows`]), sealed generations' too, hence the lock.
