@@ -566,7 +566,7 @@ async fn soak(
             percentile(&ms, 0.5),
             percentile(&ms, 0.99),
             REJECTED.swap(0, std::sync::atomic::Ordering::Relaxed),
-            raindrop::metrics::metrics().ingest_buffered_rows.get(),
+            server.services.ingest.buffered_rows().0,
             s.data_bytes as f64 / 1e6,
             100.0 * s.metadata_bytes as f64 / s.data_bytes.max(1) as f64,
             s.breakdown(),

@@ -57,6 +57,10 @@ async fn scrape(State(services): State<Arc<Services>>) -> impl IntoResponse {
     m.queries_queued.set(admission.queued as i64);
     m.ingest_memory_bytes
         .set(services.ingest.memory_used() as i64);
+    let (rows, age) = services.ingest.buffered_rows();
+    m.ingest_buffered_rows.set(rows as i64);
+    m.ingest_buffered_age_ms
+        .set(age.map_or(0, |a| a.as_millis() as i64));
     (
         [(
             header::CONTENT_TYPE,

@@ -82,7 +82,8 @@ pub struct Metrics {
     /// Cache lookups.
     pub cache_lookups: Family<CacheResult, Counter>,
     /// Rows acknowledged but not yet committed to the table (held in the
-    /// write-ahead log and the ingest buffer).
+    /// write-ahead log and the ingest buffer; set when scraped, like the
+    /// next two).
     pub ingest_buffered_rows: Gauge,
     /// Age of the oldest such row, in milliseconds: how far behind the
     /// table external Iceberg readers are.

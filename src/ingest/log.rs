@@ -215,7 +215,6 @@ impl Log {
         if !sealed.is_empty() {
             self.flushed.notify_one();
         }
-        self.report();
         Ok(())
     }
 
@@ -247,14 +246,6 @@ impl Log {
             tracing::warn!(error = %e, "cannot delete a flushed write-ahead log segment");
         }
         Ok(())
-    }
-
-    fn report(&self) {
-        let (rows, age) = self.buffer.held();
-        let m = crate::metrics::metrics();
-        m.ingest_buffered_rows.set(rows as i64);
-        m.ingest_buffered_age_ms
-            .set(age.map_or(0, |a| a.as_millis() as i64));
     }
 }
 

@@ -131,6 +131,13 @@ impl Ingestor {
         }
     }
 
+    /// Rows acknowledged and not yet committed, and the age of the oldest.
+    pub fn buffered_rows(&self) -> (u64, Option<Duration>) {
+        self.log
+            .as_ref()
+            .map_or((0, None), |log| log.buffer().held())
+    }
+
     /// Bytes of ingest data held against `--max-buffered-mib` now.
     pub fn memory_used(&self) -> usize {
         self.budget.used_bytes()

@@ -54,8 +54,11 @@ def test_metrics_count_ingest_queries_and_storage(tmp_path):
                 pass
         # Buffered rows (and the copy the query gathered) hold ingest
         # memory until their flush commits them.
-        buffered = scrape(srv.metrics_url)["raindrop_ingest_memory_bytes"]
+        mid = scrape(srv.metrics_url)
+        buffered = mid["raindrop_ingest_memory_bytes"]
         assert buffered >= events.nbytes / 2, (buffered, events.nbytes)
+        assert mid["raindrop_ingest_buffered_rows"] == events.num_rows
+        assert mid["raindrop_ingest_buffered_age_ms"] > 0
         # Rows are counted when committed: the flush commits them now.
         flush(srv)
         after = scrape(srv.metrics_url)
