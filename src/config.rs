@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::catalog::DEFAULT_DATA_DIR;
 pub use crate::catalog::StorageConfig;
+use crate::ingest::log::WalPlace;
 use crate::maintenance::compact;
 use crate::tenant::Role;
 use crate::tenant::tokens::{self, TokenSource};
@@ -183,12 +184,32 @@ pub struct ServeConfig {
     /// per node (a second process opening it is refused).
     #[clap(long, env = "RAINDROP_WAL_DIR")]
     pub wal_dir: Option<PathBuf>,
+    /// Where the write-ahead log lives: `local` (`--wal-dir`, fsync'd on
+    /// this node's disk) or `warehouse` (objects next to the table, for
+    /// nodes whose disk does not outlive them; a `DoPut` is acknowledged
+    /// once its object is written, and another node adopts the log of a
+    /// node that stops).
+    #[clap(long, env = "RAINDROP_WAL_STORAGE", value_enum, default_value_t = WalStorage::Local)]
+    pub wal_storage: WalStorage,
+    /// Lease on a `warehouse` log in the catalog database, in seconds: a
+    /// node that stops is adopted this long after its last renewal.
+    #[clap(long, env = "RAINDROP_WAL_LEASE_SECS", default_value_t = 30)]
+    pub wal_lease_secs: u64,
     /// Limits.
     #[clap(flatten)]
     pub limits: LimitsConfig,
     /// TLS.
     #[clap(flatten)]
     pub tls: TlsConfig,
+}
+
+/// Where the write-ahead log lives (`--wal-storage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WalStorage {
+    /// A directory on this node's disk (`--wal-dir`).
+    Local,
+    /// Objects in the warehouse's storage.
+    Warehouse,
 }
 
 /// TLS for the Flight endpoint. Without a certificate the server speaks
@@ -216,6 +237,8 @@ impl ServeConfig {
             storage: StorageConfig::in_dir(data_dir),
             tokens_file: None,
             wal_dir: None,
+            wal_storage: WalStorage::Local,
+            wal_lease_secs: 30,
             limits: LimitsConfig::default(),
             tls: TlsConfig::default(),
         }
@@ -226,6 +249,16 @@ impl ServeConfig {
         self.wal_dir
             .clone()
             .unwrap_or_else(|| self.storage.data_dir.join("wal"))
+    }
+
+    /// Where the write-ahead log lives.
+    pub fn wal_place(&self) -> WalPlace {
+        match self.wal_storage {
+            WalStorage::Local => WalPlace::Local(self.wal_dir()),
+            WalStorage::Warehouse => WalPlace::Warehouse {
+                lease_ttl: std::time::Duration::from_secs(self.wal_lease_secs.max(1)),
+            },
+        }
     }
 
     /// Effective token file.

@@ -93,7 +93,7 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
     if limits.flush_interval_ms > 0 {
         ingest
             .start_log(LogConfig {
-                dir: config.wal_dir(),
+                place: config.wal_place(),
                 flush_interval: Duration::from_millis(limits.flush_interval_ms),
                 // Below the ingest budget, so a full buffer flushes before
                 // it refuses new rows.
@@ -217,8 +217,8 @@ pub async fn run(
     };
     // Not needed for durability (the log is replayed on start), but other
     // engines then see every acknowledged row without waiting for it.
-    if let Err(e) = flushed.ingest.flush().await {
-        tracing::warn!(error = %e, "final flush failed; the write-ahead log keeps the rows for the next start");
+    if let Err(e) = flushed.ingest.close().await {
+        tracing::warn!(error = %e, "final flush failed; the write-ahead log keeps the rows for the next start (or, on object storage, for the node that adopts it)");
     }
     drop(flushed);
     http_stop.send(()).ok();

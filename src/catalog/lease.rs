@@ -1,6 +1,7 @@
 //! Leases in the catalog database: which node runs background
 //! maintenance (compaction, snapshot expiry, file cleanup) when several
-//! share one catalog.
+//! share one catalog, and which node owns each write-ahead log kept on
+//! object storage (`wal/<node>`, see `ingest::wal::object`).
 //!
 //! One row per lease in `raindrop_leases`: its holder and when it expires.
 //! Taking it is one upsert that succeeds only if the row is free, expired
@@ -9,19 +10,20 @@
 //! renewing, so another takes over one TTL later. Expiry uses each node's
 //! clock: keep clocks in sync (NTP) to well under the TTL.
 //!
-//! Correctness never depends on the lease: every maintenance commit is a
-//! compare-and-swap of the catalog pointer. The lease keeps nodes from
-//! duplicating the work (and the object-store requests it costs).
+//! Maintenance correctness never depends on its lease: every maintenance
+//! commit is a compare-and-swap of the catalog pointer. The lease keeps
+//! nodes from duplicating the work (and the object-store requests it costs).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::db::CatalogDb;
 use crate::error::{Result, database_error};
 
-/// The lease of background maintenance on one catalog.
+/// One named lease on one catalog, as one holder sees it.
 #[derive(Debug)]
 pub struct Lease {
-    db: CatalogDb,
+    db: Arc<CatalogDb>,
     name: String,
     holder: String,
     ttl: Duration,
@@ -54,11 +56,54 @@ impl Lease {
         )
         .await?;
         Ok(Self {
-            db,
+            db: Arc::new(db),
             name: name.to_string(),
             holder,
             ttl,
         })
+    }
+
+    /// Lease `name` of the same catalog and database, held as `holder`,
+    /// with the same TTL.
+    pub fn other(&self, name: &str, holder: String) -> Self {
+        Self {
+            db: self.db.clone(),
+            name: name.to_string(),
+            holder,
+            ttl: self.ttl,
+        }
+    }
+
+    /// This lease's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Names of this catalog's leases that start with `prefix` and have
+    /// expired (their holder stopped renewing them).
+    pub async fn expired(&self, prefix: &str) -> Result<Vec<String>> {
+        self.expired_at(prefix, now_ms()).await
+    }
+
+    async fn expired_at(&self, prefix: &str, now: i64) -> Result<Vec<String>> {
+        let sql = self.db.sql(
+            "SELECT lease_name FROM raindrop_leases WHERE catalog_name = ? \
+             AND lease_name LIKE ? AND expires_at < ? ORDER BY lease_name",
+        );
+        // `_` and `%` in `prefix` would match more in LIKE: filtered below.
+        let like = format!("{prefix}%");
+        let rows: Vec<(String,)> = sqlx::query_as(&sql)
+            .bind(&self.db.catalog_name)
+            .bind(like)
+            .bind(now)
+            .fetch_all(&self.db.pool)
+            .await
+            .map_err(|e| database_error("listing expired leases", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(name,)| name)
+            .filter(|name| name.starts_with(prefix))
+            .collect())
     }
 
     /// This process's holder id.
@@ -93,7 +138,27 @@ impl Lease {
             .bind(now)
             .execute(&self.db.pool)
             .await
-            .map_err(|e| database_error("renewing the maintenance lease", e))?;
+            .map_err(|e| database_error(&format!("renewing lease {}", self.name), e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Extend a lease this holder has, expired or not, as long as no one
+    /// took it over; unlike [`Self::try_acquire`] it never recreates a
+    /// released lease (an adopter releases a log's lease once the log is
+    /// gone, and its old holder must not get it back).
+    pub async fn renew(&self) -> Result<bool> {
+        let sql = self.db.sql(
+            "UPDATE raindrop_leases SET expires_at = ? \
+             WHERE catalog_name = ? AND lease_name = ? AND holder = ?",
+        );
+        let done = sqlx::query(&sql)
+            .bind(now_ms() + self.ttl.as_millis() as i64)
+            .bind(&self.db.catalog_name)
+            .bind(&self.name)
+            .bind(&self.holder)
+            .execute(&self.db.pool)
+            .await
+            .map_err(|e| database_error(&format!("renewing lease {}", self.name), e))?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -108,7 +173,7 @@ impl Lease {
             .bind(&self.holder)
             .execute(&self.db.pool)
             .await
-            .map_err(|e| database_error("releasing the maintenance lease", e))?;
+            .map_err(|e| database_error(&format!("releasing lease {}", self.name), e))?;
         Ok(())
     }
 
@@ -126,7 +191,7 @@ impl Lease {
             .bind(&self.name)
             .fetch_optional(&self.db.pool)
             .await
-            .map_err(|e| database_error("reading the maintenance lease", e))?;
+            .map_err(|e| database_error(&format!("reading lease {}", self.name), e))?;
         Ok(row.map(|(holder, expires)| (holder, expires >= now)))
     }
 }

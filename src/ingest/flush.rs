@@ -2,23 +2,45 @@
 //! many requests as one snapshot, with the node's mark set in the same
 //! commit, through the same file writer and commit path as group commit.
 
-use arrow::array::RecordBatch;
-use iceberg::TableIdent;
-use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use std::collections::HashMap;
+use std::sync::Arc;
 
+use arrow::array::RecordBatch;
+use async_trait::async_trait;
+use iceberg::table::Table;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::{
+    Catalog, ErrorKind, Namespace, NamespaceIdent, TableCommit, TableCreation, TableIdent,
+};
+
+use super::buffer::{committed_mark, mark_property};
 use super::commit::{Commit, TableWriter, commit_group, merge_if_due};
+use super::wal::fence::Fence;
 use super::write::prepare;
 use crate::error::Result;
 
 /// A flush of the write-ahead log: its requests (id and rows, in the
-/// table's Arrow schema) and the table properties to set in the same
-/// commit (the node's mark).
+/// table's Arrow schema) and the segment they are, recorded in the same
+/// commit.
 #[derive(Debug)]
 pub struct Flush {
     /// Each request's id and rows.
     pub requests: Vec<(Option<String>, Vec<RecordBatch>)>,
-    /// Table properties set atomically with the rows.
-    pub table_properties: Vec<(String, String)>,
+    /// The log segment the rows come from.
+    pub mark: Mark,
+}
+
+/// A log segment as the table records it: `raindrop.wal.<node>` = `seq`
+/// once its rows are committed.
+#[derive(Debug, Clone)]
+pub struct Mark {
+    /// The node whose log it is.
+    pub node: String,
+    /// The segment.
+    pub seq: u64,
+    /// The lease on the log, for logs on object storage: no commit once
+    /// this process may no longer act on it.
+    pub fence: Option<Arc<Fence>>,
 }
 
 impl TableWriter {
@@ -28,6 +50,11 @@ impl TableWriter {
     /// the table already holds (a retry another node committed first) are
     /// left out. Returns the snapshot.
     pub async fn commit_flush(&self, ident: &TableIdent, flush: Flush) -> Result<i64> {
+        let guard = MarkGuard {
+            inner: self.catalog.as_ref(),
+            mark: &flush.mark,
+        };
+        let table_properties = vec![(mark_property(&flush.mark.node), flush.mark.seq.to_string())];
         let dedup = self.dedup(ident).await?;
         let table = self.tables.load(self.catalog.as_ref(), ident).await?;
         dedup.learn(&table);
@@ -48,11 +75,10 @@ impl TableWriter {
         if batches.is_empty() {
             // Only the mark: the log's segment may then be deleted.
             let tx = Transaction::new(&table);
-            let set = flush
-                .table_properties
+            let set = table_properties
                 .into_iter()
                 .fold(tx.update_table_properties(), |a, (k, v)| a.set(k, v));
-            let committed = set.apply(tx)?.commit(self.catalog.as_ref()).await?;
+            let committed = set.apply(tx)?.commit(&guard).await?;
             self.tables.insert(&committed);
             return Ok(committed
                 .metadata()
@@ -69,14 +95,14 @@ impl TableWriter {
         })
         .await??;
         let result = commit_group(
-            self.catalog.as_ref(),
+            &guard,
             &self.tables,
             &table,
             ident,
             Commit {
                 prepared: vec![prepared],
                 ids: ids.clone(),
-                table_properties: flush.table_properties,
+                table_properties,
             },
             &self.commit_times,
         )
@@ -93,5 +119,97 @@ impl TableWriter {
         }
         merge_if_due(self.catalog.as_ref(), &self.tables, ident).await;
         Ok(snapshot_id)
+    }
+}
+
+/// The catalog as a flush of `node`'s segment `seq` sees it: every commit
+/// attempt (iceberg retries after a lost race) first checks that the
+/// table's mark is still below `seq` and that this process still holds the
+/// log's lease. Two nodes can flush one log only when one adopted the
+/// other's (a node that stopped renewing its lease but still runs); the
+/// check, with the snapshot requirement every append carries, lets exactly
+/// one of them commit each segment.
+#[derive(Debug)]
+struct MarkGuard<'a> {
+    inner: &'a dyn Catalog,
+    mark: &'a Mark,
+}
+
+#[async_trait]
+impl Catalog for MarkGuard<'_> {
+    async fn list_namespaces(
+        &self,
+        parent: Option<&NamespaceIdent>,
+    ) -> iceberg::Result<Vec<NamespaceIdent>> {
+        self.inner.list_namespaces(parent).await
+    }
+    async fn create_namespace(
+        &self,
+        namespace: &NamespaceIdent,
+        properties: HashMap<String, String>,
+    ) -> iceberg::Result<Namespace> {
+        self.inner.create_namespace(namespace, properties).await
+    }
+    async fn get_namespace(&self, namespace: &NamespaceIdent) -> iceberg::Result<Namespace> {
+        self.inner.get_namespace(namespace).await
+    }
+    async fn namespace_exists(&self, namespace: &NamespaceIdent) -> iceberg::Result<bool> {
+        self.inner.namespace_exists(namespace).await
+    }
+    async fn update_namespace(
+        &self,
+        namespace: &NamespaceIdent,
+        properties: HashMap<String, String>,
+    ) -> iceberg::Result<()> {
+        self.inner.update_namespace(namespace, properties).await
+    }
+    async fn drop_namespace(&self, namespace: &NamespaceIdent) -> iceberg::Result<()> {
+        self.inner.drop_namespace(namespace).await
+    }
+    async fn list_tables(&self, namespace: &NamespaceIdent) -> iceberg::Result<Vec<TableIdent>> {
+        self.inner.list_tables(namespace).await
+    }
+    async fn create_table(
+        &self,
+        namespace: &NamespaceIdent,
+        creation: TableCreation,
+    ) -> iceberg::Result<Table> {
+        self.inner.create_table(namespace, creation).await
+    }
+    async fn load_table(&self, table: &TableIdent) -> iceberg::Result<Table> {
+        self.inner.load_table(table).await
+    }
+    async fn drop_table(&self, table: &TableIdent) -> iceberg::Result<()> {
+        self.inner.drop_table(table).await
+    }
+    async fn purge_table(&self, table: &TableIdent) -> iceberg::Result<()> {
+        self.inner.purge_table(table).await
+    }
+    async fn table_exists(&self, table: &TableIdent) -> iceberg::Result<bool> {
+        self.inner.table_exists(table).await
+    }
+    async fn rename_table(&self, src: &TableIdent, dest: &TableIdent) -> iceberg::Result<()> {
+        self.inner.rename_table(src, dest).await
+    }
+    async fn register_table(
+        &self,
+        table: &TableIdent,
+        metadata_location: String,
+    ) -> iceberg::Result<Table> {
+        self.inner.register_table(table, metadata_location).await
+    }
+    async fn update_table(&self, commit: TableCommit) -> iceberg::Result<Table> {
+        let refuse = |message: String| iceberg::Error::new(ErrorKind::PreconditionFailed, message);
+        if let Some(fence) = &self.mark.fence {
+            fence.check().map_err(|e| refuse(e.to_string()))?;
+        }
+        let current = self.inner.load_table(commit.identifier()).await?;
+        if committed_mark(&current, &self.mark.node).is_some_and(|m| m >= self.mark.seq) {
+            return Err(refuse(format!(
+                "segment {} of node {} is committed already",
+                self.mark.seq, self.mark.node
+            )));
+        }
+        self.inner.update_table(commit).await
     }
 }

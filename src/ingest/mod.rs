@@ -131,6 +131,19 @@ impl Ingestor {
         }
     }
 
+    /// At shutdown: commit every acknowledged row, then retire a log kept
+    /// on object storage that holds nothing (else another node adopts it
+    /// once its lease expires).
+    pub async fn close(&self) -> Result<()> {
+        match &self.log {
+            Some(log) => {
+                log.flush().await?;
+                log.close().await
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Rows acknowledged and not yet committed, and the age of the oldest.
     pub fn buffered_rows(&self) -> (u64, Option<Duration>) {
         self.log

@@ -21,6 +21,7 @@ mod lifecycle;
 mod limits;
 mod locations;
 mod metadata;
+mod object_log;
 mod processes;
 mod pruning;
 mod seed_query;

@@ -13,12 +13,12 @@ use arrow::array::RecordBatch;
 use raindrop::client::RaindropClient;
 use raindrop::tenant::{Role, tokens};
 
-const TOKEN: &str = "process-test-token-0123456789";
-const ROWS: usize = 400;
+pub(crate) const TOKEN: &str = "process-test-token-0123456789";
+pub(crate) const ROWS: usize = 400;
 
-struct Server {
-    child: Child,
-    url: String,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) url: String,
 }
 
 impl Server {
@@ -26,7 +26,7 @@ impl Server {
         Self::start_with(dir, &[])
     }
 
-    fn start_with(dir: &Path, extra: &[&str]) -> Server {
+    pub(crate) fn start_with(dir: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(crate::common::raindrop_bin())
             .args([
                 "serve",
@@ -65,7 +65,7 @@ impl Server {
         Self::start_with(dir, &["--wal-dir", wal.to_str().unwrap()])
     }
 
-    fn kill9(mut self) {
+    pub(crate) fn kill9(mut self) {
         self.child.kill().unwrap(); // SIGKILL
         self.child.wait().unwrap();
     }
@@ -84,14 +84,14 @@ fn batch(id: &str) -> RecordBatch {
 
 /// Rows per batch id ("c1b7") present in the table, as the server at
 /// `url` sees them; panics on duplicate rows.
-async fn batches_present(url: &str) -> BTreeMap<String, i64> {
+pub(crate) async fn batches_present(url: &str) -> BTreeMap<String, i64> {
     let mut c = RaindropClient::connect(url, TOKEN).await.unwrap();
     crate::common::rows_per_batch(&mut c).await
 }
 
 /// Ingest `batches` for `client`, each with its id as request id; stop at
 /// the first error (the server died: the round is over).
-async fn ingest_loop(
+pub(crate) async fn ingest_loop(
     url: String,
     client: usize,
     batches: std::ops::Range<usize>,
@@ -114,7 +114,7 @@ async fn ingest_loop(
 
 /// A dir for servers on the suite's backend, with [`TOKEN`] where they
 /// read tokens (on PostgreSQL: the catalog database, shared by all nodes).
-async fn setup() -> tempfile::TempDir {
+pub(crate) async fn setup() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let source = crate::common::token_source(dir.path());
     tokens::create(&source, TOKEN, Some("acme"), Role::ReadWrite, "")
@@ -750,7 +750,7 @@ async fn restart_replays_exactly_what_the_table_lacks() {
 }
 
 /// SIGTERM `server` and wait for it to exit cleanly.
-fn sigterm_and_wait(mut server: Server) {
+pub(crate) fn sigterm_and_wait(mut server: Server) {
     let pid = server.child.id().to_string();
     assert!(
         Command::new("kill")

@@ -1,8 +1,7 @@
-//! The write-ahead log's on-disk format: numbered segment files of
-//! checksummed records, each one acknowledged `DoPut` (its request id and
-//! its rows as an Arrow IPC stream). Appending fsyncs before anyone is
-//! answered; reading stops at the first torn or corrupt record, which can
-//! only be a write that was never acknowledged.
+//! The write-ahead log on the node's local disk: numbered segment files
+//! of records (see [`super`] for the format), appended and fsync'd before
+//! anyone is answered. A directory belongs to one process at a time (an
+//! exclusive lock) and keeps its node id across restarts.
 //!
 //! Plain blocking file I/O: callers run it on blocking threads.
 
@@ -10,87 +9,24 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use arrow::array::RecordBatch;
-use arrow::ipc::reader::StreamReader;
-use arrow::ipc::writer::StreamWriter;
-
+use super::{Record, SEGMENT_SUFFIX, decode_all};
 use crate::error::{Error, Result};
 
-/// Record format version, first byte of every payload.
-const VERSION: u8 = 1;
-/// File holding this log's node id (see [`Wal::open`]).
+/// File holding this log's node id (see [`LocalWal::open`]).
 const NODE_FILE: &str = "node-id";
-const SEGMENT_SUFFIX: &str = ".wal";
-
-/// One acknowledged request as logged.
-#[derive(Debug, Clone)]
-pub struct Record {
-    /// The caller-scoped request id, if the client sent one.
-    pub request_id: Option<String>,
-    /// The validated, project-stamped rows.
-    pub batches: Vec<RecordBatch>,
-}
-
-/// Encode a record: `[len u32][crc32 u32][payload]`, payload = version,
-/// request id (u16 length + bytes), Arrow IPC stream.
-pub fn encode(request_id: Option<&str>, batches: &[RecordBatch]) -> Result<Vec<u8>> {
-    let id = request_id.unwrap_or("").as_bytes();
-    let mut payload =
-        Vec::with_capacity(64 + batches.iter().map(crate::batch::batch_bytes).sum::<usize>());
-    payload.push(VERSION);
-    payload.extend_from_slice(&(id.len() as u16).to_le_bytes());
-    payload.extend_from_slice(id);
-    if let Some(first) = batches.first() {
-        let mut writer = StreamWriter::try_new(&mut payload, first.schema_ref())?;
-        for b in batches {
-            writer.write(b)?;
-        }
-        writer.finish()?;
-    }
-    let mut out = Vec::with_capacity(payload.len() + 8);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
-    Ok(out)
-}
-
-fn decode(payload: &[u8]) -> Result<Record> {
-    let corrupt = || Error::Internal("write-ahead log record is malformed".into());
-    let (&version, rest) = payload.split_first().ok_or_else(corrupt)?;
-    if version != VERSION {
-        return Err(Error::Internal(format!(
-            "write-ahead log record has version {version}; this build reads {VERSION}"
-        )));
-    }
-    let len = u16::from_le_bytes(rest.get(..2).ok_or_else(corrupt)?.try_into().unwrap()) as usize;
-    let id = rest.get(2..2 + len).ok_or_else(corrupt)?;
-    let ipc = &rest[2 + len..];
-    let request_id = (!id.is_empty())
-        .then(|| String::from_utf8(id.to_vec()).map_err(|_| corrupt()))
-        .transpose()?;
-    let batches = if ipc.is_empty() {
-        vec![]
-    } else {
-        StreamReader::try_new(ipc, None)?.collect::<std::result::Result<Vec<_>, _>>()?
-    };
-    Ok(Record {
-        request_id,
-        batches,
-    })
-}
 
 /// A log directory owned by one process (an exclusive lock on its node-id
 /// file), with a stable node id: flush commits record, per node, the last
 /// segment they made durable in the table.
 #[derive(Debug)]
-pub struct Wal {
+pub struct LocalWal {
     dir: PathBuf,
     node: String,
     /// Held for the process's life: the lock lives as long as the handle.
     _lock: File,
 }
 
-impl Wal {
+impl LocalWal {
     /// Open (creating) `dir`, failing if another process has it open.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
@@ -172,24 +108,7 @@ impl Wal {
     pub fn read(&self, seq: u64) -> Result<Vec<Record>> {
         let path = self.path(seq);
         let data = std::fs::read(&path).map_err(|e| io_error("read", &path, e))?;
-        let mut records = vec![];
-        let mut at = 0;
-        while let Some(header) = data.get(at..at + 8) {
-            let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
-            let crc = u32::from_le_bytes(header[4..].try_into().unwrap());
-            let Some(payload) = data.get(at + 8..at + 8 + len) else {
-                break;
-            };
-            if crc32fast::hash(payload) != crc {
-                break;
-            }
-            records.push(decode(payload)?);
-            at += 8 + len;
-        }
-        if at < data.len() {
-            tracing::warn!(segment = %path.display(), ignored_bytes = data.len() - at, "write-ahead log segment ends in an incomplete record (a write that was never acknowledged); ignoring it");
-        }
-        Ok(records)
+        Ok(decode_all(&data, &path.display().to_string()))
     }
 
     /// Delete segments up to and including `seq`.
@@ -240,9 +159,10 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
 mod tests {
     use std::sync::Arc;
 
-    use arrow::array::Int64Array;
+    use arrow::array::{Int64Array, RecordBatch};
     use arrow::datatypes::{DataType, Field, Schema};
 
+    use super::super::encode;
     use super::*;
 
     fn batch(n: i64) -> RecordBatch {
@@ -253,7 +173,7 @@ mod tests {
     #[test]
     fn records_round_trip_and_a_torn_tail_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path()).unwrap();
+        let wal = LocalWal::open(dir.path()).unwrap();
         let mut seg = wal.create(7).unwrap();
         seg.append(&[
             encode(Some("p:a"), &[batch(3)]).unwrap(),
@@ -279,9 +199,9 @@ mod tests {
     fn a_flipped_bit_ends_the_segment_and_the_node_id_is_stable() {
         let dir = tempfile::tempdir().unwrap();
         let node = {
-            let wal = Wal::open(dir.path()).unwrap();
+            let wal = LocalWal::open(dir.path()).unwrap();
             // A second opener is refused while the first holds the log.
-            assert!(Wal::open(dir.path()).is_err());
+            assert!(LocalWal::open(dir.path()).is_err());
             let mut seg = wal.create(1).unwrap();
             seg.append(&[encode(None, &[batch(4)]).unwrap()]).unwrap();
             wal.node().to_string()
@@ -291,7 +211,7 @@ mod tests {
         let last = data.len() - 1;
         data[last] ^= 1;
         std::fs::write(&path, data).unwrap();
-        let wal = Wal::open(dir.path()).unwrap();
+        let wal = LocalWal::open(dir.path()).unwrap();
         assert_eq!(wal.node(), node);
         assert!(wal.read(1).unwrap().is_empty());
     }

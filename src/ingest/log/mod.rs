@@ -13,6 +13,11 @@
 //! in the table; only then is the segment deleted. On start, segments the
 //! mark covers are deleted and the rest are replayed and flushed first:
 //! nothing acknowledged is lost, nothing is committed twice.
+//!
+//! A log on object storage belongs to one process: a restarted or
+//! replaced node starts a new log, and the old one is adopted ([`adopt`]).
+
+mod adopt;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -24,18 +29,36 @@ use iceberg::TableIdent;
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
 
 use super::budget::Budget;
-use super::buffer::{Buffer, Generation, committed_mark, mark_property};
+use super::buffer::{Buffer, Generation, committed_mark};
 use super::commit::{AppendOutcome, TableWriter};
-use super::flush::Flush;
-use super::wal::{self, Segment, Wal};
+use super::flush::{Flush, Mark};
+use super::wal::fence::Fence;
+use super::wal::local::LocalWal;
+use super::wal::object::{ObjectWal, lease_name};
+use super::wal::{self, Segment, Wal, blocking};
 use crate::catalog::Warehouse;
+use crate::catalog::lease::Lease;
 use crate::error::{Error, Result};
+
+/// Where the write-ahead log lives.
+#[derive(Debug, Clone)]
+pub enum WalPlace {
+    /// A directory on this node's disk, one per node, kept across restarts.
+    Local(PathBuf),
+    /// The warehouse's object storage: a new log per process, held under
+    /// a lease of this TTL in the catalog database and adopted by another
+    /// node once it expires.
+    Warehouse {
+        /// How long the lease lasts without renewal.
+        lease_ttl: Duration,
+    },
+}
 
 /// Buffered-ingest settings.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
-    /// Directory of the write-ahead log (one per node).
-    pub dir: PathBuf,
+    /// Where the write-ahead log lives.
+    pub place: WalPlace,
     /// Commit buffered rows at least this often.
     pub flush_interval: Duration,
     /// Commit sooner once this many bytes are buffered.
@@ -93,23 +116,18 @@ impl Log {
         writer: Arc<TableWriter>,
         budget: Budget,
     ) -> Result<Arc<Self>> {
-        let dir = config.dir.clone();
-        let wal = Arc::new(blocking(move || Wal::open(&dir)).await?);
+        let wal = Arc::new(open_wal(&config.place, &warehouse).await?);
         let ident = warehouse.raw_events_ident();
         let table = warehouse.load_table(&ident).await?;
         let mark = committed_mark(&table, wal.node());
-        let segments = {
-            let wal = wal.clone();
-            blocking(move || wal.segments()).await?
-        };
+        let segments = wal.segments().await?;
         let mut recovered = vec![];
         let mut replayed_rows = 0;
         for &seq in &segments {
             if mark.is_some_and(|m| seq <= m) {
                 continue;
             }
-            let w = wal.clone();
-            let records = blocking(move || w.read(seq)).await?;
+            let records = wal.read(seq).await?;
             let mut generation = Generation::new(seq);
             for r in records {
                 generation.add(r.batches, r.request_id, None)?;
@@ -121,11 +139,9 @@ impl Log {
         // committed on the next start.
         let next = segments.iter().copied().chain(mark).max().unwrap_or(0) + 1;
         if let Some(m) = mark {
-            let w = wal.clone();
-            blocking(move || w.delete_through(m)).await?;
+            wal.delete_through(m).await?;
         }
-        let w = wal.clone();
-        let segment = blocking(move || w.create(next)).await?;
+        let segment = wal.create(next).await?;
         let buffer = Arc::new(Buffer::new(wal.node().to_string(), next).with_budget(budget));
         for g in recovered.into_iter().filter(|g| g.rows > 0) {
             buffer.push_sealed(g);
@@ -152,6 +168,9 @@ impl Log {
         });
         tokio::spawn(run_log(Arc::downgrade(&log), rx, segment, next));
         tokio::spawn(run_flusher(Arc::downgrade(&log), config.flush_interval));
+        if let WalPlace::Warehouse { lease_ttl } = config.place {
+            tokio::spawn(adopt::run(Arc::downgrade(&log), lease_ttl / 2));
+        }
         Ok(log)
     }
 
@@ -219,33 +238,70 @@ impl Log {
     }
 
     async fn flush_generation(&self, generation: &Generation) -> Result<()> {
-        let started = std::time::Instant::now();
-        let table = self.warehouse.load_table(&self.ident).await?;
-        let node = self.wal.node().to_string();
-        // An earlier attempt whose answer was lost may have landed.
-        if committed_mark(&table, &node).is_none_or(|m| m < generation.seq) {
-            let flush = Flush {
-                requests: generation.requests(),
-                table_properties: vec![(mark_property(&node), generation.seq.to_string())],
-            };
-            let result = self.writer.commit_flush(&self.ident, flush).await;
-            crate::metrics::count_run("flush", result.is_ok());
-            let snapshot_id = result?;
-            tracing::debug!(
-                rows = generation.rows,
-                segment = generation.seq,
-                snapshot_id,
-                ms = started.elapsed().as_millis() as u64,
-                "buffered rows committed"
-            );
+        match self.commit_generation(&self.wal, generation).await {
+            Ok(()) => {}
+            Err(e) if matches!(&*self.wal, Wal::Object(w) if w.fence().lost()) => {
+                // The node that took the lease listed every acknowledged
+                // part of the log before it started: the rows are its now.
+                tracing::error!(error = %e, rows = generation.rows, "this node's write-ahead log was adopted by another node; dropping its buffered rows");
+                self.buffer.remove(generation.seq);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
         }
         self.buffer.remove(generation.seq);
-        let (wal, seq) = (self.wal.clone(), generation.seq);
-        if let Err(e) = blocking(move || wal.delete_through(seq)).await {
+        if let Err(e) = self.wal.delete_through(generation.seq).await {
             // Harmless: the mark says it is committed; the next start skips it.
             tracing::warn!(error = %e, "cannot delete a flushed write-ahead log segment");
         }
         Ok(())
+    }
+
+    /// Commit `generation` of `wal` (this node's or an adopted one) with
+    /// its mark, unless the table holds it already.
+    async fn commit_generation(&self, wal: &Wal, generation: &Generation) -> Result<()> {
+        let started = std::time::Instant::now();
+        let node = wal.node().to_string();
+        let committed = async || -> Result<bool> {
+            let table = self.warehouse.load_table(&self.ident).await?;
+            Ok(committed_mark(&table, &node).is_some_and(|m| m >= generation.seq))
+        };
+        // An earlier attempt whose answer was lost may have landed.
+        if committed().await? {
+            return Ok(());
+        }
+        let flush = Flush {
+            requests: generation.requests(),
+            mark: Mark {
+                node: node.clone(),
+                seq: generation.seq,
+                fence: match wal {
+                    Wal::Object(w) => Some(w.fence().clone()),
+                    Wal::Local(_) => None,
+                },
+            },
+        };
+        let result = self.writer.commit_flush(&self.ident, flush).await;
+        crate::metrics::count_run("flush", result.is_ok());
+        match result {
+            Ok(snapshot_id) => {
+                tracing::debug!(
+                    rows = generation.rows,
+                    segment = generation.seq,
+                    snapshot_id,
+                    ms = started.elapsed().as_millis() as u64,
+                    "buffered rows committed"
+                );
+                Ok(())
+            }
+            // Another node may have committed it: one that adopted this
+            // log, or this node's own log being adopted twice.
+            Err(e) if committed().await.unwrap_or(false) => {
+                tracing::info!(node, segment = generation.seq, error = %e, "segment committed by another node");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -278,9 +334,12 @@ async fn run_log(
                 for a in group {
                     a.reply.send(Err(Error::Unavailable(reason.clone()))).ok();
                 }
-            } else if let Err(e) = log.write_group(group, &mut segment).await {
-                // The segment's tail is unknown now: refuse everything
-                // until a restart replays what is certainly complete.
+            } else if let Err(e) = log.write_group(group, &mut segment).await
+                && log.wal.append_failure_is_final()
+            {
+                // A local segment's tail is unknown now, or another node
+                // adopted this log: refuse everything until a restart
+                // replays (or starts) a log that is certainly whole.
                 tracing::error!(error = %e, "write-ahead log write failed; refusing ingest until restart");
                 failed = Some(format!(
                     "the write-ahead log cannot be written ({e}); the server must be restarted"
@@ -342,16 +401,11 @@ impl Log {
             .iter_mut()
             .map(|a| std::mem::take(&mut a.record))
             .collect();
-        let mut seg = segment
+        let seg = segment
             .take()
             .ok_or_else(|| Error::Internal("no open log segment".into()))?;
-        let (seg, written) = tokio::task::spawn_blocking(move || {
-            let r = seg.append(&records);
-            (seg, r)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("log write panicked: {e}")))?;
-        *segment = Some(seg);
+        let (seg, written) = seg.append(records).await;
+        *segment = seg;
         if let Err(e) = written {
             for a in keep {
                 a.reply.send(Err(e.for_waiter())).ok();
@@ -377,8 +431,7 @@ impl Log {
             return None;
         }
         let next = *seq + 1;
-        let wal = self.wal.clone();
-        match blocking(move || wal.create(next)).await {
+        match self.wal.create(next).await {
             Ok(s) => {
                 *segment = Some(s);
                 *seq = next;
@@ -422,8 +475,32 @@ async fn run_flusher(log: std::sync::Weak<Log>, interval: Duration) {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+/// Open this node's log where `place` says.
+async fn open_wal(place: &WalPlace, warehouse: &Warehouse) -> Result<Wal> {
+    match place {
+        WalPlace::Local(dir) => {
+            let dir = dir.clone();
+            Ok(Wal::Local(blocking(move || LocalWal::open(&dir)).await?))
+        }
+        WalPlace::Warehouse { lease_ttl } => {
+            let node = uuid::Uuid::new_v4().simple().to_string();
+            let lease = Lease::open(
+                &warehouse.catalog_uri,
+                &warehouse.catalog_name,
+                &lease_name(&node),
+                node.clone(),
+                *lease_ttl,
+            )
+            .await?;
+            let fence = Fence::take(lease).await?.ok_or_else(|| {
+                Error::Internal(format!("the lease of new log {node} is held already"))
+            })?;
+            Ok(Wal::Object(ObjectWal::new(
+                warehouse.store.clone(),
+                &warehouse.warehouse,
+                &node,
+                fence,
+            )))
+        }
+    }
 }

@@ -1,0 +1,118 @@
+//! Adoption of logs on object storage whose node stopped: a container
+//! that dies does not come back with the same disk or name, so any node
+//! commits what its log holds. Every node looks for expired `wal/<node>`
+//! leases every half TTL, takes one, commits the segments the table lacks
+//! under the dead node's mark (the same exactly-once as a replay), then
+//! deletes the log, the mark and the lease.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+
+use super::Log;
+use crate::error::Result;
+use crate::ingest::buffer::{Generation, mark_property};
+use crate::ingest::wal::Wal;
+use crate::ingest::wal::fence::Fence;
+use crate::ingest::wal::object::{LEASE_PREFIX, ObjectWal};
+
+/// Look for logs to adopt every `every`, while the log lives.
+pub(super) async fn run(log: Weak<Log>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(log) = log.upgrade() else { return };
+        if let Err(e) = log.adopt_expired().await {
+            tracing::warn!(error = %e, "adopting the write-ahead logs of stopped nodes failed; retrying");
+        }
+    }
+}
+
+impl Log {
+    /// Adopt every log on object storage whose lease expired; how many.
+    pub async fn adopt_expired(&self) -> Result<usize> {
+        let Wal::Object(own) = &*self.wal else {
+            return Ok(0);
+        };
+        let mut adopted = 0;
+        for name in own.fence().lease().expired(LEASE_PREFIX).await? {
+            // Its own lease expires only if renewals fail; it stays its own.
+            let Some(node) = name
+                .strip_prefix(LEASE_PREFIX)
+                .filter(|node| *node != own.node())
+            else {
+                continue;
+            };
+            let lease = own.fence().lease().other(&name, own.node().to_string());
+            // Another node may have taken it since the listing.
+            let Some(fence) = Fence::take(lease).await? else {
+                continue;
+            };
+            let theirs = Wal::Object(ObjectWal::new(
+                self.warehouse.store.clone(),
+                &self.warehouse.warehouse,
+                node,
+                fence,
+            ));
+            // On failure the lease is dropped unrenewed: it expires again
+            // and the next look (here or on another node) starts over.
+            self.replay_adopted(&Arc::new(theirs)).await?;
+            adopted += 1;
+        }
+        Ok(adopted)
+    }
+
+    async fn replay_adopted(&self, wal: &Arc<Wal>) -> Result<()> {
+        let mut rows = 0;
+        let segments = wal.segments().await?;
+        for &seq in &segments {
+            let mut generation = Generation::new(seq);
+            for r in wal.read(seq).await? {
+                generation.add(r.batches, r.request_id, None)?;
+            }
+            if generation.rows > 0 {
+                self.commit_generation(wal, &generation).await?;
+            }
+            rows += generation.rows;
+            wal.delete_through(seq).await?;
+        }
+        self.retire(wal).await?;
+        tracing::info!(
+            node = wal.node(),
+            rows,
+            segments = segments.len(),
+            "adopted the write-ahead log of a stopped node"
+        );
+        Ok(())
+    }
+
+    /// Forget a log on object storage that holds nothing: its mark in
+    /// the table, then its lease (which ends its existence).
+    async fn retire(&self, wal: &Wal) -> Result<()> {
+        let Wal::Object(w) = wal else { return Ok(()) };
+        let key = mark_property(w.node());
+        let table = self.warehouse.load_table(&self.ident).await?;
+        if table.metadata().properties().contains_key(&key) {
+            let tx = Transaction::new(&table);
+            let committed = tx
+                .update_table_properties()
+                .remove(key)
+                .apply(tx)?
+                .commit(self.warehouse.catalog.as_ref())
+                .await?;
+            self.warehouse.tables.insert(&committed);
+        }
+        w.fence().release().await
+    }
+
+    /// At shutdown, after the final flush: a log on object storage that
+    /// holds nothing is retired at once rather than adopted a TTL later.
+    pub async fn close(&self) -> Result<()> {
+        if !matches!(*self.wal, Wal::Object(_)) || self.buffer.held().0 > 0 {
+            return Ok(());
+        }
+        // Parts of a segment that never held an acknowledged row.
+        self.wal.delete_through(u64::MAX).await?;
+        self.retire(&self.wal).await
+    }
+}
