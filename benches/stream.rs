@@ -25,6 +25,11 @@
 //! `RAINDROP_BENCH_QUERIES=1` adds the query step (live against
 //! compacted); with `RAINDROP_BENCH_FLUSH_MS=600000
 //! RAINDROP_BENCH_FLUSH_MIB=4096` every row it streams stays buffered.
+//! `RAINDROP_BENCH_WAL=warehouse` puts the write-ahead log on the
+//! warehouse's storage (`--wal-storage warehouse`);
+//! `RAINDROP_BENCH_BACKEND=s3pg`, inside `scripts/services.sh`'s
+//! `services_start`, puts the warehouse on its s3s-fs server and the
+//! catalog in its PostgreSQL (sizes are read from s3s-fs's files).
 //!
 //! ```text
 //! cargo bench --bench stream
@@ -180,6 +185,29 @@ async fn start(
     // 0 = tiers alone (no bound on small files per partition).
     if let Ok(n) = std::env::var("RAINDROP_BENCH_COMPACT_MAX_FILES") {
         serve.limits.compact_max_files = n.parse().expect("RAINDROP_BENCH_COMPACT_MAX_FILES");
+    }
+    if std::env::var("RAINDROP_BENCH_WAL").is_ok_and(|v| v == "warehouse") {
+        serve.wal_storage = raindrop::config::WalStorage::Warehouse;
+    }
+    if std::env::var("RAINDROP_BENCH_BACKEND").is_ok_and(|v| v == "s3pg") {
+        let env =
+            |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k}: run inside services_start"));
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        serve.storage.warehouse = Some(format!(
+            "s3://{}/bench-{run}",
+            env("RAINDROP_TEST_S3_BUCKET")
+        ));
+        serve.storage.catalog_uri = Some(env("RAINDROP_TEST_PG_URI"));
+        serve.storage.catalog_name = format!("bench-{run}");
+        serve.storage.s3 = raindrop::storage::S3Config {
+            endpoint: Some(env("RAINDROP_TEST_S3_ENDPOINT")),
+            region: std::env::var("AWS_REGION").ok(),
+            path_style: true,
+            access_key_id: std::env::var("AWS_ACCESS_KEY_ID").ok(),
+            secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY").ok(),
+            ..Default::default()
+        };
+        serve.tokens_file = Some(serve.tokens_file());
     }
     let mut secrets = HashMap::new();
     for p in ids {
@@ -349,7 +377,13 @@ impl TableState {
 }
 
 async fn table_state(dir: &Path, warehouse: &raindrop::catalog::Warehouse) -> TableState {
-    let root: PathBuf = dir.join("warehouse/wildedge/raw_events");
+    // On s3s-fs the objects are files under its root, by bucket and key.
+    let root: PathBuf = match warehouse.warehouse.strip_prefix("s3://") {
+        Some(key) => Path::new(&std::env::var("RAINDROP_TEST_S3_ROOT").unwrap())
+            .join(key)
+            .join("wildedge/raw_events"),
+        None => dir.join("warehouse/wildedge/raw_events"),
+    };
     let table = warehouse.raw_events().await.unwrap();
     let mut state = TableState {
         data_bytes: tree_bytes(&root.join("data")),
