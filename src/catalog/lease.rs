@@ -244,4 +244,38 @@ mod tests {
         b.release().await.unwrap();
         assert_eq!(b.current().await.unwrap(), Some(("a".into(), true)));
     }
+
+    #[tokio::test]
+    async fn renewal_never_revives_a_released_lease_and_expired_ones_are_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = format!("sqlite://{}/c.db?mode=rwc", dir.path().display());
+        let ttl = Duration::from_secs(30);
+        let a = Lease::open(&uri, "cat", "wal/a", "a".into(), ttl)
+            .await
+            .unwrap();
+        let b = a.other("wal/b", "b".into());
+        let other = a.other("maintenance", "m".into());
+        let t0 = now_ms();
+        for lease in [&a, &b, &other] {
+            assert!(lease.acquire_at(t0).await.unwrap());
+        }
+        assert!(a.expired_at("wal/", t0 + 1000).await.unwrap().is_empty());
+        // After the TTL both logs' leases are listed, the other one is not.
+        assert_eq!(
+            a.expired_at("wal/", t0 + 31_000).await.unwrap(),
+            ["wal/a", "wal/b"]
+        );
+        // An adopter takes b's log over: b can no longer renew it.
+        let adopter = b.other("wal/b", "a".into());
+        assert!(adopter.acquire_at(t0 + 31_000).await.unwrap());
+        assert!(!b.renew().await.unwrap());
+        // Once the adopter releases it (the log is gone), b's renewal must
+        // not bring it back.
+        adopter.release().await.unwrap();
+        assert!(!b.renew().await.unwrap());
+        assert_eq!(b.current().await.unwrap(), None);
+        // The holder itself renews, even after expiry while nobody took it.
+        assert!(a.renew().await.unwrap());
+        assert_eq!(a.current().await.unwrap(), Some(("a".into(), true)));
+    }
 }

@@ -193,7 +193,7 @@ impl Log {
         }
         // Encoding here, in the caller's task, lets concurrent requests
         // encode in parallel; the log task only writes bytes.
-        let record = wal::encode(request_id.as_deref(), &batches)?;
+        let record = wal::encode(request_id.as_deref(), &batches, self.wal.compression())?;
         let (reply, answer) = oneshot::channel();
         self.ops
             .send(Op::Append(Append {

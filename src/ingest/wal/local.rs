@@ -176,12 +176,12 @@ mod tests {
         let wal = LocalWal::open(dir.path()).unwrap();
         let mut seg = wal.create(7).unwrap();
         seg.append(&[
-            encode(Some("p:a"), &[batch(3)]).unwrap(),
-            encode(None, &[batch(2), batch(1)]).unwrap(),
+            encode(Some("p:a"), &[batch(3)], None).unwrap(),
+            encode(None, &[batch(2), batch(1)], None).unwrap(),
         ])
         .unwrap();
         // A third record cut short, as a crash mid-write leaves it.
-        let torn = encode(Some("p:b"), &[batch(5)]).unwrap();
+        let torn = encode(Some("p:b"), &[batch(5)], None).unwrap();
         seg.append(&[torn[..torn.len() / 2].to_vec()]).unwrap();
         let records = wal.read(7).unwrap();
         assert_eq!(records.len(), 2);
@@ -203,7 +203,8 @@ mod tests {
             // A second opener is refused while the first holds the log.
             assert!(LocalWal::open(dir.path()).is_err());
             let mut seg = wal.create(1).unwrap();
-            seg.append(&[encode(None, &[batch(4)]).unwrap()]).unwrap();
+            seg.append(&[encode(None, &[batch(4)], None).unwrap()])
+                .unwrap();
             wal.node().to_string()
         };
         let path = dir.path().join(format!("{:020}{SEGMENT_SUFFIX}", 1));
