@@ -25,6 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use iceberg::TableIdent;
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
 
@@ -305,16 +307,40 @@ impl Log {
     }
 }
 
-/// The log task: appends in order, one write and fsync per group.
+/// A group's write in flight, with the requests it answers.
+type Write = std::pin::Pin<Box<dyn Future<Output = (Vec<Append>, Result<()>)> + Send>>;
+
+/// The log task: groups concurrent requests into one write each and
+/// answers them in log order once their write is durable. On local disk
+/// one write is in flight at a time (the next group gathers meanwhile);
+/// on object storage several PUTs are, as each takes a round trip.
 async fn run_log(
     log: std::sync::Weak<Log>,
     mut rx: mpsc::UnboundedReceiver<Op>,
     segment: Segment,
     mut seq: u64,
 ) {
+    let Some(max_in_flight) = log.upgrade().map(|l| l.wal.writes_in_flight()) else {
+        return;
+    };
     let mut segment = Some(segment);
     let mut failed: Option<String> = None;
-    while let Some(op) = rx.recv().await {
+    let mut in_flight: FuturesOrdered<Write> = FuturesOrdered::new();
+    // Request ids of the writes in flight (not yet in the buffer).
+    let mut ids_in_flight: HashMap<String, u64> = HashMap::new();
+    loop {
+        let op = tokio::select! {
+            biased;
+            Some((group, written)) = in_flight.next(), if !in_flight.is_empty() => {
+                let Some(log) = log.upgrade() else { return };
+                log.complete(group, written, &mut ids_in_flight, &mut failed);
+                continue;
+            }
+            op = rx.recv(), if in_flight.len() < max_in_flight => match op {
+                Some(op) => op,
+                None => return,
+            },
+        };
         let Some(log) = log.upgrade() else { return };
         let mut group = vec![];
         let mut seal = None;
@@ -334,19 +360,17 @@ async fn run_log(
                 for a in group {
                     a.reply.send(Err(Error::Unavailable(reason.clone()))).ok();
                 }
-            } else if let Err(e) = log.write_group(group, &mut segment).await
-                && log.wal.append_failure_is_final()
+            } else if let Some(write) = log.dispatch(group, &mut segment, &mut ids_in_flight).await
             {
-                // A local segment's tail is unknown now, or another node
-                // adopted this log: refuse everything until a restart
-                // replays (or starts) a log that is certainly whole.
-                tracing::error!(error = %e, "write-ahead log write failed; refusing ingest until restart");
-                failed = Some(format!(
-                    "the write-ahead log cannot be written ({e}); the server must be restarted"
-                ));
+                in_flight.push_back(write);
             }
         }
         if let Some(reply) = seal {
+            // A segment holds whole generations: what is in flight lands
+            // in the generation being sealed.
+            while let Some((group, written)) = in_flight.next().await {
+                log.complete(group, written, &mut ids_in_flight, &mut failed);
+            }
             reply.send(log.seal(&mut segment, &mut seq).await).ok();
         }
         if log.buffer.with_active(|g| g.bytes) >= log.flush_bytes {
@@ -356,11 +380,16 @@ async fn run_log(
 }
 
 impl Log {
-    async fn write_group(&self, group: Vec<Append>, segment: &mut Option<Segment>) -> Result<()> {
-        // Leave out ids committed or buffered already, or repeated in this
-        // group; the table's ids are fetched once, and only if needed.
+    /// Start the write of a group: leave out ids committed, buffered, in
+    /// flight or repeated in this group (the table's ids are fetched once,
+    /// and only if needed), then write the rest as one log write.
+    async fn dispatch(
+        &self,
+        group: Vec<Append>,
+        segment: &mut Option<Segment>,
+        ids_in_flight: &mut HashMap<String, u64>,
+    ) -> Option<Write> {
         let mut committed = None;
-        let mut ids: HashMap<String, u64> = HashMap::new();
         let mut keep = vec![];
         for a in group {
             let Some(id) = &a.request_id else {
@@ -379,7 +408,7 @@ impl Log {
             };
             // Buffer first, then the table: a flush adds ids to the
             // table's before it takes them out of the buffer.
-            let seen = ids
+            let seen = ids_in_flight
                 .get(id)
                 .copied()
                 .or_else(|| self.buffer.pending_id(id))
@@ -389,40 +418,66 @@ impl Log {
                     a.reply.send(Ok(Some(rows))).ok();
                 }
                 None => {
-                    ids.insert(id.clone(), a.rows);
+                    ids_in_flight.insert(id.clone(), a.rows);
                     keep.push(a);
                 }
             }
         }
         if keep.is_empty() {
-            return Ok(());
+            return None;
         }
         let records: Vec<Vec<u8>> = keep
             .iter_mut()
             .map(|a| std::mem::take(&mut a.record))
             .collect();
-        let seg = segment
-            .take()
-            .ok_or_else(|| Error::Internal("no open log segment".into()))?;
-        let (seg, written) = seg.append(records).await;
-        *segment = seg;
-        if let Err(e) = written {
-            for a in keep {
-                a.reply.send(Err(e.for_waiter())).ok();
-            }
-            return Err(e);
-        }
+        let write = match segment.as_mut() {
+            Some(seg) => seg.write(records),
+            None => Box::pin(async { Err(Error::Internal("no open log segment".into())) }),
+        };
+        Some(Box::pin(async move { (keep, write.await) }))
+    }
+
+    /// A group's write finished: buffer and answer its requests, or fail
+    /// them (and everything after, if the log cannot go on).
+    fn complete(
+        &self,
+        group: Vec<Append>,
+        written: Result<()>,
+        ids_in_flight: &mut HashMap<String, u64>,
+        failed: &mut Option<String>,
+    ) {
         let mut answers = vec![];
-        self.buffer.with_active(|g| {
-            for a in keep {
-                let added = g.add(a.batches, a.request_id, a.permit);
-                answers.push((a.reply, added.map(|_| None)));
+        match written {
+            Ok(()) => self.buffer.with_active(|g| {
+                for a in group {
+                    if let Some(id) = &a.request_id {
+                        ids_in_flight.remove(id);
+                    }
+                    let added = g.add(a.batches, a.request_id, a.permit);
+                    answers.push((a.reply, added.map(|_| None)));
+                }
+            }),
+            Err(e) => {
+                for a in group {
+                    if let Some(id) = &a.request_id {
+                        ids_in_flight.remove(id);
+                    }
+                    answers.push((a.reply, Err(e.for_waiter())));
+                }
+                // A local segment's tail is unknown now, or another node
+                // adopted this log: refuse everything until a restart
+                // replays (or starts) a log that is certainly whole.
+                if failed.is_none() && self.wal.append_failure_is_final() {
+                    tracing::error!(error = %e, "write-ahead log write failed; refusing ingest until restart");
+                    *failed = Some(format!(
+                        "the write-ahead log cannot be written ({e}); the server must be restarted"
+                    ));
+                }
             }
-        });
+        }
         for (reply, answer) in answers {
             reply.send(answer).ok();
         }
-        Ok(())
     }
 
     /// Seal the active generation and move the log to a new segment.

@@ -11,10 +11,13 @@ pub mod fence;
 pub mod local;
 pub mod object;
 
+use std::sync::{Arc, Mutex};
+
 use arrow::array::RecordBatch;
 use arrow::ipc::CompressionType;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
+use futures::future::BoxFuture;
 
 use crate::error::{Error, Result};
 use local::LocalWal;
@@ -140,7 +143,7 @@ impl Wal {
     }
 
     /// Sequence numbers of the segments in the log, ascending.
-    pub async fn segments(self: &std::sync::Arc<Self>) -> Result<Vec<u64>> {
+    pub async fn segments(self: &Arc<Self>) -> Result<Vec<u64>> {
         match &**self {
             Wal::Local(_) => {
                 let wal = self.clone();
@@ -151,7 +154,7 @@ impl Wal {
     }
 
     /// The records of segment `seq`.
-    pub async fn read(self: &std::sync::Arc<Self>, seq: u64) -> Result<Vec<Record>> {
+    pub async fn read(self: &Arc<Self>, seq: u64) -> Result<Vec<Record>> {
         match &**self {
             Wal::Local(_) => {
                 let wal = self.clone();
@@ -162,7 +165,7 @@ impl Wal {
     }
 
     /// Delete segments up to and including `seq`.
-    pub async fn delete_through(self: &std::sync::Arc<Self>, seq: u64) -> Result<()> {
+    pub async fn delete_through(self: &Arc<Self>, seq: u64) -> Result<()> {
         match &**self {
             Wal::Local(_) => {
                 let wal = self.clone();
@@ -173,13 +176,12 @@ impl Wal {
     }
 
     /// Start segment `seq`.
-    pub async fn create(self: &std::sync::Arc<Self>, seq: u64) -> Result<Segment> {
+    pub async fn create(self: &Arc<Self>, seq: u64) -> Result<Segment> {
         match &**self {
             Wal::Local(_) => {
                 let wal = self.clone();
-                Ok(Segment::Local(
-                    blocking(move || wal.local().create(seq)).await?,
-                ))
+                let segment = blocking(move || wal.local().create(seq)).await?;
+                Ok(Segment::Local(Arc::new(Mutex::new(segment))))
             }
             Wal::Object(w) => Ok(Segment::Object(w.create(seq))),
         }
@@ -193,6 +195,16 @@ impl Wal {
         match self {
             Wal::Local(_) => None,
             Wal::Object(_) => Some(CompressionType::LZ4_FRAME),
+        }
+    }
+
+    /// How many group writes may be in flight: one on local disk (a
+    /// write and an fsync of one file), several on object storage (each a
+    /// PUT of its own object, mostly waiting on the network).
+    pub fn writes_in_flight(&self) -> usize {
+        match self {
+            Wal::Local(_) => 1,
+            Wal::Object(_) => 4,
         }
     }
 
@@ -217,37 +229,27 @@ impl Wal {
 /// The segment being appended to.
 #[derive(Debug)]
 pub enum Segment {
-    /// A local file.
-    Local(local::Segment),
+    /// A local file (one write at a time: the lock is never contended).
+    Local(Arc<Mutex<local::Segment>>),
     /// A run of objects.
     Object(ObjectSegment),
 }
 
 impl Segment {
-    /// Append `records` durably; the segment comes back for the next
-    /// append (unless the writing thread died).
-    pub async fn append(self, records: Vec<Vec<u8>>) -> (Option<Self>, Result<()>) {
+    /// Start appending `records`; the future resolves once they are
+    /// durable. On object storage several may run at once, each its own
+    /// object.
+    pub fn write(&mut self, records: Vec<Vec<u8>>) -> BoxFuture<'static, Result<()>> {
         match self {
-            Segment::Local(mut s) => {
-                let joined = tokio::task::spawn_blocking(move || {
-                    let r = s.append(&records);
-                    (s, r)
-                })
-                .await;
-                match joined {
-                    Ok((s, r)) => (Some(Segment::Local(s)), r),
-                    Err(e) => (
-                        None,
-                        Err(Error::Internal(format!(
-                            "write-ahead log write failed: {e}"
-                        ))),
-                    ),
-                }
+            Segment::Local(s) => {
+                let s = s.clone();
+                Box::pin(blocking(move || {
+                    s.lock()
+                        .map_err(|_| Error::Internal("an earlier log write failed".into()))?
+                        .append(&records)
+                }))
             }
-            Segment::Object(mut s) => {
-                let r = s.append(records).await;
-                (Some(Segment::Object(s)), r)
-            }
+            Segment::Object(s) => s.write(records),
         }
     }
 }

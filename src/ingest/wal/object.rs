@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::future::BoxFuture;
 
 use super::fence::Fence;
 use super::{Record, SEGMENT_SUFFIX, decode_all};
@@ -147,12 +148,11 @@ pub struct ObjectSegment {
 }
 
 impl ObjectSegment {
-    /// Write `records` as the segment's next object. `Ok` only if the
-    /// object is written and the lease still holds, so no other node can
-    /// have listed the log yet: what is acknowledged is what an adopter
-    /// replays.
-    pub async fn append(&mut self, records: Vec<Vec<u8>>) -> Result<()> {
-        self.wal.fence.check()?;
+    /// Start writing `records` as the segment's next object. The future
+    /// is `Ok` only if the object is written and the lease still holds,
+    /// so no other node can have listed the log yet: what is acknowledged
+    /// is what an adopter replays.
+    pub fn write(&mut self, records: Vec<Vec<u8>>) -> BoxFuture<'static, Result<()>> {
         // A failed write may still have landed: never reuse its name.
         let part = self.next_part;
         self.next_part += 1;
@@ -160,9 +160,14 @@ impl ObjectSegment {
             "{}/{part:010}{SEGMENT_SUFFIX}",
             self.wal.segment_dir(self.seq)
         );
-        let body = Bytes::from(records.concat());
-        self.wal.store.write(&location, body).await?;
-        self.wal.fence.check()
+        let (store, fence) = (self.wal.store.clone(), self.wal.fence.clone());
+        Box::pin(async move {
+            fence.check()?;
+            store
+                .write(&location, Bytes::from(records.concat()))
+                .await?;
+            fence.check()
+        })
     }
 }
 
@@ -214,11 +219,11 @@ mod tests {
         let fence = Fence::take(lease).await.unwrap().expect("a free lease");
         let wal = ObjectWal::new(warehouse.store.clone(), &warehouse.warehouse, "n1", fence);
         let mut one = wal.create(1);
-        one.append(vec![record("a")]).await.unwrap();
-        one.append(vec![record("b"), record("c")]).await.unwrap();
+        one.write(vec![record("a")]).await.unwrap();
+        one.write(vec![record("b"), record("c")]).await.unwrap();
         let mut two = wal.create(2);
         for k in 0..11 {
-            two.append(vec![record(&format!("d{k}"))]).await.unwrap();
+            two.write(vec![record(&format!("d{k}"))]).await.unwrap();
         }
         // A torn object (never acknowledged): its records are ignored.
         let torn = record("torn");
@@ -251,7 +256,7 @@ mod tests {
         // Given up (or taken over): appends are refused, before and after
         // the write, and nothing more is written.
         wal.fence().release().await.unwrap();
-        let err = two.append(vec![record("late")]).await.unwrap_err();
+        let err = two.write(vec![record("late")]).await.unwrap_err();
         assert!(err.to_string().contains("lease wal/n1"), "{err}");
         assert_eq!(ids(&wal.read(2).await.unwrap()), want);
         wal.delete_through(u64::MAX).await.unwrap();
