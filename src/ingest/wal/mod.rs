@@ -199,12 +199,12 @@ impl Wal {
     }
 
     /// How many group writes may be in flight: one on local disk (a
-    /// write and an fsync of one file), several on object storage (each a
-    /// PUT of its own object, mostly waiting on the network).
+    /// write and an fsync of one file), several on S3 (each a PUT of its
+    /// own object, mostly waiting on the network).
     pub fn writes_in_flight(&self) -> usize {
         match self {
             Wal::Local(_) => 1,
-            Wal::Object(_) => 4,
+            Wal::Object(w) => w.writes_in_flight(),
         }
     }
 
