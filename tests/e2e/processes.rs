@@ -201,30 +201,8 @@ async fn kill_dash_nine_loses_no_acknowledged_row() {
     // after flushes, and during the replay of the previous kill's log.
     let flushing = ["--flush-interval-ms", "300"];
     for round in 0..4u64 {
-        let server = Server::start_with(dir.path(), &flushing);
-        let mut tasks = vec![];
-        for (client, from) in next.iter().enumerate() {
-            tasks.push(tokio::spawn(ingest_loop(
-                server.url.clone(),
-                client,
-                *from..*from + 1000,
-                acked.clone(),
-            )));
-        }
-        // Let ingest run, then pull the plug mid-stream.
-        tokio::time::sleep(Duration::from_millis(600 + 250 * round)).await;
-        server.kill9();
-        for t in tasks {
-            t.await.unwrap();
-        }
-        // Resume each client at its first unacknowledged batch (retried
-        // with the same request id: it may or may not have committed).
-        let a = acked.lock().unwrap();
-        for (client, n) in next.iter_mut().enumerate() {
-            while a.contains(&format!("c{client}b{n}")) {
-                *n += 1;
-            }
-        }
+        let run = Duration::from_millis(600 + 250 * round);
+        kill_during_ingest(dir.path(), &flushing, run, &mut next, &acked).await;
     }
     // Final round: finish the in-doubt batches, then check.
     let server = Server::start_with(dir.path(), &flushing);
@@ -243,16 +221,7 @@ async fn kill_dash_nine_loses_no_acknowledged_row() {
         acked.len(),
         present.len()
     );
-    for id in &acked {
-        assert_eq!(
-            present.get(id),
-            Some(&(ROWS as i64)),
-            "acknowledged batch {id} missing or partial"
-        );
-    }
-    for (id, n) in &present {
-        assert_eq!(*n, ROWS as i64, "batch {id} is partially visible");
-    }
+    assert_each_acked_whole(&acked, &present);
 
     // Files written by commits that never happened are found, are not
     // referenced by any snapshot, and can be deleted without changing a row.
@@ -279,6 +248,55 @@ async fn kill_dash_nine_loses_no_acknowledged_row() {
         .unwrap();
     let server = Server::start_with(dir.path(), &flushing);
     assert_eq!(batches_present(&server.url).await, present);
+}
+
+/// One round of `kill -9` during ingest: a server with `args` over `dir`,
+/// three clients ingesting from `next` for `run`, then the plug pulled.
+/// Each client's `next` moves to its first unacknowledged batch (retried
+/// later with the same request id: it may or may not have committed).
+pub(crate) async fn kill_during_ingest(
+    dir: &Path,
+    args: &[&str],
+    run: Duration,
+    next: &mut [usize; 3],
+    acked: &Arc<Mutex<BTreeSet<String>>>,
+) {
+    let server = Server::start_with(dir, args);
+    let mut tasks = vec![];
+    for (client, from) in next.iter().enumerate() {
+        tasks.push(tokio::spawn(ingest_loop(
+            server.url.clone(),
+            client,
+            *from..*from + 1000,
+            acked.clone(),
+        )));
+    }
+    tokio::time::sleep(run).await;
+    server.kill9();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let a = acked.lock().unwrap();
+    for (client, n) in next.iter_mut().enumerate() {
+        while a.contains(&format!("c{client}b{n}")) {
+            *n += 1;
+        }
+    }
+}
+
+/// Every acknowledged batch is present with all its rows, and no batch
+/// present is partial.
+pub(crate) fn assert_each_acked_whole(acked: &BTreeSet<String>, present: &BTreeMap<String, i64>) {
+    for id in acked {
+        assert_eq!(
+            present.get(id),
+            Some(&(ROWS as i64)),
+            "acknowledged batch {id} missing or partial"
+        );
+    }
+    for (id, n) in present {
+        assert_eq!(*n, ROWS as i64, "batch {id} is partially visible");
+    }
 }
 
 /// `raindrop serve` with one S3 or catalog setting wrong: exits non-zero

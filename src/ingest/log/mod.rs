@@ -1,12 +1,13 @@
 //! Buffered ingest for `raw_events`: a `DoPut` is acknowledged once its
-//! rows are fsync'd in the write-ahead log ([`super::wal`]) and held in
-//! the [`Buffer`]; a flusher commits everything buffered as one set of
-//! well-sized files and one snapshot every interval (or sooner when the
-//! buffer is large), so file size and commit rate no longer follow the
-//! client's batch size.
+//! rows are durable in the write-ahead log ([`super::wal`]: fsync'd on
+//! local disk, or a completed PUT) and held in the [`Buffer`]; a flusher
+//! commits everything buffered as one set of well-sized files and one
+//! snapshot every interval (or sooner when the buffer is large), so file
+//! size and commit rate no longer follow the client's batch size.
 //!
 //! One log task appends in order: it groups concurrent requests into one
-//! write and one fsync, adds their rows to the buffer, and seals the
+//! write (a write and an fsync, or a PUT), adds their rows to the buffer,
+//! and seals the
 //! buffer's active generation when the flusher asks, switching segments in
 //! the same step, so a segment holds exactly one generation's rows. A
 //! flush commit sets this node's mark (`raindrop.wal.<node>` = segment)

@@ -14,8 +14,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
 
 use super::fence::Fence;
 use super::{Record, SEGMENT_SUFFIX, decode_all};
@@ -109,14 +109,24 @@ impl ObjectWal {
         format!("{}/{seq:020}", self.dir)
     }
 
-    /// The records of segment `seq`, in the order they were written.
+    /// The records of segment `seq`, in the order they were written. A
+    /// segment is hundreds of small objects: they are fetched 16 at a time
+    /// (one by one, adopting three logs of 150k rows took over a minute on
+    /// a loaded test machine).
     pub async fn read(&self, seq: u64) -> Result<Vec<Record>> {
-        let mut records = vec![];
-        for part in self.parts(&self.segment_dir(seq)).await? {
-            let data = self.store.read(&part.location).await?;
-            records.extend(decode_all(&data, &part.location));
-        }
-        Ok(records)
+        let parts = self.parts(&self.segment_dir(seq)).await?;
+        let fetched: Vec<(String, Bytes)> = futures::stream::iter(parts)
+            .map(|part| async move {
+                let data = self.store.read(&part.location).await?;
+                Ok::<_, crate::error::Error>((part.location, data))
+            })
+            .buffered(16)
+            .try_collect()
+            .await?;
+        Ok(fetched
+            .iter()
+            .flat_map(|(location, data)| decode_all(data, location))
+            .collect())
     }
 
     /// Delete segments up to and including `seq`.
