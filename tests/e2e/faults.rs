@@ -174,6 +174,60 @@ async fn object_store_outage_loses_nothing_and_heals() {
     assert_exactly(&mut client, &acked).await;
 }
 
+/// With the log on object storage: a repeat of a request whose PUT is
+/// still in flight gets that PUT's outcome. Here the store is down, so
+/// both fail; answering the repeat "deduplicated" at once would have
+/// acknowledged rows that were never written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_of_a_request_being_logged_gets_its_outcome() {
+    let Some(_) = s3pg() else {
+        eprintln!("skipped: needs RAINDROP_TEST_BACKEND=s3pg");
+        return;
+    };
+    let store_root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(store_root.path().join("faults")).unwrap();
+    let port = free_port();
+    let s3 = start_s3(port, store_root.path());
+    let (server, _dir) = custom_server(|c| {
+        c.storage.warehouse = Some("s3://faults/wh".into());
+        c.storage.s3.endpoint = Some(format!("http://127.0.0.1:{port}"));
+        c.limits.flush_interval_ms = 1000;
+        c.wal_storage = raindrop::config::WalStorage::Warehouse;
+    })
+    .await;
+    let mut acked = vec![];
+    let mut client = RaindropClient::connect(&server.url(), ACME_TOKEN)
+        .await
+        .unwrap();
+    ingest_all(&mut client, 0..2, &mut acked).await;
+
+    drop(s3);
+    let url = server.url();
+    let first = tokio::spawn(async move {
+        let mut c = RaindropClient::connect(&url, ACME_TOKEN).await.unwrap();
+        c.ingest_events_once("r", vec![batch("r")]).await
+    });
+    // The first attempt's PUT is being retried against the dead store.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let repeat = client.ingest_events_once("r", vec![batch("r")]).await;
+    assert!(repeat.is_err(), "a repeat was acknowledged: {repeat:?}");
+    assert!(first.await.unwrap().is_err(), "written to a dead store");
+
+    let _s3 = start_s3(port, store_root.path());
+    retry_until_committed(
+        &mut client,
+        vec!["r".into()],
+        &mut acked,
+        Duration::from_secs(30),
+    )
+    .await;
+    client
+        .action(arrow_flight::Action::new("Flush", ""))
+        .await
+        .unwrap();
+    assert_exactly(&mut client, &acked).await;
+}
+
 /// A PostgreSQL cluster of the test's own (so stopping it disturbs no
 /// other test), in a temp dir; stopped when dropped.
 struct Postgres {

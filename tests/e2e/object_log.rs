@@ -178,3 +178,30 @@ async fn a_paused_node_whose_log_was_adopted_commits_nothing_twice() {
     assert_eq!(marks, Vec::<String>::new(), "A's mark left in the table");
     drop(a);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_repeats_of_one_request_are_all_answered_and_logged_once() {
+    let dir = setup().await;
+    let server = Server::start_with(dir.path(), &log_args("300"));
+    // A client that timed out and retried, many times over, while the
+    // first attempt may still be in flight: every attempt gets the same
+    // answer, and the rows are logged and committed once.
+    let mut tasks = vec![];
+    for _ in 0..8 {
+        let url = server.url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = RaindropClient::connect(&url, TOKEN).await.unwrap();
+            c.ingest_events_once("same", vec![crate::common::id_batch("same", ROWS)])
+                .await
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap() as usize, ROWS);
+    }
+    let want = BTreeMap::from([("same".to_string(), ROWS as i64)]);
+    assert_eq!(batches_present(&server.url).await, want);
+    sigterm_and_wait(server);
+    let server = Server::start_with(dir.path(), &log_args("300"));
+    assert_eq!(batches_present(&server.url).await, want);
+}

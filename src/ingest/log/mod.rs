@@ -308,6 +308,14 @@ impl Log {
     }
 }
 
+/// A request id whose write is in flight: its rows, and the answers
+/// owed to repeats of it that arrived meanwhile (a client that timed out
+/// and retried), given once the write's outcome is known.
+struct InFlight {
+    rows: u64,
+    repeats: Vec<oneshot::Sender<Result<Option<u64>>>>,
+}
+
 /// A group's write in flight, with the requests it answers.
 type Write = std::pin::Pin<Box<dyn Future<Output = (Vec<Append>, Result<()>)> + Send>>;
 
@@ -328,13 +336,16 @@ async fn run_log(
     let mut failed: Option<String> = None;
     let mut in_flight: FuturesOrdered<Write> = FuturesOrdered::new();
     // Request ids of the writes in flight (not yet in the buffer).
-    let mut ids_in_flight: HashMap<String, u64> = HashMap::new();
+    let mut ids_in_flight: HashMap<String, InFlight> = HashMap::new();
     loop {
         let op = tokio::select! {
             biased;
             Some((group, written)) = in_flight.next(), if !in_flight.is_empty() => {
                 let Some(log) = log.upgrade() else { return };
                 log.complete(group, written, &mut ids_in_flight, &mut failed);
+                if log.buffer.with_active(|g| g.bytes) >= log.flush_bytes {
+                    log.flush_now.notify_one();
+                }
                 continue;
             }
             op = rx.recv(), if in_flight.len() < max_in_flight => match op {
@@ -388,7 +399,7 @@ impl Log {
         &self,
         group: Vec<Append>,
         segment: &mut Option<Segment>,
-        ids_in_flight: &mut HashMap<String, u64>,
+        ids_in_flight: &mut HashMap<String, InFlight>,
     ) -> Option<Write> {
         let mut committed = None;
         let mut keep = vec![];
@@ -407,19 +418,28 @@ impl Log {
                     continue;
                 }
             };
+            // A repeat of a request still being written is answered with
+            // its outcome, which is not known yet.
+            if let Some(first) = ids_in_flight.get_mut(id) {
+                first.repeats.push(a.reply);
+                continue;
+            }
             // Buffer first, then the table: a flush adds ids to the
             // table's before it takes them out of the buffer.
-            let seen = ids_in_flight
-                .get(id)
-                .copied()
-                .or_else(|| self.buffer.pending_id(id))
+            let seen = self
+                .buffer
+                .pending_id(id)
                 .or_else(|| committed.get(id).map(|(rows, _)| rows));
             match seen {
                 Some(rows) => {
                     a.reply.send(Ok(Some(rows))).ok();
                 }
                 None => {
-                    ids_in_flight.insert(id.clone(), a.rows);
+                    let first = InFlight {
+                        rows: a.rows,
+                        repeats: vec![],
+                    };
+                    ids_in_flight.insert(id.clone(), first);
                     keep.push(a);
                 }
             }
@@ -438,33 +458,32 @@ impl Log {
         Some(Box::pin(async move { (keep, write.await) }))
     }
 
-    /// A group's write finished: buffer and answer its requests, or fail
-    /// them (and everything after, if the log cannot go on).
+    /// A group's write finished: buffer and answer its requests (and the
+    /// repeats of their ids), or fail them (and everything after, if the
+    /// log cannot go on).
     fn complete(
         &self,
         group: Vec<Append>,
         written: Result<()>,
-        ids_in_flight: &mut HashMap<String, u64>,
+        ids_in_flight: &mut HashMap<String, InFlight>,
         failed: &mut Option<String>,
     ) {
-        let mut answers = vec![];
-        match written {
+        type Outcome = (
+            Option<String>,
+            oneshot::Sender<Result<Option<u64>>>,
+            Result<()>,
+        );
+        let outcomes: Vec<Outcome> = match written {
             Ok(()) => self.buffer.with_active(|g| {
-                for a in group {
-                    if let Some(id) = &a.request_id {
-                        ids_in_flight.remove(id);
-                    }
-                    let added = g.add(a.batches, a.request_id, a.permit);
-                    answers.push((a.reply, added.map(|_| None)));
-                }
+                group
+                    .into_iter()
+                    .map(|a| {
+                        let added = g.add(a.batches, a.request_id.clone(), a.permit).map(|_| ());
+                        (a.request_id, a.reply, added)
+                    })
+                    .collect()
             }),
             Err(e) => {
-                for a in group {
-                    if let Some(id) = &a.request_id {
-                        ids_in_flight.remove(id);
-                    }
-                    answers.push((a.reply, Err(e.for_waiter())));
-                }
                 // A local segment's tail is unknown now, or another node
                 // adopted this log: refuse everything until a restart
                 // replays (or starts) a log that is certainly whole.
@@ -474,10 +493,23 @@ impl Log {
                         "the write-ahead log cannot be written ({e}); the server must be restarted"
                     ));
                 }
+                group
+                    .into_iter()
+                    .map(|a| (a.request_id, a.reply, Err(e.for_waiter())))
+                    .collect()
             }
-        }
-        for (reply, answer) in answers {
-            reply.send(answer).ok();
+        };
+        for (id, reply, outcome) in outcomes {
+            if let Some(first) = id.and_then(|id| ids_in_flight.remove(&id)) {
+                for repeat in first.repeats {
+                    let answer = match &outcome {
+                        Ok(()) => Ok(Some(first.rows)),
+                        Err(e) => Err(e.for_waiter()),
+                    };
+                    repeat.send(answer).ok();
+                }
+            }
+            reply.send(outcome.map(|()| None)).ok();
         }
     }
 
