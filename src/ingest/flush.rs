@@ -44,9 +44,10 @@ pub struct Mark {
 }
 
 impl TableWriter {
-    /// Commit a flush of the log as one snapshot, directly (the log's
-    /// flusher is the only writer of its rows; other commits to the table
-    /// race through the catalog's compare-and-swap). Requests whose ids
+    /// Commit a flush of the log as one snapshot, directly (one flusher
+    /// per log, or, for an adopted log, the `MarkGuard` between it and
+    /// a paused owner; other commits to the table race through the
+    /// catalog's compare-and-swap). Requests whose ids
     /// the table already holds (a retry another node committed first) are
     /// left out. Returns the snapshot.
     pub async fn commit_flush(&self, ident: &TableIdent, flush: Flush) -> Result<i64> {

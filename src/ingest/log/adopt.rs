@@ -55,9 +55,14 @@ impl Log {
                 fence,
             ));
             // On failure the lease is dropped unrenewed: it expires again
-            // and the next look (here or on another node) starts over.
-            self.replay_adopted(&Arc::new(theirs)).await?;
-            adopted += 1;
+            // and the next look (here or on another node) starts over. One
+            // log that fails does not hold up the others.
+            match self.replay_adopted(&Arc::new(theirs)).await {
+                Ok(()) => adopted += 1,
+                Err(e) => {
+                    tracing::warn!(node, error = %e, "adopting a stopped node's write-ahead log failed; retrying once its lease lapses")
+                }
+            }
         }
         Ok(adopted)
     }
