@@ -15,7 +15,7 @@
 //! nodes from duplicating the work (and the object-store requests it costs).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::db::CatalogDb;
 use crate::error::{Result, database_error};
@@ -109,6 +109,13 @@ impl Lease {
     /// This process's holder id.
     pub fn holder(&self) -> &str {
         &self.holder
+    }
+
+    /// Until when the holder may act on a take or renewal asked at
+    /// `asked`: two thirds of the TTL, so it stops a third of a TTL before
+    /// another node may take the lease over.
+    pub fn act_until(&self, asked: Instant) -> Instant {
+        asked + self.ttl * 2 / 3
     }
 
     /// How long a lease lasts without renewal.

@@ -17,6 +17,7 @@ use super::buffer::{committed_mark, mark_property};
 use super::commit::{Commit, TableWriter, commit_group, merge_if_due};
 use super::wal::fence::Fence;
 use super::write::prepare;
+use crate::catalog::cache::TableCache;
 use crate::error::Result;
 
 /// A flush of the write-ahead log: its requests (id and rows, in the
@@ -53,6 +54,7 @@ impl TableWriter {
     pub async fn commit_flush(&self, ident: &TableIdent, flush: Flush) -> Result<i64> {
         let guard = MarkGuard {
             inner: self.catalog.as_ref(),
+            tables: &self.tables,
             mark: &flush.mark,
         };
         let table_properties = vec![(mark_property(&flush.mark.node), flush.mark.seq.to_string())];
@@ -133,6 +135,9 @@ impl TableWriter {
 #[derive(Debug)]
 struct MarkGuard<'a> {
     inner: &'a dyn Catalog,
+    /// Reads the mark from the cached table while the catalog points at
+    /// it: one pointer read per attempt, not a metadata file.
+    tables: &'a TableCache,
     mark: &'a Mark,
 }
 
@@ -204,7 +209,11 @@ impl Catalog for MarkGuard<'_> {
         if let Some(fence) = &self.mark.fence {
             fence.check().map_err(|e| refuse(e.to_string()))?;
         }
-        let current = self.inner.load_table(commit.identifier()).await?;
+        let current = self
+            .tables
+            .load(self.inner, commit.identifier())
+            .await
+            .map_err(|e| refuse(e.to_string()))?;
         if committed_mark(&current, &self.mark.node).is_some_and(|m| m >= self.mark.seq) {
             return Err(refuse(format!(
                 "segment {} of node {} is committed already",

@@ -101,7 +101,8 @@ impl Holding {
             let got = self.lease.try_acquire().await;
             let was = self.held();
             let now_held = matches!(got, Ok(true));
-            *self.until.lock().expect("lease state") = now_held.then(|| asked + ttl * 2 / 3);
+            *self.until.lock().expect("lease state") =
+                now_held.then(|| self.lease.act_until(asked));
             crate::metrics::metrics()
                 .maintenance_lease_held
                 .set(i64::from(now_held));

@@ -5,7 +5,7 @@
 //! under the dead node's mark (the same exactly-once as a replay), then
 //! deletes the log, the mark and the lease.
 
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::Duration;
 
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
@@ -57,7 +57,7 @@ impl Log {
             // On failure the lease is dropped unrenewed: it expires again
             // and the next look (here or on another node) starts over. One
             // log that fails does not hold up the others.
-            match self.replay_adopted(&Arc::new(theirs)).await {
+            match self.replay_adopted(&theirs).await {
                 Ok(()) => adopted += 1,
                 Err(e) => {
                     tracing::warn!(node, error = %e, "adopting a stopped node's write-ahead log failed; retrying once its lease lapses")
@@ -67,7 +67,7 @@ impl Log {
         Ok(adopted)
     }
 
-    async fn replay_adopted(&self, wal: &Arc<Wal>) -> Result<()> {
+    async fn replay_adopted(&self, wal: &Wal) -> Result<()> {
         let mut rows = 0;
         let segments = wal.segments().await?;
         for &seq in &segments {

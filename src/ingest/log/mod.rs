@@ -568,7 +568,9 @@ async fn open_wal(place: &WalPlace, warehouse: &Warehouse) -> Result<Wal> {
     match place {
         WalPlace::Local(dir) => {
             let dir = dir.clone();
-            Ok(Wal::Local(blocking(move || LocalWal::open(&dir)).await?))
+            Ok(Wal::Local(Arc::new(
+                blocking(move || LocalWal::open(&dir)).await?,
+            )))
         }
         WalPlace::Warehouse { lease_ttl } => {
             let node = uuid::Uuid::new_v4().simple().to_string();

@@ -32,10 +32,10 @@ impl Fence {
         if !lease.try_acquire().await? {
             return Ok(None);
         }
-        let ttl = lease.ttl();
+        let until = lease.act_until(asked);
         let fence = Arc::new(Self {
             lease,
-            until: Mutex::new(Some(asked + ttl * 2 / 3)),
+            until: Mutex::new(Some(until)),
             lost: AtomicBool::new(false),
             released: AtomicBool::new(false),
         });
@@ -93,7 +93,7 @@ async fn renew(fence: Weak<Fence>) {
         match f.lease.renew().await {
             Ok(true) => {
                 if !f.released.load(Ordering::Acquire) {
-                    *f.until.lock().expect("fence state") = Some(asked + ttl * 2 / 3);
+                    *f.until.lock().expect("fence state") = Some(f.lease.act_until(asked));
                 }
             }
             Ok(false) => {

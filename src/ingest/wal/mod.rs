@@ -127,8 +127,9 @@ pub fn decode_all(data: &[u8], origin: &str) -> Vec<Record> {
 /// This node's log, on local disk or on object storage.
 #[derive(Debug)]
 pub enum Wal {
-    /// A directory on the node's disk.
-    Local(LocalWal),
+    /// A directory on the node's disk (shared with the blocking threads
+    /// that do its I/O).
+    Local(Arc<LocalWal>),
     /// Objects in the warehouse, under a lease.
     Object(ObjectWal),
 }
@@ -143,44 +144,44 @@ impl Wal {
     }
 
     /// Sequence numbers of the segments in the log, ascending.
-    pub async fn segments(self: &Arc<Self>) -> Result<Vec<u64>> {
-        match &**self {
-            Wal::Local(_) => {
-                let wal = self.clone();
-                blocking(move || wal.local().segments()).await
+    pub async fn segments(&self) -> Result<Vec<u64>> {
+        match self {
+            Wal::Local(w) => {
+                let w = w.clone();
+                blocking(move || w.segments()).await
             }
             Wal::Object(w) => w.segments().await,
         }
     }
 
     /// The records of segment `seq`.
-    pub async fn read(self: &Arc<Self>, seq: u64) -> Result<Vec<Record>> {
-        match &**self {
-            Wal::Local(_) => {
-                let wal = self.clone();
-                blocking(move || wal.local().read(seq)).await
+    pub async fn read(&self, seq: u64) -> Result<Vec<Record>> {
+        match self {
+            Wal::Local(w) => {
+                let w = w.clone();
+                blocking(move || w.read(seq)).await
             }
             Wal::Object(w) => w.read(seq).await,
         }
     }
 
     /// Delete segments up to and including `seq`.
-    pub async fn delete_through(self: &Arc<Self>, seq: u64) -> Result<()> {
-        match &**self {
-            Wal::Local(_) => {
-                let wal = self.clone();
-                blocking(move || wal.local().delete_through(seq)).await
+    pub async fn delete_through(&self, seq: u64) -> Result<()> {
+        match self {
+            Wal::Local(w) => {
+                let w = w.clone();
+                blocking(move || w.delete_through(seq)).await
             }
             Wal::Object(w) => w.delete_through(seq).await,
         }
     }
 
     /// Start segment `seq`.
-    pub async fn create(self: &Arc<Self>, seq: u64) -> Result<Segment> {
-        match &**self {
-            Wal::Local(_) => {
-                let wal = self.clone();
-                let segment = blocking(move || wal.local().create(seq)).await?;
+    pub async fn create(&self, seq: u64) -> Result<Segment> {
+        match self {
+            Wal::Local(w) => {
+                let w = w.clone();
+                let segment = blocking(move || w.create(seq)).await?;
                 Ok(Segment::Local(Arc::new(Mutex::new(segment))))
             }
             Wal::Object(w) => Ok(Segment::Object(w.create(seq))),
@@ -215,13 +216,6 @@ impl Wal {
         match self {
             Wal::Local(_) => true,
             Wal::Object(w) => w.fence().lost(),
-        }
-    }
-
-    fn local(&self) -> &LocalWal {
-        match self {
-            Wal::Local(w) => w,
-            Wal::Object(_) => unreachable!("called for local logs only"),
         }
     }
 }
