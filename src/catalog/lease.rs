@@ -85,6 +85,12 @@ impl Lease {
         self.expired_at(prefix, now_ms()).await
     }
 
+    /// Names of all this catalog's leases that start with `prefix`,
+    /// expired or not.
+    pub async fn names(&self, prefix: &str) -> Result<Vec<String>> {
+        self.expired_at(prefix, i64::MAX).await
+    }
+
     async fn expired_at(&self, prefix: &str, now: i64) -> Result<Vec<String>> {
         let sql = self.db.sql(
             "SELECT lease_name FROM raindrop_leases WHERE catalog_name = ? \
@@ -267,6 +273,7 @@ mod tests {
             assert!(lease.acquire_at(t0).await.unwrap());
         }
         assert!(a.expired_at("wal/", t0 + 1000).await.unwrap().is_empty());
+        assert_eq!(a.names("wal/").await.unwrap(), ["wal/a", "wal/b"]);
         // After the TTL both logs' leases are listed, the other one is not.
         assert_eq!(
             a.expired_at("wal/", t0 + 31_000).await.unwrap(),
@@ -281,6 +288,7 @@ mod tests {
         adopter.release().await.unwrap();
         assert!(!b.renew().await.unwrap());
         assert_eq!(b.current().await.unwrap(), None);
+        assert_eq!(a.names("wal/").await.unwrap(), ["wal/a"]);
         // The holder itself renews, even after expiry while nobody took it.
         assert!(a.renew().await.unwrap());
         assert_eq!(a.current().await.unwrap(), Some(("a".into(), true)));

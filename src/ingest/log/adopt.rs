@@ -3,10 +3,13 @@
 //! commits what its log holds. Every node looks for expired `wal/<node>`
 //! leases every half TTL, takes one, commits the segments the table lacks
 //! under the dead node's mark (the same exactly-once as a replay), then
-//! deletes the log, the mark and the lease.
+//! deletes the log, the mark and the lease. Now and then it also deletes
+//! objects written to a log after it was retired ([`orphans`]).
 
 use std::sync::Weak;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
 
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 
@@ -15,15 +18,27 @@ use crate::error::Result;
 use crate::ingest::buffer::{Generation, mark_property};
 use crate::ingest::wal::Wal;
 use crate::ingest::wal::fence::Fence;
-use crate::ingest::wal::object::{LEASE_PREFIX, ObjectWal};
+use crate::ingest::wal::object::{LEASE_PREFIX, ObjectWal, orphans};
 
-/// Look for logs to adopt every `every`, while the log lives.
+/// Looks for logs to adopt between two sweeps for orphaned objects: every
+/// 10 TTLs (5 minutes by default), one listing of `_raindrop/wal/`.
+const SWEEP_EVERY: u32 = 20;
+
+/// Look for logs to adopt every `every` (half the lease TTL), while the
+/// log lives.
 pub(super) async fn run(log: Weak<Log>, every: Duration) {
-    loop {
+    for look in 1u32.. {
         tokio::time::sleep(every).await;
         let Some(log) = log.upgrade() else { return };
         if let Err(e) = log.adopt_expired().await {
             tracing::warn!(error = %e, "adopting the write-ahead logs of stopped nodes failed; retrying");
+        }
+        // Only objects older than two TTLs: margin beyond what the
+        // listing-then-leases order already guarantees.
+        if look % SWEEP_EVERY == 0
+            && let Err(e) = log.sweep_orphans(every * 4).await
+        {
+            tracing::warn!(error = %e, "deleting orphaned write-ahead log objects failed; retrying later");
         }
     }
 }
@@ -65,6 +80,33 @@ impl Log {
             }
         }
         Ok(adopted)
+    }
+
+    /// Delete objects of retired logs older than `grace`; how many.
+    pub async fn sweep_orphans(&self, grace: Duration) -> Result<usize> {
+        let Wal::Object(own) = &*self.wal else {
+            return Ok(0);
+        };
+        let store = &self.warehouse.store;
+        let before = SystemTime::now() - grace;
+        let doomed = orphans(
+            store,
+            &self.warehouse.warehouse,
+            own.fence().lease(),
+            before,
+        )
+        .await?;
+        let count = doomed.len();
+        if count > 0 {
+            store
+                .delete_stream(futures::stream::iter(doomed).boxed())
+                .await?;
+            tracing::info!(
+                objects = count,
+                "deleted write-ahead log objects written after their log was adopted (never acknowledged)"
+            );
+        }
+        Ok(count)
     }
 
     async fn replay_adopted(&self, wal: &Wal) -> Result<()> {

@@ -11,7 +11,9 @@
 //! these objects: vended credentials and signed reads cover table files
 //! only.
 
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -19,6 +21,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::fence::Fence;
 use super::{Record, SEGMENT_SUFFIX, decode_all};
+use crate::catalog::lease::Lease;
 use crate::error::Result;
 use crate::storage::Store;
 
@@ -30,6 +33,44 @@ pub const LEASE_PREFIX: &str = "wal/";
 /// The name of `node`'s log lease.
 pub fn lease_name(node: &str) -> String {
     format!("{LEASE_PREFIX}{node}")
+}
+
+/// Objects of logs whose lease is gone, written before `before`: PUTs of a
+/// paused node that landed after an adopter had listed and deleted its
+/// log. None was acknowledged (the node's lease had lapsed), and no
+/// adopter will ever look there again, so only this sweep deletes them.
+///
+/// The listing comes first: a node takes its lease before its first
+/// write, so any object listed belongs to a node whose lease row existed
+/// then, and a row missing afterwards was released (the log retired).
+/// Read in the other order, a node starting in between would lose its
+/// first parts.
+pub async fn orphans(
+    store: &Store,
+    warehouse_root: &str,
+    leases: &Lease,
+    before: SystemTime,
+) -> Result<Vec<String>> {
+    let root = format!("{}/{ROOT}", warehouse_root.trim_end_matches('/'));
+    let listed = store.list(&root).await?;
+    let leased: HashSet<String> = leases
+        .names(LEASE_PREFIX)
+        .await?
+        .into_iter()
+        .filter_map(|name| name.strip_prefix(LEASE_PREFIX).map(str::to_string))
+        .collect();
+    let prefix = format!("{root}/");
+    Ok(listed
+        .into_iter()
+        .filter(|o| o.modified < before)
+        .filter(|o| {
+            o.location
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.split_once('/'))
+                .is_some_and(|(node, _)| !leased.contains(node))
+        })
+        .map(|o| o.location)
+        .collect())
 }
 
 /// One node's log on object storage.
@@ -278,5 +319,52 @@ mod tests {
         assert_eq!(ids(&wal.read(2).await.unwrap()), want);
         wal.delete_through(u64::MAX).await.unwrap();
         assert!(wal.segments().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_objects_of_logs_without_a_lease_are_orphans() {
+        let dir = tempfile::tempdir().unwrap();
+        let warehouse = open(&StorageConfig::in_dir(dir.path())).await.unwrap();
+        let ttl = Duration::from_secs(30);
+        let log = async |node: &str| {
+            let (uri, catalog) = (&warehouse.catalog_uri, &warehouse.catalog_name);
+            let name = lease_name(node);
+            let lease = Lease::open(uri, catalog, &name, node.into(), ttl).await;
+            let fence = Fence::take(lease.unwrap()).await.unwrap();
+            let wal = ObjectWal::new(
+                warehouse.store.clone(),
+                &warehouse.warehouse,
+                node,
+                fence.expect("a free lease"),
+            );
+            wal.create(1).write(vec![record(node)]).await.unwrap();
+            wal
+        };
+        // A running node, a node whose log waits to be adopted (its lease
+        // lapsed, the row stays) and a retired one with a late PUT.
+        let running = log("n1").await;
+        let stopped = log("n2").await;
+        let retired = log("n3").await;
+        let late = format!("{}/{:010}{SEGMENT_SUFFIX}", retired.segment_dir(1), 7);
+        retired.delete_through(u64::MAX).await.unwrap();
+        retired.fence().release().await.unwrap();
+        warehouse
+            .store
+            .write(&late, Bytes::from(record("late")))
+            .await
+            .unwrap();
+        let leases = running.fence().lease();
+        let store = &warehouse.store;
+        let soon = SystemTime::now() + Duration::from_secs(1);
+        let found = orphans(store, &warehouse.warehouse, leases, soon).await;
+        assert_eq!(found.unwrap(), [late.clone()]);
+        // Younger than the grace: kept for now.
+        let before = SystemTime::now() - Duration::from_secs(3600);
+        let found = orphans(store, &warehouse.warehouse, leases, before).await;
+        assert!(found.unwrap().is_empty());
+        // The others' parts are all still there.
+        for wal in [&running, &stopped] {
+            assert_eq!(wal.segments().await.unwrap(), [1], "{}", wal.node());
+        }
     }
 }
