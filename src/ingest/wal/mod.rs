@@ -190,12 +190,11 @@ impl Wal {
 
     /// How records are compressed: not on local disk, where the fsync
     /// costs the same for more bytes and compressing would take CPU from
-    /// requests; LZ4 on object storage, where a PUT's time follows its
-    /// size (telemetry's Arrow buffers shrink several-fold).
+    /// requests; on object storage as [`ObjectWal::compression`] says.
     pub fn compression(&self) -> Option<CompressionType> {
         match self {
             Wal::Local(_) => None,
-            Wal::Object(_) => Some(CompressionType::LZ4_FRAME),
+            Wal::Object(w) => Some(w.compression()),
         }
     }
 
