@@ -371,7 +371,7 @@ mod tests {
         let store = &warehouse.store;
         let soon = SystemTime::now() + Duration::from_secs(1);
         let found = orphans(store, &warehouse.warehouse, leases, soon).await;
-        assert_eq!(found.unwrap(), [late.clone()]);
+        assert_eq!(found.unwrap(), [late]);
         // Younger than the grace: kept for now.
         let before = SystemTime::now() - Duration::from_secs(3600);
         let found = orphans(store, &warehouse.warehouse, leases, before).await;
