@@ -192,10 +192,15 @@ async fn start(
     if std::env::var("RAINDROP_BENCH_BACKEND").is_ok_and(|v| v == "s3pg") {
         let env =
             |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k}: run inside services_start"));
-        // Short: s3s-fs names a multipart upload's files after the key,
-        // and a long prefix made them exceed 255 bytes (its writes failed).
+        // A bucket of its own (on s3s-fs, a directory under its root), no
+        // key prefix: s3s-fs names a multipart upload's files after the
+        // base64 of the key, and with any prefix the names of a tenant
+        // `project-10`'s compacted files passed 255 bytes (its writes
+        // failed).
         let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
-        serve.storage.warehouse = Some(format!("s3://{}/b{run}", env("RAINDROP_TEST_S3_BUCKET")));
+        std::fs::create_dir_all(Path::new(&env("RAINDROP_TEST_S3_ROOT")).join(format!("b{run}")))
+            .expect("creating the run's bucket under RAINDROP_TEST_S3_ROOT");
+        serve.storage.warehouse = Some(format!("s3://b{run}"));
         serve.storage.catalog_uri = Some(env("RAINDROP_TEST_PG_URI"));
         serve.storage.catalog_name = format!("b{run}");
         serve.storage.s3 = raindrop::storage::S3Config {
