@@ -113,7 +113,12 @@ impl ObjectWal {
     /// ends in a `syncfs` of the whole file system, and concurrent ones
     /// slowed a 50k-row stream by a third (`benches/README.md`).
     pub fn writes_in_flight(&self) -> usize {
-        if self.dir.starts_with("s3://") { 4 } else { 1 }
+        if self.on_s3() { 4 } else { 1 }
+    }
+
+    /// Whether the log is on S3 rather than in a local warehouse.
+    fn on_s3(&self) -> bool {
+        self.dir.starts_with("s3://")
     }
 
     /// How records are compressed. On S3 a PUT's time follows its size:
@@ -122,7 +127,7 @@ impl ObjectWal {
     /// In a local warehouse the same CPU cut a 1k-row stream by a third,
     /// so LZ4 there (`benches/README.md`).
     pub fn compression(&self) -> CompressionType {
-        if self.dir.starts_with("s3://") {
+        if self.on_s3() {
             CompressionType::ZSTD
         } else {
             CompressionType::LZ4_FRAME
