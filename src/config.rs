@@ -309,6 +309,12 @@ pub mod limits {
     pub const FLUSH_INTERVAL_MS: u64 = 10_000;
     /// Default of `--flush-mib`.
     pub const FLUSH_MIB: usize = 256;
+    /// Default of `--flush-hold-mib`: a project with less than this
+    /// buffered (Arrow bytes; about a fifth as Parquet) waits for more.
+    pub const FLUSH_HOLD_MIB: usize = 8;
+    /// Default of `--flush-hold-ms`: six flush intervals, so a quiet
+    /// tenant-day gains a file a minute instead of one per flush.
+    pub const FLUSH_HOLD_MS: u64 = 60_000;
     /// Default of `--compact-interval-secs`.
     /// Tiered runs are short, and a hot tenant-day gains a file per flush:
     /// frequent runs keep its small files few (`benches/stream.rs` soak).
@@ -378,6 +384,15 @@ pub struct LimitsConfig {
     /// Commit buffered rows sooner once this many MiB are buffered.
     #[clap(long, env = "RAINDROP_FLUSH_MIB", default_value_t = limits::FLUSH_MIB)]
     pub flush_mib: usize,
+    /// A flush holds back a project's rows while it has less than this
+    /// many MiB buffered (and they are younger than `--flush-hold-ms`), so
+    /// small tenants do not get a tiny file per flush. 0 = never hold.
+    #[clap(long, env = "RAINDROP_FLUSH_HOLD_MIB", default_value_t = limits::FLUSH_HOLD_MIB)]
+    pub flush_hold_mib: usize,
+    /// The longest a held-back project's rows wait, in ms: other engines
+    /// see a small tenant's rows up to this much later.
+    #[clap(long, env = "RAINDROP_FLUSH_HOLD_MS", default_value_t = limits::FLUSH_HOLD_MS)]
+    pub flush_hold_ms: u64,
     /// How often the server compacts `raw_events` (merges each
     /// partition's small files of similar size), in seconds, besides right
     /// after each flush of this node; 0 disables it. With
@@ -460,6 +475,8 @@ impl Default for LimitsConfig {
             commit_max_delay_ms: limits::COMMIT_MAX_DELAY_MS,
             flush_interval_ms: limits::FLUSH_INTERVAL_MS,
             flush_mib: limits::FLUSH_MIB,
+            flush_hold_mib: limits::FLUSH_HOLD_MIB,
+            flush_hold_ms: limits::FLUSH_HOLD_MS,
             compact_interval_secs: limits::COMPACT_INTERVAL_SECS,
             compact_min_files: compact::BACKGROUND_MIN_FILES,
             compact_max_files: compact::BACKGROUND_MAX_FILES,

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::flight::{RaindropFlightService, Services};
 use crate::ingest::Ingestor;
 use crate::ingest::commit::CommitConfig;
-use crate::ingest::log::LogConfig;
+use crate::ingest::log::{HoldPolicy, LogConfig};
 use crate::maintenance::Retention;
 use crate::maintenance::compact::CompactOptions;
 use crate::maintenance::expire::MIN_RETAINED_SNAPSHOTS;
@@ -98,6 +98,12 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
                 // Below the ingest budget, so a full buffer flushes before
                 // it refuses new rows.
                 flush_bytes: (limits.flush_mib * MIB).min(limits.max_buffered_mib * MIB / 2),
+                hold: (limits.flush_hold_mib > 0 && limits.flush_hold_ms > 0).then(|| HoldPolicy {
+                    min_bytes: limits.flush_hold_mib * MIB,
+                    max_age: Duration::from_millis(limits.flush_hold_ms),
+                    // Held rows leave room for a flush's worth of new ones.
+                    max_bytes: (limits.flush_mib * MIB).min(limits.max_buffered_mib * MIB / 2) / 2,
+                }),
                 flushed,
             })
             .await?;

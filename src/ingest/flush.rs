@@ -2,10 +2,9 @@
 //! many requests as one snapshot, with the node's mark set in the same
 //! commit, through the same file writer and commit path as group commit.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
 use async_trait::async_trait;
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
@@ -13,7 +12,7 @@ use iceberg::{
     Catalog, ErrorKind, Namespace, NamespaceIdent, TableCommit, TableCreation, TableIdent,
 };
 
-use super::buffer::{committed_mark, mark_property};
+use super::buffer::{Committed, Request, committed_mark, held_property, mark_property};
 use super::commit::{Commit, TableWriter, commit_group, merge_if_due};
 use super::wal::fence::Fence;
 use super::write::prepare;
@@ -22,13 +21,15 @@ use crate::error::Result;
 
 /// A flush of the write-ahead log: its requests (id and rows, in the
 /// table's Arrow schema) and the segment they are, recorded in the same
-/// commit.
+/// commit with the projects whose rows it holds back.
 #[derive(Debug)]
 pub struct Flush {
-    /// Each request's id and rows.
-    pub requests: Vec<(Option<String>, Vec<RecordBatch>)>,
+    /// Each request's id and the rows written now.
+    pub requests: Vec<Request>,
     /// The log segment the rows come from.
     pub mark: Mark,
+    /// Projects held back, each with its first segment held.
+    pub held: BTreeMap<String, u64>,
 }
 
 /// A log segment as the table records it: `raindrop.wal.<node>` = `seq`
@@ -57,25 +58,37 @@ impl TableWriter {
             tables: &self.tables,
             mark: &flush.mark,
         };
-        let table_properties = vec![(mark_property(&flush.mark.node), flush.mark.seq.to_string())];
+        let mut table_properties =
+            vec![(mark_property(&flush.mark.node), flush.mark.seq.to_string())];
         let dedup = self.dedup(ident).await?;
         let table = self.tables.load(self.catalog.as_ref(), ident).await?;
         dedup.learn(&table);
+        // Only tables that hold (or held) rows back carry the property.
+        let had_held = !Committed::of(&table, &flush.mark.node).held.is_empty();
+        if had_held || !flush.held.is_empty() {
+            table_properties.push((
+                held_property(&flush.mark.node),
+                Committed::encode_held(&flush.held),
+            ));
+        }
         let mut ids = vec![];
         let mut batches = vec![];
-        for (id, rows) in flush.requests {
-            match id {
+        for request in flush.requests {
+            let rows = request.parts.into_iter().map(|(_, b)| b);
+            match request.id {
                 Some(id) if dedup.get(&id).is_some() => {
                     tracing::debug!(request_id = %id, "left out of the flush: another node committed it");
                 }
                 Some(id) => {
-                    ids.push((id, rows.iter().map(|b| b.num_rows() as u64).sum()));
+                    ids.push((id, request.rows));
                     batches.extend(rows);
                 }
                 None => batches.extend(rows),
             }
         }
-        if batches.is_empty() {
+        // Ids whose rows are all held back still make a snapshot: their
+        // record lives in snapshot summaries.
+        if batches.is_empty() && ids.is_empty() {
             // Only the mark: the log's segment may then be deleted.
             let tx = Transaction::new(&table);
             let set = table_properties

@@ -61,7 +61,7 @@ impl Held {
 /// `benches/buffer_memory.py`), and the flush still needs the rows as they
 /// arrived, so it holds ingest budget (`--max-buffered-mib`); when there
 /// is none left, queries read the batches as they are.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct ProjectRows {
     /// Batches in arrival order.
     pub(super) batches: Vec<Held>,
@@ -73,12 +73,12 @@ pub(super) struct ProjectRows {
 }
 
 /// `project`'s rows in `by_project` (all projects for `None`), gathered
-/// as far as `budget` has room.
+/// as far as `budget` has room, by project.
 pub(super) fn gathered(
     by_project: &Mutex<ByProject>,
     project: Option<&str>,
     budget: Option<&Budget>,
-) -> Vec<RecordBatch> {
+) -> Vec<(String, Vec<RecordBatch>)> {
     /// One project's rows as read, then as gathered.
     struct Read {
         project: String,
@@ -112,10 +112,12 @@ pub(super) fn gathered(
                 read.batches.push(batch);
                 gather_last(&mut read.batches, budget);
             }
-            out.extend(read.batches.iter().map(|h| h.batch.clone()));
+            let batches = read.batches.iter().map(|h| h.batch.clone()).collect();
+            out.push((read.project.clone(), batches));
             done.push(read);
         } else {
-            out.extend(read.batches.into_iter().map(|h| h.batch));
+            let batches = read.batches.into_iter().map(|h| h.batch).collect();
+            out.push((read.project, batches));
         }
     }
     if !done.is_empty() {

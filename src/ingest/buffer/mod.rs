@@ -4,16 +4,17 @@
 //! them).
 //!
 //! Rows arrive in the *active* generation, whose rows are logged in one
-//! segment. A flush *seals* it (the log moves to a new segment), commits
-//! its rows, and removes it once the commit is confirmed. A query takes
-//! the buffered rows first and the table second, then drops every sealed
-//! generation the table already holds (the table's per-node mark, see
-//! [`committed_mark`]): rows are seen exactly once whichever way the race
-//! with a flush goes.
+//! segment. A flush *seals* it (the log moves to a new segment) and
+//! commits its rows, except those of projects too small for a file of
+//! their own yet: those stay, as the generation's *held* part, until a
+//! later flush writes them (see [`Committed`]). A query takes the
+//! buffered rows first and the table second, then drops every row the
+//! table already holds (by the table's per-node mark and held projects):
+//! rows are seen exactly once whichever way the race with a flush goes.
 
 mod gather;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -46,15 +47,106 @@ pub fn committed_mark(table: &Table, node: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Table property prefix: `raindrop.wal-held.<node>` = the projects
+/// whose rows that node still holds back from segments its mark covers,
+/// each with the first such segment (`project=segment,...`). Set in the
+/// same commit as the mark.
+pub const HELD_PROPERTY_PREFIX: &str = "raindrop.wal-held.";
+
+/// Name of `node`'s held-projects property.
+pub fn held_property(node: &str) -> String {
+    format!("{HELD_PROPERTY_PREFIX}{node}")
+}
+
+/// What a table holds of one node's log: every row of the segments
+/// through `mark`, except the rows of the `held` projects from their
+/// segment on, which the node still buffers (a small project's rows wait
+/// for a file of a sensible size). A held project's rows are written all
+/// at once, so one segment per project says it all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// The last segment committed.
+    pub mark: Option<u64>,
+    /// Project → its first segment whose rows are held back.
+    pub held: BTreeMap<String, u64>,
+}
+
+impl Committed {
+    /// What `table` holds of `node`'s log.
+    pub fn of(table: &Table, node: &str) -> Self {
+        let properties = table.metadata().properties();
+        let held = properties
+            .get(&held_property(node))
+            .map(|v| Self::decode_held(v))
+            .unwrap_or_default();
+        Self {
+            mark: committed_mark(table, node),
+            held,
+        }
+    }
+
+    /// Whether the table holds `project`'s rows of segment `seq` (rows
+    /// without a project go with their segment).
+    pub fn holds(&self, seq: u64, project: Option<&str>) -> bool {
+        let held_back = project
+            .and_then(|p| self.held.get(p))
+            .is_some_and(|&from| seq >= from);
+        self.mark.is_some_and(|m| seq <= m) && !held_back
+    }
+
+    /// The last segment the log no longer needs (all its rows committed).
+    pub fn done_through(&self) -> Option<u64> {
+        let mark = self.mark?;
+        match self.held.values().min() {
+            Some(&0) => None,
+            Some(&first) => Some(mark.min(first - 1)),
+            None => Some(mark),
+        }
+    }
+
+    /// The held projects as the table property's value.
+    pub fn encode_held(held: &BTreeMap<String, u64>) -> String {
+        held.iter()
+            .map(|(p, s)| format!("{p}={s}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The property value back as held projects.
+    pub fn decode_held(value: &str) -> BTreeMap<String, u64> {
+        value
+            .split(',')
+            .filter_map(|pair| {
+                let (p, s) = pair.rsplit_once('=')?;
+                Some((p.to_string(), s.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+/// One request's rows in a generation.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Its id, recorded with the commit of its segment: a flush leaves out
+    /// requests another node committed meanwhile (a client's retry sent
+    /// there). `None` for rows held back from a committed segment.
+    pub id: Option<String>,
+    /// Rows it brought (those the id's retries are answered with).
+    pub rows: u64,
+    /// Its rows in slices of one project each (`None`: no project column).
+    pub parts: Vec<(Option<String>, RecordBatch)>,
+}
+
 /// Rows of one log segment.
 #[derive(Debug)]
 pub struct Generation {
     /// The segment holding these rows.
     pub seq: u64,
-    /// Each request's rows (sorted by project if it held several), with
-    /// its id: a flush leaves out requests another node committed
-    /// meanwhile (a client's retry sent there).
-    requests: Vec<(Option<String>, Vec<RecordBatch>)>,
+    /// The segment is committed: these are the rows a flush held back
+    /// (small projects), anonymous, written by a later flush.
+    pub held: bool,
+    /// Each request's rows, in log order.
+    requests: Vec<Request>,
     /// The same rows by project, for queries. Queries gather them (see
     /// [`ProjectRows`]), sealed generations' too, hence the lock.
     by_project: Arc<Mutex<ByProject>>,
@@ -66,8 +158,9 @@ pub struct Generation {
     pub bytes: usize,
     /// When the first row arrived.
     pub since: Option<Instant>,
-    /// The ingest-memory budget these rows hold until they are committed.
-    _permits: Vec<OwnedSemaphorePermit>,
+    /// The ingest-memory budget these rows hold until they are committed
+    /// (split when only a held part stays).
+    permits: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl Generation {
@@ -75,19 +168,76 @@ impl Generation {
     pub fn new(seq: u64) -> Self {
         Self {
             seq,
+            held: false,
             requests: vec![],
             by_project: Arc::default(),
             ids: HashMap::new(),
             rows: 0,
             bytes: 0,
             since: None,
-            _permits: vec![],
+            permits: Mutex::default(),
         }
     }
 
     /// Each request's id and rows, in log order.
-    pub fn requests(&self) -> Vec<(Option<String>, Vec<RecordBatch>)> {
-        self.requests.clone()
+    pub fn requests(&self) -> &[Request] {
+        &self.requests
+    }
+
+    /// Arrow bytes buffered per project.
+    pub fn project_bytes(&self) -> HashMap<Option<&str>, usize> {
+        let mut out: HashMap<Option<&str>, usize> = HashMap::new();
+        for (project, batch) in self.requests.iter().flat_map(|r| &r.parts) {
+            *out.entry(project.as_deref()).or_default() += batch_bytes(batch);
+        }
+        out
+    }
+
+    /// The rows of the projects `keep` says, as the held part of this
+    /// generation once its segment is committed (`None` if none are
+    /// kept). It takes their share of the ingest budget; the rest returns
+    /// when this generation is dropped.
+    pub fn held_part(&self, keep: impl Fn(&str) -> bool) -> Option<Generation> {
+        let mut held = Generation::new(self.seq);
+        held.held = true;
+        held.since = self.since;
+        for request in &self.requests {
+            let parts: Vec<_> = request
+                .parts
+                .iter()
+                .filter(|(p, _)| p.as_deref().is_some_and(&keep))
+                .cloned()
+                .collect();
+            if parts.is_empty() {
+                continue;
+            }
+            let rows = parts.iter().map(|(_, b)| b.num_rows() as u64).sum();
+            held.rows += rows;
+            held.bytes += parts.iter().map(|(_, b)| batch_bytes(b)).sum::<usize>();
+            held.requests.push(Request {
+                id: None,
+                rows,
+                parts,
+            });
+        }
+        if held.rows == 0 {
+            return None;
+        }
+        {
+            let from = self.by_project.lock().expect("buffered rows lock");
+            let mut to = held.by_project.lock().expect("buffered rows lock");
+            to.extend(
+                from.iter()
+                    .filter(|(p, _)| keep(p))
+                    .map(|(p, r)| (p.clone(), r.clone())),
+            );
+        }
+        let mut permits = self.permits.lock().expect("permits lock");
+        if let Some(all) = permits.as_mut() {
+            let kib = held.bytes.div_ceil(1024).min(all.num_permits());
+            *held.permits.get_mut().expect("permits lock") = all.split(kib);
+        }
+        Some(held)
     }
 
     /// Add rows (one request's) to this generation.
@@ -111,7 +261,7 @@ impl Generation {
         {
             let mut by_project = self.by_project.lock().expect("buffered rows lock");
             for (project, part) in parts.into_iter().flatten() {
-                kept.push(part.clone());
+                kept.push((project.clone(), part.clone()));
                 if let Some(project) = project {
                     by_project
                         .entry(project)
@@ -124,11 +274,21 @@ impl Generation {
         if let Some(id) = &request_id {
             self.ids.insert(id.clone(), rows);
         }
-        self.requests.push((request_id, kept));
+        self.requests.push(Request {
+            id: request_id,
+            rows,
+            parts: kept,
+        });
         self.bytes += bytes;
         self.rows += rows;
         self.since.get_or_insert_with(Instant::now);
-        self._permits.extend(permit);
+        if let Some(permit) = permit {
+            let mut permits = self.permits.lock().expect("permits lock");
+            match permits.as_mut() {
+                Some(p) => p.merge(permit),
+                None => *permits = Some(permit),
+            }
+        }
         Ok(())
     }
 }
@@ -152,19 +312,20 @@ pub struct Buffer {
 #[derive(Debug, Default)]
 pub struct Taken {
     node: String,
-    /// (segment, rows) of each generation, the active one included: it may
-    /// be sealed and committed before the query loads the table.
-    parts: Vec<(u64, Vec<RecordBatch>)>,
+    /// (segment, project, rows) of each generation, the active one
+    /// included: it may be sealed and committed before the query loads
+    /// the table.
+    parts: Vec<(u64, String, Vec<RecordBatch>)>,
 }
 
 impl Taken {
     /// The rows `table` does not hold yet.
     pub fn not_in(self, table: &Table) -> Vec<RecordBatch> {
-        let mark = committed_mark(table, &self.node);
+        let committed = Committed::of(table, &self.node);
         self.parts
             .into_iter()
-            .filter(|(seq, _)| mark.is_none_or(|m| *seq > m))
-            .flat_map(|(_, b)| b)
+            .filter(|(seq, project, _)| !committed.holds(*seq, Some(project)))
+            .flat_map(|(_, _, b)| b)
             .collect()
     }
 }
@@ -202,11 +363,12 @@ impl Buffer {
         self.state().sealed.push(Arc::new(generation));
     }
 
-    /// Seal the active generation (if it holds rows) and start a new one
-    /// logged in segment `next`.
-    pub fn seal(&self, next: u64) -> Option<Arc<Generation>> {
+    /// Seal the active generation (if it holds rows, or `empty` says so:
+    /// a commit of held rows alone needs a segment for its mark) and start
+    /// a new one logged in segment `next`.
+    pub fn seal(&self, next: u64, empty: bool) -> Option<Arc<Generation>> {
         let mut s = self.state();
-        if s.active.rows == 0 {
+        if s.active.rows == 0 && !empty {
             return None;
         }
         let sealed = Arc::new(std::mem::replace(&mut s.active, Generation::new(next)));
@@ -222,6 +384,30 @@ impl Buffer {
     /// Forget sealed generation `seq` (its rows are in the table).
     pub fn remove(&self, seq: u64) {
         self.state().sealed.retain(|g| g.seq != seq);
+    }
+
+    /// After a commit: each sealed generation becomes what `keep` gives
+    /// (its held part, or nothing), in one step for queries.
+    pub fn replace(&self, keep: impl Fn(&Generation) -> Option<Option<Generation>>) {
+        let mut s = self.state();
+        let sealed = std::mem::take(&mut s.sealed);
+        s.sealed = sealed
+            .into_iter()
+            .filter_map(|g| match keep(&g) {
+                None => Some(g),
+                Some(part) => part.map(Arc::new),
+            })
+            .collect();
+    }
+
+    /// Whether held rows are buffered, and since when the oldest.
+    pub fn held_since(&self) -> Option<Instant> {
+        let s = self.state();
+        s.sealed
+            .iter()
+            .filter(|g| g.held)
+            .filter_map(|g| g.since)
+            .min()
     }
 
     /// Rows of a request id still buffered, if it is.
@@ -248,9 +434,13 @@ impl Buffer {
         };
         let mut parts: Vec<_> = generations
             .into_iter()
-            .map(|(seq, rows)| (seq, gathered(&rows, project, self.budget.as_ref())))
+            .flat_map(|(seq, rows)| {
+                gathered(&rows, project, self.budget.as_ref())
+                    .into_iter()
+                    .map(move |(p, b)| (seq, p, b))
+            })
             .collect();
-        parts.retain(|(_, b)| !b.is_empty());
+        parts.retain(|(_, _, b)| !b.is_empty());
         Taken {
             node: self.node.clone(),
             parts,
@@ -340,7 +530,7 @@ mod tests {
                 .take(p)
                 .parts
                 .iter()
-                .flat_map(|(_, b)| b)
+                .flat_map(|(_, _, b)| b)
                 .map(|b| b.num_rows())
                 .sum()
         };
@@ -350,12 +540,12 @@ mod tests {
         );
         assert_eq!(rows(None), 4);
         assert_eq!(buffer.pending_id("a:1"), Some(3));
-        let sealed = buffer.seal(4).expect("rows to seal");
+        let sealed = buffer.seal(4, false).expect("rows to seal");
         assert_eq!(
             (sealed.seq, sealed.rows, sealed.requests().len()),
             (3, 4, 2)
         );
-        assert!(buffer.seal(5).is_none(), "nothing new to seal");
+        assert!(buffer.seal(5, false).is_none(), "nothing new to seal");
         // Sealed rows stay readable and their ids known until removed.
         assert_eq!(rows(Some("a")), 2);
         buffer.remove(3);
@@ -385,13 +575,18 @@ mod tests {
         let queried = by_project
             .values()
             .flat_map(|r| r.batches.iter().map(|h| &h.batch));
-        let held = held_bytes(requests.iter().flat_map(|(_, b)| b).chain(queried));
+        let held = held_bytes(
+            requests
+                .iter()
+                .flat_map(|r| r.parts.iter().map(|(_, b)| b))
+                .chain(queried),
+        );
         // One sorted copy (buffers round up to 64 bytes), not two.
         assert!(
             held < counted + counted / 4,
             "held {held} for {counted} counted"
         );
-        let rows: usize = requests[0].1.iter().map(|b| b.num_rows()).sum();
+        let rows: usize = requests[0].parts.iter().map(|(_, b)| b.num_rows()).sum();
         assert_eq!(rows, 4_000, "the flush gets every row");
     }
 
@@ -407,7 +602,7 @@ mod tests {
         };
         let taken = |buffer: &Buffer| -> Vec<RecordBatch> {
             let parts = buffer.take(Some("a")).parts;
-            parts.into_iter().flat_map(|(_, b)| b).collect()
+            parts.into_iter().flat_map(|(_, _, b)| b).collect()
         };
         let wait = std::time::Duration::ZERO;
         let budget = Budget::new(1 << 30, wait);
@@ -421,8 +616,8 @@ mod tests {
         // The budget covers the copy the query made (its numbers and
         // string views, beside the rows the flush keeps) and no more,
         // rounded up to KiB per gathered batch.
-        let requests = buffer.with_active(|g| g.requests());
-        let rows = || requests.iter().flat_map(|(_, b)| b);
+        let requests = buffer.with_active(|g| g.requests().to_vec());
+        let rows = || requests.iter().flat_map(|r| r.parts.iter().map(|(_, b)| b));
         let copy = held_bytes(rows().chain(&gathered)) - held_bytes(rows());
         assert!(copy >= 6_400 * (16 + 8), "{copy} bytes");
         let held = budget.used_bytes();
@@ -431,7 +626,7 @@ mod tests {
             "held {held} bytes for {copy}"
         );
         // Committed and forgotten: the budget is whole again.
-        buffer.seal(2).expect("rows to seal");
+        buffer.seal(2, false).expect("rows to seal");
         buffer.remove(1);
         assert_eq!(budget.used_bytes(), 0);
     }
@@ -459,7 +654,7 @@ mod tests {
         let add = |b: RecordBatch| buffer.with_active(|g| g.add(vec![b], None, None)).unwrap();
         let taken = || -> Vec<RecordBatch> {
             let parts = buffer.take(Some("a")).parts;
-            parts.into_iter().flat_map(|(_, b)| b).collect()
+            parts.into_iter().flat_map(|(_, _, b)| b).collect()
         };
         // 1,000 one-row requests, read by a query after 300, then sealed,
         // then read after all: every row once, in arrival order, in few
@@ -467,7 +662,7 @@ mod tests {
         (0..300).for_each(|i| add(numbered(i)));
         assert_eq!(numbers(&taken()), (0..300).collect::<Vec<i64>>());
         (300..600).for_each(|i| add(numbered(i)));
-        buffer.seal(2).expect("rows to seal");
+        buffer.seal(2, false).expect("rows to seal");
         (600..1_000).for_each(|i| add(numbered(i)));
         let batches = taken();
         assert_eq!(numbers(&batches), (0..1_000).collect::<Vec<i64>>());
@@ -487,7 +682,7 @@ mod tests {
         let big = batch(&vec!["b"; GATHER_MAX_ROWS / 4]);
         (0..GATHER_FAN).for_each(|_| add(big.clone()));
         let parts = buffer.take(Some("b")).parts;
-        assert_eq!(parts[0].1.len(), GATHER_FAN);
+        assert_eq!(parts[0].2.len(), GATHER_FAN);
         // A batch in another schema is not gathered with the others.
         let other = Schema::new(vec![Field::new(col::PROJECT_ID, DataType::Utf8, false)]);
         let other = RecordBatch::try_new(
@@ -497,7 +692,7 @@ mod tests {
         .unwrap();
         add(other);
         (0..GATHER_FAN - 1).for_each(|_| add(batch(&["c"])));
-        let count = || buffer.take(Some("c")).parts[0].1.len();
+        let count = || buffer.take(Some("c")).parts[0].2.len();
         assert_eq!(count(), GATHER_FAN, "not across schemas");
         add(batch(&["c"]));
         assert_eq!(count(), 2, "the new schema's rows are");

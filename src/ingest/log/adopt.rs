@@ -6,7 +6,7 @@
 //! deletes the log, the mark and the lease. Now and then it also deletes
 //! objects written to a log after it was retired ([`orphans`]).
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
@@ -15,7 +15,7 @@ use iceberg::transaction::{ApplyTransactionAction, Transaction};
 
 use super::Log;
 use crate::error::Result;
-use crate::ingest::buffer::{Generation, mark_property};
+use crate::ingest::buffer::{Committed, Generation, held_property, mark_property};
 use crate::ingest::wal::Wal;
 use crate::ingest::wal::fence::Fence;
 use crate::ingest::wal::object::{LEASE_PREFIX, ObjectWal, orphans};
@@ -110,19 +110,35 @@ impl Log {
     }
 
     async fn replay_adopted(&self, wal: &Wal) -> Result<()> {
-        let mut rows = 0;
         let segments = wal.segments().await?;
-        for &seq in &segments {
-            let mut generation = Generation::new(seq);
-            for r in wal.read(seq).await? {
-                generation.add(r.batches, r.request_id, None)?;
+        let table = self.warehouse.load_table(&self.ident).await?;
+        let committed = Committed::of(&table, wal.node());
+        let mut held = vec![];
+        let mut pending = vec![];
+        for g in super::recover(wal, &segments, &committed).await? {
+            if g.held {
+                held.push(Arc::new(g));
+            } else {
+                pending.push(g);
             }
-            if generation.rows > 0 {
-                self.commit_generation(wal, &generation).await?;
-            }
-            rows += generation.rows;
-            wal.delete_through(seq).await?;
         }
+        let rows: u64 = held
+            .iter()
+            .map(|g| g.rows)
+            .chain(pending.iter().map(|g| g.rows))
+            .sum();
+        // Held rows alone still need a commit, under a mark past the log's.
+        if pending.is_empty() && !held.is_empty() {
+            let last = segments.iter().copied().chain(committed.mark).max();
+            pending.push(Generation::new(last.unwrap_or(0) + 1));
+        }
+        for generation in &pending {
+            // The first commit writes the held rows too.
+            self.commit_generation(wal, &held, generation, None).await?;
+            held.clear();
+            wal.delete_through(generation.seq).await?;
+        }
+        wal.delete_through(u64::MAX).await?;
         self.retire(wal).await?;
         tracing::info!(
             node = wal.node(),
@@ -137,13 +153,14 @@ impl Log {
     /// the table, then its lease (which ends its existence).
     async fn retire(&self, wal: &Wal) -> Result<()> {
         let Wal::Object(w) = wal else { return Ok(()) };
-        let key = mark_property(w.node());
+        let keys = [mark_property(w.node()), held_property(w.node())];
         let table = self.warehouse.load_table(&self.ident).await?;
-        if table.metadata().properties().contains_key(&key) {
+        let properties = table.metadata().properties();
+        if keys.iter().any(|k| properties.contains_key(k)) {
             let tx = Transaction::new(&table);
-            let committed = tx
-                .update_table_properties()
-                .remove(key)
+            let committed = keys
+                .into_iter()
+                .fold(tx.update_table_properties(), |a, k| a.remove(k))
                 .apply(tx)?
                 .commit(self.warehouse.catalog.as_ref())
                 .await?;

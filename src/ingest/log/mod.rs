@@ -19,6 +19,9 @@
 //! replaced node starts a new log, and the old one is adopted ([`adopt`]).
 
 mod adopt;
+mod plan;
+
+pub use plan::HoldPolicy;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,7 +35,7 @@ use iceberg::TableIdent;
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
 
 use super::budget::Budget;
-use super::buffer::{Buffer, Generation, committed_mark};
+use super::buffer::{Buffer, Committed, Generation};
 use super::commit::{AppendOutcome, TableWriter};
 use super::flush::{Flush, Mark};
 use super::wal::fence::Fence;
@@ -66,6 +69,8 @@ pub struct LogConfig {
     pub flush_interval: Duration,
     /// Commit sooner once this many bytes are buffered.
     pub flush_bytes: usize,
+    /// When small projects' rows wait for a later flush (`None`: never).
+    pub hold: Option<HoldPolicy>,
     /// Notified after each flush that committed rows (background
     /// compaction waits on it).
     pub flushed: Arc<Notify>,
@@ -83,7 +88,8 @@ struct Append {
 
 enum Op {
     Append(Append),
-    Seal(oneshot::Sender<Option<Arc<Generation>>>),
+    /// Seal the active generation; `true`: even if it is empty.
+    Seal(oneshot::Sender<Option<Arc<Generation>>>, bool),
 }
 
 /// The write-ahead log, buffer and flusher of `raw_events` on this node.
@@ -96,6 +102,7 @@ pub struct Log {
     ident: TableIdent,
     flush_now: Arc<Notify>,
     flush_bytes: usize,
+    hold: Option<HoldPolicy>,
     flushed: Arc<Notify>,
     /// One flush at a time (the timer's, or an explicit one).
     flushing: tokio::sync::Mutex<()>,
@@ -122,31 +129,25 @@ impl Log {
         let wal = Arc::new(open_wal(&config.place, &warehouse).await?);
         let ident = warehouse.raw_events_ident();
         let table = warehouse.load_table(&ident).await?;
-        let mark = committed_mark(&table, wal.node());
+        let committed = Committed::of(&table, wal.node());
         let segments = wal.segments().await?;
-        let mut recovered = vec![];
-        let mut replayed_rows = 0;
-        for &seq in &segments {
-            if mark.is_some_and(|m| seq <= m) {
-                continue;
-            }
-            let records = wal.read(seq).await?;
-            let mut generation = Generation::new(seq);
-            for r in records {
-                generation.add(r.batches, r.request_id, None)?;
-            }
-            replayed_rows += generation.rows;
-            recovered.push(generation);
-        }
+        let recovered = recover(&wal, &segments, &committed).await?;
         // A new segment numbered at or below the mark would read as
         // committed on the next start.
-        let next = segments.iter().copied().chain(mark).max().unwrap_or(0) + 1;
-        if let Some(m) = mark {
-            wal.delete_through(m).await?;
+        let next = segments
+            .iter()
+            .copied()
+            .chain(committed.mark)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        if let Some(done) = committed.done_through() {
+            wal.delete_through(done).await?;
         }
         let segment = wal.create(next).await?;
         let buffer = Arc::new(Buffer::new(wal.node().to_string(), next).with_budget(budget));
-        for g in recovered.into_iter().filter(|g| g.rows > 0) {
+        let replayed_rows: u64 = recovered.iter().map(|g| g.rows).sum();
+        for g in recovered {
             buffer.push_sealed(g);
         }
         if replayed_rows > 0 {
@@ -166,6 +167,7 @@ impl Log {
             ident,
             flush_now: Arc::new(Notify::new()),
             flush_bytes: config.flush_bytes,
+            hold: config.hold,
             flushed: config.flushed,
             flushing: tokio::sync::Mutex::new(()),
         });
@@ -219,41 +221,76 @@ impl Log {
         })
     }
 
-    /// Commit everything acknowledged so far (what the timer does), e.g.
-    /// before shutdown or so that other engines see it now.
+    /// Commit everything acknowledged so far, held rows too, e.g. before
+    /// shutdown or so that other engines see it now.
     pub async fn flush(&self) -> Result<()> {
+        self.flush_with(None).await
+    }
+
+    /// Seal what is buffered and commit every sealed segment, holding
+    /// small projects' rows back as `hold` says.
+    async fn flush_with(&self, hold: Option<&HoldPolicy>) -> Result<()> {
         let _one = self.flushing.lock().await;
+        // Held rows that are due need a commit (and a segment for its
+        // mark) even when nothing new arrived.
+        let due = self
+            .buffer
+            .held_since()
+            .is_some_and(|t| hold.is_none_or(|h| t.elapsed() >= h.max_age));
         let (reply, sealed) = oneshot::channel();
         self.ops
-            .send(Op::Seal(reply))
+            .send(Op::Seal(reply, due))
             .map_err(|_| Error::Unavailable("the write-ahead log stopped".into()))?;
         sealed
             .await
             .map_err(|_| Error::Unavailable("the write-ahead log stopped".into()))?;
-        let sealed = self.buffer.sealed();
-        for generation in &sealed {
-            self.flush_generation(generation).await?;
+        let pending: Vec<_> = self
+            .buffer
+            .sealed()
+            .into_iter()
+            .filter(|g| !g.held)
+            .collect();
+        for generation in &pending {
+            self.flush_generation(generation, hold).await?;
         }
-        if !sealed.is_empty() {
+        if !pending.is_empty() {
             self.flushed.notify_one();
         }
         Ok(())
     }
 
-    async fn flush_generation(&self, generation: &Generation) -> Result<()> {
-        match self.commit_generation(&self.wal, generation).await {
-            Ok(()) => {}
+    async fn flush_generation(
+        &self,
+        generation: &Generation,
+        hold: Option<&HoldPolicy>,
+    ) -> Result<()> {
+        let seq = generation.seq;
+        let held: Vec<_> = self
+            .buffer
+            .sealed()
+            .into_iter()
+            .filter(|g| g.held && g.seq < seq)
+            .collect();
+        let committed = match self
+            .commit_generation(&self.wal, &held, generation, hold)
+            .await
+        {
+            Ok(committed) => committed,
             Err(e) if matches!(&*self.wal, Wal::Object(w) if w.fence().lost()) => {
                 // The node that took the lease listed every acknowledged
                 // part of the log before it started: the rows are its now.
                 tracing::error!(error = %e, rows = generation.rows, "this node's write-ahead log was adopted by another node; dropping its buffered rows");
-                self.buffer.remove(generation.seq);
+                self.buffer.replace(|g| (g.seq <= seq).then_some(None));
                 return Ok(());
             }
             Err(e) => return Err(e),
-        }
-        self.buffer.remove(generation.seq);
-        if let Err(e) = self.wal.delete_through(generation.seq).await {
+        };
+        // What the table holds leaves memory; held rows stay.
+        self.buffer
+            .replace(|g| (g.seq <= seq).then(|| g.held_part(|p| !committed.holds(g.seq, Some(p)))));
+        if let Some(done) = committed.done_through()
+            && let Err(e) = self.wal.delete_through(done).await
+        {
             // Harmless: the mark says it is committed; the next start skips it.
             tracing::warn!(error = %e, "cannot delete a flushed write-ahead log segment");
         }
@@ -261,20 +298,32 @@ impl Log {
     }
 
     /// Commit `generation` of `wal` (this node's or an adopted one) with
-    /// its mark, unless the table holds it already.
-    async fn commit_generation(&self, wal: &Wal, generation: &Generation) -> Result<()> {
+    /// its mark, and the rows of `held` (earlier segments' held parts) now
+    /// due, unless the table holds it already. Returns what the table
+    /// then holds of the log.
+    async fn commit_generation(
+        &self,
+        wal: &Wal,
+        held: &[Arc<Generation>],
+        generation: &Generation,
+        hold: Option<&HoldPolicy>,
+    ) -> Result<Committed> {
         let started = std::time::Instant::now();
         let node = wal.node().to_string();
-        let committed = async || -> Result<bool> {
+        let committed = async || -> Result<Option<Committed>> {
             let table = self.warehouse.load_table(&self.ident).await?;
-            Ok(committed_mark(&table, &node).is_some_and(|m| m >= generation.seq))
+            let c = Committed::of(&table, &node);
+            Ok(c.mark.is_some_and(|m| m >= generation.seq).then_some(c))
         };
         // An earlier attempt whose answer was lost may have landed.
-        if committed().await? {
-            return Ok(());
+        if let Some(c) = committed().await? {
+            return Ok(c);
         }
+        let plan = plan::plan(held, generation, hold, std::time::Instant::now());
+        let result_held = plan.held.clone();
         let flush = Flush {
-            requests: generation.requests(),
+            requests: plan.requests,
+            held: plan.held,
             mark: Mark {
                 node: node.clone(),
                 seq: generation.seq,
@@ -291,21 +340,51 @@ impl Log {
                 tracing::debug!(
                     rows = generation.rows,
                     segment = generation.seq,
+                    held_projects = result_held.len(),
                     snapshot_id,
                     ms = started.elapsed().as_millis() as u64,
                     "buffered rows committed"
                 );
-                Ok(())
+                Ok(Committed {
+                    mark: Some(generation.seq),
+                    held: result_held,
+                })
             }
             // Another node may have committed it: one that adopted this
             // log, or this node's own log being adopted twice.
-            Err(e) if committed().await.unwrap_or(false) => {
-                tracing::info!(node, segment = generation.seq, error = %e, "segment committed by another node");
-                Ok(())
-            }
-            Err(e) => Err(e),
+            Err(e) => match committed().await {
+                Ok(Some(c)) => {
+                    tracing::info!(node, segment = generation.seq, error = %e, "segment committed by another node");
+                    Ok(c)
+                }
+                _ => Err(e),
+            },
         }
     }
+}
+
+/// The rows of `wal`'s `segments` that the table lacks, by what it holds
+/// (`committed`): whole segments past its mark, and the held projects'
+/// rows of segments it covers (as held parts, to be written with the
+/// first commit).
+async fn recover(wal: &Wal, segments: &[u64], committed: &Committed) -> Result<Vec<Generation>> {
+    let mut recovered = vec![];
+    for &seq in segments {
+        if committed.done_through().is_some_and(|d| seq <= d) {
+            continue;
+        }
+        let mut generation = Generation::new(seq);
+        for r in wal.read(seq).await? {
+            generation.add(r.batches, r.request_id, None)?;
+        }
+        let generation = if committed.mark.is_some_and(|m| seq <= m) {
+            generation.held_part(|p| !committed.holds(seq, Some(p)))
+        } else {
+            Some(generation)
+        };
+        recovered.extend(generation.filter(|g| g.rows > 0));
+    }
+    Ok(recovered)
 }
 
 /// A request id whose write is in flight: its rows, and the answers
@@ -358,12 +437,12 @@ async fn run_log(
         let mut seal = None;
         match op {
             Op::Append(a) => group.push(a),
-            Op::Seal(reply) => seal = Some(reply),
+            Op::Seal(reply, empty) => seal = Some((reply, empty)),
         }
         while seal.is_none() {
             match rx.try_recv() {
                 Ok(Op::Append(a)) => group.push(a),
-                Ok(Op::Seal(reply)) => seal = Some(reply),
+                Ok(Op::Seal(reply, empty)) => seal = Some((reply, empty)),
                 Err(_) => break,
             }
         }
@@ -377,13 +456,15 @@ async fn run_log(
                 in_flight.push_back(write);
             }
         }
-        if let Some(reply) = seal {
+        if let Some((reply, empty)) = seal {
             // A segment holds whole generations: what is in flight lands
             // in the generation being sealed.
             while let Some((group, written)) = in_flight.next().await {
                 log.complete(group, written, &mut ids_in_flight, &mut failed);
             }
-            reply.send(log.seal(&mut segment, &mut seq).await).ok();
+            reply
+                .send(log.seal(&mut segment, &mut seq, empty).await)
+                .ok();
         }
         if log.buffer.with_active(|g| g.bytes) >= log.flush_bytes {
             log.flush_now.notify_one();
@@ -513,9 +594,15 @@ impl Log {
         }
     }
 
-    /// Seal the active generation and move the log to a new segment.
-    async fn seal(&self, segment: &mut Option<Segment>, seq: &mut u64) -> Option<Arc<Generation>> {
-        if self.buffer.with_active(|g| g.rows) == 0 {
+    /// Seal the active generation (if it holds rows, or `empty` says so)
+    /// and move the log to a new segment.
+    async fn seal(
+        &self,
+        segment: &mut Option<Segment>,
+        seq: &mut u64,
+        empty: bool,
+    ) -> Option<Arc<Generation>> {
+        if self.buffer.with_active(|g| g.rows) == 0 && !empty {
             return None;
         }
         let next = *seq + 1;
@@ -523,7 +610,7 @@ impl Log {
             Ok(s) => {
                 *segment = Some(s);
                 *seq = next;
-                self.buffer.seal(next)
+                self.buffer.seal(next, empty)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start a new write-ahead log segment; flushing later");
@@ -533,13 +620,16 @@ impl Log {
     }
 }
 
-/// The flusher: every interval, or when the buffer is large.
+/// The flusher: every interval, or when the buffer is large. Recovered
+/// rows are committed at once, all of them.
 async fn run_flusher(log: std::sync::Weak<Log>, interval: Duration) {
     let mut backoff = Duration::from_millis(250);
+    let mut recovering = log.upgrade().is_some_and(|l| !l.buffer.sealed().is_empty());
     loop {
         let Some(l) = log.upgrade() else { return };
-        // Recovered generations are flushed at once; then on the timer.
-        if l.buffer.sealed().is_empty() {
+        // A sealed segment left by a failed flush is retried at once.
+        let pending = l.buffer.sealed().iter().any(|g| !g.held);
+        if !recovering && !pending {
             let wake = l.flush_now.clone();
             drop(l);
             let notified = wake.notified();
@@ -551,8 +641,12 @@ async fn run_flusher(log: std::sync::Weak<Log>, interval: Duration) {
             drop(l);
         }
         let Some(l) = log.upgrade() else { return };
-        match l.flush().await {
-            Ok(()) => backoff = Duration::from_millis(250),
+        let hold = if recovering { None } else { l.hold };
+        match l.flush_with(hold.as_ref()).await {
+            Ok(()) => {
+                backoff = Duration::from_millis(250);
+                recovering = false;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "flush of buffered rows failed; they stay buffered and durable");
                 drop(l);
