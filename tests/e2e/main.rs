@@ -15,6 +15,7 @@ mod errors;
 mod evolution;
 mod faults;
 mod flight_sql;
+mod hold;
 mod ingest;
 mod isolation;
 mod lifecycle;
