@@ -25,7 +25,8 @@
 //! `RAINDROP_BENCH_QUERIES=1` adds the query step (live against
 //! compacted); with `RAINDROP_BENCH_FLUSH_MS=600000
 //! RAINDROP_BENCH_FLUSH_MIB=4096` every row it streams stays buffered.
-//! `RAINDROP_BENCH_WAL=warehouse` puts the write-ahead log on the
+//! `RAINDROP_BENCH_HOLD_MIB=0` turns off holding small projects' rows
+//! back (`--flush-hold-mib`). `RAINDROP_BENCH_WAL=warehouse` puts the write-ahead log on the
 //! warehouse's storage (`--wal-storage warehouse`);
 //! `RAINDROP_BENCH_BACKEND=s3pg`, inside `scripts/services.sh`'s
 //! `services_start`, puts the warehouse on its s3s-fs server and the
@@ -181,6 +182,11 @@ async fn start(
     // query step's worst case, with no flush racing its queries).
     if let Ok(mib) = std::env::var("RAINDROP_BENCH_FLUSH_MIB") {
         serve.limits.flush_mib = mib.parse().expect("RAINDROP_BENCH_FLUSH_MIB");
+    }
+    // 0 = no project's rows held back by a flush (every flush writes
+    // every partition with rows, as before 2026-12-06).
+    if let Ok(mib) = std::env::var("RAINDROP_BENCH_HOLD_MIB") {
+        serve.limits.flush_hold_mib = mib.parse().expect("RAINDROP_BENCH_HOLD_MIB");
     }
     // 0 = tiers alone (no bound on small files per partition).
     if let Ok(n) = std::env::var("RAINDROP_BENCH_COMPACT_MAX_FILES") {
