@@ -145,8 +145,11 @@ mod tests {
         g
     }
 
+    /// Each request's id and rows recorded.
+    type Ids = Vec<(Option<String>, u64)>;
+
     /// Rows written per project, and the ids recorded.
-    fn written(plan: &Plan) -> (BTreeMap<String, usize>, Vec<(Option<String>, u64)>) {
+    fn written(plan: &Plan) -> (BTreeMap<String, usize>, Ids) {
         let mut by_project = BTreeMap::new();
         for (p, b) in plan.requests.iter().flat_map(|r| &r.parts) {
             *by_project.entry(p.clone().unwrap()).or_default() += b.num_rows();
