@@ -162,14 +162,19 @@ mod tests {
         (by_project, ids)
     }
 
+    /// Hold below `min` rows of [`rows`], at most `max` rows in all, 60 s.
+    fn policy_in_rows(min: usize, max: Option<usize>) -> HoldPolicy {
+        let row_bytes = crate::batch::batch_bytes(&rows("a", 1_000)) / 1_000;
+        HoldPolicy {
+            min_bytes: min * row_bytes,
+            max_age: Duration::from_secs(60),
+            max_bytes: max.map_or(usize::MAX, |m| m * row_bytes),
+        }
+    }
+
     #[test]
     fn small_projects_wait_until_large_or_old_and_are_then_written_together() {
-        let row_bytes = crate::batch::batch_bytes(&rows("small", 1_000)) / 1_000;
-        let policy = HoldPolicy {
-            min_bytes: 5_000 * row_bytes,
-            max_age: Duration::from_secs(60),
-            max_bytes: usize::MAX,
-        };
+        let policy = policy_in_rows(5_000, None);
         let first = generation(
             1,
             &[
@@ -233,12 +238,7 @@ mod tests {
 
     #[test]
     fn held_bytes_are_bounded_the_smallest_projects_held_first() {
-        let row_bytes = crate::batch::batch_bytes(&rows("a", 1_000)) / 1_000;
-        let policy = HoldPolicy {
-            min_bytes: 10_000 * row_bytes,
-            max_age: Duration::from_secs(60),
-            max_bytes: 2_500 * row_bytes,
-        };
+        let policy = policy_in_rows(10_000, Some(2_500));
         let g = generation(7, &[("r", &[("a", 1_000), ("b", 2_000), ("c", 500)])]);
         let p = plan(&[], &g, Some(&policy), Instant::now());
         assert_eq!(
