@@ -12,286 +12,20 @@
 //! table already holds (by the table's per-node mark and held projects):
 //! rows are seen exactly once whichever way the race with a flush goes.
 
+mod committed;
 mod gather;
+mod generation;
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::RecordBatch;
 use iceberg::table::Table;
-use tokio::sync::OwnedSemaphorePermit;
 
-use crate::batch::batch_bytes;
-use crate::error::Result;
 use crate::ingest::budget::Budget;
-use crate::schema::col;
-use gather::{ByProject, Held, gathered};
-
-/// Table property prefix: `raindrop.wal.<node>` = the last log segment of
-/// that node whose rows the table holds. Set in the same commit as the
-/// rows, so it survives snapshot expiry and tells replay what to skip.
-pub const MARK_PROPERTY_PREFIX: &str = "raindrop.wal.";
-
-/// Name of `node`'s mark property.
-pub fn mark_property(node: &str) -> String {
-    format!("{MARK_PROPERTY_PREFIX}{node}")
-}
-
-/// The last segment of `node` that `table` holds, if any.
-pub fn committed_mark(table: &Table, node: &str) -> Option<u64> {
-    table
-        .metadata()
-        .properties()
-        .get(&mark_property(node))
-        .and_then(|v| v.parse().ok())
-}
-
-/// Table property prefix: `raindrop.wal-held.<node>` = the projects
-/// whose rows that node still holds back from segments its mark covers,
-/// each with the first such segment (`project=segment,...`). Set in the
-/// same commit as the mark.
-pub const HELD_PROPERTY_PREFIX: &str = "raindrop.wal-held.";
-
-/// Name of `node`'s held-projects property.
-pub fn held_property(node: &str) -> String {
-    format!("{HELD_PROPERTY_PREFIX}{node}")
-}
-
-/// What a table holds of one node's log: every row of the segments
-/// through `mark`, except the rows of the `held` projects from their
-/// segment on, which the node still buffers (a small project's rows wait
-/// for a file of a sensible size). A held project's rows are written all
-/// at once, so one segment per project says it all.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Committed {
-    /// The last segment committed.
-    pub mark: Option<u64>,
-    /// Project → its first segment whose rows are held back.
-    pub held: BTreeMap<String, u64>,
-}
-
-impl Committed {
-    /// What `table` holds of `node`'s log.
-    pub fn of(table: &Table, node: &str) -> Self {
-        let properties = table.metadata().properties();
-        let held = properties
-            .get(&held_property(node))
-            .map(|v| Self::decode_held(v))
-            .unwrap_or_default();
-        Self {
-            mark: committed_mark(table, node),
-            held,
-        }
-    }
-
-    /// Whether the table holds `project`'s rows of segment `seq` (rows
-    /// without a project go with their segment).
-    pub fn holds(&self, seq: u64, project: Option<&str>) -> bool {
-        let held_back = project
-            .and_then(|p| self.held.get(p))
-            .is_some_and(|&from| seq >= from);
-        self.mark.is_some_and(|m| seq <= m) && !held_back
-    }
-
-    /// The last segment the log no longer needs (all its rows committed).
-    pub fn done_through(&self) -> Option<u64> {
-        let mark = self.mark?;
-        match self.held.values().min() {
-            Some(&0) => None,
-            Some(&first) => Some(mark.min(first - 1)),
-            None => Some(mark),
-        }
-    }
-
-    /// The held projects as the table property's value.
-    pub fn encode_held(held: &BTreeMap<String, u64>) -> String {
-        held.iter()
-            .map(|(p, s)| format!("{p}={s}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    /// The property value back as held projects.
-    pub fn decode_held(value: &str) -> BTreeMap<String, u64> {
-        value
-            .split(',')
-            .filter_map(|pair| {
-                let (p, s) = pair.rsplit_once('=')?;
-                Some((p.to_string(), s.parse().ok()?))
-            })
-            .collect()
-    }
-}
-
-/// One request's rows in a generation.
-#[derive(Debug, Clone)]
-pub struct Request {
-    /// Its id, recorded with the commit of its segment: a flush leaves out
-    /// requests another node committed meanwhile (a client's retry sent
-    /// there). `None` for rows held back from a committed segment.
-    pub id: Option<String>,
-    /// Rows it brought (those the id's retries are answered with).
-    pub rows: u64,
-    /// Its rows in slices of one project each (`None`: no project column).
-    pub parts: Vec<(Option<String>, RecordBatch)>,
-}
-
-/// Rows of one log segment.
-#[derive(Debug)]
-pub struct Generation {
-    /// The segment holding these rows.
-    pub seq: u64,
-    /// The segment is committed: these are the rows a flush held back
-    /// (small projects), anonymous, written by a later flush.
-    pub held: bool,
-    /// Each request's rows, in log order.
-    requests: Vec<Request>,
-    /// The same rows by project, for queries. Queries gather them (see
-    /// [`ProjectRows`]), sealed generations' too, hence the lock.
-    by_project: Arc<Mutex<ByProject>>,
-    /// Request ids carried, with their row counts.
-    pub ids: HashMap<String, u64>,
-    /// Rows held.
-    pub rows: u64,
-    /// Arrow bytes held.
-    pub bytes: usize,
-    /// When the first row arrived.
-    pub since: Option<Instant>,
-    /// The ingest-memory budget these rows hold until they are committed
-    /// (split when only a held part stays).
-    permits: Mutex<Option<OwnedSemaphorePermit>>,
-}
-
-impl Generation {
-    /// An empty generation whose rows are logged in segment `seq`.
-    pub fn new(seq: u64) -> Self {
-        Self {
-            seq,
-            held: false,
-            requests: vec![],
-            by_project: Arc::default(),
-            ids: HashMap::new(),
-            rows: 0,
-            bytes: 0,
-            since: None,
-            permits: Mutex::default(),
-        }
-    }
-
-    /// Each request's id and rows, in log order.
-    pub fn requests(&self) -> &[Request] {
-        &self.requests
-    }
-
-    /// Arrow bytes buffered per project.
-    pub fn project_bytes(&self) -> HashMap<Option<&str>, usize> {
-        let mut out: HashMap<Option<&str>, usize> = HashMap::new();
-        for (project, batch) in self.requests.iter().flat_map(|r| &r.parts) {
-            *out.entry(project.as_deref()).or_default() += batch_bytes(batch);
-        }
-        out
-    }
-
-    /// The rows of the projects `keep` says, as the held part of this
-    /// generation once its segment is committed (`None` if none are
-    /// kept). It takes their share of the ingest budget; the rest returns
-    /// when this generation is dropped.
-    pub fn held_part(&self, keep: impl Fn(&str) -> bool) -> Option<Generation> {
-        let mut held = Generation::new(self.seq);
-        held.held = true;
-        held.since = self.since;
-        for request in &self.requests {
-            let parts: Vec<_> = request
-                .parts
-                .iter()
-                .filter(|(p, _)| p.as_deref().is_some_and(&keep))
-                .cloned()
-                .collect();
-            if parts.is_empty() {
-                continue;
-            }
-            let rows = parts.iter().map(|(_, b)| b.num_rows() as u64).sum();
-            held.rows += rows;
-            held.bytes += parts.iter().map(|(_, b)| batch_bytes(b)).sum::<usize>();
-            held.requests.push(Request {
-                id: None,
-                rows,
-                parts,
-            });
-        }
-        if held.rows == 0 {
-            return None;
-        }
-        {
-            let from = self.by_project.lock().expect("buffered rows lock");
-            let mut to = held.by_project.lock().expect("buffered rows lock");
-            to.extend(
-                from.iter()
-                    .filter(|(p, _)| keep(p))
-                    .map(|(p, r)| (p.clone(), r.clone())),
-            );
-        }
-        let mut permits = self.permits.lock().expect("permits lock");
-        if let Some(all) = permits.as_mut() {
-            let kib = held.bytes.div_ceil(1024).min(all.num_permits());
-            *held.permits.get_mut().expect("permits lock") = all.split(kib);
-        }
-        Some(held)
-    }
-
-    /// Add rows (one request's) to this generation.
-    pub fn add(
-        &mut self,
-        batches: Vec<RecordBatch>,
-        request_id: Option<String>,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> Result<()> {
-        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        let bytes: usize = batches.iter().map(batch_bytes).sum();
-        // The flush and queries share one copy of the rows, sorted by
-        // project: a collector's batch of many tenants held once as it
-        // arrived and once split up held twice the bytes its budget
-        // permit counts.
-        let parts = batches
-            .into_iter()
-            .map(split_by_project)
-            .collect::<Result<Vec<_>>>()?;
-        let mut kept = vec![];
-        {
-            let mut by_project = self.by_project.lock().expect("buffered rows lock");
-            for (project, part) in parts.into_iter().flatten() {
-                kept.push((project.clone(), part.clone()));
-                if let Some(project) = project {
-                    by_project
-                        .entry(project)
-                        .or_default()
-                        .batches
-                        .push(Held::arrived(part));
-                }
-            }
-        }
-        if let Some(id) = &request_id {
-            self.ids.insert(id.clone(), rows);
-        }
-        self.requests.push(Request {
-            id: request_id,
-            rows,
-            parts: kept,
-        });
-        self.bytes += bytes;
-        self.rows += rows;
-        self.since.get_or_insert_with(Instant::now);
-        if let Some(permit) = permit {
-            let mut permits = self.permits.lock().expect("permits lock");
-            match permits.as_mut() {
-                Some(p) => p.merge(permit),
-                None => *permits = Some(permit),
-            }
-        }
-        Ok(())
-    }
-}
+pub use committed::{Committed, committed_mark, held_property, mark_property};
+use gather::{ByProject, gathered};
+pub use generation::{Generation, Request};
 
 #[derive(Debug)]
 struct State {
@@ -457,51 +191,18 @@ impl Buffer {
     }
 }
 
-/// Split a `raw_events` batch by `project_id` into slices of one copy
-/// sorted by project (the common single-project batch is not copied). A
-/// batch without the column (none reaches here: ingest stamps it) is kept
-/// whole, for the flush only.
-fn split_by_project(batch: RecordBatch) -> Result<Vec<(Option<String>, RecordBatch)>> {
-    let Some(column) = batch.column_by_name(col::PROJECT_ID).cloned() else {
-        return Ok(vec![(None, batch)]);
-    };
-    let ids = column.as_string::<i32>();
-    if ids.is_empty() {
-        return Ok(vec![]);
-    }
-    let first = ids.value(0);
-    if ids.iter().all(|v| v == Some(first)) {
-        return Ok(vec![(Some(first.to_string()), batch)]);
-    }
-    let order = arrow::compute::sort_to_indices(&column, None, None)?;
-    let sorted = arrow::compute::take_record_batch(&batch, &order)?;
-    let column = sorted
-        .column_by_name(col::PROJECT_ID)
-        .expect("project_id")
-        .clone();
-    let ranges = arrow::compute::partition(std::slice::from_ref(&column))?.ranges();
-    let ids = column.as_string::<i32>();
-    Ok(ranges
-        .into_iter()
-        .map(|r| {
-            (
-                Some(ids.value(r.start).to_string()),
-                sorted.slice(r.start, r.end - r.start),
-            )
-        })
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
     use std::sync::Arc;
 
-    use arrow::array::{Int64Array, StringArray};
+    use arrow::array::{AsArray, Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
 
     use super::gather::{GATHER_FAN, GATHER_MAX_ROWS};
     use super::*;
-    use crate::batch::allocations;
+    use crate::batch::{allocations, batch_bytes};
+    use crate::schema::col;
 
     fn batch(projects: &[&str]) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
