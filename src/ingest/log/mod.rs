@@ -1,19 +1,20 @@
 //! Buffered ingest for `raw_events`: a `DoPut` is acknowledged once its
 //! rows are durable in the write-ahead log ([`super::wal`]: fsync'd on
 //! local disk, or a completed PUT) and held in the [`Buffer`]; a flusher
-//! commits everything buffered as one set of well-sized files and one
+//! commits what is buffered as one set of well-sized files and one
 //! snapshot every interval (or sooner when the buffer is large), so file
-//! size and commit rate no longer follow the client's batch size.
+//! size and commit rate no longer follow the client's batch size. Small
+//! projects' rows wait for a later flush ([`plan`]).
 //!
-//! One log task appends in order: it groups concurrent requests into one
-//! write (a write and an fsync, or a PUT), adds their rows to the buffer,
-//! and seals the
-//! buffer's active generation when the flusher asks, switching segments in
-//! the same step, so a segment holds exactly one generation's rows. A
-//! flush commit sets this node's mark (`raindrop.wal.<node>` = segment)
-//! in the table; only then is the segment deleted. On start, segments the
-//! mark covers are deleted and the rest are replayed and flushed first:
-//! nothing acknowledged is lost, nothing is committed twice.
+//! One log task ([`task`]) appends in order: it groups concurrent
+//! requests into one write (a write and an fsync, or a PUT), adds their
+//! rows to the buffer, and seals the buffer's active generation when the
+//! flusher asks, switching segments in the same step, so a segment holds
+//! exactly one generation's rows. A flush commit records in the table
+//! what it holds of this node's log ([`Committed`]: the mark and the
+//! projects held back); a segment is deleted once nothing in it is
+//! needed. On start, the rows the table lacks are replayed and flushed
+//! first: nothing acknowledged is lost, nothing is committed twice.
 //!
 //! A log on object storage belongs to one process: a restarted or
 //! replaced node starts a new log, and the old one is adopted ([`adopt`]).
