@@ -7,8 +7,8 @@
 //! names copies of the base manifests holding only the tenant's entries
 //! (all statuses, with their snapshot ids and sequence numbers), and one
 //! `metadata.json` per base version, equal to the base metadata except for
-//! those lists, scrubbed summaries, no metadata log or statistics, and a
-//! table uuid of its own. Data files are never copied. Snapshot ids,
+//! those lists, scrubbed summaries, no metadata log, statistics or
+//! write-ahead log properties, and a table uuid of its own. Data files are never copied. Snapshot ids,
 //! sequence numbers and timestamps are the base's, so time travel works.
 //!
 //! Every derived file is a pure function of (base file, tenant) and is
@@ -35,6 +35,9 @@ use crate::error::{Error, Result};
 
 /// Folder, beside the table's `metadata/`, of every tenant's derived files.
 pub const TENANT_METADATA_DIR: &str = "tenant-metadata";
+
+/// Prefix of the table properties the ingest log keeps per node.
+const LOG_PROPERTY_PREFIX: &str = "raindrop.wal";
 
 /// The column a tenant's rows are partitioned by (identity).
 const TENANT_COLUMN: &str = "project_id";
@@ -222,6 +225,12 @@ impl TenantViews {
         object.insert("metadata-log".into(), Value::Array(vec![]));
         object.remove("statistics");
         object.remove("partition-statistics");
+        // Each node's write-ahead log state (`raindrop.wal.<node>`, and
+        // `raindrop.wal-held.<node>`, which lists the projects whose rows a
+        // node holds back) is Raindrop's bookkeeping and names tenants.
+        if let Some(properties) = object.get_mut("properties").and_then(Value::as_object_mut) {
+            properties.retain(|key, _| !key.starts_with(LOG_PROPERTY_PREFIX));
+        }
         // Engines cache tables by uuid: a tenant's view must not collide
         // with the base table or another tenant's view.
         object.insert(

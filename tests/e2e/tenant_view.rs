@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use futures::TryStreamExt;
 use iceberg::TableIdent;
 use iceberg::table::{StaticTable, Table};
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use raindrop::catalog::tenant_view::{TenantViews, tenant_dir};
 use raindrop::maintenance::compact::{CompactOptions, compact_table};
 use raindrop::tenant::scope::scope_predicate;
@@ -75,7 +76,19 @@ async fn a_tenants_view_plans_exactly_its_files_at_every_snapshot() {
     .unwrap();
     assert!(erased > 0);
 
+    // Each node's log state, as a flush records it: the held-back
+    // projects name both tenants.
     let base = w.raw_events().await.unwrap();
+    let tx = Transaction::new(&base);
+    let base = tx
+        .update_table_properties()
+        .set("raindrop.wal.node-a".into(), "7".into())
+        .set("raindrop.wal-held.node-a".into(), "acme=6,globex=7".into())
+        .apply(tx)
+        .unwrap()
+        .commit(w.catalog.as_ref())
+        .await
+        .unwrap();
     let operations: BTreeSet<String> = base
         .metadata()
         .snapshots()
@@ -101,6 +114,13 @@ async fn a_tenants_view_plans_exactly_its_files_at_every_snapshot() {
         assert_eq!(d.current_snapshot_id(), b.current_snapshot_id());
         assert_eq!(d.last_sequence_number(), b.last_sequence_number());
         assert_eq!(d.metadata_log().len(), 0);
+        assert!(
+            d.properties()
+                .keys()
+                .all(|k| !k.starts_with("raindrop.wal")),
+            "the nodes' log state leaks: {:?}",
+            d.properties()
+        );
         assert_eq!(d.snapshots().count(), b.snapshots().count());
         for s in b.snapshots() {
             let ds = d
