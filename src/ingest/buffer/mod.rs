@@ -115,11 +115,6 @@ impl Buffer {
         self.state().sealed.clone()
     }
 
-    /// Forget sealed generation `seq` (its rows are in the table).
-    pub fn remove(&self, seq: u64) {
-        self.state().sealed.retain(|g| g.seq != seq);
-    }
-
     /// After a commit: each sealed generation becomes what `keep` gives
     /// (its held part, or nothing), in one step for queries.
     pub fn replace(&self, keep: impl Fn(&Generation) -> Option<Option<Generation>>) {
@@ -249,7 +244,7 @@ mod tests {
         assert!(buffer.seal(5, false).is_none(), "nothing new to seal");
         // Sealed rows stay readable and their ids known until removed.
         assert_eq!(rows(Some("a")), 2);
-        buffer.remove(3);
+        buffer.replace(|g| (g.seq == 3).then_some(None));
         assert_eq!(rows(None), 0);
         assert_eq!(buffer.pending_id("a:1"), None);
     }
@@ -328,7 +323,7 @@ mod tests {
         );
         // Committed and forgotten: the budget is whole again.
         buffer.seal(2, false).expect("rows to seal");
-        buffer.remove(1);
+        buffer.replace(|g| (g.seq == 1).then_some(None));
         assert_eq!(budget.used_bytes(), 0);
     }
 
