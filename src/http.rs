@@ -61,6 +61,9 @@ async fn scrape(State(services): State<Arc<Services>>) -> impl IntoResponse {
     m.ingest_buffered_rows.set(rows as i64);
     m.ingest_buffered_age_ms
         .set(age.map_or(0, |a| a.as_millis() as i64));
+    let (held_rows, held_projects) = services.ingest.held_back_rows();
+    m.ingest_held_rows.set(held_rows as i64);
+    m.ingest_held_projects.set(held_projects as i64);
     (
         [(
             header::CONTENT_TYPE,

@@ -88,6 +88,13 @@ pub struct Metrics {
     /// Age of the oldest such row, in milliseconds: how far behind the
     /// table external Iceberg readers are.
     pub ingest_buffered_age_ms: Gauge,
+    /// Of the buffered rows, those a flush held back because their
+    /// project had too few for a sizeable file (`--flush-hold-mib`), and
+    /// how many projects they belong to: they reach the table within
+    /// `--flush-hold-ms`.
+    pub ingest_held_rows: Gauge,
+    /// Projects those held rows belong to.
+    pub ingest_held_projects: Gauge,
     /// Ingest data held against `--max-buffered-mib` (set when scraped):
     /// near the limit, `DoPut`s wait and then get `ResourceExhausted`.
     pub ingest_memory_bytes: Gauge,
@@ -126,6 +133,8 @@ impl Metrics {
             maintenance_lease_held: Gauge::default(),
             ingest_buffered_rows: Gauge::default(),
             ingest_buffered_age_ms: Gauge::default(),
+            ingest_held_rows: Gauge::default(),
+            ingest_held_projects: Gauge::default(),
             ingest_memory_bytes: Gauge::default(),
             cache_lookups: Family::default(),
             storage_requests: Family::default(),
@@ -166,6 +175,16 @@ impl Metrics {
             "ingest_buffered_age_ms",
             "Age of the oldest acknowledged row not yet committed, in ms",
             m.ingest_buffered_age_ms.clone(),
+        );
+        r.register(
+            "ingest_held_rows",
+            "Buffered rows a flush held back until their project makes a sizeable file",
+            m.ingest_held_rows.clone(),
+        );
+        r.register(
+            "ingest_held_projects",
+            "Projects whose rows a flush held back",
+            m.ingest_held_projects.clone(),
         );
         r.register_with_unit(
             "ingest_memory",

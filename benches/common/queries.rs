@@ -95,7 +95,8 @@ pub fn duckdb_run(
     serde_json::from_slice(&out.stdout).ok()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The middle value of `v` (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }

@@ -151,6 +151,14 @@ impl Ingestor {
             .map_or((0, None), |log| log.buffer().held())
     }
 
+    /// Of the buffered rows, those a flush held back until their project
+    /// makes a sizeable file, and how many projects they belong to.
+    pub fn held_back_rows(&self) -> (u64, usize) {
+        self.log
+            .as_ref()
+            .map_or((0, 0), |log| log.buffer().held_back())
+    }
+
     /// Bytes of ingest data held against `--max-buffered-mib` now.
     pub fn memory_used(&self) -> usize {
         self.budget.used_bytes()

@@ -59,6 +59,8 @@ def test_metrics_count_ingest_queries_and_storage(tmp_path):
         assert buffered >= events.nbytes / 2, (buffered, events.nbytes)
         assert mid["raindrop_ingest_buffered_rows"] == events.num_rows
         assert mid["raindrop_ingest_buffered_age_ms"] > 0
+        # No timed flush ran, so none held rows back.
+        assert mid["raindrop_ingest_held_rows"] == 0
         # Rows are counted when committed: the flush commits them now.
         flush(srv)
         after = scrape(srv.metrics_url)
@@ -82,6 +84,34 @@ def test_metrics_count_ingest_queries_and_storage(tmp_path):
         ) >= 1
         # Low cardinality: no tenant, token or table names in any series.
         assert not any(re.search(r"acme|globex|raw_events", k) for k in after)
+    finally:
+        srv.stop()
+
+
+def test_rows_a_flush_holds_back_are_counted_until_written(tmp_path):
+    # Timed flushes hold a project's rows back while it has less than
+    # --flush-hold-mib (8 MiB) buffered, here for up to an hour.
+    srv = Server(
+        tmp_path,
+        extra_args=["--http-addr", "127.0.0.1:0", "--flush-interval-ms", "200", "--flush-hold-ms", "3600000"],
+    )
+    try:
+        events = DATA["acme"][0]
+        assert events.nbytes < 8 << 20
+        with connect(srv, "acme") as conn, conn.cursor() as cur:
+            assert cur.adbc_ingest("raw_events", events, mode="append") == events.num_rows
+        deadline = time.monotonic() + 30
+        while (m := scrape(srv.metrics_url))["raindrop_ingest_held_rows"] != events.num_rows:
+            assert time.monotonic() < deadline, "no timed flush held the rows back"
+            time.sleep(0.1)
+        assert m["raindrop_ingest_held_projects"] == 1
+        assert m["raindrop_ingest_buffered_rows"] == events.num_rows
+        # The Flush action writes held rows too.
+        flush(srv)
+        after = scrape(srv.metrics_url)
+        assert after["raindrop_ingest_held_rows"] == 0
+        assert after["raindrop_ingest_held_projects"] == 0
+        assert after["raindrop_ingest_buffered_rows"] == 0
     finally:
         srv.stop()
 

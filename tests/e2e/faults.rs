@@ -51,6 +51,45 @@ fn start_s3(port: u16, root: &Path) -> S3Process {
     panic!("s3s-fs did not listen on {port}");
 }
 
+/// An S3 server of the test's own over a temp dir, which the test may
+/// stop and start again on the same port and files.
+struct OwnS3 {
+    root: tempfile::TempDir,
+    port: u16,
+}
+
+impl OwnS3 {
+    /// A new store with bucket `faults`, and its server started.
+    fn start_new() -> (OwnS3, S3Process) {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("faults")).unwrap();
+        let own = OwnS3 {
+            root,
+            port: free_port(),
+        };
+        let process = own.start();
+        (own, process)
+    }
+
+    fn start(&self) -> S3Process {
+        start_s3(self.port, self.root.path())
+    }
+
+    /// A server whose warehouse is in this store, `adjust`ed.
+    async fn server(
+        &self,
+        adjust: impl FnOnce(&mut raindrop::config::ServeConfig),
+    ) -> (raindrop::server::ServerHandle, tempfile::TempDir) {
+        let port = self.port;
+        custom_server(|c| {
+            c.storage.warehouse = Some("s3://faults/wh".into());
+            c.storage.s3.endpoint = Some(format!("http://127.0.0.1:{port}"));
+            adjust(c);
+        })
+        .await
+    }
+}
+
 fn batch(id: &str) -> RecordBatch {
     id_batch(id, ROWS)
 }
@@ -146,15 +185,8 @@ async fn object_store_outage_loses_nothing_and_heals() {
         eprintln!("skipped: needs RAINDROP_TEST_BACKEND=s3pg");
         return;
     };
-    let store_root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(store_root.path().join("faults")).unwrap();
-    let port = free_port();
-    let s3 = start_s3(port, store_root.path());
-    let (server, _dir) = custom_server(|c| {
-        c.storage.warehouse = Some("s3://faults/wh".into());
-        c.storage.s3.endpoint = Some(format!("http://127.0.0.1:{port}"));
-    })
-    .await;
+    let (store, s3) = OwnS3::start_new();
+    let (server, _dir) = store.server(|_| {}).await;
     let mut client = RaindropClient::connect(&server.url(), ACME_TOKEN)
         .await
         .unwrap();
@@ -169,7 +201,7 @@ async fn object_store_outage_loses_nothing_and_heals() {
     );
 
     // Back: the refused requests, retried with their ids, land once.
-    let _s3 = start_s3(port, store_root.path());
+    let _s3 = store.start();
     retry_until_committed(&mut client, refused, &mut acked, Duration::from_secs(30)).await;
     assert_exactly(&mut client, &acked).await;
 }
@@ -184,17 +216,13 @@ async fn a_repeat_of_a_request_being_logged_gets_its_outcome() {
         eprintln!("skipped: needs RAINDROP_TEST_BACKEND=s3pg");
         return;
     };
-    let store_root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(store_root.path().join("faults")).unwrap();
-    let port = free_port();
-    let s3 = start_s3(port, store_root.path());
-    let (server, _dir) = custom_server(|c| {
-        c.storage.warehouse = Some("s3://faults/wh".into());
-        c.storage.s3.endpoint = Some(format!("http://127.0.0.1:{port}"));
-        c.limits.flush_interval_ms = 1000;
-        c.wal_storage = raindrop::config::WalStorage::Warehouse;
-    })
-    .await;
+    let (store, s3) = OwnS3::start_new();
+    let (server, _dir) = store
+        .server(|c| {
+            c.limits.flush_interval_ms = 1000;
+            c.wal_storage = raindrop::config::WalStorage::Warehouse;
+        })
+        .await;
     let mut acked = vec![];
     let mut client = RaindropClient::connect(&server.url(), ACME_TOKEN)
         .await
@@ -213,7 +241,7 @@ async fn a_repeat_of_a_request_being_logged_gets_its_outcome() {
     assert!(repeat.is_err(), "a repeat was acknowledged: {repeat:?}");
     assert!(first.await.unwrap().is_err(), "written to a dead store");
 
-    let _s3 = start_s3(port, store_root.path());
+    let _s3 = store.start();
     retry_until_committed(
         &mut client,
         vec!["r".into()],

@@ -176,6 +176,19 @@ impl Buffer {
         }
     }
 
+    /// Rows a flush held back (committed segments' held parts), and how
+    /// many projects they belong to.
+    pub fn held_back(&self) -> (u64, usize) {
+        let s = self.state();
+        let held = || s.sealed.iter().filter(|g| g.held);
+        let rows = held().map(|g| g.rows).sum();
+        let projects: std::collections::HashSet<Option<&str>> = held()
+            .flat_map(|g| g.requests().iter().flat_map(|r| &r.parts))
+            .map(|(p, _)| p.as_deref())
+            .collect();
+        (rows, projects.len())
+    }
+
     /// Rows held in all generations, and the age of the oldest.
     pub fn held(&self) -> (u64, Option<std::time::Duration>) {
         let s = self.state();
