@@ -62,6 +62,7 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
         ),
     };
     let flushed = Arc::new(tokio::sync::Notify::new());
+    let (compacting, compaction_runs) = tokio::sync::watch::channel(false);
     let maintenance = schedule::start(
         warehouse.clone(),
         Schedule {
@@ -70,6 +71,7 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
             compact: CompactOptions::background(limits.compact_min_files, limits.compact_max_files),
             retention: retention(limits),
             flushed: flushed.clone(),
+            compacting: Arc::new(compacting),
         },
         lease,
     );
@@ -105,6 +107,7 @@ pub async fn build_services(config: &ServeConfig) -> Result<Arc<Services>> {
                     max_bytes: (limits.flush_mib * MIB).min(limits.max_buffered_mib * MIB / 2) / 2,
                 }),
                 flushed,
+                compacting: compaction_runs,
             })
             .await?;
     }

@@ -31,6 +31,10 @@ pub struct Schedule {
     /// runs then, so a flush's new files are merged before the next one
     /// adds more (the bound on files per partition counts on it).
     pub flushed: Arc<tokio::sync::Notify>,
+    /// Set while a compaction run is in progress: this node's timed
+    /// flushes wait for it (`ingest::log`), so a run is not outpaced by
+    /// two flushes.
+    pub compacting: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// How often expiry looks for snapshots to expire. Checking costs no I/O
@@ -255,6 +259,7 @@ async fn compact_periodically(
         if Instant::now() >= next_compaction && since.changed(now) {
             next_compaction = Instant::now() + every;
             let started = Instant::now();
+            schedule.compacting.send_replace(true);
             let compacted_now = compact_table_with(
                 &warehouse,
                 &ident,
@@ -263,6 +268,7 @@ async fn compact_periodically(
                 Some(&long),
             )
             .await;
+            schedule.compacting.send_replace(false);
             count_run("compaction", compacted_now.is_ok());
             since.ran(now, compacted_now.is_ok());
             match compacted_now {
