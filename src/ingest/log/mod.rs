@@ -447,8 +447,9 @@ async fn run_flusher(
 /// it adds a file to each partition it touches, and a second one before
 /// the next run starts would put them past the bound on files per
 /// partition. Waiting, each run finds at most one new file per partition
-/// while runs take less than two flush intervals. (On S3 runs took up to
-/// 16 s against the 10 s interval, and tenant-days reached 5 small files.)
+/// while runs take less than two flush intervals. (In a 30-minute S3
+/// soak, 39 of 119 runs took longer than the 10 s interval, and
+/// tenant-days reached 5–6 small files.)
 /// Without compaction on this node (the sender gone), no wait.
 async fn after_compaction(compacting: &mut watch::Receiver<bool>, most: Duration) {
     let _ = tokio::time::timeout(most, compacting.wait_for(|running| !running)).await;
