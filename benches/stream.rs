@@ -15,7 +15,8 @@
 //! `RAINDROP_BENCH_SOAK_MINS=30` adds a soak: one day of events, near now,
 //! cycled (with fresh `event_id`s each time round), sent in 1k-row
 //! batches by 16 clients for that long with background
-//! compaction and expiry at the server's defaults, sampled every minute (latency, metadata share,
+//! compaction and expiry at the server's defaults, sampled every minute (latency as the
+//! clients, the server and its log writes saw it, metadata share,
 //! files per tenant-day): are they flat? It ends with the background
 //! jobs' counters (flushes, merges, compactions).
 //!
@@ -582,14 +583,18 @@ async fn soak(
             .unwrap_or(raindrop::maintenance::compact::BACKGROUND_MAX_FILES.to_string()),
     );
     println!(
-        "| minute | rows/s acked | DoPut p50 / p99 ms | refused (buffer full) | rows not yet committed | data MB | metadata / data | json / lists / manifests MB | metadata files | most files (small) in a tenant-day | largest tenant-day MB | snapshots | manifests | compaction input MB | RSS peak MB |"
+        "| minute | rows/s acked | DoPut p50 / p99 ms | on the server p50 / p99 ms | log writes p50 / p99 ms | DoPuts per log write | refused (buffer full) | rows not yet committed | data MB | metadata / data | json / lists / manifests MB | metadata files | most files (small) in a tenant-day | largest tenant-day MB | snapshots | manifests | compaction input MB | RSS peak MB |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     let sampler = sample_memory();
     let started = Instant::now();
     // Compaction's input during the soak only (earlier rows compact too).
     let rewritten_before = raindrop::metrics::metrics().compaction_bytes.get();
     let mut seen = 0;
+    let mut requests = Buckets::read("ingest_request_duration_seconds");
+    let mut writes = Buckets::read("wal_write_duration_seconds");
     let mut m = 0;
     let mut sampled = Instant::now();
     while Instant::now() < until {
@@ -604,11 +609,22 @@ async fn soak(
         sampled = Instant::now();
         let s = table_state(dir.path(), server.services.query.warehouse()).await;
         let rewritten = raindrop::metrics::metrics().compaction_bytes.get() - rewritten_before;
+        let (now_requests, now_writes) = (
+            Buckets::read("ingest_request_duration_seconds"),
+            Buckets::read("wal_write_duration_seconds"),
+        );
+        let (served, written) = (now_requests.since(&requests), now_writes.since(&writes));
+        (requests, writes) = (now_requests, now_writes);
         println!(
-            "| {m} | {:.0} | {:.1} / {:.1} | {} | {} | {:.0} | {:.1}% | {} | {} | {} ({}) | {:.0} | {} | {} | {:.0} | {:.0} |",
+            "| {m} | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} | {} | {} | {:.0} | {:.1}% | {} | {} | {} ({}) | {:.0} | {} | {} | {:.0} | {:.0} |",
             rows as f64 / since,
             percentile(&ms, 0.5),
             percentile(&ms, 0.99),
+            served.quantile_ms(0.5),
+            served.quantile_ms(0.99),
+            written.quantile_ms(0.5),
+            written.quantile_ms(0.99),
+            served.count() as f64 / written.count().max(1) as f64,
             REJECTED.swap(0, std::sync::atomic::Ordering::Relaxed),
             server.services.ingest.buffered_rows().0,
             s.data_bytes as f64 / 1e6,
@@ -668,6 +684,64 @@ async fn soak(
         None,
     );
     server.stop().await.unwrap();
+}
+
+/// A latency histogram of the in-process server's metrics: cumulative
+/// counts per upper bound, in seconds.
+struct Buckets(Vec<(f64, u64)>);
+
+impl Buckets {
+    /// `raindrop_<name>` as the metrics registry has it now.
+    fn read(name: &str) -> Self {
+        let prefix = format!("raindrop_{name}_bucket{{le=\"");
+        let text = raindrop::metrics::metrics().encode();
+        Self(
+            text.lines()
+                .filter_map(|line| {
+                    let (le, count) = line.strip_prefix(&prefix)?.split_once("\"} ")?;
+                    let le = if le == "+Inf" {
+                        f64::INFINITY
+                    } else {
+                        le.parse().ok()?
+                    };
+                    Some((le, count.trim().parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// What was observed after `earlier`.
+    fn since(&self, earlier: &Self) -> Self {
+        Self(
+            self.0
+                .iter()
+                .zip(&earlier.0)
+                .map(|(&(le, now), &(_, then))| (le, now - then))
+                .collect(),
+        )
+    }
+
+    fn count(&self) -> u64 {
+        self.0.last().map_or(0, |b| b.1)
+    }
+
+    /// The `q` quantile in ms, interpolated within its bucket as
+    /// Prometheus' `histogram_quantile` does (buckets are 1.5x apart).
+    fn quantile_ms(&self, q: f64) -> f64 {
+        let rank = q * self.count() as f64;
+        let mut below = (0.0, 0u64);
+        for &(le, count) in &self.0 {
+            if count as f64 >= rank && count > below.1 {
+                if le.is_infinite() {
+                    return below.0 * 1e3;
+                }
+                let within = (rank - below.1 as f64) / (count - below.1) as f64;
+                return (below.0 + (le - below.0) * within) * 1e3;
+            }
+            below = (le, count);
+        }
+        f64::NAN
+    }
 }
 
 /// Hot runs per query (median) in the query comparisons, in rounds.

@@ -3,6 +3,8 @@
 //! the answer. Every error leaves through `crate::Error`, so its gRPC
 //! status is chosen in one place (`error.rs`).
 
+use std::time::Instant;
+
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow_flight::flight_service_server::FlightService;
@@ -30,6 +32,7 @@ use super::encode::{command_ticket, flight_info, one_batch, rows_affected};
 use super::ticket::StatementTicket;
 use super::{BoxStream, RaindropFlightService, auth, metadata};
 use crate::error::{Error, Result};
+use crate::metrics::metrics;
 use crate::query::update_result_schema;
 
 /// CloseSession's result (`arrow.flight.protocol.CloseSessionResult`), not
@@ -485,7 +488,10 @@ impl FlightSqlService for RaindropFlightService {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let principal = self.principal(&request)?;
-        Ok(self.ingest_command(&principal, cmd, request).await? as i64)
+        let started = Instant::now();
+        let rows = self.ingest_command(&principal, cmd, request).await;
+        metrics().ingest_request(rows.is_ok(), started.elapsed());
+        Ok(rows? as i64)
     }
 
     async fn do_put_fallback(
@@ -494,7 +500,10 @@ impl FlightSqlService for RaindropFlightService {
         _message: Any,
     ) -> Result<Response<<Self as FlightService>::DoPutStream>, Status> {
         let principal = self.principal(&request)?;
-        Ok(Response::new(self.ingest_path(&principal, request).await?))
+        let started = Instant::now();
+        let answer = self.ingest_path(&principal, request).await;
+        metrics().ingest_request(answer.is_ok(), started.elapsed());
+        Ok(Response::new(answer?))
     }
 
     async fn get_flight_info_sql_info(

@@ -6,6 +6,7 @@ import time
 import urllib.error
 import urllib.request
 
+import pyarrow as pa
 from conftest import DATA, Server, connect, flush
 
 
@@ -52,6 +53,11 @@ def test_metrics_count_ingest_queries_and_storage(tmp_path):
                 cur.execute("SELECT no_such_column FROM wildedge.raw_events")
             except Exception:
                 pass
+            # Refused by validation: counted as an error, never logged.
+            try:
+                cur.adbc_ingest("raw_events", pa.table({"no_such_column": [1]}), mode="append")
+            except Exception:
+                pass
         # Buffered rows (and the copy the query gathered) hold ingest
         # memory until their flush commits them.
         mid = scrape(srv.metrics_url)
@@ -79,6 +85,15 @@ def test_metrics_count_ingest_queries_and_storage(tmp_path):
         assert delta('raindrop_queries_total{outcome="rejected"}') >= 1
         assert delta("raindrop_query_duration_seconds_count") >= 1
         assert delta('raindrop_storage_requests_total{op="write"}') >= 1
+        # Each DoPut is counted and timed; the one accepted took one log
+        # write, inside its own time on the server.
+        assert delta('raindrop_ingest_requests_total{outcome="ok"}') == 1
+        assert delta('raindrop_ingest_requests_total{outcome="error"}') == 1
+        assert delta("raindrop_ingest_request_duration_seconds_count") == 2
+        assert delta("raindrop_wal_write_duration_seconds_count") == 1
+        assert 0 < delta("raindrop_wal_write_duration_seconds_sum") < delta(
+            "raindrop_ingest_request_duration_seconds_sum"
+        )
         assert delta('raindrop_cache_lookups_total{cache="table",result="hit"}') + delta(
             'raindrop_cache_lookups_total{cache="table",result="miss"}'
         ) >= 1

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
@@ -14,6 +15,7 @@ use super::{Append, Log, Op};
 use crate::error::{Error, Result};
 use crate::ingest::buffer::Generation;
 use crate::ingest::wal::Segment;
+use crate::metrics::metrics;
 
 /// A request id whose write is in flight: its rows, and the answers
 /// owed to repeats of it that arrived meanwhile (a client that timed out
@@ -164,7 +166,14 @@ impl Log {
             Some(seg) => seg.write(records),
             None => Box::pin(async { Err(Error::Internal("no open log segment".into())) }),
         };
-        Some(Box::pin(async move { (keep, write.await) }))
+        Some(Box::pin(async move {
+            let started = Instant::now();
+            let written = write.await;
+            metrics()
+                .wal_write_seconds
+                .observe(started.elapsed().as_secs_f64());
+            (keep, written)
+        }))
     }
 
     /// A group's write finished: buffer and answer its requests (and the
