@@ -472,6 +472,9 @@ struct Run {
     /// Until every row was committed to the table (the final flush).
     committed_secs: f64,
     latencies: Vec<f64>,
+    /// `DoPut`s as the server timed them, and its log writes.
+    served: Buckets,
+    written: Buckets,
     state: TableState,
 }
 
@@ -479,6 +482,7 @@ async fn run_once(ids: &[String], batches: &[Batch], clients: usize) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let (server, secrets, _) = start(dir.path(), ids, None).await;
     let latencies: Latencies = Arc::default();
+    let (served, written) = (Buckets::requests(), Buckets::writes());
     let t = Instant::now();
     let rows = drive(
         &server.url(),
@@ -491,6 +495,10 @@ async fn run_once(ids: &[String], batches: &[Batch], clients: usize) -> Run {
     )
     .await;
     let secs = t.elapsed().as_secs_f64();
+    let (served, written) = (
+        Buckets::requests().since(&served),
+        Buckets::writes().since(&written),
+    );
     server.services.ingest.flush().await.unwrap();
     let committed_secs = t.elapsed().as_secs_f64();
     let state = table_state(dir.path(), server.services.query.warehouse()).await;
@@ -502,23 +510,30 @@ async fn run_once(ids: &[String], batches: &[Batch], clients: usize) -> Run {
         secs,
         committed_secs,
         latencies,
+        served,
+        written,
         state,
     }
 }
 
 fn print_runs(runs: &[(usize, usize, Run)], peer: Option<&serde_json::Value>) {
     println!(
-        "| batch rows | clients | rows/s acked / committed | DoPut p50 / p99 ms | bytes/event | metadata / data | json / lists / manifests MB | most files in a tenant-day | live files | snapshots | manifests |"
+        "| batch rows | clients | rows/s acked / committed | DoPut p50 / p99 ms | on the server p50 / p99 ms | log writes p50 / p99 ms | DoPuts per log write | bytes/event | metadata / data | json / lists / manifests MB | most files in a tenant-day | live files | snapshots | manifests |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (batch, clients, r) in runs {
         let s = &r.state;
         println!(
-            "| {batch} | {clients} | {:.0} / {:.0} | {:.1} / {:.1} | {:.1} | {:.1}% ({:.1} MB in {} files) | {} | {} | {} | {} | {} |",
+            "| {batch} | {clients} | {:.0} / {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} | {:.1} | {:.1}% ({:.1} MB in {} files) | {} | {} | {} | {} | {} |",
             r.rows as f64 / r.secs,
             r.rows as f64 / r.committed_secs,
             percentile(&r.latencies, 0.5),
             percentile(&r.latencies, 0.99),
+            r.served.quantile_ms(0.5),
+            r.served.quantile_ms(0.99),
+            r.written.quantile_ms(0.5),
+            r.written.quantile_ms(0.99),
+            r.served.count() as f64 / r.written.count().max(1) as f64,
             s.data_bytes as f64 / r.rows as f64,
             100.0 * s.metadata_bytes as f64 / s.data_bytes.max(1) as f64,
             s.metadata_bytes as f64 / 1e6,
@@ -593,8 +608,7 @@ async fn soak(
     // Compaction's input during the soak only (earlier rows compact too).
     let rewritten_before = raindrop::metrics::metrics().compaction_bytes.get();
     let mut seen = 0;
-    let mut requests = Buckets::read("ingest_request_duration_seconds");
-    let mut writes = Buckets::read("wal_write_duration_seconds");
+    let (mut requests, mut writes) = (Buckets::requests(), Buckets::writes());
     let mut m = 0;
     let mut sampled = Instant::now();
     while Instant::now() < until {
@@ -609,10 +623,7 @@ async fn soak(
         sampled = Instant::now();
         let s = table_state(dir.path(), server.services.query.warehouse()).await;
         let rewritten = raindrop::metrics::metrics().compaction_bytes.get() - rewritten_before;
-        let (now_requests, now_writes) = (
-            Buckets::read("ingest_request_duration_seconds"),
-            Buckets::read("wal_write_duration_seconds"),
-        );
+        let (now_requests, now_writes) = (Buckets::requests(), Buckets::writes());
         let (served, written) = (now_requests.since(&requests), now_writes.since(&writes));
         (requests, writes) = (now_requests, now_writes);
         println!(
@@ -708,6 +719,16 @@ impl Buckets {
                 })
                 .collect(),
         )
+    }
+
+    /// `DoPut`s as the server timed them.
+    fn requests() -> Self {
+        Self::read("ingest_request_duration_seconds")
+    }
+
+    /// Write-ahead log writes.
+    fn writes() -> Self {
+        Self::read("wal_write_duration_seconds")
     }
 
     /// What was observed after `earlier`.
