@@ -341,6 +341,67 @@ mod tests {
     }
 
     #[test]
+    fn a_gathered_copy_stores_a_repeated_string_once() {
+        // A model name longer than a view's 12 inline bytes, repeated, and
+        // an id unique to each row, in 64 requests of 100 rows.
+        let models = ["fraud-detector-v2-large", "churn-model-2026-11"];
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(col::PROJECT_ID, DataType::Utf8, false),
+            Field::new("model", DataType::Utf8, false),
+            Field::new("id", DataType::Utf8, false),
+        ]));
+        let buffer = Buffer::new("node".into(), 1);
+        let (mut sent_models, mut sent_ids) = (vec![], vec![]);
+        for request in 0..64 {
+            let model: Vec<&str> = (0..100).map(|i| models[(i / 7) % 2]).collect();
+            let id: Vec<String> = (0..100)
+                .map(|i| format!("{request:04}-{i:04}-5f0c1a8e-9d7b-4c2a-8e31"))
+                .collect();
+            sent_models.extend(model.iter().map(|m| m.to_string()));
+            sent_ids.extend(id.clone());
+            let b = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(vec!["a"; 100])),
+                    Arc::new(StringArray::from(model)),
+                    Arc::new(StringArray::from(id)),
+                ],
+            )
+            .unwrap();
+            buffer.with_active(|g| g.add(vec![b], None, None)).unwrap();
+        }
+        let parts = buffer.take(Some("a")).parts;
+        let gathered: Vec<RecordBatch> = parts.into_iter().flat_map(|(_, _, b)| b).collect();
+        assert_eq!(gathered.len(), 1);
+        let column = |name: &str| {
+            gathered[0]
+                .column_by_name(name)
+                .unwrap()
+                .as_string_view()
+                .clone()
+        };
+        let strings = |c: &arrow::array::StringViewArray| -> Vec<String> {
+            c.iter().map(|v| v.unwrap().to_string()).collect()
+        };
+        let data_bytes = |c: &arrow::array::StringViewArray| -> usize {
+            c.data_buffers().iter().map(|b| b.len()).sum()
+        };
+        let (model, id) = (column("model"), column("id"));
+        let id_bytes: usize = sent_ids.iter().map(String::len).sum();
+        assert_eq!((strings(&model), strings(&id)), (sent_models, sent_ids));
+        // Each name's bytes once, as a Parquet scan of a dictionary page
+        // gives them, not 6,400 copies.
+        let names: usize = models.iter().map(|m| m.len()).sum();
+        assert!(
+            data_bytes(&model) <= 64 * names,
+            "{} bytes",
+            data_bytes(&model)
+        );
+        // Unique ids are not looked up: their views share the rows' bytes.
+        assert!(data_bytes(&id) >= id_bytes, "{} bytes", data_bytes(&id));
+    }
+
+    #[test]
     fn small_batches_are_gathered_in_order_and_schemas_kept_apart() {
         let numbered = |i: i64| {
             let b = batch(&["a"]);
