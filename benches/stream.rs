@@ -473,8 +473,7 @@ struct Run {
     committed_secs: f64,
     latencies: Vec<f64>,
     /// `DoPut`s as the server timed them, and its log writes.
-    served: Buckets,
-    written: Buckets,
+    acks: Acks,
     state: TableState,
 }
 
@@ -482,7 +481,7 @@ async fn run_once(ids: &[String], batches: &[Batch], clients: usize) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let (server, secrets, _) = start(dir.path(), ids, None).await;
     let latencies: Latencies = Arc::default();
-    let (served, written) = (Buckets::requests(), Buckets::writes());
+    let acks = Acks::now();
     let t = Instant::now();
     let rows = drive(
         &server.url(),
@@ -495,10 +494,7 @@ async fn run_once(ids: &[String], batches: &[Batch], clients: usize) -> Run {
     )
     .await;
     let secs = t.elapsed().as_secs_f64();
-    let (served, written) = (
-        Buckets::requests().since(&served),
-        Buckets::writes().since(&written),
-    );
+    let acks = Acks::now().since(&acks);
     server.services.ingest.flush().await.unwrap();
     let committed_secs = t.elapsed().as_secs_f64();
     let state = table_state(dir.path(), server.services.query.warehouse()).await;
@@ -510,8 +506,7 @@ async fn run_once(ids: &[String], batches: &[Batch], clients: usize) -> Run {
         secs,
         committed_secs,
         latencies,
-        served,
-        written,
+        acks,
         state,
     }
 }
@@ -524,16 +519,12 @@ fn print_runs(runs: &[(usize, usize, Run)], peer: Option<&serde_json::Value>) {
     for (batch, clients, r) in runs {
         let s = &r.state;
         println!(
-            "| {batch} | {clients} | {:.0} / {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} | {:.1} | {:.1}% ({:.1} MB in {} files) | {} | {} | {} | {} | {} |",
+            "| {batch} | {clients} | {:.0} / {:.0} | {:.1} / {:.1} | {} | {:.1} | {:.1}% ({:.1} MB in {} files) | {} | {} | {} | {} | {} |",
             r.rows as f64 / r.secs,
             r.rows as f64 / r.committed_secs,
             percentile(&r.latencies, 0.5),
             percentile(&r.latencies, 0.99),
-            r.served.quantile_ms(0.5),
-            r.served.quantile_ms(0.99),
-            r.written.quantile_ms(0.5),
-            r.written.quantile_ms(0.99),
-            r.served.count() as f64 / r.written.count().max(1) as f64,
+            r.acks.columns(),
             s.data_bytes as f64 / r.rows as f64,
             100.0 * s.metadata_bytes as f64 / s.data_bytes.max(1) as f64,
             s.metadata_bytes as f64 / 1e6,
@@ -608,7 +599,7 @@ async fn soak(
     // Compaction's input during the soak only (earlier rows compact too).
     let rewritten_before = raindrop::metrics::metrics().compaction_bytes.get();
     let mut seen = 0;
-    let (mut requests, mut writes) = (Buckets::requests(), Buckets::writes());
+    let mut acks = Acks::now();
     let mut m = 0;
     let mut sampled = Instant::now();
     while Instant::now() < until {
@@ -623,19 +614,15 @@ async fn soak(
         sampled = Instant::now();
         let s = table_state(dir.path(), server.services.query.warehouse()).await;
         let rewritten = raindrop::metrics::metrics().compaction_bytes.get() - rewritten_before;
-        let (now_requests, now_writes) = (Buckets::requests(), Buckets::writes());
-        let (served, written) = (now_requests.since(&requests), now_writes.since(&writes));
-        (requests, writes) = (now_requests, now_writes);
+        let now = Acks::now();
+        let minute_acks = now.since(&acks);
+        acks = now;
         println!(
-            "| {m} | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} | {} | {} | {:.0} | {:.1}% | {} | {} | {} ({}) | {:.0} | {} | {} | {:.0} | {:.0} |",
+            "| {m} | {:.0} | {:.1} / {:.1} | {} | {} | {} | {:.0} | {:.1}% | {} | {} | {} ({}) | {:.0} | {} | {} | {:.0} | {:.0} |",
             rows as f64 / since,
             percentile(&ms, 0.5),
             percentile(&ms, 0.99),
-            served.quantile_ms(0.5),
-            served.quantile_ms(0.99),
-            written.quantile_ms(0.5),
-            written.quantile_ms(0.99),
-            served.count() as f64 / written.count().max(1) as f64,
+            minute_acks.columns(),
             REJECTED.swap(0, std::sync::atomic::Ordering::Relaxed),
             server.services.ingest.buffered_rows().0,
             s.data_bytes as f64 / 1e6,
@@ -697,15 +684,53 @@ async fn soak(
     server.stop().await.unwrap();
 }
 
+/// How the in-process server timed its `DoPut`s and their log writes.
+struct Acks {
+    served: Buckets,
+    written: Buckets,
+}
+
+impl Acks {
+    /// The histograms as the metrics registry has them now.
+    fn now() -> Self {
+        let text = raindrop::metrics::metrics().encode();
+        Self {
+            served: Buckets::read(&text, "ingest_request_duration_seconds"),
+            written: Buckets::read(&text, "wal_write_duration_seconds"),
+        }
+    }
+
+    /// What was observed after `earlier`.
+    fn since(&self, earlier: &Self) -> Self {
+        Self {
+            served: self.served.since(&earlier.served),
+            written: self.written.since(&earlier.written),
+        }
+    }
+
+    /// The table cells: the server's p50 / p99, the log writes' p50 /
+    /// p99, and `DoPut`s per log write.
+    fn columns(&self) -> String {
+        let (s, w) = (&self.served, &self.written);
+        format!(
+            "{:.1} / {:.1} | {:.1} / {:.1} | {:.1}",
+            s.quantile_ms(0.5),
+            s.quantile_ms(0.99),
+            w.quantile_ms(0.5),
+            w.quantile_ms(0.99),
+            s.count() as f64 / w.count().max(1) as f64
+        )
+    }
+}
+
 /// A latency histogram of the in-process server's metrics: cumulative
 /// counts per upper bound, in seconds.
 struct Buckets(Vec<(f64, u64)>);
 
 impl Buckets {
-    /// `raindrop_<name>` as the metrics registry has it now.
-    fn read(name: &str) -> Self {
+    /// `raindrop_<name>` in `text`, the registry's exposition.
+    fn read(text: &str, name: &str) -> Self {
         let prefix = format!("raindrop_{name}_bucket{{le=\"");
-        let text = raindrop::metrics::metrics().encode();
         Self(
             text.lines()
                 .filter_map(|line| {
@@ -719,16 +744,6 @@ impl Buckets {
                 })
                 .collect(),
         )
-    }
-
-    /// `DoPut`s as the server timed them.
-    fn requests() -> Self {
-        Self::read("ingest_request_duration_seconds")
-    }
-
-    /// Write-ahead log writes.
-    fn writes() -> Self {
-        Self::read("wal_write_duration_seconds")
     }
 
     /// What was observed after `earlier`.

@@ -1,7 +1,7 @@
 //! Gathering a project's small buffered batches into few, for queries
 //! (see [`ProjectRows`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{
@@ -217,7 +217,7 @@ const SAMPLE: usize = 256;
 /// judged on its first [`SAMPLE`]: those are worth storing once.
 fn few_distinct(strings: &StringArray) -> bool {
     let sample = strings.len().min(SAMPLE);
-    let distinct: std::collections::HashSet<Option<&str>> = strings.iter().take(sample).collect();
+    let distinct: HashSet<Option<&str>> = strings.iter().take(sample).collect();
     distinct.len() * 8 <= sample
 }
 

@@ -204,7 +204,7 @@ mod tests {
     use std::collections::HashMap;
     use std::sync::Arc;
 
-    use arrow::array::{AsArray, Int64Array, StringArray};
+    use arrow::array::{AsArray, Int64Array, StringArray, StringViewArray};
     use arrow::datatypes::{DataType, Field, Schema};
 
     use super::gather::{GATHER_FAN, GATHER_MAX_ROWS};
@@ -380,12 +380,11 @@ mod tests {
                 .as_string_view()
                 .clone()
         };
-        let strings = |c: &arrow::array::StringViewArray| -> Vec<String> {
+        let strings = |c: &StringViewArray| -> Vec<String> {
             c.iter().map(|v| v.unwrap().to_string()).collect()
         };
-        let data_bytes = |c: &arrow::array::StringViewArray| -> usize {
-            c.data_buffers().iter().map(|b| b.len()).sum()
-        };
+        let data_bytes =
+            |c: &StringViewArray| -> usize { c.data_buffers().iter().map(|b| b.len()).sum() };
         let (model, id) = (column("model"), column("id"));
         let id_bytes: usize = sent_ids.iter().map(String::len).sum();
         assert_eq!((strings(&model), strings(&id)), (sent_models, sent_ids));
